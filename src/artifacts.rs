@@ -1,0 +1,312 @@
+//! Reads the images directory (Buildroot's `BINARIES_DIR`) through a board's file rules and
+//! produces the content tree of every filesystem: which file goes where, with which mode.
+//!
+//! Reads metadata only (and, for rules with a `check`, the headers of that file). Not for
+//! sizes or placement.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::board::{Board, Check, FileRule, FsKind, split_dest};
+use crate::error::{Error, Result};
+use crate::tree::{Entry, Node, Source, Tree};
+
+/// Content trees keyed by partition id.
+pub type Trees = BTreeMap<String, Tree>;
+
+/// Applies every file rule of `board` to `images` and returns one tree per partition that
+/// has a filesystem.
+pub fn collect(board: &Board, images: &Path) -> Result<Trees> {
+    if !images.is_dir() {
+        return Err(Error::Usage(format!(
+            "images directory {} does not exist (give --images or set BINARIES_DIR)",
+            images.display()
+        )));
+    }
+    let mut trees: Trees = board
+        .layout
+        .partitions
+        .iter()
+        .filter(|p| p.fs.is_some())
+        .map(|p| (p.id.clone(), Tree::new()))
+        .collect();
+    for rule in &board.files {
+        apply(board, rule, images, &mut trees)?;
+    }
+    apply_attrs(board, &mut trees)?;
+    Ok(trees)
+}
+
+fn fs_of(board: &Board, part: &str) -> Option<FsKind> {
+    board
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.id == part)
+        .and_then(|p| p.fs)
+}
+
+struct Placer<'a> {
+    board: &'a Board,
+    rule: &'a FileRule,
+    part: &'a str,
+    fs: FsKind,
+    tree: &'a mut Tree,
+}
+
+impl Placer<'_> {
+    fn insert(&mut self, e: Entry) -> Result<()> {
+        self.tree.insert(e).map_err(|c| {
+            Error::board(
+                &self.board.name,
+                format!("file rule `{}` on {}: {}", self.rule.name, self.part, c.0),
+            )
+        })
+    }
+
+    /// Places one file, directory (its contents, recursively) or symlink from `src` at `dest`.
+    fn place(&mut self, src: &Path, dest: &str) -> Result<()> {
+        let md = std::fs::symlink_metadata(src)
+            .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+        let mode = md.mode() & 0o7777;
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            if self.fs == FsKind::Ext4 {
+                let target = std::fs::read_link(src)
+                    .map_err(|e| Error::io(format!("reading link {}", src.display()), e))?;
+                let target = utf8(src, target.as_os_str())?;
+                return self.insert(Entry {
+                    path: dest.to_string(),
+                    node: Node::Symlink { target },
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                });
+            }
+            // FAT has no symlinks: place what the link points to.
+            let to = std::fs::metadata(src).map_err(|_| Error::BadArtifact {
+                path: src.to_path_buf(),
+                message: format!("dangling symlink cannot be placed on {} (FAT)", self.part),
+            })?;
+            if !to.is_file() {
+                return Err(Error::BadArtifact {
+                    path: src.to_path_buf(),
+                    message: format!(
+                        "symlink to a directory cannot be placed on {} (FAT)",
+                        self.part
+                    ),
+                });
+            }
+            return self.file(src, dest, to.len(), to.mode() & 0o7777);
+        }
+        if ft.is_file() {
+            return self.file(src, dest, md.len(), mode);
+        }
+        if ft.is_dir() {
+            if dest != "/" {
+                self.insert(Entry {
+                    path: dest.to_string(),
+                    node: Node::Dir,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                })?;
+            }
+            for (name, path) in sorted_dir(src)? {
+                let child = if dest == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{dest}/{name}")
+                };
+                self.place(&path, &child)?;
+            }
+            return Ok(());
+        }
+        Err(Error::BadArtifact {
+            path: src.to_path_buf(),
+            message: "not a regular file, directory or symlink (device nodes, fifos and \
+                      sockets are not supported)"
+                .into(),
+        })
+    }
+
+    fn file(&mut self, src: &Path, dest: &str, size: u64, mode: u32) -> Result<()> {
+        if let Some(Check::Squashfs) = self.rule.check {
+            crate::fs::squashfs::check(src)?;
+        }
+        self.insert(Entry {
+            path: dest.to_string(),
+            node: Node::File {
+                source: Source::Path(src.to_path_buf()),
+                size,
+            },
+            mode,
+            uid: 0,
+            gid: 0,
+        })
+    }
+}
+
+fn apply(board: &Board, rule: &FileRule, images: &Path, trees: &mut Trees) -> Result<()> {
+    let to = rule.to.as_deref().unwrap_or_default();
+    let (part, path) = split_dest(to).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
+    let fs = fs_of(board, part).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
+    let into_dir = path.ends_with('/');
+    let dir = path.trim_end_matches('/');
+    let tree = trees
+        .get_mut(part)
+        .ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
+    let mut p = Placer {
+        board,
+        rule,
+        part,
+        fs,
+        tree,
+    };
+    let dest_for = |name: &str| -> String {
+        if into_dir {
+            format!("{dir}/{name}")
+        } else {
+            path.to_string()
+        }
+    };
+    let mut looked_in = Vec::new();
+    for from in &rule.from {
+        let src = images.join(from);
+        if is_pattern(from) {
+            let (sub, pattern) = from.rsplit_once('/').unwrap_or(("", from));
+            let parent = images.join(sub);
+            let matches: Vec<(String, PathBuf)> = sorted_dir(&parent)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(n, _)| glob(pattern, n))
+                .collect();
+            looked_in.push(src);
+            if matches.is_empty() {
+                continue;
+            }
+            for (name, path) in matches {
+                p.place(&path, &dest_for(&name))?;
+            }
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(&src) {
+            Ok(md) if md.is_dir() => {
+                return p.place(&src, if dir.is_empty() { "/" } else { dir });
+            }
+            Ok(_) => {
+                let name = Path::new(from)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return p.place(&src, &dest_for(&name));
+            }
+            Err(_) => looked_in.push(src),
+        }
+    }
+    if let Some(text) = &rule.text {
+        let dest = dest_for(&rule.name);
+        return p.insert(Entry {
+            path: dest,
+            node: Node::File {
+                source: Source::Text(text.clone()),
+                size: text.len() as u64,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    if rule.required == Some(true) {
+        return Err(Error::MissingArtifact {
+            board: board.name.clone(),
+            artifact: rule.from.join("` or `"),
+            looked_in,
+        });
+    }
+    Ok(())
+}
+
+fn apply_attrs(board: &Board, trees: &mut Trees) -> Result<()> {
+    for a in &board.attrs {
+        let (part, path) = split_dest(&a.path).unwrap_or_default();
+        let Some(tree) = trees.get_mut(part) else {
+            continue;
+        };
+        let mode = a
+            .mode
+            .as_deref()
+            .map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).unwrap_or(0));
+        let sub = format!("{}/", path.trim_end_matches('/'));
+        for e in tree.iter_mut() {
+            if e.path == path || (a.recursive && (e.path.starts_with(&sub) || path == "/")) {
+                if let Some(m) = mode
+                    && !matches!(e.node, Node::Symlink { .. })
+                {
+                    e.mode = m;
+                }
+                e.uid = a.uid.unwrap_or(e.uid);
+                e.gid = a.gid.unwrap_or(e.gid);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Directory entries sorted by name; names must be UTF-8 (ext4 and FAT names are text).
+fn sorted_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let name = utf8(&e.path(), &e.file_name())?;
+        out.push((name, e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn utf8(path: &Path, s: &std::ffi::OsStr) -> Result<String> {
+    s.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::BadArtifact {
+            path: path.to_path_buf(),
+            message: "name is not valid UTF-8".into(),
+        })
+}
+
+fn is_pattern(s: &str) -> bool {
+    s.contains(['*', '?'])
+}
+
+/// `*` and `?` matching over one path component.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn m(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => m(&p[1..], n) || (!n.is_empty() && m(p, &n[1..])),
+            (Some('?'), Some(_)) => m(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    m(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs_match_one_component() {
+        assert!(glob("*.dtb", "bcm2711-rpi-4-b.dtb"));
+        assert!(!glob("*.dtb", "a.dtbo"));
+        assert!(glob("start?.elf", "start4.elf"));
+        assert!(glob("*", "x"));
+        assert!(!glob("a*b", "ac"));
+    }
+}

@@ -1,0 +1,451 @@
+//! Boards and layouts as data: loading `boards/VENDOR/MODEL.toml` with its inheritance chain
+//! and the layout it names, merging the layers, and validating the result into a `Board`.
+//!
+//! Not for sizes or offsets (that is `layout`/`plan`) and not for reading the images
+//! directory (that is `artifacts`).
+
+mod catalog;
+
+pub use catalog::{Catalog, Kind};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::units::{Headroom, Size};
+
+/// A board definition file as written: every field optional so a child overrides only what
+/// it names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardFile {
+    description: Option<String>,
+    /// The board this one builds on (`pi/common`).
+    inherit: Option<String>,
+    /// A base for other boards, not buildable by itself.
+    hidden: Option<bool>,
+    layout: Option<String>,
+    #[serde(default)]
+    files: Vec<FileRule>,
+    #[serde(default)]
+    attrs: Vec<AttrRule>,
+}
+
+/// What goes where: one rule of a board, merged by `name` across layers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    /// Identifies the rule across layers.
+    pub name: String,
+    /// Destination as `PARTITION:/path`; a trailing `/` means "into this directory".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Paths relative to the images directory, tried in order; the first that exists is used.
+    /// A `*`/`?` pattern takes every match; a directory contributes its contents.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub from: Vec<String>,
+    /// Content to write when none of `from` exists (bootloader configs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Fail when nothing in `from` exists and there is no `text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// A validity check run on the source before it is placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Drops an inherited rule of the same name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+}
+
+/// Source checks a board may ask for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Squashfs,
+}
+
+/// Owner and mode overrides for paths inside a filesystem.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttrRule {
+    /// `PARTITION:/path`; applies to that entry (and with `recursive`, to all below it).
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Octal permission bits as a string, e.g. "0700".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive: bool,
+}
+
+/// Partition table kinds.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+}
+
+/// Filesystems we write.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    Fat32,
+    Ext4,
+}
+
+/// A layout file: a partition scheme shared by boards.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    #[serde(skip_deserializing)]
+    pub name: String,
+    pub description: String,
+    pub table: TableKind,
+    /// Partition starts and sizes are multiples of this (default 1 MiB).
+    #[serde(default = "default_align")]
+    pub align: Size,
+    /// Where the first partition may start (default: `align`).
+    #[serde(default)]
+    pub start: Option<Size>,
+    #[serde(rename = "partition")]
+    pub partitions: Vec<PartitionDef>,
+}
+
+fn default_align() -> Size {
+    Size(1 << 20)
+}
+
+/// One partition of a layout.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionDef {
+    /// How boards refer to it (`boot`, `rootfs`, `persist`).
+    pub id: String,
+    pub fs: Option<FsKind>,
+    /// Filesystem label.
+    pub label: Option<String>,
+    /// GPT partition name (defaults to `id`).
+    pub gpt_name: Option<String>,
+    /// GPT type: a GUID or a short name (`msftdata`, `linux`, `esp`).
+    pub gpt_type: Option<String>,
+    /// MBR type byte, e.g. "0x0c".
+    pub mbr_type: Option<String>,
+    #[serde(default)]
+    pub bootable: bool,
+    /// `"fit"`, `"fill"` or a fixed size.
+    pub size: SizeSpec,
+    /// With `fit`: room on top of the content ("64MiB" or "100%").
+    pub headroom: Option<Headroom>,
+    /// With `fit`/`fill`: the smallest the partition may be.
+    pub min: Option<Size>,
+}
+
+/// A partition's size rule as written.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SizeSpec {
+    Fit,
+    Fill,
+    Fixed(u64),
+}
+
+impl<'de> Deserialize<'de> for SizeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(SizeSpec::Fixed(n)),
+            Raw::S(s) if s == "fit" => Ok(SizeSpec::Fit),
+            Raw::S(s) if s == "fill" => Ok(SizeSpec::Fill),
+            Raw::S(s) => crate::units::parse_size(&s)
+                .map(SizeSpec::Fixed)
+                .map_err(|e| serde::de::Error::custom(format!("{e}, or \"fit\" or \"fill\""))),
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+/// A resolved, validated board.
+#[derive(Debug, Clone, Serialize)]
+pub struct Board {
+    pub name: String,
+    pub description: String,
+    /// The inheritance chain, base first, ending with this board.
+    pub layers: Vec<String>,
+    pub layout: Layout,
+    pub files: Vec<FileRule>,
+    pub attrs: Vec<AttrRule>,
+}
+
+/// A line of `skiff-flash boards`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub description: String,
+    pub layout: String,
+}
+
+impl Catalog {
+    /// Loads `name` with its whole inheritance chain and its layout.
+    pub fn board(&self, name: &str) -> Result<Board> {
+        let Some(text) = self.read(Kind::Board, name)? else {
+            return Err(self.unknown(name));
+        };
+        self.resolve(name, &text)
+    }
+
+    /// Loads a board from a file outside the board directories (its `inherit` still names
+    /// boards in the catalog).
+    pub fn board_file(&self, path: &std::path::Path) -> Result<Board> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let name = path.display().to_string();
+        self.resolve(
+            &name,
+            &catalog::Text {
+                shown_as: name.clone(),
+                text,
+            },
+        )
+    }
+
+    fn resolve(&self, name: &str, first: &catalog::Text) -> Result<Board> {
+        let mut chain: Vec<(String, BoardFile)> = Vec::new();
+        let top: BoardFile = catalog::parse(first)?;
+        let mut next = top.inherit.clone();
+        chain.push((name.to_string(), top));
+        while let Some(n) = next {
+            if chain.iter().any(|(c, _)| *c == n) {
+                return Err(Error::board(
+                    name,
+                    format!("inherits from itself via `{n}`"),
+                ));
+            }
+            let Some(text) = self.read(Kind::Board, &n)? else {
+                return Err(self.unknown(&n));
+            };
+            let file: BoardFile = catalog::parse(&text)?;
+            next = file.inherit.clone();
+            chain.push((n, file));
+        }
+        chain.reverse();
+        let merged = merge(chain.iter().map(|(_, f)| f));
+        if merged.hidden && chain.len() == 1 {
+            return Err(Error::board(
+                name,
+                "is a base for other boards and cannot be used by itself",
+            ));
+        }
+        let layout_name = merged
+            .layout
+            .ok_or_else(|| Error::board(name, "names no layout"))?;
+        let layout = self.layout(&layout_name, name)?;
+        let board = Board {
+            name: name.to_string(),
+            description: merged.description.unwrap_or_default(),
+            layers: chain.into_iter().map(|(n, _)| n).collect(),
+            layout,
+            files: merged.files,
+            attrs: merged.attrs,
+        };
+        validate(&board)?;
+        Ok(board)
+    }
+
+    /// Loads a layout file by name.
+    pub fn layout(&self, name: &str, board: &str) -> Result<Layout> {
+        let text = self
+            .read(Kind::Layout, name)?
+            .ok_or_else(|| Error::board(board, format!("unknown layout `{name}`")))?;
+        let mut layout: Layout = catalog::parse(&text)?;
+        layout.name = name.to_string();
+        Ok(layout)
+    }
+
+    /// Every buildable board with its description.
+    pub fn summaries(&self) -> Result<Vec<Summary>> {
+        let mut out = Vec::new();
+        for name in self.names(Kind::Board) {
+            let Some(text) = self.read(Kind::Board, &name)? else {
+                continue;
+            };
+            let file: BoardFile = catalog::parse(&text)?;
+            if file.hidden == Some(true) {
+                continue;
+            }
+            let b = self.board(&name)?;
+            out.push(Summary {
+                name,
+                description: b.description,
+                layout: b.layout.name,
+            });
+        }
+        Ok(out)
+    }
+
+    fn unknown(&self, name: &str) -> Error {
+        let names = self.names(Kind::Board);
+        Error::UnknownBoard {
+            name: name.to_string(),
+            suggestions: catalog::closest(name, &names),
+        }
+    }
+}
+
+struct Merged {
+    description: Option<String>,
+    hidden: bool,
+    layout: Option<String>,
+    files: Vec<FileRule>,
+    attrs: Vec<AttrRule>,
+}
+
+/// Later layers override earlier ones: scalars replace, file rules merge by name (a field a
+/// child sets replaces the parent's), attrs accumulate. `hidden` is never inherited.
+fn merge<'a>(layers: impl Iterator<Item = &'a BoardFile>) -> Merged {
+    let mut m = Merged {
+        description: None,
+        hidden: false,
+        layout: None,
+        files: Vec::new(),
+        attrs: Vec::new(),
+    };
+    for f in layers {
+        m.description = f.description.clone().or(m.description);
+        m.hidden = f.hidden.unwrap_or(false);
+        m.layout = f.layout.clone().or(m.layout);
+        for rule in &f.files {
+            match m.files.iter().position(|r| r.name == rule.name) {
+                Some(i) if rule.remove => {
+                    m.files.remove(i);
+                }
+                Some(i) => {
+                    let base = &mut m.files[i];
+                    base.to = rule.to.clone().or(base.to.take());
+                    if !rule.from.is_empty() {
+                        base.from = rule.from.clone();
+                    }
+                    base.text = rule.text.clone().or(base.text.take());
+                    base.required = rule.required.or(base.required);
+                    base.check = rule.check.or(base.check);
+                }
+                None if rule.remove => {}
+                None => m.files.push(rule.clone()),
+            }
+        }
+        m.attrs.extend(f.attrs.iter().cloned());
+    }
+    m
+}
+
+/// Splits `PARTITION:/path` into the partition id and an absolute path.
+pub fn split_dest(dest: &str) -> Option<(&str, &str)> {
+    let (part, path) = dest.split_once(':')?;
+    (!part.is_empty() && path.starts_with('/')).then_some((part, path))
+}
+
+fn validate(b: &Board) -> Result<()> {
+    let err = |m: String| Err(Error::board(&b.name, m));
+    let l = &b.layout;
+    if l.partitions.is_empty() {
+        return err(format!("layout `{}` has no partitions", l.name));
+    }
+    if l.align.0 < 512 || !l.align.0.is_power_of_two() {
+        return err(format!(
+            "layout `{}`: align must be a power of two ≥ 512",
+            l.name
+        ));
+    }
+    for (i, p) in l.partitions.iter().enumerate() {
+        if l.partitions[..i].iter().any(|q| q.id == p.id) {
+            return err(format!(
+                "layout `{}`: partition id `{}` used twice",
+                l.name, p.id
+            ));
+        }
+        match l.table {
+            TableKind::Gpt if p.gpt_type.is_none() => {
+                return err(format!(
+                    "layout `{}`: partition `{}` has no gpt_type",
+                    l.name, p.id
+                ));
+            }
+            TableKind::Mbr if p.mbr_type.is_none() => {
+                return err(format!(
+                    "layout `{}`: partition `{}` has no mbr_type",
+                    l.name, p.id
+                ));
+            }
+            _ => {}
+        }
+    }
+    if l.table == TableKind::Mbr && l.partitions.len() > 4 {
+        return err(format!(
+            "layout `{}`: an MBR holds at most 4 partitions",
+            l.name
+        ));
+    }
+    let find = |dest: &str, what: &str| -> Result<()> {
+        let Some((part, _)) = split_dest(dest) else {
+            return err(format!("{what} `{dest}` is not PARTITION:/path"));
+        };
+        match l.partitions.iter().find(|p| p.id == part) {
+            None => err(format!(
+                "{what} `{dest}`: layout `{}` has no partition `{part}`",
+                l.name
+            )),
+            Some(p) if p.fs.is_none() => err(format!(
+                "{what} `{dest}`: partition `{part}` has no filesystem"
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    for r in &b.files {
+        let Some(to) = &r.to else {
+            return err(format!("file rule `{}` has no `to`", r.name));
+        };
+        find(to, &format!("file rule `{}`: destination", r.name))?;
+        if r.from.is_empty() && r.text.is_none() {
+            return err(format!(
+                "file rule `{}` has neither `from` nor `text`",
+                r.name
+            ));
+        }
+    }
+    for a in &b.attrs {
+        find(&a.path, "attrs path")?;
+        if let Some(m) = &a.mode
+            && u32::from_str_radix(m.trim_start_matches("0o"), 8).map_or(true, |v| v > 0o7777)
+        {
+            return err(format!(
+                "attrs `{}`: mode `{m}` is not octal permission bits",
+                a.path
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Command-line interface: argument parsing, rendering (tables or `--json`) and exit codes.
+//! Thin by design: every decision is the library's.
+
+mod render;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use skiff_flash::board::Catalog;
+use skiff_flash::units::parse_size;
+use skiff_flash::{Error, Result, plan};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  an operation failed (I/O error, verification mismatch)
+  2  bad usage or bad input (unknown board, missing or corrupt artifact, does not fit)";
+
+#[derive(Parser)]
+#[command(
+    name = "skiff-flash",
+    version,
+    about = "Compose board-ready SD/eMMC images from Buildroot output, natively and without root",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Extra directories holding boards/ and layouts/ (searched before the built-in ones).
+    #[arg(
+        long = "board-dir",
+        global = true,
+        env = "SKIFF_FLASH_BOARD_PATH",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
+    board_dirs: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show where every partition and file would go, without writing anything.
+    #[command(after_help = "Examples:
+  skiff-flash plan --board pi/4 --images fixtures/pi4/images
+  skiff-flash plan --board pi/4 --images output/images --size 8GiB --json")]
+    Plan(PlanArgs),
+    /// Build a disk image file.
+    #[command(after_help = "Examples:
+  skiff-flash build --board pi/4 --images fixtures/pi4/images --output pi4.img
+  SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB")]
+    Build(BuildArgs),
+    /// List the known boards, or show one board's resolved definition.
+    #[command(after_help = "Examples:
+  skiff-flash boards
+  skiff-flash boards --json
+  skiff-flash boards show pi/4")]
+    Boards(BoardsArgs),
+}
+
+#[derive(Args)]
+struct Inputs {
+    /// Board name as in SkiffOS configs (`pi/4`), or a path to a board .toml file.
+    #[arg(short, long)]
+    board: String,
+    /// Buildroot images directory.
+    #[arg(
+        short,
+        long,
+        env = "BINARIES_DIR",
+        default_value = "output/images",
+        value_name = "DIR"
+    )]
+    images: PathBuf,
+    /// Total disk size (e.g. 2GiB, 16GB); default: as small as the layout allows.
+    #[arg(short, long, value_parser = size_arg)]
+    size: Option<u64>,
+    /// Seed for the disk, partition and filesystem identifiers (default: the board name).
+    #[arg(long)]
+    seed: Option<String>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// Image file to write (created under a temporary name, renamed when complete).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BoardsArgs {
+    #[command(subcommand)]
+    action: Option<BoardsAction>,
+    /// Print as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BoardsAction {
+    /// List buildable boards (the default).
+    List,
+    /// Print a board's resolved definition (inheritance applied, layout included).
+    Show { name: String },
+}
+
+fn size_arg(s: &str) -> std::result::Result<u64, String> {
+    parse_size(s)
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("skiff-flash: error: {}", one_line(&e.to_string()));
+            e.exit_code()
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+}
+
+fn dispatch(cli: &Cli) -> Result<()> {
+    let catalog = Catalog::new(&cli.board_dirs);
+    match &cli.command {
+        Command::Plan(a) => {
+            let plan = make_plan(&catalog, &a.inputs)?;
+            if a.json {
+                println!("{}", render::json(&plan));
+            } else {
+                print!("{}", render::plan(&plan, cli.verbose));
+            }
+            Ok(())
+        }
+        Command::Build(a) => build(cli, &catalog, a),
+        Command::Boards(a) => match &a.action {
+            None | Some(BoardsAction::List) => {
+                let list = catalog.summaries()?;
+                if a.json {
+                    println!("{}", render::json(&list));
+                } else {
+                    print!("{}", render::boards(&list));
+                }
+                Ok(())
+            }
+            Some(BoardsAction::Show { name }) => {
+                let b = load_board(&catalog, name)?;
+                if a.json {
+                    println!("{}", render::json(&b));
+                } else {
+                    print!("{}", render::board(&b));
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+/// A board by name, or from a .toml file path.
+fn load_board(catalog: &Catalog, name: &str) -> Result<skiff_flash::board::Board> {
+    let path = std::path::Path::new(name);
+    if name.ends_with(".toml") && path.is_file() {
+        return catalog.board_file(path);
+    }
+    catalog.board(name)
+}
+
+fn epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+        }),
+        Err(_) => Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)),
+    }
+}
+
+fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
+    let board = load_board(catalog, &i.board)?;
+    plan::make(
+        &board,
+        &plan::Options {
+            images: i.images.clone(),
+            size: i.size,
+            epoch: epoch()?,
+            seed: i.seed.clone(),
+        },
+    )
+}
+
+fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let plan = make_plan(catalog, &a.inputs)?;
+    let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("building {}", a.output.display()));
+        b
+    };
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = skiff_flash::build_image(&plan, &a.output, &mut progress);
+    bar.finish_and_clear();
+    let (manifest, written) = result?;
+    let elapsed = started.elapsed();
+    if a.json {
+        println!(
+            "{}",
+            render::json(&serde_json::json!({
+                "output": a.output,
+                "disk_size": plan.disk_size,
+                "bytes_written": written,
+                "seconds": elapsed.as_secs_f64(),
+                "plan": plan,
+                "manifest": manifest,
+            }))
+        );
+    } else if !cli.quiet {
+        println!("{}", render::built(&plan, &a.output, written, elapsed));
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The library's error type: every variant carries the context a user needs to act on it
+//! (board, file, partition, offset), and says whether the input or the machine was at fault.
+//!
+//! Not for rendering: the CLI decides how to print; `exit_code` says how to exit.
+
+use std::path::PathBuf;
+
+use crate::units::bytes;
+
+/// What went wrong, with where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A board name that no board file defines.
+    #[error("unknown board `{name}`{}", suggest(.suggestions))]
+    UnknownBoard {
+        name: String,
+        suggestions: Vec<String>,
+    },
+
+    /// A board or layout file that cannot be parsed or has a bad value.
+    #[error("{file}:{line}:{column}: {message}")]
+    DefinitionFile {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    /// A board whose resolved definition is inconsistent.
+    #[error("board {board}: {message}")]
+    Board { board: String, message: String },
+
+    /// An artifact the board requires is not in the images directory.
+    #[error("board {board}: missing artifact `{artifact}` (looked in {})", list(.looked_in))]
+    MissingArtifact {
+        board: String,
+        artifact: String,
+        looked_in: Vec<PathBuf>,
+    },
+
+    /// An input file that exists but is not what it must be.
+    #[error("{}: {message}", .path.display())]
+    BadArtifact { path: PathBuf, message: String },
+
+    /// Content that does not fit the room a partition has.
+    #[error("{partition} needs {} bytes, partition has {}", bytes(*.needs), bytes(*.has))]
+    DoesNotFit {
+        partition: String,
+        needs: u64,
+        has: u64,
+    },
+
+    /// The layout does not fit the requested image or device size.
+    #[error("{what} needs {} bytes, {target} has {}", bytes(*.needs), bytes(*.has))]
+    TooSmall {
+        what: String,
+        target: String,
+        needs: u64,
+        has: u64,
+    },
+
+    /// A bad value given on the command line or in the environment.
+    #[error("{0}")]
+    Usage(String),
+
+    /// Reading or writing failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// 2 when the input was bad (usage, board, artifacts, sizes), 1 when an operation failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Io { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn board(board: &str, message: impl Into<String>) -> Self {
+        Error::Board {
+            board: board.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Library result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn suggest(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("; did you mean `{one}`?"),
+        many => format!(
+            "; did you mean one of {}?",
+            many.iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,63 @@
+//! Filesystem writers behind one trait, chosen by the layout's `fs` kind: our FAT32 writer and
+//! an ext4 writer over `mkext4`. Each measures a content tree (the smallest size that holds
+//! it) and writes it into a region it is given, reporting every file it wrote with its hash.
+//!
+//! Not for partition tables or placement: a writer sees only its own window.
+
+pub mod ext4;
+pub mod fat;
+pub mod squashfs;
+
+use serde::Serialize;
+
+use crate::board::FsKind;
+use crate::error::Result;
+use crate::target::Sink;
+use crate::tree::Tree;
+
+/// What a writer needs to know about the filesystem it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct FsSpec<'a> {
+    pub label: Option<&'a str>,
+    /// Filesystem UUID (ext4) or volume id source (FAT uses the first 4 bytes).
+    pub uuid: [u8; 16],
+    /// Every timestamp in the filesystem.
+    pub epoch: i64,
+    pub tree: &'a Tree,
+    /// Byte offset of the partition on the disk (FAT records it as hidden sectors).
+    pub offset: u64,
+    /// Partition id, for error messages.
+    pub part: &'a str,
+}
+
+/// A measured content tree: how small the filesystem may be.
+pub trait Measure {
+    /// The smallest size, in bytes, that holds the content.
+    fn min_size(&self) -> u64;
+    /// Whether the content fits in exactly `size` bytes.
+    fn fits(&self, size: u64) -> bool;
+}
+
+/// One file as written: for the manifest.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A filesystem writer.
+pub trait FsWriter {
+    /// Validates the tree for this filesystem (names, sizes) and measures it.
+    fn measure(&self, spec: &FsSpec<'_>) -> Result<Box<dyn Measure>>;
+    /// Writes the filesystem, `size` bytes, into `sink` (a window on the disk).
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>>;
+}
+
+/// The writer for a filesystem kind.
+pub fn writer(kind: FsKind) -> &'static dyn FsWriter {
+    match kind {
+        FsKind::Fat32 => &fat::Fat32,
+        FsKind::Ext4 => &ext4::Ext4,
+    }
+}

@@ -1,0 +1,120 @@
+//! Small Read adapters composed around every copy: hash while reading, count, and check the
+//! source still has the size the plan was made with.
+//!
+//! Not for buffering policy or destinations: writers and targets own those.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::tree::Source;
+
+/// Hashes (SHA-256) and counts everything read through it.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest of everything read so far, as lowercase hex.
+    pub fn finish(self) -> String {
+        hex(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Lowercase hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// SHA-256 of a byte slice, as hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Opens a file's source for reading, limited to and hashed over its planned size.
+pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>> {
+    let inner: Box<dyn Read> = match source {
+        Source::Path(p) => {
+            let f = File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?;
+            let actual = f
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+                .len();
+            if actual != size {
+                return Err(Error::BadArtifact {
+                    path: p.clone(),
+                    message: format!(
+                        "changed while building: planned {} bytes, now {}",
+                        crate::units::bytes(size),
+                        crate::units::bytes(actual)
+                    ),
+                });
+            }
+            Box::new(f.take(size))
+        }
+        Source::Text(t) => Box::new(t.as_bytes()),
+    };
+    Ok(HashReader::new(inner))
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_reader_hashes_what_passes() {
+        let mut r = HashReader::new(&b"abc"[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(r.count(), 3);
+        assert_eq!(
+            r.finish(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

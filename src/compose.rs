@@ -52,19 +52,19 @@ impl Sink for Counting<'_, '_> {
         self.inner.zeros(offset, len)
     }
 
-    fn len(&self) -> u64 {
-        self.inner.len()
+    fn size(&self) -> u64 {
+        self.inner.size()
     }
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`.
 pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result<Manifest> {
-    if sink.len() < plan.disk_size {
+    if sink.size() < plan.disk_size {
         return Err(Error::TooSmall {
             what: format!("board {}", plan.board),
             target: "the target".into(),
             needs: plan.disk_size,
-            has: sink.len(),
+            has: sink.size(),
         });
     }
     let total = plan

@@ -121,6 +121,17 @@ impl Plan {
     }
 }
 
+/// A filesystem measured before placement.
+struct Measured {
+    kind: FsKind,
+    tree: Tree,
+    uuid: [u8; 16],
+    measure: Box<dyn Measure>,
+}
+
+/// Checks a candidate partition size; `Err` carries the bytes needed.
+type Fits<'a> = Box<dyn Fn(u64) -> std::result::Result<(), u64> + 'a>;
+
 /// 16 bytes derived from the seed and what they identify.
 fn derive(seed: &str, what: &str) -> [u8; 16] {
     let h = Sha256::digest(format!("skiff-flash\0{seed}\0{what}").as_bytes());
@@ -135,9 +146,6 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     let mut trees = artifacts::collect(board, &opts.images)?;
     let layout = &board.layout;
 
-    struct Pending {
-        fs: Option<(FsKind, Tree, [u8; 16], Box<dyn Measure>)>,
-    }
     let mut pending = Vec::new();
     for p in &layout.partitions {
         let fs = match p.fs {
@@ -153,11 +161,16 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                     part: &p.id,
                 };
                 let measure = fs::writer(kind).measure(&spec)?;
-                Some((kind, tree, uuid, measure))
+                Some(Measured {
+                    kind,
+                    tree,
+                    uuid,
+                    measure,
+                })
             }
             None => None,
         };
-        pending.push(Pending { fs });
+        pending.push(fs);
     }
 
     let (array_lba, first_start, tail) = match layout.table {
@@ -173,19 +186,17 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         tail,
     };
     let always = |_: u64| -> std::result::Result<(), u64> { Ok(()) };
-    let fits: Vec<Box<dyn Fn(u64) -> std::result::Result<(), u64> + '_>> = pending
+    let fits: Vec<Fits<'_>> = pending
         .iter()
-        .map(
-            |pd| -> Box<dyn Fn(u64) -> std::result::Result<(), u64> + '_> {
-                match &pd.fs {
-                    Some((_, _, _, m)) => {
-                        let min = m.min_size();
-                        Box::new(move |s| if m.fits(s) { Ok(()) } else { Err(min) })
-                    }
-                    None => Box::new(always),
+        .map(|pd| -> Fits<'_> {
+            match pd {
+                Some(m) => {
+                    let min = m.measure.min_size();
+                    Box::new(move |s| if m.measure.fits(s) { Ok(()) } else { Err(min) })
                 }
-            },
-        )
+                None => Box::new(always),
+            }
+        })
         .collect();
     let reqs: Vec<Request<'_>> = layout
         .partitions
@@ -204,7 +215,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                     min: p.min.map_or(0, |m| m.0),
                 },
             },
-            content_min: pd.fs.as_ref().map_or(0, |(_, _, _, m)| m.min_size()),
+            content_min: pd.as_ref().map_or(0, |m| m.measure.min_size()),
             fits: fits.as_ref(),
         })
         .collect();
@@ -291,21 +302,28 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                 )
             }
         };
-        let fs = pd.fs.map(|(kind, tree, uuid, m)| Filesystem {
-            kind,
-            label: p.label.clone(),
-            uuid: match kind {
-                FsKind::Fat32 => format!(
-                    "{:02X}{:02X}-{:02X}{:02X}",
-                    uuid[3], uuid[2], uuid[1], uuid[0]
-                ),
-                FsKind::Ext4 => Guid(uuid).to_string().to_lowercase(),
+        let fs = pd.map(
+            |Measured {
+                 kind,
+                 tree,
+                 uuid,
+                 measure: m,
+             }| Filesystem {
+                kind,
+                label: p.label.clone(),
+                uuid: match kind {
+                    FsKind::Fat32 => format!(
+                        "{:02X}{:02X}-{:02X}{:02X}",
+                        uuid[3], uuid[2], uuid[1], uuid[0]
+                    ),
+                    FsKind::Ext4 => Guid(uuid).to_string().to_lowercase(),
+                },
+                uuid_bytes: uuid,
+                min_size: m.min_size(),
+                content_bytes: tree.file_bytes(),
+                entries: tree,
             },
-            uuid_bytes: uuid,
-            min_size: m.min_size(),
-            content_bytes: tree.file_bytes(),
-            entries: tree,
-        });
+        );
         partitions.push(Partition {
             number,
             id: p.id.clone(),

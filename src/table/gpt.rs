@@ -81,14 +81,14 @@ pub fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
     m
 }
 
-/// Writes the whole GPT for a disk of `sink.len()` bytes.
+/// Writes the whole GPT for a disk of `sink.size()` bytes.
 pub fn write(
     sink: &mut dyn Sink,
     disk: Guid,
     array_lba: u64,
     parts: &[TableEntry],
 ) -> std::io::Result<()> {
-    let sectors = sink.len() / SECTOR;
+    let sectors = sink.size() / SECTOR;
     let last = sectors - 1;
     let backup_array = last - ARRAY_SECTORS;
     let first = first_usable(array_lba) / SECTOR;

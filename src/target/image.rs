@@ -91,7 +91,7 @@ impl Sink for ImageFile {
         Ok(())
     }
 
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 }

@@ -17,7 +17,7 @@ pub trait Sink {
     /// Declares `[offset, offset+len)` must read as zeros.
     fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Total size in bytes.
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
 }
 
 /// A region `[base, base+len)` of another sink, addressed from 0.
@@ -29,12 +29,12 @@ pub struct Window<'a> {
 
 impl<'a> Window<'a> {
     pub fn new(inner: &'a mut dyn Sink, base: u64, len: u64) -> io::Result<Self> {
-        if base.checked_add(len).is_none_or(|end| end > inner.len()) {
+        if base.checked_add(len).is_none_or(|end| end > inner.size()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "region {base}+{len} is outside the {}-byte target",
-                    inner.len()
+                    inner.size()
                 ),
             ));
         }
@@ -66,7 +66,7 @@ impl Sink for Window<'_> {
         self.inner.zeros(self.base + offset, len)
     }
 
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 }
@@ -112,7 +112,7 @@ impl Sink for MemSink {
         Ok(())
     }
 
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.buf.len() as u64
     }
 }

@@ -1,0 +1,177 @@
+//! Bad input gets one clear line naming the cause, exit code 2, and no output file.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Runs a build into an empty directory; asserts exit 2, a one-line error containing every
+/// `expect` fragment, and that the directory is still empty.
+fn refused(images: &Path, board: &str, extra: &[&str], expect: &[&str]) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let img = out_dir.path().join("out.img");
+    let mut args = vec![
+        "build",
+        "--board",
+        board,
+        "--images",
+        images.to_str().unwrap(),
+        "--output",
+        img.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code 2 for bad input; stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("skiff-flash: error: "), "{err}");
+    for e in expect {
+        assert!(err.contains(e), "`{e}` not in: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "output directory not empty: {left:?}");
+}
+
+fn images_copy() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), d.path());
+    d
+}
+
+#[test]
+fn missing_kernel_names_board_artifact_and_place() {
+    let d = images_copy();
+    std::fs::remove_file(d.path().join("Image")).unwrap();
+    let looked = d.path().join("Image");
+    refused(
+        d.path(),
+        "pi/4",
+        &[],
+        &[
+            "board pi/4",
+            "missing artifact `Image`",
+            looked.to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn missing_squashfs_is_refused() {
+    let d = images_copy();
+    std::fs::remove_file(d.path().join("rootfs.squashfs")).unwrap();
+    refused(d.path(), "pi/4", &[], &["board pi/4", "`rootfs.squashfs`"]);
+}
+
+#[test]
+fn corrupt_squashfs_is_refused() {
+    let d = images_copy();
+    let p = d.path().join("rootfs.squashfs");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[0..4].copy_from_slice(b"junk");
+    std::fs::write(&p, &bytes).unwrap();
+    refused(d.path(), "pi/4", &[], &["rootfs.squashfs", "squashfs"]);
+}
+
+#[test]
+fn truncated_squashfs_is_refused() {
+    let d = images_copy();
+    let p = d.path().join("rootfs.squashfs");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    refused(d.path(), "pi/4", &[], &["rootfs.squashfs"]);
+}
+
+#[test]
+fn content_larger_than_a_fixed_partition_says_how_much() {
+    let d = images_copy();
+    let big = std::fs::File::create(d.path().join("boot_part/huge.bin")).unwrap();
+    big.set_len(70 << 20).unwrap();
+    let boards = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(boards.path().join("boards/test")).unwrap();
+    std::fs::create_dir_all(boards.path().join("layouts")).unwrap();
+    let layout = include_str!("../layouts/pi-gpt.toml")
+        .replace("size = \"fit\"\nheadroom = \"100%\"   # room for an upgrade to write the next boot set beside this one\nmin = \"128MiB\"", "size = \"64MiB\"");
+    assert!(layout.contains("size = \"64MiB\""));
+    std::fs::write(boards.path().join("layouts/small-boot.toml"), layout).unwrap();
+    std::fs::write(
+        boards.path().join("boards/test/small.toml"),
+        "description = \"pi/4 with a 64 MiB boot\"\ninherit = \"pi/4\"\nlayout = \"small-boot\"\n",
+    )
+    .unwrap();
+    let dir = boards.path().to_str().unwrap();
+    refused(
+        d.path(),
+        "test/small",
+        &["--board-dir", dir],
+        &["board test/small: boot needs", "partition has 67,108,864"],
+    );
+}
+
+#[test]
+fn size_too_small_for_the_layout() {
+    refused(
+        &fixtures(),
+        "pi/4",
+        &["--size", "100MiB"],
+        &["board pi/4", "needs", "104,857,600"],
+    );
+}
+
+#[test]
+fn unknown_board_suggests_close_names() {
+    refused(
+        &fixtures(),
+        "pi/44",
+        &[],
+        &["unknown board `pi/44`", "did you mean", "`pi/4`"],
+    );
+}
+
+#[test]
+fn malformed_board_file_names_file_and_line() {
+    let boards = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(boards.path().join("boards/test")).unwrap();
+    let f = boards.path().join("boards/test/broken.toml");
+    std::fs::write(
+        &f,
+        "description = \"broken\"\ninherit = \"pi/4\"\nlayot = \"pi-gpt\"\n",
+    )
+    .unwrap();
+    let dir = boards.path().to_str().unwrap();
+    let shown = format!("{}:3:1", f.display());
+    refused(
+        &fixtures(),
+        "test/broken",
+        &["--board-dir", dir],
+        &[&shown, "layot"],
+    );
+
+    std::fs::write(&f, "description = \"broken\n").unwrap();
+    refused(
+        &fixtures(),
+        "test/broken",
+        &["--board-dir", dir],
+        &[&format!("{}:1:", f.display())],
+    );
+}
+
+#[test]
+fn missing_images_directory_is_bad_usage() {
+    refused(
+        Path::new("/nonexistent/images"),
+        "pi/4",
+        &[],
+        &["/nonexistent/images", "BINARIES_DIR"],
+    );
+}
+
+#[test]
+fn bad_size_argument_is_bad_usage() {
+    let out = run(&["plan", "--board", "pi/4", "--size", "12 parsecs"]);
+    assert_eq!(out.status.code(), Some(2));
+}

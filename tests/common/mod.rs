@@ -1,0 +1,217 @@
+//! Shared test helpers: running the binary, the oracle tools (which must be installed:
+//! a missing tool fails the test with the package to install, unless
+//! SKIFF_FLASH_TEST_ALLOW_MISSING=1 opts out), loop devices, fixture copies.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const EPOCH: &str = "1700000000";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skiff-flash")
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pi4/images")
+}
+
+/// Runs skiff-flash with a fixed SOURCE_DATE_EPOCH.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("BINARIES_DIR")
+        .env_remove("SKIFF_FLASH_BOARD_PATH")
+        .output()
+        .expect("running skiff-flash")
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "skiff-flash failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether an oracle tool is present; panics with the package to install when it is not.
+pub fn need(tool: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(tool).is_file()
+        || Path::new("/sbin").join(tool).is_file();
+    if found {
+        return true;
+    }
+    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
+        eprintln!("SKIPPED: `{tool}` is missing (apt-get install {package})");
+        return false;
+    }
+    panic!(
+        "`{tool}` is required by this test: apt-get install {package} (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip)"
+    );
+}
+
+/// Runs a tool and returns (exit code, stdout+stderr).
+pub fn tool(cmd: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s += &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), s)
+}
+
+pub fn tool_ok(cmd: &str, args: &[&str]) -> String {
+    let (code, out) = tool(cmd, args);
+    assert_eq!(code, 0, "{cmd} {args:?} failed:\n{out}");
+    out
+}
+
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A loop device over an image with its partitions added through BLKPG (`partx -a`):
+/// what a board's kernel would see. Detached on drop.
+pub struct Loop {
+    pub dev: String,
+}
+
+impl Loop {
+    pub fn attach(image: &Path, read_only: bool) -> Option<Loop> {
+        if !need("losetup", "mount") || !need("partx", "util-linux") {
+            return None;
+        }
+        assert!(
+            is_root(),
+            "loop devices need root: run the tests as root (CI does), or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip"
+        );
+        let img = image.to_str().unwrap();
+        let mut args = vec!["-f", "--show"];
+        if read_only {
+            args.push("-r");
+        }
+        args.push(img);
+        let dev = tool_ok("losetup", &args).trim().to_string();
+        let l = Loop { dev };
+        tool_ok("partx", &["-a", &l.dev]);
+        Some(l)
+    }
+
+    pub fn part(&self, n: u32) -> String {
+        format!("{}p{n}", self.dev)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = tool("partx", &["-d", &self.dev]);
+        let _ = tool("losetup", &["-d", &self.dev]);
+    }
+}
+
+/// A read-only mount, unmounted on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn ro(dev: &str) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        tool_ok("mount", &["-o", "ro", dev, dir.path().to_str().unwrap()]);
+        Mount { dir }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = tool("umount", &[self.dir.path().to_str().unwrap()]);
+    }
+}
+
+/// Copies a tree keeping modes and symlinks.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let md = std::fs::symlink_metadata(&src).unwrap();
+        if md.file_type().is_symlink() {
+            symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if md.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode())).unwrap();
+        }
+    }
+}
+
+/// Every entry under `root` as (relative path, kind, mode, content or link target), sorted.
+pub fn snapshot(root: &Path) -> Vec<(String, String, u32, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String, u32, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "lost+found" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let mode = md.mode() & 0o7777;
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.push((
+                    rel,
+                    "link".into(),
+                    0,
+                    t.to_string_lossy().as_bytes().to_vec(),
+                ));
+            } else if md.is_dir() {
+                out.push((rel, "dir".into(), mode, Vec::new()));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, "file".into(), mode, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Copies `len` bytes at `offset` of `image` into a new temp file (for tools that take a
+/// whole device, like fsck.fat).
+pub fn extract(image: &Path, offset: u64, len: u64) -> tempfile::NamedTempFile {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut src = std::fs::File::open(image).unwrap();
+    src.seek(SeekFrom::Start(offset)).unwrap();
+    let mut dst = tempfile::NamedTempFile::new().unwrap();
+    std::io::copy(&mut Read::by_ref(&mut src).take(len), dst.as_file_mut()).unwrap();
+    dst.as_file_mut().flush().unwrap();
+    dst
+}

@@ -8,16 +8,34 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::board::{Board, Check, FileRule, FsKind, split_dest};
+use crate::board::{Board, Check, Convert, FileRule, FsKind, split_dest};
+use crate::bootcfg::template::Vars;
+use crate::bootcfg::uimage;
 use crate::error::{Error, Result};
 use crate::tree::{Entry, Node, Source, Tree};
 
 /// Content trees keyed by partition id.
 pub type Trees = BTreeMap<String, Tree>;
 
-/// Applies every file rule of `board` to `images` and returns one tree per partition that
-/// has a filesystem.
-pub fn collect(board: &Board, images: &Path) -> Result<Trees> {
+/// What file rules are applied with.
+pub struct Context<'a> {
+    pub images: &'a Path,
+    /// Placeholder values (identifiers, version, the board's vars).
+    pub vars: &'a Vars,
+    /// Timestamp for generated images (boot.scr).
+    pub epoch: i64,
+}
+
+/// Generated files larger than this are not read into memory for editing.
+const MAX_EDITED: u64 = 4 << 20;
+
+/// SkiffOS's marker for builds whose console must stay silent.
+const SILENT_MARKER: &str = ".disable-serial-console";
+
+/// Applies every file rule of `board` to the images directory and returns one tree per
+/// partition that has a filesystem.
+pub fn collect(board: &Board, ctx: &Context<'_>) -> Result<Trees> {
+    let images = ctx.images;
     if !images.is_dir() {
         return Err(Error::Usage(format!(
             "images directory {} does not exist (give --images or set BINARIES_DIR)",
@@ -32,7 +50,7 @@ pub fn collect(board: &Board, images: &Path) -> Result<Trees> {
         .map(|p| (p.id.clone(), Tree::new()))
         .collect();
     for rule in &board.files {
-        apply(board, rule, images, &mut trees)?;
+        apply(board, rule, ctx, &mut trees)?;
     }
     apply_attrs(board, &mut trees)?;
     Ok(trees)
@@ -53,6 +71,7 @@ struct Placer<'a> {
     part: &'a str,
     fs: FsKind,
     tree: &'a mut Tree,
+    ctx: &'a Context<'a>,
 }
 
 impl Placer<'_> {
@@ -135,6 +154,17 @@ impl Placer<'_> {
         if let Some(Check::Squashfs) = self.rule.check {
             crate::fs::squashfs::check(src)?;
         }
+        if self.edits() {
+            if size > MAX_EDITED {
+                return Err(Error::BadArtifact {
+                    path: src.to_path_buf(),
+                    message: format!("too large to edit as a config ({} bytes)", size),
+                });
+            }
+            let bytes = std::fs::read(src)
+                .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+            return self.generated(dest, bytes, mode);
+        }
         self.insert(Entry {
             path: dest.to_string(),
             node: Node::File {
@@ -146,10 +176,82 @@ impl Placer<'_> {
             gid: 0,
         })
     }
+
+    /// Whether this rule's content is edited before it is placed.
+    fn edits(&self) -> bool {
+        self.rule.substitute == Some(true)
+            || self.rule.silent_console == Some(true)
+            || self.rule.convert.is_some()
+    }
+
+    /// Places generated content after the rule's edits: placeholders, the silent-console
+    /// edit, then conversion.
+    fn generated(&mut self, dest: &str, bytes: Vec<u8>, mode: u32) -> Result<()> {
+        let bytes = edit(self.rule, self.ctx, bytes).map_err(|m| {
+            Error::board(
+                &self.board.name,
+                format!("file rule `{}`: {m}", self.rule.name),
+            )
+        })?;
+        self.insert(Entry {
+            path: dest.to_string(),
+            node: Node::File {
+                size: bytes.len() as u64,
+                source: Source::generated(bytes),
+            },
+            mode,
+            uid: 0,
+            gid: 0,
+        })
+    }
 }
 
-fn apply(board: &Board, rule: &FileRule, images: &Path, trees: &mut Trees) -> Result<()> {
-    let to = rule.to.as_deref().unwrap_or_default();
+fn edit(
+    rule: &FileRule,
+    ctx: &Context<'_>,
+    mut bytes: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    let substitute = rule.substitute.unwrap_or(rule.text.is_some());
+    if substitute || rule.silent_console == Some(true) {
+        let mut text =
+            String::from_utf8(bytes).map_err(|_| "content is not UTF-8 text".to_string())?;
+        if substitute {
+            text = ctx.vars.apply(&text);
+        }
+        if rule.silent_console == Some(true) && ctx.images.join(SILENT_MARKER).exists() {
+            text = uimage::silent_console(&text);
+        }
+        bytes = text.into_bytes();
+    }
+    match &rule.convert {
+        None => Ok(bytes),
+        Some(Convert::UbootScript { arch, name }) => {
+            let a = uimage::Arch::from_name(arch)
+                .ok_or_else(|| format!("unknown U-Boot arch `{arch}`"))?;
+            let time = u32::try_from(ctx.epoch.max(0)).unwrap_or(u32::MAX);
+            uimage::script(a, name, &bytes, time)
+        }
+    }
+}
+
+fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -> Result<()> {
+    let images = ctx.images;
+    let to = ctx.vars.apply(rule.to.as_deref().unwrap_or_default());
+    if let Some(name) = ctx.vars.unknown(&to).first() {
+        let hint = if name == "version" {
+            " (it comes from the VERSION= line of skiff-release in the images directory)"
+        } else {
+            ""
+        };
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "file rule `{}`: `{{{name}}}` in `to` has no value{hint}",
+                rule.name
+            ),
+        ));
+    }
+    let to = to.as_str();
     let (part, path) = split_dest(to).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
     let fs = fs_of(board, part).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
     let into_dir = path.ends_with('/');
@@ -163,6 +265,7 @@ fn apply(board: &Board, rule: &FileRule, images: &Path, trees: &mut Trees) -> Re
         part,
         fs,
         tree,
+        ctx,
     };
     let dest_for = |name: &str| -> String {
         if into_dir {
@@ -207,16 +310,7 @@ fn apply(board: &Board, rule: &FileRule, images: &Path, trees: &mut Trees) -> Re
     }
     if let Some(text) = &rule.text {
         let dest = dest_for(&rule.name);
-        return p.insert(Entry {
-            path: dest,
-            node: Node::File {
-                source: Source::Text(text.clone()),
-                size: text.len() as u64,
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
+        return p.generated(&dest, text.clone().into_bytes(), 0o644);
     }
     if rule.required == Some(true) {
         return Err(Error::MissingArtifact {

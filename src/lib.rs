@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod board;
+pub mod bootcfg;
 pub mod compose;
 pub mod error;
 pub mod fs;

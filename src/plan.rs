@@ -9,12 +9,13 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts;
 use crate::board::{Board, FsKind, SizeSpec, TableKind};
+use crate::bootcfg::template::{Vars, release_version};
 use crate::error::{Error, Result};
 use crate::fs::{self, FsSpec, Measure};
 use crate::layout::{self, Geometry, PlaceError, Request, SizeRule};
 use crate::table::{self, Guid, SECTOR, TableEntry, gpt};
 use crate::tree::Tree;
-use crate::units::Headroom;
+use crate::units::{Headroom, bytes};
 
 /// What a plan is made from besides the board.
 #[derive(Debug, Clone)]
@@ -39,6 +40,21 @@ pub struct Plan {
     pub sector_size: u64,
     pub table: Table,
     pub partitions: Vec<Partition>,
+    /// Bootloader blobs written outside the partitions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub raw: Vec<RawWrite>,
+}
+
+/// A byte range copied from a file to a fixed disk offset.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawWrite {
+    pub name: String,
+    pub source: PathBuf,
+    /// Byte offset into the source.
+    pub skip: u64,
+    pub length: u64,
+    /// Disk byte offset.
+    pub offset: u64,
 }
 
 /// The partition table and its identifiers.
@@ -125,7 +141,6 @@ impl Plan {
 struct Measured {
     kind: FsKind,
     tree: Tree,
-    uuid: [u8; 16],
     measure: Box<dyn Measure>,
 }
 
@@ -140,21 +155,210 @@ fn derive(seed: &str, what: &str) -> [u8; 16] {
     out
 }
 
+/// Identifiers of the disk, its partitions and filesystems: derived from the seed, decided
+/// before anything else so configs can name them.
+struct Ids {
+    table: Table,
+    partuuid: Vec<String>,
+    fs_uuid: Vec<[u8; 16]>,
+}
+
+impl Ids {
+    fn derive(board: &Board, seed: &str) -> Ids {
+        let layout = &board.layout;
+        let disk_id =
+            u32::from_le_bytes(derive(seed, "disk-id")[..4].try_into().unwrap_or_default());
+        let table = match layout.table {
+            TableKind::Gpt => Table::Gpt {
+                disk_guid: Guid::from_hash(derive(seed, "disk")),
+                array_lba: layout.gpt_array.map_or(2, |a| a.0 / SECTOR),
+            },
+            TableKind::Mbr => Table::Mbr {
+                disk_id: format!("{disk_id:08x}"),
+            },
+        };
+        let partuuid = layout
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match layout.table {
+                TableKind::Gpt => Guid::from_hash(derive(seed, &format!("part/{}", p.id)))
+                    .to_string()
+                    .to_lowercase(),
+                TableKind::Mbr => format!("{disk_id:08x}-{:02x}", i + 1),
+            })
+            .collect();
+        let fs_uuid = layout
+            .partitions
+            .iter()
+            .map(|p| Guid::from_hash(derive(seed, &format!("fs/{}", p.id))).0)
+            .collect();
+        Ids {
+            table,
+            partuuid,
+            fs_uuid,
+        }
+    }
+}
+
+fn fs_uuid_string(kind: FsKind, uuid: &[u8; 16]) -> String {
+    match kind {
+        FsKind::Fat32 => format!(
+            "{:02X}{:02X}-{:02X}{:02X}",
+            uuid[3], uuid[2], uuid[1], uuid[0]
+        ),
+        FsKind::Ext4 => Guid(*uuid).to_string().to_lowercase(),
+    }
+}
+
+/// Placeholder values for configs and paths.
+fn vars(board: &Board, ids: &Ids, images: &std::path::Path) -> Vars {
+    let mut v = Vars::default();
+    for (i, p) in board.layout.partitions.iter().enumerate() {
+        v.set(format!("partuuid:{}", p.id), ids.partuuid[i].clone());
+        if let Some(kind) = p.fs {
+            v.set(
+                format!("fsuuid:{}", p.id),
+                fs_uuid_string(kind, &ids.fs_uuid[i]),
+            );
+        }
+        if let Some(l) = &p.label {
+            v.set(format!("label:{}", p.id), l.clone());
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(images.join("skiff-release"))
+        && let Some(version) = release_version(&text)
+    {
+        v.set("version", version);
+    }
+    v.extend_board(&board.vars);
+    v
+}
+
+/// Resolves the board's raw writes against the images directory.
+fn raw_writes(board: &Board, images: &std::path::Path) -> Result<Vec<RawWrite>> {
+    let mut out = Vec::new();
+    for r in &board.raw {
+        let found = r.from.iter().map(|f| images.join(f)).find_map(|p| {
+            std::fs::metadata(&p)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (p, m.len()))
+        });
+        let Some((path, len)) = found else {
+            if r.required.unwrap_or(true) {
+                return Err(Error::MissingArtifact {
+                    board: board.name.clone(),
+                    artifact: r.from.join("` or `"),
+                    looked_in: r.from.iter().map(|f| images.join(f)).collect(),
+                });
+            }
+            continue;
+        };
+        let skip = r.skip.map_or(0, |s| s.0);
+        let length = match r.length {
+            Some(l) => l.0,
+            None => len.saturating_sub(skip),
+        };
+        if skip + length > len || length == 0 {
+            return Err(Error::BadArtifact {
+                path,
+                message: format!(
+                    "raw write `{}` takes bytes {}..{} but the file has {}",
+                    r.name,
+                    bytes(skip),
+                    bytes(skip + length),
+                    bytes(len)
+                ),
+            });
+        }
+        out.push(RawWrite {
+            name: r.name.clone(),
+            source: path,
+            skip,
+            length,
+            offset: r.offset.map_or(0, |o| o.0),
+        });
+    }
+    Ok(out)
+}
+
+/// Refuses raw writes that overlap the partition table, a partition or each other, or that
+/// leave the disk. Bytes 0..440 of sector 0 (boot code) may be written on both table kinds.
+fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
+    let mut taken: Vec<(String, u64, u64)> = Vec::new();
+    match &plan.table {
+        Table::Mbr { .. } => taken.push(("the MBR partition table".into(), 440, 72)),
+        Table::Gpt { array_lba, .. } => {
+            taken.push(("the protective MBR and GPT header".into(), 440, 1024 - 440));
+            taken.push((
+                "the GPT entry array".into(),
+                array_lba * SECTOR,
+                gpt::ARRAY_SECTORS * SECTOR,
+            ));
+            taken.push((
+                "the backup GPT".into(),
+                plan.disk_size - gpt::TAIL,
+                gpt::TAIL,
+            ));
+        }
+    }
+    for p in &plan.partitions {
+        taken.push((format!("partition {}", p.id), p.start, p.size));
+    }
+    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o + l));
+    for r in &plan.raw {
+        if r.offset + r.length > plan.disk_size {
+            return Err(Error::board(
+                &board.name,
+                format!(
+                    "raw write `{}` {} leaves the {}-byte disk",
+                    r.name,
+                    range(r.offset, r.length),
+                    bytes(plan.disk_size)
+                ),
+            ));
+        }
+        for (what, o, l) in &taken {
+            if layout::overlaps((r.offset, r.length), (*o, *l)) {
+                return Err(Error::board(
+                    &board.name,
+                    format!(
+                        "raw write `{}` {} overlaps {what} {}",
+                        r.name,
+                        range(r.offset, r.length),
+                        range(*o, *l)
+                    ),
+                ));
+            }
+        }
+        taken.push((format!("raw write `{}`", r.name), r.offset, r.length));
+    }
+    Ok(())
+}
+
 /// Makes the plan for `board` from the images directory.
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     let seed = opts.seed.clone().unwrap_or_else(|| board.name.clone());
-    let mut trees = artifacts::collect(board, &opts.images)?;
     let layout = &board.layout;
+    let ids = Ids::derive(board, &seed);
+    let vars = vars(board, &ids, &opts.images);
+    let ctx = artifacts::Context {
+        images: &opts.images,
+        vars: &vars,
+        epoch: opts.epoch,
+    };
+    let mut trees = artifacts::collect(board, &ctx)?;
+    let raw = raw_writes(board, &opts.images)?;
 
     let mut pending = Vec::new();
-    for p in &layout.partitions {
+    for (i, p) in layout.partitions.iter().enumerate() {
         let fs = match p.fs {
             Some(kind) => {
                 let tree = trees.remove(&p.id).unwrap_or_default();
-                let uuid = derive(&seed, &format!("fs/{}", p.id));
                 let spec = FsSpec {
                     label: p.label.as_deref(),
-                    uuid,
+                    uuid: ids.fs_uuid[i],
                     epoch: opts.epoch,
                     tree: &tree,
                     offset: 0,
@@ -164,7 +368,6 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                 Some(Measured {
                     kind,
                     tree,
-                    uuid,
                     measure,
                 })
             }
@@ -173,9 +376,9 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         pending.push(fs);
     }
 
-    let (array_lba, first_start, tail) = match layout.table {
-        TableKind::Gpt => (2, gpt::first_usable(2), gpt::TAIL),
-        TableKind::Mbr => (0, SECTOR, 0),
+    let (first_start, tail) = match &ids.table {
+        Table::Gpt { array_lba, .. } => (gpt::first_usable(*array_lba), gpt::TAIL),
+        Table::Mbr { .. } => (SECTOR, 0),
     };
     let geo = Geometry {
         align: layout.align.0,
@@ -243,17 +446,6 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     drop(reqs);
     drop(fits);
 
-    let disk_guid = Guid::from_hash(derive(&seed, "disk"));
-    let disk_id = u32::from_le_bytes(derive(&seed, "disk-id")[..4].try_into().unwrap_or_default());
-    let table = match layout.table {
-        TableKind::Gpt => Table::Gpt {
-            disk_guid,
-            array_lba,
-        },
-        TableKind::Mbr => Table::Mbr {
-            disk_id: format!("{disk_id:08x}"),
-        },
-    };
     if layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
         return Err(Error::board(
             &board.name,
@@ -268,8 +460,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         .zip(placed)
         .enumerate()
     {
-        let number = i as u32 + 1;
-        let (gpt_type, mbr_type, partuuid, name) = match layout.table {
+        let (gpt_type, mbr_type, name) = match layout.table {
             TableKind::Gpt => {
                 let t = p.gpt_type.as_deref().unwrap_or_default();
                 let g = table::gpt_type(t).ok_or_else(|| {
@@ -278,11 +469,9 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                         format!("partition {}: unknown gpt_type `{t}`", p.id),
                     )
                 })?;
-                let guid = Guid::from_hash(derive(&seed, &format!("part/{}", p.id)));
                 (
                     Some(g),
                     None,
-                    guid.to_string().to_lowercase(),
                     Some(p.gpt_name.clone().unwrap_or(p.id.clone())),
                 )
             }
@@ -294,56 +483,48 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                         format!("partition {}: bad mbr_type `{t}`", p.id),
                     )
                 })?;
-                (
-                    None,
-                    Some(format!("0x{b:02x}")),
-                    format!("{disk_id:08x}-{number:02x}"),
-                    None,
-                )
+                (None, Some(format!("0x{b:02x}")), None)
             }
         };
+        let uuid = ids.fs_uuid[i];
         let fs = pd.map(
             |Measured {
                  kind,
                  tree,
-                 uuid,
-                 measure: m,
+                 measure,
              }| Filesystem {
                 kind,
                 label: p.label.clone(),
-                uuid: match kind {
-                    FsKind::Fat32 => format!(
-                        "{:02X}{:02X}-{:02X}{:02X}",
-                        uuid[3], uuid[2], uuid[1], uuid[0]
-                    ),
-                    FsKind::Ext4 => Guid(uuid).to_string().to_lowercase(),
-                },
+                uuid: fs_uuid_string(kind, &uuid),
                 uuid_bytes: uuid,
-                min_size: m.min_size(),
+                min_size: measure.min_size(),
                 content_bytes: tree.file_bytes(),
                 entries: tree,
             },
         );
         partitions.push(Partition {
-            number,
+            number: i as u32 + 1,
             id: p.id.clone(),
             start: pl.start,
             size: pl.size,
             name,
             gpt_type,
             mbr_type,
-            partuuid,
+            partuuid: ids.partuuid[i].clone(),
             bootable: p.bootable,
             fs,
         });
     }
-    Ok(Plan {
+    let plan = Plan {
         board: board.name.clone(),
         layout: layout.name.clone(),
         epoch: opts.epoch,
         disk_size,
         sector_size: SECTOR,
-        table,
+        table: ids.table,
         partitions,
-    })
+        raw,
+    };
+    check_raw(board, &plan)?;
+    Ok(plan)
 }

@@ -15,8 +15,24 @@ use serde::Serialize;
 pub enum Source {
     /// A file in the images directory (read when written, size checked again then).
     Path(PathBuf),
-    /// Generated content (bootloader configs).
+    /// Generated text (bootloader configs).
     Text(String),
+    /// Generated binary content (compiled boot scripts), shown as hex.
+    Bytes(#[serde(serialize_with = "as_hex")] Vec<u8>),
+}
+
+fn as_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::io::hex(b))
+}
+
+impl Source {
+    /// Generated content as a source: text when it is UTF-8.
+    pub fn generated(bytes: Vec<u8>) -> Source {
+        match String::from_utf8(bytes) {
+            Ok(t) => Source::Text(t),
+            Err(e) => Source::Bytes(e.into_bytes()),
+        }
+    }
 }
 
 /// What an entry is.

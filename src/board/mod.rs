@@ -28,6 +28,41 @@ struct BoardFile {
     files: Vec<FileRule>,
     #[serde(default)]
     attrs: Vec<AttrRule>,
+    #[serde(default)]
+    raw: Vec<RawRule>,
+    /// Placeholders usable in `text`, `to` and substituted files, e.g.
+    /// `SKIFFOS_PARTUUID = "{partuuid:persist}"`.
+    #[serde(default)]
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+/// A bootloader blob written raw at a byte offset of the disk, outside any partition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Identifies the rule across layers.
+    pub name: String,
+    /// Paths relative to the images directory, tried in order.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub from: Vec<String>,
+    /// Disk byte offset of the first byte written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<Size>,
+    /// Byte offset into the source where the copy starts (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<Size>,
+    /// Bytes to copy (default: the rest of the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<Size>,
+    /// Fail when no source exists (default true: a board without its bootloader does not boot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
 }
 
 /// What goes where: one rule of a board, merged by `name` across layers.
@@ -56,9 +91,31 @@ pub struct FileRule {
     /// A validity check run on the source before it is placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+    /// Replace `{partuuid:ID}`, `{fsuuid:ID}`, `{version}` and the board's `vars` in the
+    /// content (always done for `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substitute: Option<bool>,
+    /// Apply SkiffOS's silent-console edit when the images dir has `.disable-serial-console`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_console: Option<bool>,
+    /// Compile the content into another format before placing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convert: Option<Convert>,
     /// Drops an inherited rule of the same name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove: bool,
+}
+
+/// Conversions applied to a file's content.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Convert {
+    /// A U-Boot script image (`boot.scr`), as `mkimage -A ARCH -T script -C none -n NAME`.
+    UbootScript {
+        arch: String,
+        #[serde(default)]
+        name: String,
+    },
 }
 
 /// Source checks a board may ask for.
@@ -115,6 +172,10 @@ pub struct Layout {
     /// Where the first partition may start (default: `align`).
     #[serde(default)]
     pub start: Option<Size>,
+    /// Byte offset of the primary GPT entry array (default: LBA 2). Move it when a
+    /// bootloader blob sits where the array would be (Allwinner's SPL at 8 KiB).
+    #[serde(default)]
+    pub gpt_array: Option<Size>,
     #[serde(rename = "partition")]
     pub partitions: Vec<PartitionDef>,
 }
@@ -199,6 +260,26 @@ pub struct Board {
     pub layout: Layout,
     pub files: Vec<FileRule>,
     pub attrs: Vec<AttrRule>,
+    pub raw: Vec<RawRule>,
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Board {
+    /// What the images directory must hold for this board: the first name of every required
+    /// file rule and raw write (globs excluded).
+    pub fn required_artifacts(&self) -> Vec<String> {
+        let files = self
+            .files
+            .iter()
+            .filter(|r| r.required == Some(true) && r.text.is_none())
+            .filter_map(|r| r.from.first());
+        let raw = self
+            .raw
+            .iter()
+            .filter(|r| r.required.unwrap_or(true))
+            .filter_map(|r| r.from.first());
+        files.chain(raw).cloned().collect()
+    }
 }
 
 /// A line of `skiff-flash boards`.
@@ -271,6 +352,8 @@ impl Catalog {
             layout,
             files: merged.files,
             attrs: merged.attrs,
+            raw: merged.raw,
+            vars: merged.vars,
         };
         validate(&board)?;
         Ok(board)
@@ -322,6 +405,8 @@ struct Merged {
     layout: Option<String>,
     files: Vec<FileRule>,
     attrs: Vec<AttrRule>,
+    raw: Vec<RawRule>,
+    vars: std::collections::BTreeMap<String, String>,
 }
 
 /// Later layers override earlier ones: scalars replace, file rules merge by name (a field a
@@ -333,6 +418,8 @@ fn merge<'a>(layers: impl Iterator<Item = &'a BoardFile>) -> Merged {
         layout: None,
         files: Vec::new(),
         attrs: Vec::new(),
+        raw: Vec::new(),
+        vars: Default::default(),
     };
     for f in layers {
         m.description = f.description.clone().or(m.description);
@@ -352,12 +439,36 @@ fn merge<'a>(layers: impl Iterator<Item = &'a BoardFile>) -> Merged {
                     base.text = rule.text.clone().or(base.text.take());
                     base.required = rule.required.or(base.required);
                     base.check = rule.check.or(base.check);
+                    base.substitute = rule.substitute.or(base.substitute);
+                    base.silent_console = rule.silent_console.or(base.silent_console);
+                    base.convert = rule.convert.clone().or(base.convert.take());
                 }
                 None if rule.remove => {}
                 None => m.files.push(rule.clone()),
             }
         }
         m.attrs.extend(f.attrs.iter().cloned());
+        for rule in &f.raw {
+            match m.raw.iter().position(|r| r.name == rule.name) {
+                Some(i) if rule.remove => {
+                    m.raw.remove(i);
+                }
+                Some(i) => {
+                    let base = &mut m.raw[i];
+                    if !rule.from.is_empty() {
+                        base.from = rule.from.clone();
+                    }
+                    base.offset = rule.offset.or(base.offset);
+                    base.skip = rule.skip.or(base.skip);
+                    base.length = rule.length.or(base.length);
+                    base.required = rule.required.or(base.required);
+                }
+                None if rule.remove => {}
+                None => m.raw.push(rule.clone()),
+            }
+        }
+        m.vars
+            .extend(f.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     m
 }
@@ -435,6 +546,22 @@ fn validate(b: &Board) -> Result<()> {
                 r.name
             ));
         }
+    }
+    for r in &b.raw {
+        if r.from.is_empty() {
+            return err(format!("raw rule `{}` has no `from`", r.name));
+        }
+        if r.offset.is_none() {
+            return err(format!("raw rule `{}` has no `offset`", r.name));
+        }
+    }
+    if let Some(Size(a)) = l.gpt_array
+        && (l.table != TableKind::Gpt || a % 512 != 0 || a < 1024)
+    {
+        return err(format!(
+            "layout `{}`: gpt_array must be a sector-aligned offset ≥ 1024 on a GPT layout",
+            l.name
+        ));
     }
     for a in &b.attrs {
         find(&a.path, "attrs path")?;

@@ -67,8 +67,9 @@ fn header(
 }
 
 /// The protective MBR: one 0xEE partition covering the disk (capped at 2 TiB).
-pub fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
+pub fn protective_mbr(boot_code: &[u8; 440], disk_sectors: u64) -> [u8; 512] {
     let mut m = [0u8; 512];
+    m[..440].copy_from_slice(boot_code);
     let e = &mut m[446..462];
     e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
     e[4] = 0xEE;
@@ -84,6 +85,7 @@ pub fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
 /// Writes the whole GPT for a disk of `sink.size()` bytes.
 pub fn write(
     sink: &mut dyn Sink,
+    boot_code: &[u8; 440],
     disk: Guid,
     array_lba: u64,
     parts: &[TableEntry],
@@ -95,7 +97,7 @@ pub fn write(
     let last_usable = backup_array - 1;
     let array = entry_array(parts);
     let ac = crc(&array);
-    sink.data(0, &protective_mbr(sectors))?;
+    sink.data(0, &protective_mbr(boot_code, sectors))?;
     sink.data(
         SECTOR,
         &header(1, last, first, last_usable, disk, array_lba, ac),

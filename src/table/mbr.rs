@@ -16,9 +16,10 @@ fn chs(lba: u64) -> [u8; 3] {
     [h as u8, (s as u8) | (((c >> 8) as u8) << 6), c as u8]
 }
 
-/// The 512-byte boot sector holding the table (boot code area left zero).
-pub fn sector(disk_id: u32, parts: &[TableEntry]) -> [u8; 512] {
+/// The 512-byte boot sector holding `boot_code` (bytes 0..440) and the table.
+pub fn sector(boot_code: &[u8; 440], disk_id: u32, parts: &[TableEntry]) -> [u8; 512] {
     let mut m = [0u8; 512];
+    m[..440].copy_from_slice(boot_code);
     m[440..444].copy_from_slice(&disk_id.to_le_bytes());
     for (i, p) in parts.iter().take(4).enumerate() {
         let e = &mut m[446 + 16 * i..462 + 16 * i];
@@ -37,8 +38,13 @@ pub fn sector(disk_id: u32, parts: &[TableEntry]) -> [u8; 512] {
 }
 
 /// Writes the MBR into sector 0.
-pub fn write(sink: &mut dyn Sink, disk_id: u32, parts: &[TableEntry]) -> std::io::Result<()> {
-    sink.data(0, &sector(disk_id, parts))
+pub fn write(
+    sink: &mut dyn Sink,
+    boot_code: &[u8; 440],
+    disk_id: u32,
+    parts: &[TableEntry],
+) -> std::io::Result<()> {
+    sink.data(0, &sector(boot_code, disk_id, parts))
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //!
 //! Targets decide nothing about content.
 
-mod image;
-
-pub use image::ImageFile;
+pub mod blockdev;
+pub mod image;
+pub mod stream;
 
 use std::io;
 
@@ -18,6 +18,15 @@ pub trait Sink {
     fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Total size in bytes.
     fn size(&self) -> u64;
+    /// Whether writes must arrive in ascending offset order (a stream).
+    fn sequential(&self) -> bool {
+        false
+    }
+    /// While on, writes may come in any order and are kept until it is turned off; after
+    /// that, writes ascend again. Writers announce their out-of-order phases with it.
+    fn hold(&mut self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A region `[base, base+len)` of another sink, addressed from 0.
@@ -56,6 +65,14 @@ impl<'a> Window<'a> {
 }
 
 impl Sink for Window<'_> {
+    fn sequential(&self) -> bool {
+        self.inner.sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        self.inner.hold(on)
+    }
+
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         self.check(offset, bytes.len() as u64)?;
         self.inner.data(self.base + offset, bytes)

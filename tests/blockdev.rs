@@ -1,0 +1,458 @@
+//! Block-device targets on real loop devices: inspection, refusals, exclusive writes, real
+//! zeroing and partition re-reading. Needs root and losetup, partx, sgdisk, mkfs.ext4 and
+//! mount; without them a test fails saying what is missing, unless
+//! SKIFF_FLASH_TEST_ALLOW_MISSING=1 turns that into a skip.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use common::{is_root, need, tool, tool_ok};
+use skiff_flash::target::Sink;
+use skiff_flash::target::blockdev::{
+    self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Whether loop-device tests can run here; panics with the reason when they cannot and
+/// skipping was not asked for.
+fn can_run() -> bool {
+    let tools = [
+        ("losetup", "mount"),
+        ("partx", "util-linux"),
+        ("sgdisk", "gdisk"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mount", "mount"),
+    ];
+    if !tools.iter().all(|(t, p)| need(t, p)) {
+        return false;
+    }
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
+        eprintln!("SKIPPED: loop devices need root");
+        return false;
+    }
+    panic!(
+        "loop devices need root: run the tests as root (CI does), or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip"
+    );
+}
+
+/// A loop device over a backing file; its partitions removed and itself detached on drop.
+struct Loop {
+    dev: PathBuf,
+    name: String,
+}
+
+impl Loop {
+    fn attach(file: &Path, extra: &[&str]) -> Loop {
+        let mut args = vec!["-f", "--show"];
+        args.extend(extra);
+        args.push(file.to_str().unwrap());
+        let dev = PathBuf::from(tool_ok("losetup", &args).trim());
+        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+        Loop { dev, name }
+    }
+
+    fn dev(&self) -> &str {
+        self.dev.to_str().unwrap()
+    }
+
+    fn part(&self, n: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{n}", self.dev()))
+    }
+
+    fn sys_part(&self, n: u32) -> PathBuf {
+        Path::new("/sys/block")
+            .join(&self.name)
+            .join(format!("{}p{n}", self.name))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // Partitions added through BLKPG outlive a detach on loops without partscan.
+        let _ = tool("partx", &["-d", self.dev()]);
+        let _ = tool("losetup", &["-d", self.dev()]);
+    }
+}
+
+/// A read-write mount, unmounted on drop.
+struct Mount {
+    dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn new(dev: &Path) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        tool_ok(
+            "mount",
+            &[dev.to_str().unwrap(), dir.path().to_str().unwrap()],
+        );
+        Mount { dir }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = tool("umount", &[self.path()]);
+    }
+}
+
+fn sparse(dir: &Path, len: u64) -> PathBuf {
+    let path = dir.join("disk.img");
+    fs::File::create(&path).unwrap().set_len(len).unwrap();
+    path
+}
+
+/// Partition 1 at sector 2048 and partition 2 right after, 10 MiB each.
+fn gpt(file: &Path) {
+    tool_ok(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+10M",
+            "-n",
+            "2:0:+10M",
+            file.to_str().unwrap(),
+        ],
+    );
+}
+
+/// The planned partitions matching `gpt`.
+const PLAN: [(u32, u64, u64); 2] = [
+    (1, 2048 * 512, 10 * MIB),
+    (2, 2048 * 512 + 10 * MIB, 10 * MIB),
+];
+
+fn card_policy(min_size: u64) -> SafetyPolicy {
+    SafetyPolicy {
+        allow_fixed: false,
+        min_size,
+    }
+}
+
+#[test]
+fn inspect_reports_size_sectors_and_loop_transport() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lo = Loop::attach(&sparse(dir.path(), 64 * MIB), &[]);
+    let info = inspect(&lo.dev).unwrap();
+    assert_eq!(info.name, lo.name);
+    assert_eq!(info.path, lo.dev);
+    assert_eq!(info.major, 7);
+    assert_eq!(info.size, 64 * MIB);
+    assert_eq!(info.logical_sector, 512);
+    assert!(info.physical_sector.is_power_of_two() && info.physical_sector >= 512);
+    assert_eq!(info.transport, Transport::Loop);
+    assert!(!info.read_only && !info.is_system);
+    assert!(info.partitions.is_empty() && info.mountpoints.is_empty() && info.holders.is_empty());
+    check(&info, &card_policy(64 * MIB)).unwrap();
+
+    let listed = blockdev::list().unwrap();
+    let mine = listed.iter().find(|d| d.name == lo.name).expect("listed");
+    assert_eq!(mine.size, 64 * MIB);
+    let names: Vec<&str> = listed.iter().map(|d| d.name.as_str()).collect();
+    assert!(names.is_sorted(), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("zram") || n.starts_with("ram"))
+    );
+}
+
+#[test]
+fn the_running_system_disk_is_refused() {
+    if !can_run() {
+        return;
+    }
+    // Containers with an overlay root have no block device behind /: nothing to find.
+    if rustix::fs::major(fs::metadata("/").unwrap().dev()) == 0 {
+        eprintln!("SKIPPED: / is not on a block device here");
+        return;
+    }
+    let root = blockdev::list()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.is_system)
+        .expect("some disk backs /");
+    let policy = SafetyPolicy {
+        allow_fixed: true,
+        min_size: 0,
+    };
+    let msg = check(&root, &policy).unwrap_err().to_string();
+    assert!(msg.contains("holds the running system"), "{msg}");
+}
+
+#[test]
+fn a_partition_is_refused_and_partitions_are_listed() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), 64 * MIB);
+    gpt(&file);
+    let lo = Loop::attach(&file, &[]);
+    tool_ok("partx", &["-a", lo.dev()]);
+
+    let err = inspect(&lo.part(1)).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is a partition; give the whole disk {}",
+            lo.part(1).display(),
+            lo.dev()
+        )
+    );
+
+    let info = inspect(&lo.dev).unwrap();
+    let got: Vec<(u32, u64, u64)> = info
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start, p.size))
+        .collect();
+    assert_eq!(got, PLAN);
+    assert_eq!(info.partitions[0].path, lo.part(1));
+    assert_eq!(info.partitions[1].name, format!("{}p2", lo.name));
+}
+
+#[test]
+fn a_regular_file_and_a_missing_path_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), MIB);
+    let err = inspect(&file).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!("{} is not a block device", file.display())
+    );
+
+    let missing = dir.path().join("sdz");
+    let err = inspect(&missing).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no such device: {} — is the card inserted?",
+            missing.display()
+        )
+    );
+    assert!(!missing.exists(), "inspect created {}", missing.display());
+}
+
+#[test]
+fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), 64 * MIB);
+    gpt(&file);
+    let lo = Loop::attach(&file, &[]);
+    tool_ok("partx", &["-a", lo.dev()]);
+    tool_ok("mkfs.ext4", &["-q", "-F", lo.part(2).to_str().unwrap()]);
+
+    let mount = Mount::new(&lo.part(2));
+    let info = inspect(&lo.dev).unwrap();
+    assert_eq!(info.partitions[1].mountpoints, [mount.path()]);
+    let msg = check(&info, &card_policy(0)).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "{} is mounted at {}; unmount it first",
+            lo.part(2).display(),
+            mount.path()
+        )
+    );
+    let err = Device::open_exclusive(&info).err().expect("open must fail");
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!("{} is busy (mounted or in use)", lo.dev())
+    );
+
+    drop(mount);
+    let info = inspect(&lo.dev).unwrap();
+    assert!(info.partitions.iter().all(|p| p.mountpoints.is_empty()));
+    check(&info, &card_policy(0)).unwrap();
+    Device::open_exclusive(&info).unwrap();
+}
+
+#[test]
+fn a_device_smaller_than_the_image_is_refused_with_both_sizes() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
+    let info = inspect(&lo.dev).unwrap();
+    let msg = check(&info, &card_policy(16 * MIB))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        format!("image needs 16,777,216 bytes, {} has 8,388,608", lo.dev())
+    );
+    check(&info, &card_policy(8 * MIB)).unwrap();
+}
+
+#[test]
+fn a_read_only_device_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &["-r"]);
+    let info = inspect(&lo.dev).unwrap();
+    assert!(info.read_only);
+    let msg = check(&info, &card_policy(0)).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        format!("{} is read-only (is the card's lock switch on?)", lo.dev())
+    );
+}
+
+#[test]
+fn writes_land_at_their_offsets() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), 16 * MIB);
+    let lo = Loop::attach(&file, &[]);
+    let mut dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    assert_eq!(dev.size(), 16 * MIB);
+
+    dev.data(0, b"first sector").unwrap();
+    dev.data(4096 + 3, b"unaligned").unwrap();
+    dev.data(16 * MIB - 4, b"tail").unwrap();
+    assert!(
+        dev.data(16 * MIB - 3, b"tail").is_err(),
+        "a write past the end"
+    );
+    dev.sync().unwrap();
+
+    let backing = fs::File::open(&file).unwrap();
+    let at = |offset: u64, len: usize| {
+        let mut buf = vec![0; len];
+        backing.read_exact_at(&mut buf, offset).unwrap();
+        buf
+    };
+    assert_eq!(at(0, 12), b"first sector");
+    assert_eq!(at(4096, 12), b"\0\0\0unaligned");
+    assert_eq!(at(16 * MIB - 4, 4), b"tail");
+    assert_eq!(dev.read_direct(4096 + 3, 9).unwrap(), b"unaligned");
+    assert_eq!(dev.read_direct(16 * MIB - 5, 5).unwrap(), b"\0tail");
+}
+
+#[test]
+fn zeros_really_zero_the_range() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), 16 * MIB);
+    let lo = Loop::attach(&file, &[]);
+    let mut dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    dev.data(0, &vec![0xAA; (16 * MIB) as usize]).unwrap();
+    dev.sync().unwrap();
+    // Pull the range into the device's page cache, so a zeroing that left it stale shows.
+    let cached = fs::File::open(&lo.dev).unwrap();
+    let mut probe = vec![0; MIB as usize];
+    cached.read_exact_at(&mut probe, 2 * MIB).unwrap();
+    assert!(probe.iter().all(|b| *b == 0xAA));
+
+    // Unaligned at both ends: a sector-aligned middle plus a partial head and tail.
+    let (start, len) = (1000, 5 * MIB + 123);
+    dev.zeros(start, len).unwrap();
+    dev.sync().unwrap();
+
+    let all = fs::read(&file).unwrap();
+    let end = (start + len) as usize;
+    assert!(
+        all[..start as usize].iter().all(|b| *b == 0xAA),
+        "head kept"
+    );
+    assert!(
+        all[start as usize..end].iter().all(|b| *b == 0),
+        "range zeroed"
+    );
+    assert!(all[end..].iter().all(|b| *b == 0xAA), "tail kept");
+    cached.read_exact_at(&mut probe, 2 * MIB).unwrap();
+    assert!(probe.iter().all(|b| *b == 0), "page cache not stale");
+    let direct = dev.read_direct(start - 1, (len + 2) as usize).unwrap();
+    assert_eq!(direct[0], 0xAA);
+    assert!(direct[1..direct.len() - 1].iter().all(|b| *b == 0));
+    assert_eq!(direct[direct.len() - 1], 0xAA);
+}
+
+/// `partx`-free: the kernel learns a GPT written into the device from `reread_partitions`,
+/// again after its partitions were deleted, and a changed plan replaces them.
+fn reread_makes_partitions_appear(losetup_args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse(dir.path(), 64 * MIB);
+    let lo = Loop::attach(&file, losetup_args);
+    gpt(&file);
+    let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+
+    let outcome = blockdev::reread_partitions(&dev, &PLAN).unwrap();
+    eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev());
+    assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
+    assert_eq!(outcome.nodes, [lo.part(1), lo.part(2)]);
+    assert!(outcome.missing_nodes.is_empty(), "{outcome:?}");
+    if outcome.method == RereadMethod::Blkpg {
+        assert!(outcome.rescan_note.is_some());
+    }
+
+    tool_ok("partx", &["-d", lo.dev()]);
+    assert!(!lo.sys_part(1).exists());
+    blockdev::reread_partitions(&dev, &PLAN).unwrap();
+    assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
+
+    // A plan the kernel cannot find in the table: only BLKPG can make it so.
+    let other = [(1, 4 * MIB, 8 * MIB)];
+    let outcome = blockdev::reread_partitions(&dev, &other).unwrap();
+    assert_eq!(outcome.method, RereadMethod::Blkpg);
+    assert!(lo.sys_part(1).exists() && !lo.sys_part(2).exists());
+    let start = fs::read_to_string(lo.sys_part(1).join("start")).unwrap();
+    assert_eq!(start.trim(), (4 * MIB / 512).to_string());
+}
+
+#[test]
+fn reread_partitions_on_a_loop_without_partscan() {
+    if can_run() {
+        reread_makes_partitions_appear(&[]);
+    }
+}
+
+#[test]
+fn reread_partitions_on_a_loop_with_partscan() {
+    if can_run() {
+        reread_makes_partitions_appear(&["-P"]);
+    }
+}
+
+#[test]
+fn reread_partitions_rejects_a_misaligned_plan() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
+    let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    let err = blockdev::reread_partitions(&dev, &[(1, 1000, MIB)]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let err = blockdev::reread_partitions(&dev, &[(1, MIB, 8 * MIB)]).unwrap_err();
+    assert!(err.to_string().contains("not a valid partition"), "{err}");
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fs::{self, FileRecord};
 use crate::io::{HashReader, read_full};
-use crate::plan::{Plan, Table};
+use crate::plan::{Partition, Plan, RawWrite, Table};
 use crate::table::{gpt, mbr};
 use crate::target::{Sink, Window};
 
@@ -68,6 +68,14 @@ impl Sink for Counting<'_, '_> {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+
+    fn sequential(&self) -> bool {
+        self.inner.sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> std::io::Result<()> {
+        self.inner.hold(on)
+    }
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`.
@@ -92,35 +100,25 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result
         total,
         progress,
     };
-    let mut records = Vec::new();
-    for p in &plan.partitions {
-        let files = match plan.fs_spec(p) {
-            Some((kind, spec)) => {
-                let mut w = Window::new(&mut sink, p.start, p.size)
-                    .map_err(|e| Error::io(format!("partition {}", p.id), e))?;
-                fs::writer(kind).write(&spec, p.size, &mut w)?
-            }
-            None => Vec::new(),
-        };
-        records.push(PartitionRecord {
-            id: p.id.clone(),
-            start: p.start,
-            size: p.size,
-            files,
-        });
+    let boot_code = boot_code(plan)?;
+    let table = table_pieces(plan, &boot_code, sink.size());
+    // A stream needs ascending offsets; anything else gets the table last, so an
+    // interrupted write never leaves a table over half-written partitions.
+    let mut jobs: Vec<Job<'_>> = plan.partitions.iter().map(Job::Part).collect();
+    jobs.extend(plan.raw.iter().map(Job::Raw));
+    jobs.extend(table.iter().map(|(o, b)| Job::Table(*o, b)));
+    if sink.sequential() {
+        jobs.sort_by_key(Job::offset);
     }
-    let mut boot_code = [0u8; 440];
-    let raw = write_raw(plan, &mut sink, &mut boot_code)?;
-    let entries = plan.table_entries();
-    let io = |e| Error::io("writing the partition table", e);
-    match &plan.table {
-        Table::Gpt {
-            disk_guid,
-            array_lba,
-        } => gpt::write(&mut sink, &boot_code, *disk_guid, *array_lba, &entries).map_err(io)?,
-        Table::Mbr { disk_id } => {
-            let id = u32::from_str_radix(disk_id, 16).unwrap_or(0);
-            mbr::write(&mut sink, &boot_code, id, &entries).map_err(io)?
+    let mut records = Vec::new();
+    let mut raw = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Part(p) => records.push(write_partition(plan, p, &mut sink)?),
+            Job::Raw(r) => raw.push(write_raw(r, &mut sink)?),
+            Job::Table(o, b) => sink
+                .data(o, b)
+                .map_err(|e| Error::io("writing the partition table", e))?,
         }
     }
     Ok(Manifest {
@@ -131,53 +129,110 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result
     })
 }
 
-/// Copies the raw bootloader blobs. Bytes that land in sector 0's boot-code area go to
-/// `boot_code`, written together with the table, so the table sector is written once.
-fn write_raw(
-    plan: &Plan,
-    sink: &mut dyn Sink,
-    boot_code: &mut [u8; 440],
-) -> Result<Vec<RawRecord>> {
-    let mut out = Vec::new();
-    for r in &plan.raw {
+/// One unit of work, placed by its first byte.
+enum Job<'a> {
+    Part(&'a Partition),
+    Raw(&'a RawWrite),
+    Table(u64, &'a [u8]),
+}
+
+impl Job<'_> {
+    fn offset(&self) -> u64 {
+        match self {
+            Job::Part(p) => p.start,
+            Job::Raw(r) => r.offset.max(BOOT_CODE),
+            Job::Table(o, _) => *o,
+        }
+    }
+}
+
+/// Bytes 0..440 of sector 0: free for bootloaders on MBR and GPT alike.
+const BOOT_CODE: u64 = 440;
+
+fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<PartitionRecord> {
+    let files = match plan.fs_spec(p) {
+        Some((kind, spec)) => {
+            let mut w = Window::new(sink, p.start, p.size)
+                .map_err(|e| Error::io(format!("partition {}", p.id), e))?;
+            fs::writer(kind).write(&spec, p.size, &mut w)?
+        }
+        None => Vec::new(),
+    };
+    Ok(PartitionRecord {
+        id: p.id.clone(),
+        start: p.start,
+        size: p.size,
+        files,
+    })
+}
+
+/// The table as (offset, bytes) pieces for a disk of `disk_bytes`.
+fn table_pieces(plan: &Plan, boot_code: &[u8; 440], disk_bytes: u64) -> Vec<(u64, Vec<u8>)> {
+    let entries = plan.table_entries();
+    match &plan.table {
+        Table::Gpt {
+            disk_guid,
+            array_lba,
+        } => gpt::pieces(disk_bytes, boot_code, *disk_guid, *array_lba, &entries),
+        Table::Mbr { disk_id } => {
+            let id = u32::from_str_radix(disk_id, 16).unwrap_or(0);
+            vec![(0, mbr::sector(boot_code, id, &entries).to_vec())]
+        }
+    }
+}
+
+/// The parts of raw writes that land in sector 0's boot-code area; they are written with
+/// the table, so sector 0 is written once.
+fn boot_code(plan: &Plan) -> Result<[u8; 440]> {
+    let mut code = [0u8; 440];
+    for r in plan.raw.iter().filter(|r| r.offset < BOOT_CODE) {
         let io = |e| {
             Error::io(
                 format!("raw write `{}` from {}", r.name, r.source.display()),
                 e,
             )
         };
+        let n = (BOOT_CODE - r.offset).min(r.length) as usize;
         let mut f = std::fs::File::open(&r.source).map_err(io)?;
         f.seek(SeekFrom::Start(r.skip)).map_err(io)?;
-        let mut reader = HashReader::new(f.take(r.length));
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = r.offset;
-        loop {
-            let n = read_full(&mut reader, &mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            let mut chunk = &buf[..n];
-            if at < 440 {
-                let k = chunk.len().min((440 - at) as usize);
-                boot_code[at as usize..at as usize + k].copy_from_slice(&chunk[..k]);
-                chunk = &chunk[k..];
-                at += k as u64;
-            }
-            sink.data(at, chunk).map_err(io)?;
-            at += chunk.len() as u64;
+        f.read_exact(&mut code[r.offset as usize..r.offset as usize + n])
+            .map_err(io)?;
+    }
+    Ok(code)
+}
+
+/// Copies one raw blob (all of it but its boot-code part), hashing the whole range.
+fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
+    let io = |e| {
+        Error::io(
+            format!("raw write `{}` from {}", r.name, r.source.display()),
+            e,
+        )
+    };
+    let mut f = std::fs::File::open(&r.source).map_err(io)?;
+    f.seek(SeekFrom::Start(r.skip)).map_err(io)?;
+    let mut reader = HashReader::new(f.take(r.length));
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = r.offset;
+    loop {
+        let n = read_full(&mut reader, &mut buf).map_err(io)?;
+        if n == 0 {
+            break;
         }
-        if reader.count() != r.length {
-            return Err(Error::BadArtifact {
-                path: r.source.clone(),
-                message: format!("shrank while building (raw write `{}`)", r.name),
-            });
-        }
-        out.push(RawRecord {
-            name: r.name.clone(),
-            offset: r.offset,
-            length: r.length,
-            sha256: reader.finish(),
+        let skip = BOOT_CODE.saturating_sub(at).min(n as u64) as usize;
+        sink.data(at + skip as u64, &buf[skip..n]).map_err(io)?;
+        at += n as u64;
+    }
+    if reader.count() != r.length {
+        return Err(Error::BadArtifact {
+            path: r.source.clone(),
+            message: format!("shrank while building (raw write `{}`)", r.name),
         });
     }
-    Ok(out)
+    Ok(RawRecord {
+        name: r.name.clone(),
+        offset: r.offset,
+        length: r.length,
+        sha256: reader.finish(),
+    })
 }

@@ -15,6 +15,7 @@ pub mod fs;
 pub mod io;
 pub mod layout;
 pub mod plan;
+pub mod release;
 pub mod table;
 pub mod target;
 pub mod tree;
@@ -24,16 +25,67 @@ pub use error::{Error, Result};
 
 use std::path::Path;
 
-/// Plans and writes `board` to a new sparse image file at `output`; the file appears only
-/// when everything succeeded.
+/// How `build_image` writes its outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub format: target::image::Format,
+    /// Also write the bmap file.
+    pub bmap: bool,
+    /// Also hash every output into SHA256SUMS (and the whole image).
+    pub checksums: bool,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub manifest: compose::Manifest,
+    pub written: target::image::Written,
+    /// Files written beside the image (bmap, SHA256SUMS).
+    pub extra: Vec<std::path::PathBuf>,
+}
+
+/// Writes `plan` to a new image file at `output` (sparse, or compressed by extension); the
+/// file appears only when everything succeeded.
 pub fn build_image(
     plan: &plan::Plan,
     output: &Path,
+    opts: BuildOptions,
     progress: compose::Progress<'_>,
-) -> Result<(compose::Manifest, u64)> {
-    let mut img = target::ImageFile::create(output, plan.disk_size)?;
-    let manifest = compose::write(plan, &mut img, progress)?;
-    let written = img.written();
-    img.commit()?;
-    Ok((manifest, written))
+) -> Result<BuildReport> {
+    let (manifest, written) = target::image::write_file(
+        output,
+        plan.disk_size,
+        opts.format,
+        opts.checksums,
+        |sink| compose::write(plan, sink, progress),
+    )?;
+    let mut extra = Vec::new();
+    let mut sums = Vec::new();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if opts.bmap {
+        let path = release::bmap_path(output);
+        let text = release::bmap(&written.stream);
+        release::write_atomic(&path, &text)?;
+        sums.push((name(&path), io::sha256(text.as_bytes())));
+        extra.push(path);
+    }
+    if opts.checksums {
+        if let Some(h) = &written.file_sha256 {
+            sums.push((name(output), h.clone()));
+        }
+        let dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        extra.push(release::update_sha256sums(dir, &sums)?);
+    }
+    Ok(BuildReport {
+        manifest,
+        written,
+        extra,
+    })
 }

@@ -63,7 +63,9 @@ impl Vars {
             let Some(j) = from.find('}') else { break };
             let name = &from[1..j];
             let looks_like = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c));
             if !dollar && looks_like && !self.values.contains_key(name) {
                 out.push(name.to_string());
             }
@@ -104,7 +106,10 @@ mod tests {
         );
         assert_eq!(v.apply("${version}"), "${version}");
         assert_eq!(v.apply("{"), "{");
-        assert_eq!(v.unknown("{version} {nope} ${also} {partuuid:boot}"), ["nope", "partuuid:boot"]);
+        assert_eq!(
+            v.unknown("{version} {nope} ${also} {partuuid:boot}"),
+            ["nope", "partuuid:boot"]
+        );
     }
 
     #[test]

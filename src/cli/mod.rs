@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use skiff_flash::board::Catalog;
+use skiff_flash::target::image::Format;
 use skiff_flash::units::parse_size;
 use skiff_flash::{Error, Result, plan};
 
@@ -56,7 +57,8 @@ enum Command {
     /// Build a disk image file.
     #[command(after_help = "Examples:
   skiff-flash build --board pi/4 --images fixtures/pi4/images --output pi4.img
-  SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB")]
+  SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB
+  skiff-flash build --board pi/4 --output skiffos-pi4.img.zst --bmap --checksums")]
     Build(BuildArgs),
     /// List the known boards, or show one board's resolved definition.
     #[command(after_help = "Examples:
@@ -101,9 +103,19 @@ struct PlanArgs {
 struct BuildArgs {
     #[command(flatten)]
     inputs: Inputs,
-    /// Image file to write (created under a temporary name, renamed when complete).
+    /// Image file to write: `.img` is sparse; `.img.zst`, `.img.gz`, `.img.xz` are compressed
+    /// as they are written. Created under a temporary name, renamed when complete.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Also write a bmap file (bmaptool's format) beside the image.
+    #[arg(long)]
+    bmap: bool,
+    /// Also write SHA256SUMS (coreutils format) covering every output.
+    #[arg(long)]
+    checksums: bool,
+    /// Compression level (zstd 1-22, default 3; gzip/xz 0-9, default 6).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
+    level: Option<i32>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -245,9 +257,14 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let result = skiff_flash::build_image(&plan, &a.output, &mut progress);
+    let opts = skiff_flash::BuildOptions {
+        format: Format::from_path(&a.output, a.level),
+        bmap: a.bmap,
+        checksums: a.checksums,
+    };
+    let result = skiff_flash::build_image(&plan, &a.output, opts, &mut progress);
     bar.finish_and_clear();
-    let (manifest, written) = result?;
+    let report = result?;
     let elapsed = started.elapsed();
     if a.json {
         println!(
@@ -255,14 +272,18 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
             render::json(&serde_json::json!({
                 "output": a.output,
                 "disk_size": plan.disk_size,
-                "bytes_written": written,
+                "file_size": report.written.file_size,
+                "file_sha256": report.written.file_sha256,
+                "image_sha256": report.written.stream.sha256,
+                "mapped_bytes": report.written.stream.mapped_blocks * skiff_flash::target::stream::BLOCK,
+                "extra_files": report.extra,
                 "seconds": elapsed.as_secs_f64(),
                 "plan": plan,
-                "manifest": manifest,
+                "manifest": report.manifest,
             }))
         );
     } else if !cli.quiet {
-        println!("{}", render::built(&plan, &a.output, written, elapsed));
+        println!("{}", render::built(&plan, &a.output, &report, elapsed));
     }
     Ok(())
 }

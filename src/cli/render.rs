@@ -108,15 +108,28 @@ pub fn board(b: &Board) -> String {
     o
 }
 
-pub fn built(p: &Plan, out: &Path, written: u64, took: Duration) -> String {
-    format!(
-        "{}: {} bytes ({}), {} partitions, {} written, board {} in {:.2} s",
+pub fn built(p: &Plan, out: &Path, r: &skiff_flash::BuildReport, took: Duration) -> String {
+    let mapped = r.written.stream.mapped_blocks * skiff_flash::target::stream::BLOCK;
+    let mut o = format!(
+        "{}: {} bytes ({}), {} partitions, {} mapped, board {} in {:.2} s",
         out.display(),
         bytes(p.disk_size),
         human(p.disk_size),
         p.partitions.len(),
-        human(written),
+        human(mapped),
         p.board,
         took.as_secs_f64()
-    )
+    );
+    if r.written.file_size != p.disk_size {
+        let _ = write!(
+            o,
+            "; file {} ({})",
+            bytes(r.written.file_size),
+            human(r.written.file_size)
+        );
+    }
+    for e in &r.extra {
+        let _ = write!(o, "\n{}", e.display());
+    }
+    o
 }

@@ -4,7 +4,10 @@
 //!
 //! The smallest size is found by sealing candidate layouts (metadata only, no data read).
 
-use mkext4::{FsBuilder, InodeHandle, Meta, Options, ROOT};
+use std::cell::Cell;
+use std::rc::Rc;
+
+use mkext4::{FsBuilder, InodeHandle, Meta, Options, ROOT, RegionSink};
 
 use crate::error::{Error, Result};
 use crate::fs::{FileRecord, FsSpec, FsWriter, Measure};
@@ -70,6 +73,35 @@ fn declare(
         }
     }
     Ok((b, fills))
+}
+
+/// Passes writes through, ending the sink's hold at the first write after `released` is set.
+struct Phased<'a> {
+    inner: Window<'a>,
+    released: Rc<Cell<bool>>,
+    holding: bool,
+}
+
+impl Phased<'_> {
+    fn release(&mut self) -> std::io::Result<()> {
+        if self.holding && self.released.get() {
+            self.holding = false;
+            self.inner.hold(false)?;
+        }
+        Ok(())
+    }
+}
+
+impl RegionSink for Phased<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.release()?;
+        Sink::data(&mut self.inner, offset, bytes)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.release()?;
+        Sink::zeros(&mut self.inner, offset, len)
+    }
 }
 
 struct Ext4Measure {
@@ -146,9 +178,20 @@ impl FsWriter for Ext4 {
     fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>> {
         let (b, fills) = declare(spec, size).map_err(|e| ext4_err(spec, e))?;
         let layout = b.seal().map_err(|e| ext4_err(spec, e))?;
-        let mut window = Window::new(sink, 0, usable(size))
+        let window = Window::new(sink, 0, usable(size))
             .map_err(|e| Error::io(format!("writing {}", spec.part), e))?;
-        let mut w = layout.writer(&mut window).map_err(|e| ext4_err(spec, e))?;
+        // mkext4 emits all metadata first, in no particular order, then file data at
+        // ascending offsets: hold the metadata until the data starts.
+        let io = |e| Error::io(format!("writing {}", spec.part), e);
+        let released = Rc::new(Cell::new(false));
+        let mut phased = Phased {
+            inner: window,
+            released: released.clone(),
+            holding: true,
+        };
+        phased.inner.hold(true).map_err(io)?;
+        let mut w = layout.writer(&mut phased).map_err(|e| ext4_err(spec, e))?;
+        released.set(true);
         let entries: Vec<_> = spec.tree.iter().collect();
         let mut records = Vec::with_capacity(fills.len());
         for (h, i) in fills {
@@ -165,6 +208,7 @@ impl FsWriter for Ext4 {
             });
         }
         w.finish().map_err(|e| ext4_err(spec, e))?;
+        phased.release().map_err(io)?;
         Ok(records)
     }
 }

@@ -2,7 +2,6 @@
 //! unless the layout moves it), and the backup array and header at the disk's end.
 
 use super::{Guid, SECTOR, TableEntry};
-use crate::target::Sink;
 
 pub const ENTRIES: u64 = 128;
 pub const ENTRY_SIZE: u64 = 128;
@@ -82,34 +81,29 @@ pub fn protective_mbr(boot_code: &[u8; 440], disk_sectors: u64) -> [u8; 512] {
     m
 }
 
-/// Writes the whole GPT for a disk of `sink.size()` bytes.
-pub fn write(
-    sink: &mut dyn Sink,
+/// The whole GPT for a disk of `disk_bytes`, as (offset, bytes) pieces in disk order.
+pub fn pieces(
+    disk_bytes: u64,
     boot_code: &[u8; 440],
     disk: Guid,
     array_lba: u64,
     parts: &[TableEntry],
-) -> std::io::Result<()> {
-    let sectors = sink.size() / SECTOR;
+) -> Vec<(u64, Vec<u8>)> {
+    let sectors = disk_bytes / SECTOR;
     let last = sectors - 1;
     let backup_array = last - ARRAY_SECTORS;
     let first = first_usable(array_lba) / SECTOR;
     let last_usable = backup_array - 1;
     let array = entry_array(parts);
     let ac = crc(&array);
-    sink.data(0, &protective_mbr(boot_code, sectors))?;
-    sink.data(
-        SECTOR,
-        &header(1, last, first, last_usable, disk, array_lba, ac),
-    )?;
-    if array_lba > 2 {
-        sink.zeros(2 * SECTOR, (array_lba - 2) * SECTOR)?;
-    }
-    sink.data(array_lba * SECTOR, &array)?;
-    sink.data(backup_array * SECTOR, &array)?;
-    sink.data(
-        last * SECTOR,
-        &header(last, 1, first, last_usable, disk, backup_array, ac),
-    )?;
-    Ok(())
+    let primary = header(1, last, first, last_usable, disk, array_lba, ac);
+    let backup = header(last, 1, first, last_usable, disk, backup_array, ac);
+    let mut head = protective_mbr(boot_code, sectors).to_vec();
+    head.extend_from_slice(&primary);
+    vec![
+        (0, head),
+        (array_lba * SECTOR, array.clone()),
+        (backup_array * SECTOR, array),
+        (last * SECTOR, backup.to_vec()),
+    ]
 }

@@ -2,7 +2,6 @@
 //! CHS fields (CHS saturates past the 8 GiB the old geometry can address).
 
 use super::{SECTOR, TableEntry};
-use crate::target::Sink;
 
 fn chs(lba: u64) -> [u8; 3] {
     const HEADS: u64 = 255;
@@ -35,16 +34,6 @@ pub fn sector(boot_code: &[u8; 440], disk_id: u32, parts: &[TableEntry]) -> [u8;
     m[510] = 0x55;
     m[511] = 0xAA;
     m
-}
-
-/// Writes the MBR into sector 0.
-pub fn write(
-    sink: &mut dyn Sink,
-    boot_code: &[u8; 440],
-    disk_id: u32,
-    parts: &[TableEntry],
-) -> std::io::Result<()> {
-    sink.data(0, &sector(boot_code, disk_id, parts))
 }
 
 #[cfg(test)]

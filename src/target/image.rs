@@ -1,27 +1,68 @@
-//! A sparse image file: created under a temporary name beside the destination, written with
-//! positioned writes (zeros are left as holes), fsynced and renamed only on success. Dropped
-//! without `commit`, it removes itself, so a failed build leaves no output behind.
+//! Image files: a plain sparse `.img`, or a compressed `.img.zst`/`.img.gz`/`.img.xz` written as
+//! a stream (the image never exists uncompressed). The file is created under a temporary
+//! name beside the destination and renamed only when complete; dropped before that, it
+//! removes itself, so a failed build leaves nothing behind.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::Sink;
-use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
 
-pub struct ImageFile {
-    file: File,
+use super::stream::{Sequencer, SparseFile, Stream, StreamSummary};
+use crate::error::{Error, Result};
+use crate::io::hex;
+
+/// How the image file is encoded, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Zstd { level: i32 },
+    Gzip { level: u32 },
+    Xz { level: u32 },
+}
+
+impl Format {
+    /// `.zst`, `.gz` and `.xz` compress (at `level`, or each format's default); anything
+    /// else is a raw sparse image.
+    pub fn from_path(p: &Path, level: Option<i32>) -> Format {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".zst") || name.ends_with(".zstd") {
+            Format::Zstd {
+                level: level.unwrap_or(3),
+            }
+        } else if name.ends_with(".gz") {
+            Format::Gzip {
+                level: level.unwrap_or(6).clamp(0, 9) as u32,
+            }
+        } else if name.ends_with(".xz") {
+            Format::Xz {
+                level: level.unwrap_or(6).clamp(0, 9) as u32,
+            }
+        } else {
+            Format::Raw
+        }
+    }
+
+    pub fn is_compressed(self) -> bool {
+        self != Format::Raw
+    }
+}
+
+/// A file under a temporary name until `commit`.
+pub struct Staged {
+    pub file: File,
     tmp: PathBuf,
     dest: PathBuf,
-    len: u64,
-    written: u64,
     committed: bool,
 }
 
-impl ImageFile {
-    /// Creates `.NAME.partial-PID` beside `dest`, `len` bytes long and all holes.
-    pub fn create(dest: &Path, len: u64) -> Result<Self> {
+impl Staged {
+    /// Creates `.NAME.partial-PID` beside `dest`.
+    pub fn create(dest: &Path) -> Result<Self> {
         let name = dest
             .file_name()
             .ok_or_else(|| Error::Usage(format!("{} is not a file name", dest.display())))?;
@@ -39,30 +80,16 @@ impl ImageFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        let img = ImageFile {
+        Ok(Staged {
             file,
             tmp,
             dest: dest.to_path_buf(),
-            len,
-            written: 0,
             committed: false,
-        };
-        img.file
-            .set_len(len)
-            .map_err(|e| Error::io(format!("sizing {}", img.tmp.display()), e))?;
-        Ok(img)
+        })
     }
 
-    /// Bytes actually written (the rest of the file is holes).
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Flushes to stable storage and moves the file to its final name.
+    /// Moves the file to its final name.
     pub fn commit(mut self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", self.tmp.display()), e))?;
         std::fs::rename(&self.tmp, &self.dest)
             .map_err(|e| Error::io(format!("renaming to {}", self.dest.display()), e))?;
         self.committed = true;
@@ -70,7 +97,7 @@ impl ImageFile {
     }
 }
 
-impl Drop for ImageFile {
+impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
@@ -78,20 +105,121 @@ impl Drop for ImageFile {
     }
 }
 
-impl Sink for ImageFile {
-    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(bytes, offset)?;
-        self.written += bytes.len() as u64;
-        Ok(())
+/// Counts and hashes what passes into a file.
+pub struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
     }
 
-    /// A new file reads as zeros wherever nothing was written, and every region is written
-    /// once, so there is nothing to do.
-    fn zeros(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
+}
 
-    fn size(&self) -> u64 {
-        self.len
+/// What writing an image file produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub stream: StreamSummary,
+    /// Bytes in the file (compressed size for compressed formats).
+    pub file_size: u64,
+    /// SHA-256 of the file as written, when asked for (always known for compressed files).
+    pub file_sha256: Option<String>,
+}
+
+/// A compressing encoder that can be finished through a trait object.
+trait Finish: Write {
+    fn finish_box(self: Box<Self>) -> io::Result<HashWriter<io::BufWriter<File>>>;
+}
+
+impl Finish for zstd::stream::write::Encoder<'static, HashWriter<io::BufWriter<File>>> {
+    fn finish_box(self: Box<Self>) -> io::Result<HashWriter<io::BufWriter<File>>> {
+        (*self).finish()
     }
+}
+
+impl Finish for flate2::write::GzEncoder<HashWriter<io::BufWriter<File>>> {
+    fn finish_box(self: Box<Self>) -> io::Result<HashWriter<io::BufWriter<File>>> {
+        (*self).finish()
+    }
+}
+
+impl Finish for liblzma::write::XzEncoder<HashWriter<io::BufWriter<File>>> {
+    fn finish_box(self: Box<Self>) -> io::Result<HashWriter<io::BufWriter<File>>> {
+        (*self).finish()
+    }
+}
+
+fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
+    let w = HashWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    Ok(match format {
+        Format::Zstd { level } => {
+            let mut e = zstd::stream::write::Encoder::new(w, level)?;
+            // Worker count changes speed, not bytes (zstd's multithreaded format is fixed
+            // by the level), so images are reproducible on any machine.
+            e.multithread(threads.max(1))?;
+            e.include_checksum(true)?;
+            Box::new(e)
+        }
+        Format::Gzip { level } => Box::new(flate2::write::GzEncoder::new(
+            w,
+            flate2::Compression::new(level),
+        )),
+        Format::Xz { level } => Box::new(liblzma::write::XzEncoder::new(w, level)),
+        Format::Raw => return Err(io::Error::other("not a compressed format")),
+    })
+}
+
+/// Streams an image of `size` bytes into `dest` through `fill`, which writes it into the
+/// sink it is given. The file appears at `dest` only if everything succeeded.
+pub fn write_file<T>(
+    dest: &Path,
+    size: u64,
+    format: Format,
+    hash_all: bool,
+    fill: impl FnOnce(&mut dyn super::Sink) -> Result<T>,
+) -> Result<(T, Written)> {
+    let staged = Staged::create(dest)?;
+    let io_err = |e| Error::io(format!("writing {}", dest.display()), e);
+    let (value, written) = if format.is_compressed() {
+        let file = staged.file.try_clone().map_err(io_err)?;
+        let enc = encoder(format, file).map_err(io_err)?;
+        let mut seq = Sequencer::new(Stream(enc), size, hash_all);
+        let value = fill(&mut seq)?;
+        let (Stream(enc), stream) = seq.finish().map_err(io_err)?;
+        let mut hw = enc.finish_box().map_err(io_err)?;
+        hw.flush().map_err(io_err)?;
+        let written = Written {
+            stream,
+            file_size: hw.count,
+            file_sha256: Some(hex(&hw.hasher.finalize())),
+        };
+        (value, written)
+    } else {
+        staged.file.set_len(size).map_err(io_err)?;
+        let mut seq = Sequencer::new(SparseFile::new(&staged.file), size, hash_all);
+        let value = fill(&mut seq)?;
+        let (_, stream) = seq.finish().map_err(io_err)?;
+        let written = Written {
+            file_size: size,
+            file_sha256: stream.sha256.clone(),
+            stream,
+        };
+        (value, written)
+    };
+    staged.commit()?;
+    Ok((value, written))
 }

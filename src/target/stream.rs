@@ -4,8 +4,9 @@
 //! `Sequencer` is a `Sink` that turns the writers' positioned writes into the stream: writes
 //! must ascend, except while a writer holds (ext4 metadata), when they are kept in memory
 //! and released in order as the stream reaches them. Gaps are zeros. It maps which 4 KiB
-//! blocks hold data and hashes each mapped range (bmaptool's model), and can hash the whole
-//! stream for SHA256SUMS.
+//! blocks must be written to a device — data, and zeros a writer declared necessary (a
+//! FAT's free entries) — and hashes each mapped range (bmaptool's model); gaps are "don't
+//! care". It can also hash the whole stream for SHA256SUMS.
 //!
 //! Not for random-access targets (block devices): those take positioned writes directly.
 
@@ -69,7 +70,16 @@ impl Mapper {
     }
 
     fn data(&mut self, at: u64, bytes: &[u8]) {
-        if bytes.is_empty() {
+        self.mapped(at, bytes.len() as u64, |h| h.update(bytes));
+    }
+
+    fn zeros(&mut self, at: u64, len: u64) {
+        self.mapped(at, len, |h| Self::zeros_into(h, len));
+    }
+
+    /// Maps `[at, at+len)`; `feed` hashes its bytes.
+    fn mapped(&mut self, at: u64, len: u64, feed: impl FnOnce(&mut Sha256)) {
+        if len == 0 {
             return;
         }
         let block = at / BLOCK;
@@ -82,9 +92,9 @@ impl Mapper {
         let gap = at - self.hashed_to;
         if let Some((_, h)) = self.open.as_mut() {
             Self::zeros_into(h, gap);
-            h.update(bytes);
+            feed(h);
         }
-        let end = at + bytes.len() as u64;
+        let end = at + len;
         self.hashed_to = end;
         self.end_block = self.end_block.max(end.div_ceil(BLOCK));
     }
@@ -113,11 +123,17 @@ pub struct StreamSummary {
 }
 
 /// Positioned writes in, one ascending stream out.
+/// A write kept while the writer holds.
+enum Held {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
 pub struct Sequencer<E: Emit> {
     out: E,
     size: u64,
     cursor: u64,
-    held: BTreeMap<u64, Vec<u8>>,
+    held: BTreeMap<u64, Held>,
     holding: bool,
     map: Mapper,
     hash: Option<Sha256>,
@@ -149,13 +165,37 @@ impl<E: Emit> Sequencer<E> {
         Ok(())
     }
 
-    fn emit(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+    fn behind(&self, at: u64) -> io::Result<()> {
         if at < self.cursor {
             return Err(io::Error::other(format!(
                 "write at {at} behind the stream at {} (writer out of order)",
                 self.cursor
             )));
         }
+        Ok(())
+    }
+
+    /// Zeros that must be written (mapped), unlike gaps.
+    fn emit_zeros(&mut self, at: u64, len: u64) -> io::Result<()> {
+        // Zeros declared over bytes already streamed add nothing.
+        let start = at.max(self.cursor);
+        let end = at + len;
+        if end <= start {
+            return Ok(());
+        }
+        self.gap(start)?;
+        let len = end - start;
+        if let Some(h) = self.hash.as_mut() {
+            Mapper::zeros_into(h, len);
+        }
+        self.map.zeros(start, len);
+        self.out.zeros(len)?;
+        self.cursor = end;
+        Ok(())
+    }
+
+    fn emit(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.behind(at)?;
         self.gap(at)?;
         if let Some(h) = self.hash.as_mut() {
             h.update(bytes);
@@ -172,8 +212,10 @@ impl<E: Emit> Sequencer<E> {
             if *entry.key() >= at {
                 break;
             }
-            let (o, b) = entry.remove_entry();
-            self.emit(o, &b)?;
+            match entry.remove_entry() {
+                (o, Held::Data(b)) => self.emit(o, &b)?,
+                (o, Held::Zeros(n)) => self.emit_zeros(o, n)?,
+            }
         }
         Ok(())
     }
@@ -203,16 +245,23 @@ impl<E: Emit> Sink for Sequencer<E> {
             return Err(io::Error::other("write past the end of the image"));
         }
         if self.holding {
-            self.held.insert(offset, bytes.to_vec());
+            self.held.insert(offset, Held::Data(bytes.to_vec()));
             return Ok(());
         }
         self.release_below(offset)?;
         self.emit(offset, bytes)
     }
 
-    /// Gaps in the stream are zeros already.
-    fn zeros(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if offset + len > self.size {
+            return Err(io::Error::other("zeros past the end of the image"));
+        }
+        if self.holding {
+            self.held.insert(offset, Held::Zeros(len));
+            return Ok(());
+        }
+        self.release_below(offset)?;
+        self.emit_zeros(offset, len)
     }
 
     fn size(&self) -> u64 {
@@ -338,6 +387,17 @@ mod tests {
         assert_eq!(blocks, [(0, 1), (3, 3)]);
         assert_eq!(sum.ranges[0].sha256, sha(&out.0[..2 * BLOCK as usize]));
         assert_eq!(sum.mapped_blocks, 3);
+    }
+
+    #[test]
+    fn declared_zeros_are_mapped_gaps_are_not() {
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, false);
+        s.data(0, &[1; 10]).unwrap();
+        s.zeros(2 * BLOCK, 2 * BLOCK).unwrap();
+        let (_, sum) = s.finish().unwrap();
+        let blocks: Vec<(u64, u64)> = sum.ranges.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(blocks, [(0, 0), (2, 3)]);
+        assert_eq!(sum.ranges[1].sha256, sha(&[0; 2 * BLOCK as usize]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod gpt;
 pub mod mbr;
+pub mod read;
 
 use std::fmt;
 

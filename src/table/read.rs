@@ -1,0 +1,211 @@
+//! Reading partition tables back: MBR and GPT (header and entry-array CRCs checked), from
+//! bytes that may be anything. Never panics on garbage; says what is wrong instead.
+//!
+//! Used to relocate a GPT to a device's end after flashing an image, and by inspection.
+
+use super::{Guid, SECTOR, TableEntry};
+
+/// A GPT header as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptHeader {
+    pub my_lba: u64,
+    pub alternate_lba: u64,
+    pub first_usable: u64,
+    pub last_usable: u64,
+    pub disk_guid: Guid,
+    pub array_lba: u64,
+    pub entries: u32,
+    pub entry_size: u32,
+    pub array_crc: u32,
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Parses and checks a GPT header sector.
+pub fn gpt_header(sector: &[u8]) -> Result<GptHeader, String> {
+    if sector.len() < 92 {
+        return Err("GPT header: truncated".into());
+    }
+    if &sector[0..8] != b"EFI PART" {
+        return Err("no GPT signature".into());
+    }
+    let size = u32_at(sector, 12) as usize;
+    if !(92..=sector.len()).contains(&size) {
+        return Err(format!("GPT header: bad header size {size}"));
+    }
+    let mut h = sector[..size].to_vec();
+    let stored = u32_at(&h, 16);
+    h[16..20].fill(0);
+    if crc32fast::hash(&h) != stored {
+        return Err("GPT header: CRC mismatch".into());
+    }
+    let mut guid = [0u8; 16];
+    guid.copy_from_slice(&sector[56..72]);
+    let hdr = GptHeader {
+        my_lba: u64_at(sector, 24),
+        alternate_lba: u64_at(sector, 32),
+        first_usable: u64_at(sector, 40),
+        last_usable: u64_at(sector, 48),
+        disk_guid: Guid::from_disk(guid),
+        array_lba: u64_at(sector, 72),
+        entries: u32_at(sector, 80),
+        entry_size: u32_at(sector, 84),
+        array_crc: u32_at(sector, 88),
+    };
+    if hdr.entry_size < 128 || hdr.entry_size > 4096 || hdr.entries > 16384 {
+        return Err(format!(
+            "GPT header: implausible entry array ({} entries of {} bytes)",
+            hdr.entries, hdr.entry_size
+        ));
+    }
+    Ok(hdr)
+}
+
+impl GptHeader {
+    /// Bytes of the entry array.
+    pub fn array_bytes(&self) -> usize {
+        self.entries as usize * self.entry_size as usize
+    }
+}
+
+/// Parses a GPT entry array (checked against the header's CRC); unused entries are skipped.
+pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>, String> {
+    let need = h.array_bytes();
+    if array.len() < need {
+        return Err("GPT entry array: truncated".into());
+    }
+    if crc32fast::hash(&array[..need]) != h.array_crc {
+        return Err("GPT entry array: CRC mismatch".into());
+    }
+    let mut out = Vec::new();
+    for i in 0..h.entries as usize {
+        let e = &array[i * h.entry_size as usize..][..128];
+        if e[..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        let mut ty = [0u8; 16];
+        ty.copy_from_slice(&e[0..16]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&e[16..32]);
+        let first = u64_at(e, 32);
+        let last = u64_at(e, 40);
+        if last < first {
+            return Err(format!("GPT entry {}: ends before it starts", i + 1));
+        }
+        let units: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|u| *u != 0)
+            .collect();
+        out.push((
+            i as u32 + 1,
+            TableEntry {
+                start: first * SECTOR,
+                size: (last - first + 1) * SECTOR,
+                gpt_type: Some(Guid::from_disk(ty)),
+                mbr_type: None,
+                guid: Guid::from_disk(id),
+                name: String::from_utf16_lossy(&units),
+                bootable: u64_at(e, 48) & (1 << 2) != 0,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// A GPT read from the first bytes of a disk: header at LBA 1, the array where it says.
+pub fn gpt_from_head(head: &[u8]) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+    let h = gpt_header(head.get(512..1024).ok_or("GPT header: truncated")?)?;
+    let start = usize::try_from(h.array_lba * SECTOR).map_err(|_| "GPT array: bad offset")?;
+    let array = head
+        .get(start..start + h.array_bytes())
+        .ok_or("GPT entry array lies beyond the bytes read")?;
+    let entries = gpt_entries(&h, array)?;
+    Ok((h, entries))
+}
+
+/// MBR entries (type, bootable, start, size) and disk id; `None` without the 0x55AA mark.
+pub fn mbr(sector: &[u8]) -> Option<(u32, Vec<(u32, TableEntry)>)> {
+    if sector.len() < 512 || sector[510..512] != [0x55, 0xAA] {
+        return None;
+    }
+    let id = u32_at(sector, 440);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let e = &sector[446 + 16 * i..462 + 16 * i];
+        if e[4] == 0 {
+            continue;
+        }
+        out.push((
+            i as u32 + 1,
+            TableEntry {
+                start: u64::from(u32_at(e, 8)) * SECTOR,
+                size: u64::from(u32_at(e, 12)) * SECTOR,
+                gpt_type: None,
+                mbr_type: Some(e[4]),
+                guid: Guid([0; 16]),
+                name: String::new(),
+                bootable: e[0] & 0x80 != 0,
+            },
+        ));
+    }
+    Some((id, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries() -> Vec<TableEntry> {
+        vec![TableEntry {
+            start: 1 << 20,
+            size: 8 << 20,
+            gpt_type: super::super::gpt_type("linux"),
+            mbr_type: None,
+            guid: Guid([7; 16]),
+            name: "persist".into(),
+            bootable: true,
+        }]
+    }
+
+    #[test]
+    fn gpt_round_trips_and_detects_damage() {
+        let pieces = super::super::gpt::pieces(64 << 20, &[0; 440], Guid([1; 16]), 2, &entries());
+        let mut head = vec![0u8; 34 * 512];
+        head[..1024].copy_from_slice(&pieces[0].1);
+        head[1024..1024 + 16384].copy_from_slice(&pieces[1].1);
+        let (h, got) = gpt_from_head(&head).unwrap();
+        assert_eq!(h.disk_guid, Guid([1; 16]));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.name, "persist");
+        assert_eq!(got[0].1.start, 1 << 20);
+        assert!(got[0].1.bootable);
+        let mut bad = head.clone();
+        bad[1024 + 40] ^= 1;
+        assert!(gpt_from_head(&bad).unwrap_err().contains("CRC"));
+        let mut bad = head.clone();
+        bad[600] ^= 1;
+        assert!(gpt_from_head(&bad).is_err());
+        assert!(gpt_from_head(&head[..700]).is_err());
+        assert!(gpt_from_head(&[0xFF; 2000]).is_err());
+    }
+
+    #[test]
+    fn mbr_reads_entries() {
+        let mut e = entries();
+        e[0].mbr_type = Some(0x0c);
+        let s = super::super::mbr::sector(&[0; 440], 0x1234, &e);
+        let (id, got) = mbr(&s).unwrap();
+        assert_eq!(id, 0x1234);
+        assert_eq!(got[0].1.mbr_type, Some(0x0c));
+        assert!(mbr(&[0; 512]).is_none());
+    }
+}

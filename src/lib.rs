@@ -11,6 +11,7 @@ pub mod board;
 pub mod bootcfg;
 pub mod compose;
 pub mod error;
+pub mod flash;
 pub mod fs;
 pub mod io;
 pub mod layout;

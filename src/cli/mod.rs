@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, rendering (tables or `--json`) and exit codes.
 //! Thin by design: every decision is the library's.
 
+mod flash;
 mod render;
 
 use std::io::IsTerminal;
@@ -66,7 +67,25 @@ enum Command {
   skiff-flash boards --json
   skiff-flash boards show pi/4")]
     Boards(BoardsArgs),
+    /// Write a board or a built image to SD cards / eMMC (the default command).
+    #[command(after_help = "Examples:
+  skiff-flash /dev/sdb --board pi/4                     # flash is the default command
+  skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --images output/images
+  skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --yes --json
+  skiff-flash flash /dev/mmcblk0 --board pi/4 --no-verify
+
+Only removable, USB, SD and MMC disks are accepted unless --allow-fixed-disk. Mounted, busy,
+system and too-small disks and partition paths are refused before anything is written.")]
+    Flash(flash::FlashArgs),
+    /// List removable disks: path, model, size, partitions, mounted?
+    #[command(after_help = "Examples:
+  skiff-flash devices
+  skiff-flash devices --all --json")]
+    Devices(flash::DevicesArgs),
 }
+
+/// Subcommand names, to recognise `skiff-flash /dev/sdb ...` as `flash`.
+const COMMANDS: &[&str] = &["plan", "build", "boards", "flash", "devices", "help"];
 
 #[derive(Args)]
 struct Inputs {
@@ -144,7 +163,14 @@ fn size_arg(s: &str) -> std::result::Result<u64, String> {
 
 /// Runs the command line; returns the process exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = args.get(1).and_then(|a| a.to_str())
+        && !first.starts_with('-')
+        && !COMMANDS.contains(&first)
+    {
+        args.insert(1, "flash".into());
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -178,6 +204,14 @@ fn dispatch(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Build(a) => build(cli, &catalog, a),
+        Command::Flash(a) => flash::flash(
+            &catalog,
+            a,
+            cli.quiet,
+            |b| load_board(&catalog, b),
+            epoch()?,
+        ),
+        Command::Devices(a) => flash::devices(a),
         Command::Boards(a) => match &a.action {
             None | Some(BoardsAction::List) => {
                 let list = catalog.summaries()?;

@@ -1,0 +1,370 @@
+//! The `flash` and `devices` commands: pick and check devices, confirm, write, report.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::Args;
+
+use skiff_flash::board::{Board, Catalog};
+use skiff_flash::flash::{self, OnProgress, Progress, Report};
+use skiff_flash::target::blockdev::{self, DeviceInfo, SafetyPolicy};
+use skiff_flash::units::{bytes, human};
+use skiff_flash::{Error, Result, plan, release};
+
+#[derive(Args)]
+pub struct FlashArgs {
+    /// Whole-disk devices to write (several are written in parallel).
+    #[arg(required = true, value_name = "DEVICE")]
+    devices: Vec<PathBuf>,
+    /// Compose this board straight onto the device.
+    #[arg(
+        short,
+        long,
+        conflicts_with = "image",
+        required_unless_present = "image"
+    )]
+    board: Option<String>,
+    /// Buildroot images directory (with --board).
+    #[arg(
+        short,
+        long,
+        env = "BINARIES_DIR",
+        default_value = "output/images",
+        value_name = "DIR"
+    )]
+    images: PathBuf,
+    /// Seed for identifiers (with --board; default: the board name).
+    #[arg(long)]
+    seed: Option<String>,
+    /// Write a built image instead (.img, .img.zst, .img.gz, .img.xz).
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// Block map of the image (default: IMAGE.bmap beside it, if present).
+    #[arg(long, value_name = "FILE", requires = "image")]
+    bmap: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    yes: bool,
+    /// Accept disks that are not removable, USB, SD or MMC.
+    #[arg(long)]
+    allow_fixed_disk: bool,
+    /// Skip reading back and comparing what was written.
+    #[arg(long)]
+    no_verify: bool,
+    /// Progress events and the final report as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Also list fixed disks.
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What will be written: per-device plans for a board, or one image.
+enum Source {
+    Board(Vec<plan::Plan>),
+    Image {
+        path: PathBuf,
+        bmap: Option<(u64, Vec<(u64, u64)>)>,
+        size: u64,
+    },
+}
+
+pub fn flash(
+    _catalog: &Catalog,
+    a: &FlashArgs,
+    quiet: bool,
+    load: impl Fn(&str) -> Result<Board>,
+    epoch: i64,
+) -> Result<()> {
+    // Everything that can refuse happens before any device is opened for writing.
+    let infos = a
+        .devices
+        .iter()
+        .map(|d| blockdev::inspect(d))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, info) in infos.iter().enumerate() {
+        if infos[..i]
+            .iter()
+            .any(|o| o.major == info.major && o.minor == info.minor)
+        {
+            return Err(Error::Usage(format!(
+                "{} is named twice",
+                info.path.display()
+            )));
+        }
+    }
+    let (source, min_size, what) = source(a, &infos, load, epoch)?;
+    let policy = SafetyPolicy {
+        allow_fixed: a.allow_fixed_disk,
+        min_size,
+    };
+    for info in &infos {
+        blockdev::check(info, &policy)?;
+    }
+    if !a.yes {
+        confirm(&infos, &what)?;
+    }
+    let cb = progress(a.json, quiet, &infos);
+    let results: Vec<Result<Report>> = match source {
+        Source::Board(plans) => std::thread::scope(|s| {
+            let handles: Vec<_> = infos
+                .iter()
+                .zip(&plans)
+                .map(|(info, plan)| {
+                    let cb = cb.clone();
+                    s.spawn(move || flash::flash_plan(info, plan, !a.no_verify, &cb))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Usage("device thread panicked".into())))
+                })
+                .collect()
+        }),
+        Source::Image { path, bmap, size } => {
+            flash::flash_image(&infos, &path, bmap, size, !a.no_verify, cb.clone())
+        }
+    };
+    summarize(a, quiet, &infos, results)
+}
+
+fn source(
+    a: &FlashArgs,
+    infos: &[DeviceInfo],
+    load: impl Fn(&str) -> Result<Board>,
+    epoch: i64,
+) -> Result<(Source, u64, String)> {
+    if let Some(image) = &a.image {
+        let bmap_path = a.bmap.clone().or_else(|| {
+            let p = release::bmap_path(image);
+            p.is_file().then_some(p)
+        });
+        let bmap = bmap_path.as_deref().map(flash::read_bmap).transpose()?;
+        let size = flash::image_size(image, bmap.as_ref())?;
+        let what = format!("image {} ({})", image.display(), human(size));
+        return Ok((
+            Source::Image {
+                path: image.clone(),
+                bmap,
+                size,
+            },
+            size,
+            what,
+        ));
+    }
+    let name = a.board.as_deref().unwrap_or_default();
+    let board = load(name)?;
+    let opts = |size| plan::Options {
+        images: a.images.clone(),
+        size,
+        epoch,
+        seed: a.seed.clone(),
+    };
+    let min = plan::make(&board, &opts(None))?.disk_size;
+    let mut plans = Vec::new();
+    for info in infos {
+        if info.size >= min {
+            plans.push(plan::make(&board, &opts(Some(info.size)))?);
+        }
+    }
+    Ok((Source::Board(plans), min, format!("board {name}")))
+}
+
+fn confirm(infos: &[DeviceInfo], what: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to write without confirmation: no terminal to ask on; pass --yes".into(),
+        ));
+    }
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "About to write {what} to:");
+    for i in infos {
+        let model = [i.vendor.as_deref(), i.model.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            err,
+            "  {}  {}  {} ({} bytes)  {}",
+            i.path.display(),
+            if model.is_empty() {
+                "(no model)"
+            } else {
+                &model
+            },
+            human(i.size),
+            bytes(i.size),
+            i.transport
+        );
+        for p in &i.partitions {
+            let _ = writeln!(err, "      {}  {}", p.name, human(p.size));
+        }
+    }
+    let _ = write!(
+        err,
+        "Everything on these devices will be destroyed. Continue? [y/N] "
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("reading the answer", e))?;
+    match line.trim().to_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(Error::Usage("not confirmed; nothing was written".into())),
+    }
+}
+
+fn progress(json: bool, quiet: bool, infos: &[DeviceInfo]) -> OnProgress {
+    if json {
+        let last = Mutex::new(std::collections::HashMap::<PathBuf, (String, u64)>::new());
+        return Arc::new(move |p: Progress| {
+            let pct = p.done * 100 / p.total.max(1);
+            let mut seen = last.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (p.phase.to_string(), pct);
+            if seen.get(&p.device) != Some(&key) {
+                seen.insert(p.device.clone(), key);
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "progress", "device": p.device, "phase": p.phase, "done": p.done, "total": p.total})
+                );
+            }
+        });
+    }
+    if quiet || !std::io::stderr().is_terminal() {
+        return Arc::new(|_| {});
+    }
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>14} {msg:7} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bars: Vec<(PathBuf, indicatif::ProgressBar)> = infos
+        .iter()
+        .map(|i| {
+            let b = multi.add(indicatif::ProgressBar::new(0));
+            b.set_style(style.clone());
+            b.set_prefix(i.path.display().to_string());
+            (i.path.clone(), b)
+        })
+        .collect();
+    Arc::new(move |p: Progress| {
+        if let Some((_, b)) = bars.iter().find(|(d, _)| *d == p.device) {
+            b.set_message(p.phase);
+            b.set_length(p.total);
+            b.set_position(p.done);
+        }
+    })
+}
+
+fn summarize(
+    a: &FlashArgs,
+    quiet: bool,
+    infos: &[DeviceInfo],
+    results: Vec<Result<Report>>,
+) -> Result<()> {
+    let mut failed = Vec::new();
+    for (info, r) in infos.iter().zip(results) {
+        match r {
+            Ok(rep) if a.json => println!(
+                "{}",
+                serde_json::json!({"event": "done", "ok": true, "report": rep})
+            ),
+            Ok(rep) if !quiet => println!(
+                "{}: wrote {} in {:.1} s{}",
+                rep.device.display(),
+                human(rep.bytes_written),
+                rep.seconds,
+                if rep.verified { ", verified" } else { "" }
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "done", "ok": false, "device": info.path, "error": msg})
+                    );
+                }
+                failed.push(format!("{}: {msg}", info.path.display()));
+            }
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(Error::io(
+            failed.join("; "),
+            std::io::Error::other(format!(
+                "{} of {} devices failed",
+                failed.len(),
+                infos.len()
+            )),
+        )),
+    }
+}
+
+pub fn devices(a: &DevicesArgs) -> Result<()> {
+    let list: Vec<DeviceInfo> = blockdev::list()?
+        .into_iter()
+        .filter(|d| a.all || d.is_card_like())
+        .filter(|d| d.size > 0)
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no removable disks found (use --all to list fixed disks too)");
+    }
+    for d in &list {
+        let model = [d.vendor.as_deref(), d.model.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mounted: Vec<String> = d
+            .mountpoints
+            .iter()
+            .cloned()
+            .chain(
+                d.partitions
+                    .iter()
+                    .flat_map(|p| p.mountpoints.iter().cloned()),
+            )
+            .collect();
+        println!(
+            "{:<16} {:>10}  {:<6} {:<28} {} partitions{}{}",
+            d.path.display(),
+            human(d.size),
+            d.transport.to_string(),
+            if model.is_empty() {
+                "-".to_string()
+            } else {
+                model
+            },
+            d.partitions.len(),
+            if mounted.is_empty() {
+                String::new()
+            } else {
+                format!(", mounted at {}", mounted.join(" "))
+            },
+            if d.is_system { ", SYSTEM DISK" } else { "" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Flashing real loop devices: the board composed straight onto the device, built images
+//! (compressed, with a block map), several devices at once, refusals that write nothing
+//! (checked by hashing the device before and after), and failures that leave no table.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A loop device over a fresh backing file; partitions are left to the tool under test.
+struct Card {
+    dev: String,
+    backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Card {
+    fn new(size: u64) -> Option<Card> {
+        if !need("losetup", "mount") || !need("partx", "util-linux") {
+            return None;
+        }
+        assert!(
+            is_root(),
+            "loop devices need root (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("card.img");
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let dev = tool_ok("losetup", &["-f", "--show", backing.to_str().unwrap()])
+            .trim()
+            .to_string();
+        Some(Card {
+            dev,
+            backing,
+            _dir: dir,
+        })
+    }
+
+    fn part(&self, n: u32) -> String {
+        format!("{}p{n}", self.dev)
+    }
+
+    fn hash(&self) -> String {
+        skiff_flash::release::sha256_file(&self.backing).unwrap()
+    }
+}
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = tool("umount", &[&self.part(1)]);
+        let _ = tool("umount", &[&self.part(3)]);
+        let _ = tool("partx", &["-d", &self.dev]);
+        let _ = tool("losetup", &["-d", &self.dev]);
+    }
+}
+
+fn flash(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("BINARIES_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn board_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
+    vec![dev, "--board", "pi/4", "--images", images, "--yes"]
+}
+
+fn check_card(card: &Card) {
+    let (code, out) = tool("fsck.fat", &["-n", &card.part(1)]);
+    assert_eq!(code, 0, "fsck.fat: {out}");
+    for n in [2, 3] {
+        let (code, out) = tool("e2fsck", &["-fn", &card.part(n)]);
+        assert_eq!(code, 0, "e2fsck p{n}: {out}");
+    }
+    let v = tool_ok("sgdisk", &["-v", &card.dev]);
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+#[test]
+fn board_flash_is_seen_by_the_kernel_clean_and_fills_the_device() {
+    if !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") || !need("sgdisk", "gdisk") {
+        return;
+    }
+    let Some(card) = Card::new(2 << 30) else {
+        return;
+    };
+    let f = fixtures();
+    let out = flash(&board_args(&card.dev, f.to_str().unwrap()));
+    ok(&out);
+    let name = Path::new(&card.dev)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=3 {
+        assert!(
+            Path::new(&format!("/sys/block/{name}/{name}p{n}")).exists(),
+            "kernel sees p{n}"
+        );
+    }
+    check_card(&card);
+    let persist = Mount::ro(&card.part(3));
+    let got = snapshot(persist.dir.path());
+    let want = snapshot(&f.join("persist_part"));
+    assert!(got == want, "persist holds persist_part exactly");
+    let df = tool_ok(
+        "df",
+        &["-B1", "--output=size", persist.dir.path().to_str().unwrap()],
+    );
+    let size: u64 = df.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(
+        size > 1_700_000_000,
+        "persist fills the 2 GiB device: {size}"
+    );
+}
+
+#[test]
+fn old_tables_and_filesystems_leave_no_trace() {
+    if !need("wipefs", "util-linux") || !need("sgdisk", "gdisk") || !need("mkfs.ext4", "e2fsprogs")
+    {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    // A different GPT with an ext4 at an offset our layout does not use, and garbage.
+    tool_ok(
+        "sgdisk",
+        &["-n", "1:2048:+300M", "-n", "2:0:+200M", &card.dev],
+    );
+    tool_ok("partx", &["-a", &card.dev]);
+    tool_ok("mkfs.ext4", &["-q", "-L", "oldfs", &card.part(2)]);
+    tool_ok("partx", &["-d", &card.dev]);
+    let f = fixtures();
+    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    check_card(&card);
+    let w = tool_ok(
+        "wipefs",
+        &["-n", &card.dev, &card.part(1), &card.part(2), &card.part(3)],
+    );
+    assert!(!w.contains("oldfs"), "old ext4 gone: {w}");
+    let ext4 = w.lines().filter(|l| l.contains("ext4")).count();
+    assert_eq!(ext4, 2, "only rootfs and persist: {w}");
+    let dump = tool_ok("sfdisk", &["--dump", &card.dev]);
+    assert_eq!(
+        dump.lines().filter(|l| l.contains(": start=")).count(),
+        3,
+        "{dump}"
+    );
+}
+
+#[test]
+fn compressed_image_writes_only_mapped_bytes_and_verifies() {
+    if !need("sgdisk", "gdisk") || !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pi4.img.zst");
+    let f = fixtures();
+    ok(&run(&[
+        "build",
+        "--board",
+        "pi/4",
+        "--images",
+        f.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--bmap",
+    ]));
+    let bmap = std::fs::read_to_string(dir.path().join("pi4.img.bmap")).unwrap();
+    let mapped: u64 = bmap
+        .split("<MappedBlocksCount>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = flash(&[
+        "flash",
+        &card.dev,
+        "--image",
+        img.to_str().unwrap(),
+        "--yes",
+        "--json",
+    ]);
+    let text = ok(&out);
+    let done: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a final report");
+    assert_eq!(done["ok"], true);
+    assert_eq!(done["report"]["verified"], true);
+    let written = done["report"]["bytes_written"].as_u64().unwrap();
+    // Mapped blocks, plus the backup GPT moved to the device's real end.
+    assert!(
+        written >= mapped * 4096 && written <= mapped * 4096 + 20 * 1024,
+        "{written} vs {mapped} blocks"
+    );
+    check_card(&card);
+}
+
+#[test]
+fn several_devices_at_once() {
+    let (Some(a), Some(b)) = (Card::new(512 << 20), Card::new(1 << 30)) else {
+        return;
+    };
+    let f = fixtures();
+    let out = flash(&[
+        "flash",
+        &a.dev,
+        &b.dev,
+        "--board",
+        "pi/4",
+        "--images",
+        f.to_str().unwrap(),
+        "--yes",
+    ]);
+    let text = ok(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("verified")).count(),
+        2,
+        "{text}"
+    );
+    check_card(&a);
+    check_card(&b);
+}
+
+/// Runs a refused flash and asserts exit 2, a one-line message and an untouched device.
+fn refused(card: &Card, args: &[&str], expect: &str) {
+    let before = card.hash();
+    let out = flash(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(expect), "`{expect}` not in: {err}");
+    assert_eq!(card.hash(), before, "the device was written");
+}
+
+#[test]
+fn refusals_write_nothing() {
+    let Some(card) = Card::new(512 << 20) else {
+        return;
+    };
+    let f = fixtures();
+    let images = f.to_str().unwrap();
+    ok(&flash(&board_args(&card.dev, images)));
+
+    // No terminal and no --yes.
+    refused(
+        &card,
+        &[&card.dev, "--board", "pi/4", "--images", images],
+        "pass --yes",
+    );
+    // A partition path.
+    tool_ok("partx", &["-u", &card.dev]);
+    refused(&card, &board_args(&card.part(1), images), "is a partition");
+    // A mounted partition.
+    let m = Mount::ro(&card.part(3));
+    refused(&card, &board_args(&card.dev, images), "mounted");
+    drop(m);
+    // Not a block device: a regular file is never written as a device.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let before = std::fs::read(file.path()).unwrap();
+    let out = flash(&board_args(file.path().to_str().unwrap(), images));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a block device"));
+    assert_eq!(std::fs::read(file.path()).unwrap(), before);
+    // A missing device is not created.
+    let out = flash(&board_args("/dev/skiff-flash-no-such-card", images));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!Path::new("/dev/skiff-flash-no-such-card").exists());
+
+    let Some(small) = Card::new(64 << 20) else {
+        return;
+    };
+    refused(&small, &board_args(&small.dev, images), "needs");
+}
+
+#[test]
+fn truncated_image_fails_and_leaves_no_table() {
+    if !need("sfdisk", "fdisk") {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let f = fixtures();
+    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pi4.img.zst");
+    ok(&run(&[
+        "build",
+        "--board",
+        "pi/4",
+        "--images",
+        f.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--bmap",
+    ]));
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = flash(&[
+        "flash",
+        &card.dev,
+        "--image",
+        img.to_str().unwrap(),
+        "--yes",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("pi4.img.zst"), "names the file: {err}");
+    assert!(err.contains("uncompressed bytes"), "says where: {err}");
+    let (code, dump) = tool("sfdisk", &["--dump", &card.dev]);
+    assert!(
+        code != 0 || !dump.contains("start="),
+        "a table survived: {dump}"
+    );
+}

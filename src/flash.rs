@@ -518,7 +518,7 @@ fn feed(image: &Path, size: u64, senders: &mut [Option<SyncSender<Chunk>>]) -> R
 }
 
 /// The part of `[o, o+len)` covered by mapped ranges (sorted, non-overlapping).
-fn mapped_parts(mapped: &[(u64, u64)], o: u64, len: u64) -> Vec<(u64, u64)> {
+pub fn mapped_parts(mapped: &[(u64, u64)], o: u64, len: u64) -> Vec<(u64, u64)> {
     let end = o + len;
     let first = mapped.partition_point(|(s, l)| s + l <= o);
     mapped[first..]

@@ -103,6 +103,49 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Positioned reads from a disk, image or buffer (shared, no cursor).
+pub trait ReadAt: Sync {
+    /// Fills `buf` from `offset`; fails if that runs past the end.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Total size in bytes.
+    fn size(&self) -> u64;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        use std::io::Seek;
+        // Block devices report 0 in metadata; seeking to the end gives their size.
+        let mut f = self;
+        f.seek(std::io::SeekFrom::End(0)).unwrap_or(0)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.len() as u64);
+        match end {
+            Some(end) => {
+                buf.copy_from_slice(&self[offset as usize..end as usize]);
+                Ok(())
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            )),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

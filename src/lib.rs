@@ -13,14 +13,17 @@ pub mod compose;
 pub mod error;
 pub mod flash;
 pub mod fs;
+pub mod inspect;
 pub mod io;
 pub mod layout;
+pub mod manifest;
 pub mod plan;
 pub mod release;
 pub mod table;
 pub mod target;
 pub mod tree;
 pub mod units;
+pub mod verify;
 
 pub use error::{Error, Result};
 
@@ -53,11 +56,13 @@ pub fn build_image(
     opts: BuildOptions,
     progress: compose::Progress<'_>,
 ) -> Result<BuildReport> {
+    let ranges = manifest::hashed_ranges(plan);
     let (manifest, written) = target::image::write_file(
         output,
         plan.disk_size,
         opts.format,
         opts.checksums,
+        &ranges,
         |sink| compose::write(plan, sink, progress),
     )?;
     let mut extra = Vec::new();
@@ -67,6 +72,12 @@ pub fn build_image(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let record = manifest::make(plan, &plan.images, output, &written, &manifest);
+    let mpath = manifest::path_for(output);
+    let text = serde_json::to_string_pretty(&record).unwrap_or_default() + "\n";
+    release::write_atomic(&mpath, &text)?;
+    sums.push((name(&mpath), io::sha256(text.as_bytes())));
+    extra.push(mpath);
     if opts.bmap {
         let path = release::bmap_path(output);
         let text = release::bmap(&written.stream);

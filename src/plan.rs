@@ -40,6 +40,9 @@ pub struct Plan {
     pub sector_size: u64,
     pub table: Table,
     pub partitions: Vec<Partition>,
+    /// The images directory the plan was made from.
+    #[serde(skip)]
+    pub images: PathBuf,
     /// Bootloader blobs written outside the partitions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub raw: Vec<RawWrite>,
@@ -82,6 +85,9 @@ pub struct Partition {
     /// The kernel's PARTUUID: the GPT partition GUID, or `DISKID-NN` on MBR.
     pub partuuid: String,
     pub bootable: bool,
+    /// Takes the rest of the disk (its size depends on the card; user data lives here).
+    #[serde(default)]
+    pub grows: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs: Option<Filesystem>,
 }
@@ -512,6 +518,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
             mbr_type,
             partuuid: ids.partuuid[i].clone(),
             bootable: p.bootable,
+            grows: p.size == SizeSpec::Fill,
             fs,
         });
     }
@@ -523,6 +530,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         sector_size: SECTOR,
         table: ids.table,
         partitions,
+        images: opts.images.clone(),
         raw,
     };
     check_raw(board, &plan)?;

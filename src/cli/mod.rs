@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, rendering (tables or `--json`) and exit codes.
 //! Thin by design: every decision is the library's.
 
+mod check;
 mod flash;
 mod render;
 
@@ -82,10 +83,26 @@ system and too-small disks and partition paths are refused before anything is wr
   skiff-flash devices
   skiff-flash devices --all --json")]
     Devices(flash::DevicesArgs),
+    /// Check a card or image against a board build (meaning) or an image/manifest (bytes).
+    #[command(after_help = "Examples:
+  skiff-flash verify /dev/sdb --board pi/4 --images output/images   # is this what the build writes?
+  skiff-flash verify /dev/sdb --image release.img.zst                # byte level, mapped ranges only
+  skiff-flash verify pi4.img --manifest pi4.img.manifest.json --json
+
+Exit codes: 0 everything matches, 1 a difference was found, 2 bad usage or input.
+Against a board, the partition that grows to the card (persist) is not compared by content.")]
+    Verify(check::VerifyArgs),
+    /// Show what is on a disk or image: table, filesystems, labels, FAT file lists (read-only).
+    #[command(after_help = "Examples:
+  skiff-flash inspect /dev/sdb
+  skiff-flash inspect pi4.img --json")]
+    Inspect(check::InspectArgs),
 }
 
 /// Subcommand names, to recognise `skiff-flash /dev/sdb ...` as `flash`.
-const COMMANDS: &[&str] = &["plan", "build", "boards", "flash", "devices", "help"];
+const COMMANDS: &[&str] = &[
+    "plan", "build", "boards", "flash", "devices", "verify", "inspect", "help",
+];
 
 #[derive(Args)]
 struct Inputs {
@@ -212,6 +229,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
             epoch()?,
         ),
         Command::Devices(a) => flash::devices(a),
+        Command::Verify(a) => check::verify(a, |b| load_board(&catalog, b), epoch()?),
+        Command::Inspect(a) => check::inspect(a),
         Command::Boards(a) => match &a.action {
             None | Some(BoardsAction::List) => {
                 let list = catalog.summaries()?;

@@ -6,6 +6,7 @@
 
 pub mod ext4;
 pub mod fat;
+pub mod fat_read;
 pub mod squashfs;
 
 use serde::Serialize;
@@ -39,7 +40,7 @@ pub trait Measure {
 }
 
 /// One file as written: for the manifest.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
     pub path: String,
     pub size: u64,

@@ -120,6 +120,8 @@ pub struct StreamSummary {
     pub mapped_blocks: u64,
     /// SHA-256 of the whole image, when asked for.
     pub sha256: Option<String>,
+    /// The separately hashed ranges: (start, len, SHA-256).
+    pub range_sha256: Vec<(u64, u64, String)>,
 }
 
 /// Positioned writes in, one ascending stream out.
@@ -137,6 +139,8 @@ pub struct Sequencer<E: Emit> {
     holding: bool,
     map: Mapper,
     hash: Option<Sha256>,
+    /// Byte ranges hashed on their own (partitions), with their hashers.
+    ranges: Vec<(u64, u64, Sha256)>,
 }
 
 impl<E: Emit> Sequencer<E> {
@@ -150,6 +154,27 @@ impl<E: Emit> Sequencer<E> {
             holding: false,
             map: Mapper::default(),
             hash: hash_all.then(Sha256::new),
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Also hashes each `(start, len)` range of the stream on its own.
+    pub fn hash_ranges(&mut self, ranges: &[(u64, u64)]) {
+        self.ranges = ranges.iter().map(|&(s, l)| (s, l, Sha256::new())).collect();
+    }
+
+    /// Feeds `[at, at+len)` (`bytes`, or zeros) to the range hashers it overlaps.
+    fn feed_ranges(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
+        for (s, l, h) in &mut self.ranges {
+            let a = at.max(*s);
+            let b = (at + len).min(*s + *l);
+            if a >= b {
+                continue;
+            }
+            match bytes {
+                Some(d) => h.update(&d[(a - at) as usize..(b - at) as usize]),
+                None => Mapper::zeros_into(h, b - a),
+            }
         }
     }
 
@@ -159,6 +184,7 @@ impl<E: Emit> Sequencer<E> {
             if let Some(h) = self.hash.as_mut() {
                 Mapper::zeros_into(h, len);
             }
+            self.feed_ranges(self.cursor, None, len);
             self.out.zeros(len)?;
             self.cursor = to;
         }
@@ -188,6 +214,7 @@ impl<E: Emit> Sequencer<E> {
         if let Some(h) = self.hash.as_mut() {
             Mapper::zeros_into(h, len);
         }
+        self.feed_ranges(start, None, len);
         self.map.zeros(start, len);
         self.out.zeros(len)?;
         self.cursor = end;
@@ -200,6 +227,7 @@ impl<E: Emit> Sequencer<E> {
         if let Some(h) = self.hash.as_mut() {
             h.update(bytes);
         }
+        self.feed_ranges(at, Some(bytes), bytes.len() as u64);
         self.map.data(at, bytes);
         self.out.data(bytes)?;
         self.cursor += bytes.len() as u64;
@@ -227,6 +255,10 @@ impl<E: Emit> Sequencer<E> {
         let ranges = self.map.finish(self.size);
         let mapped_blocks = ranges.iter().map(|r| r.last - r.first + 1).sum();
         let sha256 = self.hash.take().map(|h| hex(&h.finalize()));
+        let range_sha256 = std::mem::take(&mut self.ranges)
+            .into_iter()
+            .map(|(s, l, h)| (s, l, hex(&h.finalize())))
+            .collect();
         Ok((
             self.out,
             StreamSummary {
@@ -234,6 +266,7 @@ impl<E: Emit> Sequencer<E> {
                 ranges,
                 mapped_blocks,
                 sha256,
+                range_sha256,
             },
         ))
     }

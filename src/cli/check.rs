@@ -1,0 +1,183 @@
+//! The `verify` and `inspect` commands.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use skiff_flash::board::Board;
+use skiff_flash::units::{bytes, human};
+use skiff_flash::verify::{self, Verdict};
+use skiff_flash::{Error, Result, inspect as insp, manifest, plan, release};
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Device or raw image file to check.
+    target: PathBuf,
+    /// Check meaning against this board's build (table, boot and rootfs files, blobs).
+    #[arg(short, long, conflicts_with_all = ["image", "manifest"])]
+    board: Option<String>,
+    /// Images directory (with --board).
+    #[arg(
+        short,
+        long,
+        env = "BINARIES_DIR",
+        default_value = "output/images",
+        value_name = "DIR"
+    )]
+    images: PathBuf,
+    #[arg(long)]
+    seed: Option<String>,
+    /// Compare bytes with this image (.img, .img.zst, .gz, .xz) over its mapped ranges.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
+    image: Option<PathBuf>,
+    /// Block map for --image (default: IMAGE.bmap beside it, if present).
+    #[arg(long, value_name = "FILE", requires = "image")]
+    bmap: Option<PathBuf>,
+    /// Compare bytes with the mapped ranges recorded in this manifest.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Device or image file.
+    target: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn open(target: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::File::open(target).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Usage(format!("{} does not exist", target.display()))
+        } else {
+            Error::io(format!("opening {}", target.display()), e)
+        }
+    })
+}
+
+pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) -> Result<()> {
+    let dev = open(&a.target)?;
+    let verdict: Verdict = if let Some(name) = &a.board {
+        let board = load(name)?;
+        let plan = plan::make(
+            &board,
+            &plan::Options {
+                images: a.images.clone(),
+                size: None,
+                epoch,
+                seed: a.seed.clone(),
+            },
+        )?;
+        verify::meaning(&dev, &plan)
+    } else if let Some(image) = &a.image {
+        let bmap = a.bmap.clone().or_else(|| {
+            let p = release::bmap_path(image);
+            p.is_file().then_some(p)
+        });
+        verify::bytes_image(&dev, image, bmap.as_deref())?
+    } else if let Some(m) = &a.manifest {
+        verify::bytes_manifest(&dev, &manifest::load(m)?)
+    } else {
+        return Err(Error::Usage(
+            "give --board, --image or --manifest to compare with".into(),
+        ));
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict).unwrap_or_default()
+        );
+    } else {
+        for f in &verdict.findings {
+            let mut line = f.region.clone();
+            if let Some(p) = &f.path {
+                line += &format!(" {p}");
+            }
+            line += &format!(": {}", f.message);
+            if let Some(o) = f.offset {
+                line += &format!(" (offset {})", bytes(o));
+            }
+            if let (Some(e), Some(g)) = (&f.expected, &f.found) {
+                line += &format!("; expected {e}, found {g}");
+            }
+            println!("{line}");
+        }
+        println!(
+            "{}: {} ({} mode, {} compared)",
+            a.target.display(),
+            if verdict.ok() { "matches" } else { "DIFFERS" },
+            verdict.mode,
+            human(verdict.bytes_checked)
+        );
+    }
+    if verdict.ok() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            format!(
+                "{}: {} difference(s)",
+                a.target.display(),
+                verdict.findings.len()
+            ),
+            std::io::Error::other("verification failed"),
+        ))
+    }
+}
+
+pub fn inspect(a: &InspectArgs) -> Result<()> {
+    let dev = open(&a.target)?;
+    let i = insp::inspect(&dev);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+        return Ok(());
+    }
+    let table = match &i.table {
+        insp::Table::Gpt {
+            disk_guid,
+            primary_ok,
+            backup_ok,
+            hybrid,
+        } => format!(
+            "GPT {disk_guid} (primary {}, backup {}{})",
+            if *primary_ok { "ok" } else { "BAD" },
+            if *backup_ok { "ok" } else { "BAD" },
+            if *hybrid { ", hybrid MBR" } else { "" }
+        ),
+        insp::Table::Mbr { disk_id } => format!("MBR, disk id 0x{disk_id}"),
+        insp::Table::None => "no partition table".into(),
+    };
+    println!(
+        "{}: {} bytes ({}), {table}",
+        a.target.display(),
+        bytes(i.size),
+        human(i.size)
+    );
+    for p in &i.partitions {
+        println!(
+            "{:>2}  start {:>14}  size {:>10}  {:<9} {:<9} {:<10} {}{}",
+            p.number,
+            bytes(p.start),
+            human(p.size),
+            p.kind,
+            p.fs.kind,
+            p.fs.label.clone().unwrap_or_default(),
+            p.fs.uuid.clone().unwrap_or_default(),
+            if p.bootable { "  bootable" } else { "" }
+        );
+        for f in p.fs.files.iter().flatten() {
+            println!(
+                "      {:>12}  {}{}",
+                if f.dir { "dir".into() } else { bytes(f.size) },
+                f.path,
+                if f.dir { "/" } else { "" }
+            );
+        }
+    }
+    for pr in &i.problems {
+        println!("problem: {pr}");
+    }
+    Ok(())
+}

@@ -219,8 +219,11 @@ fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
         if n == 0 {
             break;
         }
+        // The boot-code part went into the table sector already.
         let skip = BOOT_CODE.saturating_sub(at).min(n as u64) as usize;
-        sink.data(at + skip as u64, &buf[skip..n]).map_err(io)?;
+        if skip < n {
+            sink.data(at + skip as u64, &buf[skip..n]).map_err(io)?;
+        }
         at += n as u64;
     }
     if reader.count() != r.length {

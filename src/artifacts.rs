@@ -50,6 +50,20 @@ pub fn collect(board: &Board, ctx: &Context<'_>) -> Result<Trees> {
         .map(|p| (p.id.clone(), Tree::new()))
         .collect();
     for rule in &board.files {
+        let shared;
+        let same = rule.same_as.as_ref();
+        let rule = match same.and_then(|o| board.files.iter().find(|r| r.name == *o)) {
+            Some(other) => {
+                shared = FileRule {
+                    from: other.from.clone(),
+                    text: other.text.clone(),
+                    required: rule.required.or(other.required),
+                    ..rule.clone()
+                };
+                &shared
+            }
+            None => rule,
+        };
         apply(board, rule, ctx, &mut trees)?;
     }
     apply_attrs(board, &mut trees)?;

@@ -11,6 +11,7 @@ pub use catalog::{Catalog, Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::table::Guid;
 use crate::units::{Headroom, Size};
 
 /// A board definition file as written: every field optional so a child overrides only what
@@ -85,6 +86,9 @@ pub struct FileRule {
     /// Content to write when none of `from` exists (bootloader configs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Takes `from` and `text` of another rule (a boot.scr compiled from the boot.txt rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
     /// Fail when nothing in `from` exists and there is no `text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub required: Option<bool>,
@@ -176,6 +180,27 @@ pub struct Layout {
     /// bootloader blob sits where the array would be (Allwinner's SPL at 8 KiB).
     #[serde(default)]
     pub gpt_array: Option<Size>,
+    /// Disk size when the command line gives none (default: as small as the layout allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    /// GPT disk GUID (default: derived from the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<Guid>,
+    /// MBR disk signature, also written in a GPT's protective or hybrid MBR (default on MBR:
+    /// derived from the seed; on GPT: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_signature: Option<u32>,
+    /// Byte offset the GPT header gives as the first usable LBA (default: right after the
+    /// entry array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpt_first_usable: Option<Size>,
+    /// Write no backup GPT at the end of the disk (its room is still kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpt_no_backup: bool,
+    /// GPT only: sector 0 is a hybrid MBR listing the partitions that have an `mbr_type`
+    /// (at most 3) and a 0xEE entry over the GPT, instead of the protective MBR.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hybrid_mbr: bool,
     #[serde(rename = "partition")]
     pub partitions: Vec<PartitionDef>,
 }
@@ -207,6 +232,23 @@ pub struct PartitionDef {
     pub headroom: Option<Headroom>,
     /// With `fit`/`fill`: the smallest the partition may be.
     pub min: Option<Size>,
+    /// Byte offset of the first byte (default: after the previous partition, aligned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<Size>,
+    /// A prebuilt image in the images directory copied into the partition (instead of `fs`);
+    /// with `size = "fit"` the partition is the file's size, aligned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Size of the filesystem when it is smaller than the partition (default: all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_size: Option<Size>,
+    /// GPT partition GUID (default: derived from the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<Guid>,
+    /// MBR: a logical partition inside the extended partition, its boot record `align`
+    /// bytes before its start. Logical partitions come after every primary one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logical: bool,
 }
 
 /// A partition's size rule as written.
@@ -262,9 +304,17 @@ pub struct Board {
     pub attrs: Vec<AttrRule>,
     pub raw: Vec<RawRule>,
     pub vars: std::collections::BTreeMap<String, String>,
+    /// What the definition asks for that is not done exactly (ignored options, substitutes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Board {
+    /// Checks a board assembled outside the catalog (from a genimage config).
+    pub fn validate(&self) -> Result<()> {
+        validate(self)
+    }
+
     /// What the images directory must hold for this board: the first name of every required
     /// file rule and raw write (globs excluded).
     pub fn required_artifacts(&self) -> Vec<String> {
@@ -354,6 +404,7 @@ impl Catalog {
             attrs: merged.attrs,
             raw: merged.raw,
             vars: merged.vars,
+            warnings: Vec::new(),
         };
         validate(&board)?;
         Ok(board)
@@ -437,6 +488,7 @@ fn merge<'a>(layers: impl Iterator<Item = &'a BoardFile>) -> Merged {
                         base.from = rule.from.clone();
                     }
                     base.text = rule.text.clone().or(base.text.take());
+                    base.same_as = rule.same_as.clone().or(base.same_as.take());
                     base.required = rule.required.or(base.required);
                     base.check = rule.check.or(base.check);
                     base.substitute = rule.substitute.or(base.substitute);
@@ -479,6 +531,50 @@ pub fn split_dest(dest: &str) -> Option<(&str, &str)> {
     (!part.is_empty() && path.starts_with('/')).then_some((part, path))
 }
 
+/// Table-level rules: what an MBR holds (four entries, one of them possibly the extended
+/// partition holding the logical ones), GPT-only options, hybrid MBRs, partition content.
+fn validate_table(l: &Layout) -> std::result::Result<(), String> {
+    let logical = l.partitions.iter().filter(|p| p.logical).count();
+    let primary = l.partitions.len() - logical;
+    if l.table == TableKind::Mbr && primary + usize::from(logical > 0) > 4 {
+        return Err(format!(
+            "an MBR holds at most 4 entries ({primary} primary partitions{}); mark later \
+             partitions `logical`",
+            if logical > 0 {
+                " and the extended one"
+            } else {
+                ""
+            }
+        ));
+    }
+    if logical > 0 && l.table != TableKind::Mbr {
+        return Err("logical partitions exist on MBR only".into());
+    }
+    if let Some(i) = l.partitions.iter().position(|p| p.logical)
+        && l.partitions[i..].iter().any(|p| !p.logical)
+    {
+        return Err("logical partitions must come after every primary one".into());
+    }
+    let gpt_only = l.disk_guid.is_some() || l.gpt_first_usable.is_some() || l.gpt_no_backup;
+    if (gpt_only || l.hybrid_mbr) && l.table != TableKind::Gpt {
+        return Err(
+            "disk_guid, gpt_first_usable, gpt_no_backup and hybrid_mbr are GPT options".into(),
+        );
+    }
+    if l.hybrid_mbr && l.partitions.iter().filter(|p| p.mbr_type.is_some()).count() > 3 {
+        return Err("a hybrid MBR lists at most 3 partitions (those with an mbr_type)".into());
+    }
+    for p in &l.partitions {
+        if p.image.is_some() && p.fs.is_some() {
+            return Err(format!("partition `{}` has both `image` and `fs`", p.id));
+        }
+        if p.partuuid.is_some() && l.table != TableKind::Gpt {
+            return Err(format!("partition `{}`: partuuid is a GPT option", p.id));
+        }
+    }
+    Ok(())
+}
+
 fn validate(b: &Board) -> Result<()> {
     let err = |m: String| Err(Error::board(&b.name, m));
     let l = &b.layout;
@@ -514,11 +610,8 @@ fn validate(b: &Board) -> Result<()> {
             _ => {}
         }
     }
-    if l.table == TableKind::Mbr && l.partitions.len() > 4 {
-        return err(format!(
-            "layout `{}`: an MBR holds at most 4 partitions",
-            l.name
-        ));
+    if let Err(m) = validate_table(l) {
+        return err(format!("layout `{}`: {m}", l.name));
     }
     let find = |dest: &str, what: &str| -> Result<()> {
         let Some((part, _)) = split_dest(dest) else {
@@ -540,7 +633,23 @@ fn validate(b: &Board) -> Result<()> {
             return err(format!("file rule `{}` has no `to`", r.name));
         };
         find(to, &format!("file rule `{}`: destination", r.name))?;
-        if r.from.is_empty() && r.text.is_none() {
+        if let Some(other) = &r.same_as {
+            match b.files.iter().find(|o| o.name == *other) {
+                None => {
+                    return err(format!(
+                        "file rule `{}`: same_as `{other}` names no rule",
+                        r.name
+                    ));
+                }
+                Some(o) if o.same_as.is_some() => {
+                    return err(format!(
+                        "file rule `{}`: `{other}` is itself a same_as rule",
+                        r.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        } else if r.from.is_empty() && r.text.is_none() {
             return err(format!(
                 "file rule `{}` has neither `from` nor `text`",
                 r.name

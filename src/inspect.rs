@@ -206,6 +206,11 @@ fn partition(
     };
     let len = e.size.min(disk.saturating_sub(e.start));
     let fs = filesystem(dev, e.start, len, number, problems);
+    if fs.kind == "unknown" {
+        problems.push(format!(
+            "partition {number} ({kind}): no filesystem recognised"
+        ));
+    }
     Partition {
         number,
         start: e.start,

@@ -159,7 +159,7 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
 }
 
 /// Bytes: an image file (raw or compressed) against the target, over the image's mapped
-/// ranges (its bmap), or over every block that is not zero when there is no bmap.
+/// ranges (its bmap), or over every byte when there is no bmap.
 pub fn bytes_image(
     dev: &dyn ReadAt,
     image: &std::path::Path,
@@ -181,7 +181,9 @@ pub fn bytes_image(
         }
         let parts: Vec<(u64, u64)> = match &mapped {
             Some(m) => crate::flash::mapped_parts(m, at, n as u64),
-            None => nonzero_blocks(&buf[..n], at),
+            // Without a block map every byte counts: zeros may be required (a FAT's free
+            // entries), so the whole image is compared.
+            None => vec![(at, n as u64)],
         };
         for (a, l) in parts {
             let want = &buf[(a - at) as usize..(a - at + l) as usize];
@@ -216,14 +218,6 @@ pub fn bytes_image(
         bytes_checked: checked,
         findings,
     })
-}
-
-fn nonzero_blocks(b: &[u8], at: u64) -> Vec<(u64, u64)> {
-    b.chunks(4096)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|x| *x != 0))
-        .map(|(i, c)| (at + i as u64 * 4096, c.len() as u64))
-        .collect()
 }
 
 /// Meaning: the target against a plan (made with the board's minimum size).

@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # tool:package pairs; tools are looked up in sbin too, where Debian puts most of them.
 tools=(
   sfdisk:fdisk sgdisk:gdisk partx:util-linux blkid:util-linux setpriv:util-linux
-  losetup:mount fsck.fat:dosfstools mcopy:mtools minfo:mtools e2fsck:e2fsprogs
-  unsquashfs:squashfs-tools
+  wipefs:util-linux losetup:mount fsck.fat:dosfstools mcopy:mtools minfo:mtools
+  e2fsck:e2fsprogs debugfs:e2fsprogs mkfs.ext4:e2fsprogs unsquashfs:squashfs-tools
+  mksquashfs:squashfs-tools mkimage:u-boot-tools dumpimage:u-boot-tools
+  bmaptool:bmap-tools zstd:zstd xz:xz-utils gzip:gzip genimage:genimage
+  mkfs.vfat:dosfstools
 )
 missing=()
 for pair in "${tools[@]}"; do

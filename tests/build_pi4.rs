@@ -349,16 +349,20 @@ fn builds_unprivileged_with_an_empty_path() {
         "--output",
         img.to_str().unwrap(),
     ];
+    // The binary is copied next to the inputs: the checkout it was built in may sit under a
+    // directory the unprivileged user cannot enter.
+    let exe = dir.path().join("skiff-flash");
+    std::fs::copy(bin(), &exe).unwrap();
     let mut cmd = if is_root() {
         assert!(
             Path::new("/usr/bin/setpriv").exists(),
             "setpriv (util-linux) is needed to drop root"
         );
         let mut c = std::process::Command::new("/usr/bin/setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe.to_str().unwrap()]);
         c
     } else {
-        std::process::Command::new(bin())
+        std::process::Command::new(&exe)
     };
     let out = cmd
         .args(args)

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::{is_root, need, tool, tool_ok};
+use common::{is_root, losetup, need, tool, tool_ok};
 use skiff_flash::target::Sink;
 use skiff_flash::target::blockdev::{
     self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect,
@@ -53,7 +53,7 @@ impl Loop {
         let mut args = vec!["-f", "--show"];
         args.extend(extra);
         args.push(file.to_str().unwrap());
-        let dev = PathBuf::from(tool_ok("losetup", &args).trim());
+        let dev = PathBuf::from(losetup(&args));
         let name = dev.file_name().unwrap().to_string_lossy().into_owned();
         Loop { dev, name }
     }

@@ -31,9 +31,7 @@ impl Card {
             .unwrap()
             .set_len(size)
             .unwrap();
-        let dev = tool_ok("losetup", &["-f", "--show", backing.to_str().unwrap()])
-            .trim()
-            .to_string();
+        let dev = losetup(&["-f", "--show", backing.to_str().unwrap()]);
         Some(Card {
             dev,
             backing,

@@ -88,7 +88,7 @@ fn bmaptool_flashes_our_image_and_the_card_verifies() {
         return;
     }
     assert!(is_root(), "loop devices need root (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1)");
-    let dev = tool_ok("losetup", &["-f", "--show", card.to_str().unwrap()]).trim().to_string();
+    let dev = losetup(&["-f", "--show", card.to_str().unwrap()]);
     let lo = Loop { dev };
     let out = tool_ok("bmaptool", &[
         "copy",

@@ -80,6 +80,21 @@ pub fn tool_ok(cmd: &str, args: &[&str]) -> String {
     out
 }
 
+/// `losetup ARGS` printing the device, retried: tests attach loop devices in parallel, and
+/// two can race for the same free device.
+pub fn losetup(args: &[&str]) -> String {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let (code, out) = tool("losetup", args);
+        if code == 0 {
+            return out.trim().to_string();
+        }
+        last = out;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("losetup {args:?} failed: {last}");
+}
+
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -107,7 +122,7 @@ impl Loop {
             args.push("-r");
         }
         args.push(img);
-        let dev = tool_ok("losetup", &args).trim().to_string();
+        let dev = losetup(&args);
         let l = Loop { dev };
         tool_ok("partx", &["-a", &l.dev]);
         Some(l)

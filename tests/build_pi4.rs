@@ -311,11 +311,13 @@ fn same_inputs_and_epoch_give_identical_sparse_images() {
         md.len()
     );
     // No temporary files left next to the outputs.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".manifest.json"))
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
 }
 
 #[test]
@@ -359,7 +361,12 @@ fn builds_unprivileged_with_an_empty_path() {
             "setpriv (util-linux) is needed to drop root"
         );
         let mut c = std::process::Command::new("/usr/bin/setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe.to_str().unwrap()]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe.to_str().unwrap(),
+        ]);
         c
     } else {
         std::process::Command::new(&exe)

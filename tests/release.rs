@@ -11,7 +11,15 @@ use std::process::Command;
 use common::*;
 
 fn build_in(dir: &Path, images: &Path, out: &str, extra: &[&str]) {
-    let mut args = vec!["build", "--board", "pi/4", "--images", images.to_str().unwrap(), "-o", out];
+    let mut args = vec![
+        "build",
+        "--board",
+        "pi/4",
+        "--images",
+        images.to_str().unwrap(),
+        "-o",
+        out,
+    ];
     args.extend_from_slice(extra);
     let o = Command::new(bin())
         .args(&args)
@@ -37,8 +45,15 @@ fn compressed_images_decompress_to_the_raw_image() {
         build_in(dir.path(), &f, out, &[]);
     }
     let raw = std::fs::read(dir.path().join("pi4.img")).unwrap();
-    tool_ok("zstd", &["-t", "-q", dir.path().join("pi4.img.zst").to_str().unwrap()]);
-    for (tool_name, file) in [("zstd", "pi4.img.zst"), ("xz", "pi4.img.xz"), ("gzip", "pi4.img.gz")] {
+    tool_ok(
+        "zstd",
+        &["-t", "-q", dir.path().join("pi4.img.zst").to_str().unwrap()],
+    );
+    for (tool_name, file) in [
+        ("zstd", "pi4.img.zst"),
+        ("xz", "pi4.img.xz"),
+        ("gzip", "pi4.img.gz"),
+    ] {
         let out = Command::new(tool_name)
             .args(["-dc", dir.path().join(file).to_str().unwrap()])
             .output()
@@ -47,7 +62,9 @@ fn compressed_images_decompress_to_the_raw_image() {
         assert!(out.stdout == raw, "{file} does not decompress to the .img");
     }
     // Compressed outputs are far smaller than the image.
-    let zst = std::fs::metadata(dir.path().join("pi4.img.zst")).unwrap().len();
+    let zst = std::fs::metadata(dir.path().join("pi4.img.zst"))
+        .unwrap()
+        .len();
     assert!(zst < raw.len() as u64 / 50, "{zst}");
 }
 
@@ -61,16 +78,42 @@ fn checksums_cover_every_output() {
     build_in(dir.path(), &f, "pi4.img.zst", &["--bmap", "--checksums"]);
     build_in(dir.path(), &f, "pi4.img", &["--checksums"]);
     let sums = std::fs::read_to_string(dir.path().join("SHA256SUMS")).unwrap();
-    for name in ["pi4.img", "pi4.img.zst", "pi4.img.bmap", "pi4.img.manifest.json", "pi4.img.zst.manifest.json"] {
-        assert!(sums.contains(&format!("  {name}\n")), "{name} missing from:\n{sums}");
+    for name in [
+        "pi4.img",
+        "pi4.img.zst",
+        "pi4.img.bmap",
+        "pi4.img.manifest.json",
+        "pi4.img.zst.manifest.json",
+    ] {
+        assert!(
+            sums.contains(&format!("  {name}\n")),
+            "{name} missing from:\n{sums}"
+        );
     }
-    let out = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The manifest records both checksums of the compressed build.
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("pi4.img.zst.manifest.json")).unwrap()).unwrap();
-    assert_eq!(m["image"]["file_sha256"].as_str().unwrap(), sha(&dir.path().join("pi4.img.zst")));
-    assert_eq!(m["image"]["image_sha256"].as_str().unwrap(), sha(&dir.path().join("pi4.img")));
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("pi4.img.zst.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        m["image"]["file_sha256"].as_str().unwrap(),
+        sha(&dir.path().join("pi4.img.zst"))
+    );
+    assert_eq!(
+        m["image"]["image_sha256"].as_str().unwrap(),
+        sha(&dir.path().join("pi4.img"))
+    );
 }
 
 #[test]
@@ -87,20 +130,33 @@ fn bmaptool_flashes_our_image_and_the_card_verifies() {
     if !need("losetup", "mount") || !need("partx", "util-linux") {
         return;
     }
-    assert!(is_root(), "loop devices need root (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1)");
+    assert!(
+        is_root(),
+        "loop devices need root (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1)"
+    );
     let dev = losetup(&["-f", "--show", card.to_str().unwrap()]);
     let lo = Loop { dev };
-    let out = tool_ok("bmaptool", &[
-        "copy",
-        "--bmap",
-        dir.path().join("pi4.img.bmap").to_str().unwrap(),
-        dir.path().join("pi4.img").to_str().unwrap(),
-        &lo.dev,
-    ]);
+    let out = tool_ok(
+        "bmaptool",
+        &[
+            "copy",
+            "--bmap",
+            dir.path().join("pi4.img.bmap").to_str().unwrap(),
+            dir.path().join("pi4.img").to_str().unwrap(),
+            &lo.dev,
+        ],
+    );
     assert!(!out.to_lowercase().contains("mismatch"), "{out}");
     tool_ok("partx", &["-a", &lo.dev]);
     let o = Command::new(bin())
-        .args(["verify", &lo.dev, "--board", "pi/4", "--images", f.to_str().unwrap()])
+        .args([
+            "verify",
+            &lo.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            f.to_str().unwrap(),
+        ])
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .output()
         .unwrap();
@@ -144,10 +200,23 @@ fn builds_are_reproducible_across_directories_mtimes_and_owners() {
     build_in(b.path(), &images_b, "x.img.zst", &["--bmap"]);
     build_in(a.path(), &fixtures(), "x.img", &[]);
     build_in(b.path(), &images_b, "x.img", &[]);
-    for name in ["x.img", "x.img.zst", "x.img.bmap", "x.img.manifest.json", "x.img.zst.manifest.json"] {
-        assert_eq!(sha(&a.path().join(name)), sha(&b.path().join(name)), "{name} differs");
+    for name in [
+        "x.img",
+        "x.img.zst",
+        "x.img.bmap",
+        "x.img.manifest.json",
+        "x.img.zst.manifest.json",
+    ] {
+        assert_eq!(
+            sha(&a.path().join(name)),
+            sha(&b.path().join(name)),
+            "{name} differs"
+        );
     }
     // Nothing of the build machine leaks into the manifest.
     let m = std::fs::read_to_string(a.path().join("x.img.manifest.json")).unwrap();
-    assert!(!m.contains(a.path().to_str().unwrap()) && !m.contains("/work") && !m.contains("/tmp"), "{m}");
+    assert!(
+        !m.contains(a.path().to_str().unwrap()) && !m.contains("/work") && !m.contains("/tmp"),
+        "{m}"
+    );
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fs::{self, FileRecord};
 use crate::io::{HashReader, read_full};
-use crate::plan::{Partition, Plan, RawWrite, Table};
+use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
 use crate::table::{gpt, mbr};
 use crate::target::{Sink, Window};
 
@@ -91,8 +91,9 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result
     let total = plan
         .partitions
         .iter()
-        .filter_map(|p| p.fs.as_ref())
-        .map(|f| f.content_bytes)
+        .map(|p| {
+            p.fs.as_ref().map_or(0, |f| f.content_bytes) + p.image.as_ref().map_or(0, |i| i.size)
+        })
         .sum();
     let mut sink = Counting {
         inner: sink,
@@ -150,13 +151,15 @@ impl Job<'_> {
 const BOOT_CODE: u64 = 440;
 
 fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<PartitionRecord> {
-    let files = match plan.fs_spec(p) {
-        Some((kind, spec)) => {
-            let mut w = Window::new(sink, p.start, p.size)
+    let files = match (plan.fs_spec(p), &p.image) {
+        (Some((kind, spec)), _) => {
+            let size = p.fs.as_ref().map_or(p.size, |f| f.size);
+            let mut w = Window::new(sink, p.start, size)
                 .map_err(|e| Error::io(format!("partition {}", p.id), e))?;
-            fs::writer(kind).write(&spec, p.size, &mut w)?
+            fs::writer(kind).write(&spec, size, &mut w)?
         }
-        None => Vec::new(),
+        (None, Some(image)) => vec![write_image(p, image, sink)?],
+        (None, None) => Vec::new(),
     };
     Ok(PartitionRecord {
         id: p.id.clone(),
@@ -166,6 +169,63 @@ fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<Pa
     })
 }
 
+/// Bytes compared at a time when skipping the all-zero blocks of a prebuilt image.
+const IMAGE_BLOCK: usize = 4096;
+
+/// Copies a prebuilt image into its partition, leaving out all-zero 4 KiB blocks (a fresh
+/// image file or a device treats them as don't-care, like the holes of a sparse file).
+fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<FileRecord> {
+    let io = |e| {
+        Error::io(
+            format!("partition {} from {}", p.id, image.source.display()),
+            e,
+        )
+    };
+    let f = std::fs::File::open(&image.source).map_err(io)?;
+    let mut reader = HashReader::new(f.take(image.size));
+    let mut w = Window::new(sink, p.start, p.size).map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = read_full(&mut reader, &mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        for (run_start, run_end) in nonzero_runs(&buf[..n]) {
+            w.data(at + run_start as u64, &buf[run_start..run_end])
+                .map_err(io)?;
+        }
+        at += n as u64;
+    }
+    if reader.count() != image.size {
+        return Err(Error::BadArtifact {
+            path: image.source.clone(),
+            message: format!("changed while building (image of partition {})", p.id),
+        });
+    }
+    Ok(FileRecord {
+        path: image.source.display().to_string(),
+        size: image.size,
+        sha256: reader.finish(),
+    })
+}
+
+/// Byte ranges of `buf` made of consecutive blocks that are not all zero.
+fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in buf.chunks(IMAGE_BLOCK).enumerate() {
+        if block.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let (s, e) = (i * IMAGE_BLOCK, i * IMAGE_BLOCK + block.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => runs.push((s, e)),
+        }
+    }
+    runs
+}
+
 /// The table as (offset, bytes) pieces for a disk of `disk_bytes`.
 fn table_pieces(plan: &Plan, boot_code: &[u8; 440], disk_bytes: u64) -> Vec<(u64, Vec<u8>)> {
     let entries = plan.table_entries();
@@ -173,10 +233,39 @@ fn table_pieces(plan: &Plan, boot_code: &[u8; 440], disk_bytes: u64) -> Vec<(u64
         Table::Gpt {
             disk_guid,
             array_lba,
-        } => gpt::pieces(disk_bytes, boot_code, *disk_guid, *array_lba, &entries),
+            first_lba,
+            no_backup,
+            hybrid,
+            mbr_id,
+        } => {
+            let shape = gpt::Shape {
+                first_lba: *first_lba,
+                no_backup: *no_backup,
+            };
+            let mut pieces = gpt::pieces_shaped(
+                disk_bytes, boot_code, *disk_guid, *array_lba, &entries, shape,
+            );
+            let id = mbr_id
+                .as_deref()
+                .and_then(|s| u32::from_str_radix(s, 16).ok())
+                .unwrap_or(0);
+            if let Some((_, head)) = pieces.first_mut() {
+                if *hybrid {
+                    let listed: Vec<_> = entries
+                        .iter()
+                        .filter(|e| e.mbr_type.is_some())
+                        .cloned()
+                        .collect();
+                    head[..512].copy_from_slice(&mbr::hybrid(boot_code, id, &listed, *array_lba));
+                }
+                head[440..444].copy_from_slice(&id.to_le_bytes());
+            }
+            pieces
+        }
         Table::Mbr { disk_id } => {
             let id = u32::from_str_radix(disk_id, 16).unwrap_or(0);
-            vec![(0, mbr::sector(boot_code, id, &entries).to_vec())]
+            let ebrs: Vec<Option<u64>> = plan.partitions.iter().map(|p| p.ebr).collect();
+            mbr::pieces(boot_code, id, &entries, &ebrs, disk_bytes)
         }
     }
 }
@@ -238,4 +327,27 @@ fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
         length: r.length,
         sha256: reader.finish(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nonzero_runs;
+
+    #[test]
+    fn zero_blocks_are_left_out_and_runs_merge() {
+        let mut buf = vec![0u8; 5 * 4096 + 100];
+        buf[10] = 1;
+        buf[4096 + 5] = 2;
+        buf[3 * 4096] = 3;
+        buf[5 * 4096 + 99] = 4;
+        assert_eq!(
+            nonzero_runs(&buf),
+            vec![
+                (0, 2 * 4096),
+                (3 * 4096, 4 * 4096),
+                (5 * 4096, 5 * 4096 + 100)
+            ]
+        );
+        assert!(nonzero_runs(&[0; 8192]).is_empty());
+    }
 }

@@ -26,6 +26,10 @@ pub struct Request<'a> {
     pub content_min: u64,
     /// Checks a candidate size; returns the bytes the content would need when it does not fit.
     pub fits: &'a dyn Fn(u64) -> Result<(), u64>,
+    /// A fixed start; `None` places it after the previous partition, aligned.
+    pub start: Option<u64>,
+    /// Bytes kept free before an unfixed start (an MBR logical partition's boot record).
+    pub gap: u64,
 }
 
 /// A placed partition: byte offset and length, both multiples of the alignment.
@@ -65,6 +69,8 @@ pub enum PlaceError {
     DiskTooSmall { needs: u64, has: u64 },
     /// More than one `Fill` partition.
     TwoFills(String, String),
+    /// A partition with a fixed start that shares bytes with an earlier one.
+    Overlap { partition: String, other: String },
 }
 
 pub fn align_up(v: u64, a: u64) -> u64 {
@@ -88,6 +94,45 @@ pub fn place(
     disk: Option<u64>,
 ) -> Result<(Vec<Placed>, u64), PlaceError> {
     let a = geo.align.max(512);
+    let (mut sizes, fill) = sizes(reqs, a)?;
+    let start = align_up(geo.first_start, a);
+    let (mut placed, mut end, exact_end) = lay(reqs, &sizes, start, a)?;
+    let min_disk = align_up(end + geo.tail, a);
+    let disk_size = match disk {
+        None => min_disk,
+        Some(d) => {
+            // Without a fill partition only the bytes used must fit; with one, the disk must
+            // reach the aligned end so the fill can grow to the last boundary.
+            let needs = match fill {
+                Some(_) => min_disk,
+                None => align_up(exact_end + geo.tail, 512),
+            };
+            if d < needs {
+                return Err(PlaceError::DiskTooSmall { needs, has: d });
+            }
+            if let Some(f) = fill {
+                let usable_end = align_down(d - geo.tail, a);
+                sizes[f] += usable_end - end;
+                (placed, end, _) = lay(reqs, &sizes, start, a)?;
+                debug_assert!(end <= usable_end);
+            }
+            d
+        }
+    };
+    for ((r, &size), p) in reqs.iter().zip(&sizes).zip(&placed) {
+        if let Err(needs) = (r.fits)(size) {
+            return Err(PlaceError::DoesNotFit {
+                partition: r.name.to_string(),
+                needs,
+                has: p.size,
+            });
+        }
+    }
+    Ok((placed, disk_size))
+}
+
+/// Each partition's size before any fill grows, and which one fills.
+fn sizes(reqs: &[Request<'_>], a: u64) -> Result<(Vec<u64>, Option<usize>), PlaceError> {
     let mut fill: Option<usize> = None;
     let mut sizes = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.iter().enumerate() {
@@ -115,39 +160,36 @@ pub fn place(
         };
         sizes.push(size);
     }
-    let fixed_total: u64 = sizes.iter().map(|s| align_up(*s, a)).sum();
-    let start = align_up(geo.first_start, a);
-    let min_disk = align_up(start + fixed_total + geo.tail, a);
-    let disk_size = match disk {
-        None => min_disk,
-        Some(d) => {
-            if d < min_disk {
-                return Err(PlaceError::DiskTooSmall {
-                    needs: min_disk,
-                    has: d,
-                });
-            }
-            if let Some(f) = fill {
-                let usable_end = align_down(d - geo.tail, a);
-                sizes[f] += usable_end - (start + fixed_total);
-            }
-            d
-        }
-    };
-    let mut placed = Vec::with_capacity(reqs.len());
+    Ok((sizes, fill))
+}
+
+/// Starts for the given sizes: fixed ones as given, the others after everything before them,
+/// aligned. Returns the placements, the aligned end and the exact end of the last byte used.
+fn lay(
+    reqs: &[Request<'_>],
+    sizes: &[u64],
+    start: u64,
+    a: u64,
+) -> Result<(Vec<Placed>, u64, u64), PlaceError> {
+    let mut placed: Vec<Placed> = Vec::with_capacity(reqs.len());
     let mut at = start;
-    for (r, &size) in reqs.iter().zip(&sizes) {
-        if let Err(needs) = (r.fits)(size) {
-            return Err(PlaceError::DoesNotFit {
+    let mut exact = start;
+    for (r, &size) in reqs.iter().zip(sizes) {
+        let s = r.start.unwrap_or_else(|| align_up(at + r.gap, a));
+        if let Some(q) = placed
+            .iter()
+            .position(|p| overlaps((s, size), (p.start, p.size)))
+        {
+            return Err(PlaceError::Overlap {
                 partition: r.name.to_string(),
-                needs,
-                has: size,
+                other: reqs[q].name.to_string(),
             });
         }
-        placed.push(Placed { start: at, size });
-        at = align_up(at + size, a);
+        placed.push(Placed { start: s, size });
+        at = at.max(align_up(s + size, a));
+        exact = exact.max(s + size);
     }
-    Ok((placed, disk_size))
+    Ok((placed, at, exact))
 }
 
 #[cfg(test)]
@@ -181,12 +223,16 @@ mod tests {
                 },
                 content_min: 5 * MIB,
                 fits: &fits,
+                start: None,
+                gap: 0,
             },
             Request {
                 name: "persist",
                 rule: SizeRule::Fill { min: 64 * MIB },
                 content_min: 0,
                 fits: &ok,
+                start: None,
+                gap: 0,
             },
         ];
         let (p, disk) = place(geo(), &reqs, None).unwrap();
@@ -221,6 +267,8 @@ mod tests {
             rule: SizeRule::Fixed(64 * MIB),
             content_min: 71_303_168,
             fits: &fits,
+            start: None,
+            gap: 0,
         }];
         assert_eq!(
             place(geo(), &reqs, None),
@@ -240,18 +288,56 @@ mod tests {
                 rule: SizeRule::Fill { min: 0 },
                 content_min: 0,
                 fits: &ok,
+                start: None,
+                gap: 0,
             },
             Request {
                 name: "b",
                 rule: SizeRule::Fill { min: 0 },
                 content_min: 0,
                 fits: &ok,
+                start: None,
+                gap: 0,
             },
         ];
         assert!(matches!(
             place(geo(), &reqs, None),
             Err(PlaceError::TwoFills(..))
         ));
+    }
+
+    #[test]
+    fn fixed_starts_gaps_and_overlaps() {
+        let fixed = |name, start, size| Request {
+            name,
+            rule: SizeRule::Fixed(size),
+            content_min: 0,
+            fits: &ok,
+            start,
+            gap: 0,
+        };
+        let mut reqs = [
+            fixed("a", Some(4 * MIB), MIB),
+            fixed("b", None, MIB),
+            fixed("c", Some(20 * MIB), 512),
+        ];
+        reqs[1].gap = 512;
+        let (p, disk) = place(geo(), &reqs, None).unwrap();
+        assert_eq!(p[0].start, 4 * MIB);
+        assert_eq!(p[1].start, 6 * MIB, "after a, aligned, past its gap");
+        assert_eq!(p[2].start, 20 * MIB);
+        assert_eq!(disk, 22 * MIB);
+        // Without a fill partition, a given disk only needs room for the bytes used.
+        let exact = 20 * MIB + 512 + 33 * 512;
+        assert!(place(geo(), &reqs, Some(exact)).is_ok());
+        reqs[2].start = Some(4 * MIB + 512);
+        assert_eq!(
+            place(geo(), &reqs, None),
+            Err(PlaceError::Overlap {
+                partition: "c".into(),
+                other: "a".into()
+            })
+        );
     }
 
     proptest! {
@@ -267,6 +353,8 @@ mod tests {
                 rule: if i == fill_at { SizeRule::Fill { min: *s } } else { SizeRule::Fixed(*s) },
                 content_min: 0,
                 fits: &ok,
+                start: None,
+                gap: 0,
             }).collect();
             let (_, min_disk) = place(g, &reqs, None).unwrap();
             let disk = min_disk + extra;
@@ -294,7 +382,7 @@ mod tests {
             s in 1u64..(64 * MIB),
             disk in 0u64..(8 * MIB),
         ) {
-            let reqs = [Request { name: "p", rule: SizeRule::Fixed(s), content_min: 0, fits: &ok }];
+            let reqs = [Request { name: "p", rule: SizeRule::Fixed(s), content_min: 0, fits: &ok, start: None, gap: 0 }];
             let r = place(geo(), &reqs, Some(disk));
             if let Ok((placed, _)) = &r {
                 prop_assert!(placed[0].end() + geo().tail <= disk);

@@ -13,6 +13,7 @@ pub mod compose;
 pub mod error;
 pub mod flash;
 pub mod fs;
+pub mod genimage;
 pub mod inspect;
 pub mod io;
 pub mod layout;

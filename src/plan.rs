@@ -46,6 +46,9 @@ pub struct Plan {
     /// Bootloader blobs written outside the partitions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub raw: Vec<RawWrite>,
+    /// What the board's definition asks for that is not done exactly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A byte range copied from a file to a fixed disk offset.
@@ -64,8 +67,25 @@ pub struct RawWrite {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Table {
-    Gpt { disk_guid: Guid, array_lba: u64 },
-    Mbr { disk_id: String },
+    Gpt {
+        disk_guid: Guid,
+        array_lba: u64,
+        /// The header's first usable LBA when not right after the entry array.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        first_lba: Option<u64>,
+        /// No backup GPT is written.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        no_backup: bool,
+        /// Sector 0 is a hybrid MBR (partitions with an `mbr_type`, then 0xEE).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        hybrid: bool,
+        /// The disk signature in sector 0's MBR, when not 0.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mbr_id: Option<String>,
+    },
+    Mbr {
+        disk_id: String,
+    },
 }
 
 /// One partition, placed.
@@ -90,6 +110,19 @@ pub struct Partition {
     pub grows: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs: Option<Filesystem>,
+    /// A prebuilt image copied in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Prebuilt>,
+    /// MBR logical partition: byte offset of its extended boot record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ebr: Option<u64>,
+}
+
+/// A file from the images directory copied into a partition (all-zero blocks skipped).
+#[derive(Debug, Clone, Serialize)]
+pub struct Prebuilt {
+    pub source: PathBuf,
+    pub size: u64,
 }
 
 /// A filesystem to create inside a partition, with all it will hold.
@@ -102,6 +135,8 @@ pub struct Filesystem {
     pub uuid: String,
     #[serde(skip)]
     pub uuid_bytes: [u8; 16],
+    /// Bytes the filesystem spans from the partition's start.
+    pub size: u64,
     /// The smallest size the content fits in.
     pub min_size: u64,
     /// Bytes of file content.
@@ -150,6 +185,37 @@ struct Measured {
     measure: Box<dyn Measure>,
 }
 
+/// What a partition holds, known before placement.
+enum Content {
+    Empty,
+    /// A filesystem, spanning `size` bytes when it does not fill the partition.
+    Fs(Measured, Option<u64>),
+    Image(Prebuilt),
+}
+
+impl Content {
+    /// The least the partition needs.
+    fn min(&self) -> u64 {
+        match self {
+            Content::Empty => 0,
+            Content::Fs(m, size) => size.unwrap_or_else(|| m.measure.min_size()),
+            Content::Image(p) => p.size,
+        }
+    }
+
+    /// Whether the content fits a partition of `size` bytes; `Err` carries what it needs.
+    fn fits(&self, size: u64) -> std::result::Result<(), u64> {
+        match self {
+            Content::Empty => Ok(()),
+            Content::Fs(_, Some(fs)) if *fs > size => Err(*fs),
+            Content::Fs(m, fs) if !m.measure.fits(fs.unwrap_or(size)) => Err(m.measure.min_size()),
+            Content::Fs(..) => Ok(()),
+            Content::Image(p) if p.size > size => Err(p.size),
+            Content::Image(_) => Ok(()),
+        }
+    }
+}
+
 /// Checks a candidate partition size; `Err` carries the bytes needed.
 type Fits<'a> = Box<dyn Fn(u64) -> std::result::Result<(), u64> + 'a>;
 
@@ -172,12 +238,22 @@ struct Ids {
 impl Ids {
     fn derive(board: &Board, seed: &str) -> Ids {
         let layout = &board.layout;
-        let disk_id =
+        let derived =
             u32::from_le_bytes(derive(seed, "disk-id")[..4].try_into().unwrap_or_default());
+        let disk_id = layout.disk_signature.unwrap_or(derived);
         let table = match layout.table {
             TableKind::Gpt => Table::Gpt {
-                disk_guid: Guid::from_hash(derive(seed, "disk")),
+                disk_guid: layout
+                    .disk_guid
+                    .unwrap_or_else(|| Guid::from_hash(derive(seed, "disk"))),
                 array_lba: layout.gpt_array.map_or(2, |a| a.0 / SECTOR),
+                first_lba: layout.gpt_first_usable.map(|s| s.0 / SECTOR),
+                no_backup: layout.gpt_no_backup,
+                hybrid: layout.hybrid_mbr,
+                mbr_id: layout
+                    .disk_signature
+                    .filter(|v| *v != 0)
+                    .map(|v| format!("{v:08x}")),
             },
             TableKind::Mbr => Table::Mbr {
                 disk_id: format!("{disk_id:08x}"),
@@ -186,12 +262,14 @@ impl Ids {
         let partuuid = layout
             .partitions
             .iter()
-            .enumerate()
-            .map(|(i, p)| match layout.table {
-                TableKind::Gpt => Guid::from_hash(derive(seed, &format!("part/{}", p.id)))
+            .zip(numbers(layout))
+            .map(|(p, n)| match layout.table {
+                TableKind::Gpt => p
+                    .partuuid
+                    .unwrap_or_else(|| Guid::from_hash(derive(seed, &format!("part/{}", p.id))))
                     .to_string()
                     .to_lowercase(),
-                TableKind::Mbr => format!("{disk_id:08x}-{:02x}", i + 1),
+                TableKind::Mbr => format!("{disk_id:08x}-{n:02x}"),
             })
             .collect();
         let fs_uuid = layout
@@ -205,6 +283,24 @@ impl Ids {
             fs_uuid,
         }
     }
+}
+
+/// Partition numbers as the kernel gives them: primary ones from 1, logical ones from 5.
+fn numbers(layout: &crate::board::Layout) -> Vec<u32> {
+    let (mut primary, mut logical) = (0, 4);
+    layout
+        .partitions
+        .iter()
+        .map(|p| {
+            let n = if p.logical {
+                &mut logical
+            } else {
+                &mut primary
+            };
+            *n += 1;
+            *n
+        })
+        .collect()
 }
 
 fn fs_uuid_string(kind: FsKind, uuid: &[u8; 16]) -> String {
@@ -309,10 +405,31 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
             ));
         }
     }
+    taken.extend(
+        plan.partitions
+            .iter()
+            .filter_map(|p| Some((format!("the boot record of {}", p.id), p.ebr?, SECTOR))),
+    );
+    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o + l));
+    for p in &plan.partitions {
+        if let Some((what, o, l)) = taken
+            .iter()
+            .find(|(_, o, l)| layout::overlaps((p.start, p.size), (*o, *l)))
+        {
+            return Err(Error::board(
+                &board.name,
+                format!(
+                    "partition {} {} overlaps {what} {}",
+                    p.id,
+                    range(p.start, p.size),
+                    range(*o, *l)
+                ),
+            ));
+        }
+    }
     for p in &plan.partitions {
         taken.push((format!("partition {}", p.id), p.start, p.size));
     }
-    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o + l));
     for r in &plan.raw {
         if r.offset + r.length > plan.disk_size {
             return Err(Error::board(
@@ -345,7 +462,11 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
 
 /// Makes the plan for `board` from the images directory.
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
-    let seed = opts.seed.clone().unwrap_or_else(|| board.name.clone());
+    let seed = opts
+        .seed
+        .clone()
+        .or_else(|| board.seed.clone())
+        .unwrap_or_else(|| board.name.clone());
     let layout = &board.layout;
     let ids = Ids::derive(board, &seed);
     let vars = vars(board, &ids, &opts.images);
@@ -356,32 +477,105 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     };
     let mut trees = artifacts::collect(board, &ctx)?;
     let raw = raw_writes(board, &opts.images)?;
-
-    let mut pending = Vec::new();
-    for (i, p) in layout.partitions.iter().enumerate() {
-        let fs = match p.fs {
-            Some(kind) => {
-                let tree = trees.remove(&p.id).unwrap_or_default();
-                let spec = FsSpec {
-                    label: p.label.as_deref(),
-                    uuid: ids.fs_uuid[i],
-                    epoch: opts.epoch,
-                    tree: &tree,
-                    offset: 0,
-                    part: &p.id,
-                };
-                let measure = fs::writer(kind).measure(&spec)?;
-                Some(Measured {
-                    kind,
-                    tree,
-                    measure,
-                })
-            }
-            None => None,
-        };
-        pending.push(fs);
+    let pending = layout
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| content(board, p, ids.fs_uuid[i], opts, &mut trees))
+        .collect::<Result<Vec<_>>>()?;
+    let (placed, disk_size) = place(board, &ids, &pending, opts)?;
+    if layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
+        return Err(Error::board(
+            &board.name,
+            "an MBR cannot address a disk over 2 TiB",
+        ));
     }
+    let numbers = numbers(layout);
+    let mut partitions = Vec::new();
+    for (i, ((p, c), pl)) in layout
+        .partitions
+        .iter()
+        .zip(pending)
+        .zip(placed)
+        .enumerate()
+    {
+        let at = Slot {
+            number: numbers[i],
+            partuuid: ids.partuuid[i].clone(),
+            fs_uuid: ids.fs_uuid[i],
+            placed: pl,
+        };
+        partitions.push(partition(board, p, c, at)?);
+    }
+    let plan = Plan {
+        board: board.name.clone(),
+        layout: layout.name.clone(),
+        epoch: opts.epoch,
+        disk_size,
+        sector_size: SECTOR,
+        table: ids.table,
+        partitions,
+        images: opts.images.clone(),
+        raw,
+        warnings: board.warnings.clone(),
+    };
+    check_raw(board, &plan)?;
+    Ok(plan)
+}
 
+/// Measures what partition `p` will hold: its filesystem's tree, or its prebuilt image.
+fn content(
+    board: &Board,
+    p: &crate::board::PartitionDef,
+    uuid: [u8; 16],
+    opts: &Options,
+    trees: &mut artifacts::Trees,
+) -> Result<Content> {
+    if let Some(name) = &p.image {
+        let source = opts.images.join(name);
+        let size = match std::fs::metadata(&source) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => {
+                return Err(Error::MissingArtifact {
+                    board: board.name.clone(),
+                    artifact: name.clone(),
+                    looked_in: vec![source],
+                });
+            }
+        };
+        return Ok(Content::Image(Prebuilt { source, size }));
+    }
+    let Some(kind) = p.fs else {
+        return Ok(Content::Empty);
+    };
+    let tree = trees.remove(&p.id).unwrap_or_default();
+    let spec = FsSpec {
+        label: p.label.as_deref(),
+        uuid,
+        epoch: opts.epoch,
+        tree: &tree,
+        offset: 0,
+        part: &p.id,
+    };
+    let measure = fs::writer(kind).measure(&spec)?;
+    Ok(Content::Fs(
+        Measured {
+            kind,
+            tree,
+            measure,
+        },
+        p.fs_size.map(|s| s.0),
+    ))
+}
+
+/// Places every partition: the layout's rules, the content's needs, the disk size.
+fn place(
+    board: &Board,
+    ids: &Ids,
+    pending: &[Content],
+    opts: &Options,
+) -> Result<(Vec<layout::Placed>, u64)> {
+    let layout = &board.layout;
     let (first_start, tail) = match &ids.table {
         Table::Gpt { array_lba, .. } => (gpt::first_usable(*array_lba), gpt::TAIL),
         Table::Mbr { .. } => (SECTOR, 0),
@@ -394,25 +588,16 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
             .max(first_start),
         tail,
     };
-    let always = |_: u64| -> std::result::Result<(), u64> { Ok(()) };
     let fits: Vec<Fits<'_>> = pending
         .iter()
-        .map(|pd| -> Fits<'_> {
-            match pd {
-                Some(m) => {
-                    let min = m.measure.min_size();
-                    Box::new(move |s| if m.measure.fits(s) { Ok(()) } else { Err(min) })
-                }
-                None => Box::new(always),
-            }
-        })
+        .map(|c| -> Fits<'_> { Box::new(move |s| c.fits(s)) })
         .collect();
     let reqs: Vec<Request<'_>> = layout
         .partitions
         .iter()
-        .zip(&pending)
+        .zip(pending)
         .zip(&fits)
-        .map(|((p, pd), fits)| Request {
+        .map(|((p, c), fits)| Request {
             name: &p.id,
             rule: match p.size {
                 SizeSpec::Fixed(n) => SizeRule::Fixed(n),
@@ -424,11 +609,19 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
                     min: p.min.map_or(0, |m| m.0),
                 },
             },
-            content_min: pd.as_ref().map_or(0, |m| m.measure.min_size()),
+            content_min: c.min(),
             fits: fits.as_ref(),
+            start: p.offset.map(|o| o.0),
+            gap: if p.logical { layout.align.0 } else { 0 },
         })
         .collect();
-    let (placed, disk_size) = layout::place(geo, &reqs, opts.size).map_err(|e| match e {
+    let disk = opts.size.or(layout.size.map(|s| s.0));
+    layout::place(geo, &reqs, disk).map_err(|e| place_error(board, e))
+}
+
+fn place_error(board: &Board, e: PlaceError) -> Error {
+    let layout = &board.layout;
+    match e {
         PlaceError::DoesNotFit {
             partition,
             needs,
@@ -448,91 +641,106 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
             &board.name,
             format!("layout {}: both `{a}` and `{b}` are `fill`", layout.name),
         ),
-    })?;
-    drop(reqs);
-    drop(fits);
-
-    if layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
-        return Err(Error::board(
+        PlaceError::Overlap { partition, other } => Error::board(
             &board.name,
-            "an MBR cannot address a disk over 2 TiB",
-        ));
+            format!(
+                "layout {}: partition `{partition}` overlaps `{other}`",
+                layout.name
+            ),
+        ),
     }
-    let mut partitions = Vec::new();
-    for (i, ((p, pd), pl)) in layout
-        .partitions
-        .iter()
-        .zip(pending)
-        .zip(placed)
-        .enumerate()
-    {
-        let (gpt_type, mbr_type, name) = match layout.table {
-            TableKind::Gpt => {
-                let t = p.gpt_type.as_deref().unwrap_or_default();
-                let g = table::gpt_type(t).ok_or_else(|| {
-                    Error::board(
-                        &board.name,
-                        format!("partition {}: unknown gpt_type `{t}`", p.id),
-                    )
-                })?;
-                (
-                    Some(g),
-                    None,
-                    Some(p.gpt_name.clone().unwrap_or(p.id.clone())),
+}
+
+/// Where a partition landed and what identifies it.
+struct Slot {
+    number: u32,
+    partuuid: String,
+    fs_uuid: [u8; 16],
+    placed: layout::Placed,
+}
+
+/// The table's view of a partition: GPT type and name, or MBR type byte (both on a GPT with
+/// a hybrid MBR).
+type TableFields = (Option<Guid>, Option<String>, Option<String>);
+
+fn table_fields(board: &Board, p: &crate::board::PartitionDef) -> Result<TableFields> {
+    let layout = &board.layout;
+    let mbr = |t: &str| {
+        table::mbr_type(t)
+            .map(|b| format!("0x{b:02x}"))
+            .ok_or_else(|| {
+                Error::board(
+                    &board.name,
+                    format!("partition {}: bad mbr_type `{t}`", p.id),
                 )
-            }
-            TableKind::Mbr => {
-                let t = p.mbr_type.as_deref().unwrap_or_default();
-                let b = table::mbr_type(t).ok_or_else(|| {
-                    Error::board(
-                        &board.name,
-                        format!("partition {}: bad mbr_type `{t}`", p.id),
-                    )
-                })?;
-                (None, Some(format!("0x{b:02x}")), None)
-            }
-        };
-        let uuid = ids.fs_uuid[i];
-        let fs = pd.map(
-            |Measured {
-                 kind,
-                 tree,
-                 measure,
-             }| Filesystem {
-                kind,
-                label: p.label.clone(),
-                uuid: fs_uuid_string(kind, &uuid),
-                uuid_bytes: uuid,
-                min_size: measure.min_size(),
-                content_bytes: tree.file_bytes(),
-                entries: tree,
-            },
-        );
-        partitions.push(Partition {
-            number: i as u32 + 1,
-            id: p.id.clone(),
-            start: pl.start,
-            size: pl.size,
-            name,
-            gpt_type,
-            mbr_type,
-            partuuid: ids.partuuid[i].clone(),
-            bootable: p.bootable,
-            grows: p.size == SizeSpec::Fill,
-            fs,
-        });
-    }
-    let plan = Plan {
-        board: board.name.clone(),
-        layout: layout.name.clone(),
-        epoch: opts.epoch,
-        disk_size,
-        sector_size: SECTOR,
-        table: ids.table,
-        partitions,
-        images: opts.images.clone(),
-        raw,
+            })
     };
-    check_raw(board, &plan)?;
-    Ok(plan)
+    match layout.table {
+        TableKind::Gpt => {
+            let t = p.gpt_type.as_deref().unwrap_or_default();
+            let g = table::gpt_type(t).ok_or_else(|| {
+                Error::board(
+                    &board.name,
+                    format!("partition {}: unknown gpt_type `{t}`", p.id),
+                )
+            })?;
+            let hybrid = match &p.mbr_type {
+                Some(t) if layout.hybrid_mbr => Some(mbr(t)?),
+                _ => None,
+            };
+            Ok((
+                Some(g),
+                hybrid,
+                Some(p.gpt_name.clone().unwrap_or(p.id.clone())),
+            ))
+        }
+        TableKind::Mbr => Ok((
+            None,
+            Some(mbr(p.mbr_type.as_deref().unwrap_or_default())?),
+            None,
+        )),
+    }
+}
+
+fn partition(
+    board: &Board,
+    p: &crate::board::PartitionDef,
+    content: Content,
+    at: Slot,
+) -> Result<Partition> {
+    let (gpt_type, mbr_type, name) = table_fields(board, p)?;
+    let pl = at.placed;
+    let uuid = at.fs_uuid;
+    let (fs, image) = match content {
+        Content::Empty => (None, None),
+        Content::Image(i) => (None, Some(i)),
+        Content::Fs(m, fs_size) => (
+            Some(Filesystem {
+                kind: m.kind,
+                label: p.label.clone(),
+                uuid: fs_uuid_string(m.kind, &uuid),
+                uuid_bytes: uuid,
+                size: fs_size.unwrap_or(pl.size),
+                min_size: m.measure.min_size(),
+                content_bytes: m.tree.file_bytes(),
+                entries: m.tree,
+            }),
+            None,
+        ),
+    };
+    Ok(Partition {
+        number: at.number,
+        id: p.id.clone(),
+        start: pl.start,
+        size: pl.size,
+        name,
+        gpt_type,
+        mbr_type,
+        partuuid: at.partuuid,
+        bootable: p.bootable,
+        grows: p.size == SizeSpec::Fill,
+        fs,
+        image,
+        ebr: p.logical.then(|| pl.start - board.layout.align.0),
+    })
 }

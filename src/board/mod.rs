@@ -307,6 +307,9 @@ pub struct Board {
     /// What the definition asks for that is not done exactly (ignored options, substitutes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Identifiers are derived from this when no seed is given (default: the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
 impl Board {
@@ -405,6 +408,7 @@ impl Catalog {
             raw: merged.raw,
             vars: merged.vars,
             warnings: Vec::new(),
+            seed: None,
         };
         validate(&board)?;
         Ok(board)

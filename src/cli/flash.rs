@@ -21,11 +21,17 @@ pub struct FlashArgs {
     #[arg(
         short,
         long,
-        conflicts_with = "image",
-        required_unless_present = "image"
+        conflicts_with_all = ["image", "genimage"],
+        required_unless_present_any = ["image", "genimage"]
     )]
     board: Option<String>,
-    /// Buildroot images directory (with --board).
+    /// Compose the disk of this genimage config instead of a board.
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
+    pub(super) genimage: Option<PathBuf>,
+    /// genimage's rootpath (with --genimage; default: empty).
+    #[arg(long, value_name = "DIR", requires = "genimage")]
+    pub(super) rootpath: Option<PathBuf>,
+    /// Buildroot images directory (with --board or --genimage).
     #[arg(
         short,
         long,
@@ -33,7 +39,7 @@ pub struct FlashArgs {
         default_value = "output/images",
         value_name = "DIR"
     )]
-    images: PathBuf,
+    pub(super) images: PathBuf,
     /// Seed for identifiers (with --board; default: the board name).
     #[arg(long)]
     seed: Option<String>,
@@ -161,7 +167,8 @@ fn source(
             what,
         ));
     }
-    let name = a.board.as_deref().unwrap_or_default();
+    let shown = a.genimage.as_ref().map(|g| g.display().to_string());
+    let name = a.board.as_deref().or(shown.as_deref()).unwrap_or_default();
     let board = load(name)?;
     let opts = |size| plan::Options {
         images: a.images.clone(),

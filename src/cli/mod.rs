@@ -54,13 +54,15 @@ enum Command {
     /// Show where every partition and file would go, without writing anything.
     #[command(after_help = "Examples:
   skiff-flash plan --board pi/4 --images fixtures/pi4/images
-  skiff-flash plan --board pi/4 --images output/images --size 8GiB --json")]
+  skiff-flash plan --board pi/4 --images output/images --size 8GiB --json
+  skiff-flash plan --genimage board/raspberrypi/genimage.cfg --images output/images")]
     Plan(PlanArgs),
     /// Build a disk image file.
     #[command(after_help = "Examples:
   skiff-flash build --board pi/4 --images fixtures/pi4/images --output pi4.img
   SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB
-  skiff-flash build --board pi/4 --output skiffos-pi4.img.zst --bmap --checksums")]
+  skiff-flash build --board pi/4 --output skiffos-pi4.img.zst --bmap --checksums
+  skiff-flash build --genimage board/acme/genimage.cfg --images \"$BINARIES_DIR\" -o sdcard.img")]
     Build(BuildArgs),
     /// List the known boards, or show one board's resolved definition.
     #[command(after_help = "Examples:
@@ -74,6 +76,7 @@ enum Command {
   skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --images output/images
   skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --yes --json
   skiff-flash flash /dev/mmcblk0 --board pi/4 --no-verify
+  skiff-flash flash /dev/sdb --genimage board/raspberrypi/genimage.cfg --images output/images
 
 Only removable, USB, SD and MMC disks are accepted unless --allow-fixed-disk. Mounted, busy,
 system and too-small disks and partition paths are refused before anything is written.")]
@@ -97,18 +100,54 @@ Against a board, the partition that grows to the card (persist) is not compared 
   skiff-flash inspect /dev/sdb
   skiff-flash inspect pi4.img --json")]
     Inspect(check::InspectArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  skiff-flash completions bash > /etc/bash_completion.d/skiff-flash
+  skiff-flash completions zsh > ~/.zfunc/_skiff-flash
+  skiff-flash completions fish > ~/.config/fish/completions/skiff-flash.fish")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    #[command(after_help = "Examples:
+  skiff-flash man > skiff-flash.1 && man ./skiff-flash.1
+  skiff-flash man | gzip > /usr/local/share/man/man1/skiff-flash.1.gz")]
+    Man,
 }
 
 /// Subcommand names, to recognise `skiff-flash /dev/sdb ...` as `flash`.
 const COMMANDS: &[&str] = &[
-    "plan", "build", "boards", "flash", "devices", "verify", "inspect", "help",
+    "plan",
+    "build",
+    "boards",
+    "flash",
+    "devices",
+    "verify",
+    "inspect",
+    "completions",
+    "man",
+    "help",
 ];
 
 #[derive(Args)]
 struct Inputs {
     /// Board name as in SkiffOS configs (`pi/4`), or a path to a board .toml file.
-    #[arg(short, long)]
-    board: String,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "genimage",
+        conflicts_with = "genimage"
+    )]
+    board: Option<String>,
+    /// A genimage config (Buildroot's board/*/genimage.cfg) instead of a board: the disk
+    /// genimage would write, from the same inputs (`image = "…"` files are in --images).
+    #[arg(long, value_name = "FILE")]
+    genimage: Option<PathBuf>,
+    /// genimage's rootpath, for vfat/ext4 images without files of their own (default: empty,
+    /// as Buildroot's genimage.sh passes).
+    #[arg(long, value_name = "DIR", requires = "genimage")]
+    rootpath: Option<PathBuf>,
     /// Buildroot images directory.
     #[arg(
         short,
@@ -213,6 +252,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Plan(a) => {
             let plan = make_plan(&catalog, &a.inputs)?;
+            warn(cli, &plan.warnings);
             if a.json {
                 println!("{}", render::json(&plan));
             } else {
@@ -225,12 +265,30 @@ fn dispatch(cli: &Cli) -> Result<()> {
             &catalog,
             a,
             cli.quiet,
-            |b| load_board(&catalog, b),
+            |b| match &a.genimage {
+                Some(cfg) => {
+                    let board = load_genimage(cfg, &a.images, a.rootpath.as_deref(), None)?;
+                    warn(cli, &board.warnings);
+                    Ok(board)
+                }
+                None => load_board(&catalog, b),
+            },
             epoch()?,
         ),
         Command::Devices(a) => flash::devices(a),
         Command::Verify(a) => check::verify(a, |b| load_board(&catalog, b), epoch()?),
         Command::Inspect(a) => check::inspect(a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "skiff-flash", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::io("writing the manual page", e))
+        }
         Command::Boards(a) => match &a.action {
             None | Some(BoardsAction::List) => {
                 let list = catalog.summaries()?;
@@ -276,8 +334,38 @@ fn epoch() -> Result<i64> {
     }
 }
 
+/// A board from a genimage config.
+fn load_genimage(
+    cfg: &std::path::Path,
+    images: &std::path::Path,
+    rootpath: Option<&std::path::Path>,
+    size: Option<u64>,
+) -> Result<skiff_flash::board::Board> {
+    skiff_flash::genimage::load(
+        cfg,
+        &skiff_flash::genimage::Options {
+            images: images.to_path_buf(),
+            rootpath: rootpath.map(std::path::Path::to_path_buf),
+            size,
+        },
+    )
+}
+
+/// Prints what a plan does not do exactly as its definition asks.
+fn warn(cli: &Cli, warnings: &[String]) {
+    if !cli.quiet {
+        for w in warnings {
+            eprintln!("skiff-flash: warning: {w}");
+        }
+    }
+}
+
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
-    let board = load_board(catalog, &i.board)?;
+    let board = match (&i.genimage, &i.board) {
+        (Some(cfg), _) => load_genimage(cfg, &i.images, i.rootpath.as_deref(), i.size)?,
+        (None, Some(name)) => load_board(catalog, name)?,
+        (None, None) => return Err(Error::Usage("give --board or --genimage".into())),
+    };
     plan::make(
         &board,
         &plan::Options {
@@ -292,6 +380,7 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
 fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     let started = Instant::now();
     let plan = make_plan(catalog, &a.inputs)?;
+    warn(cli, &plan.warnings);
     let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
     } else {

@@ -49,7 +49,21 @@ pub fn plan(p: &Plan, verbose: u8) -> String {
                     .to_string(),
                 format!("{} (min {})", human(f.content_bytes), human(f.min_size)),
             ),
-            None => Default::default(),
+            None => match &part.image {
+                Some(i) => (
+                    "image".into(),
+                    String::new(),
+                    String::new(),
+                    format!(
+                        "{} ({})",
+                        i.source
+                            .file_name()
+                            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                        human(i.size)
+                    ),
+                ),
+                None => Default::default(),
+            },
         };
         let _ = writeln!(
             o,

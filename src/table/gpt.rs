@@ -65,20 +65,34 @@ fn header(
     h
 }
 
-/// The protective MBR: one 0xEE partition covering the disk (capped at 2 TiB).
+/// The protective MBR: one 0xEE partition covering the disk (capped at 2 TiB); its ending
+/// CHS is the last sector's where CHS reaches it, else 0xFFFFFF (as UEFI specifies).
 pub fn protective_mbr(boot_code: &[u8; 440], disk_sectors: u64) -> [u8; 512] {
     let mut m = [0u8; 512];
     m[..440].copy_from_slice(boot_code);
     let e = &mut m[446..462];
     e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
     e[4] = 0xEE;
-    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    let end = match super::mbr::chs(disk_sectors.saturating_sub(1)) {
+        [0xFE, 0xFF, 0xFF] => [0xFF, 0xFF, 0xFF],
+        c => c,
+    };
+    e[5..8].copy_from_slice(&end);
     e[8..12].copy_from_slice(&1u32.to_le_bytes());
     let n = (disk_sectors - 1).min(u64::from(u32::MAX)) as u32;
     e[12..16].copy_from_slice(&n.to_le_bytes());
     m[510] = 0x55;
     m[511] = 0xAA;
     m
+}
+
+/// How a GPT departs from the usual shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// The header's first usable LBA (default: right after the entry array).
+    pub first_lba: Option<u64>,
+    /// Write no backup array and header (the primary header then names itself as backup).
+    pub no_backup: bool,
 }
 
 /// The whole GPT for a disk of `disk_bytes`, as (offset, bytes) pieces in disk order.
@@ -89,21 +103,41 @@ pub fn pieces(
     array_lba: u64,
     parts: &[TableEntry],
 ) -> Vec<(u64, Vec<u8>)> {
+    pieces_shaped(
+        disk_bytes,
+        boot_code,
+        disk,
+        array_lba,
+        parts,
+        Shape::default(),
+    )
+}
+
+/// `pieces` with a first usable LBA of its own and optionally no backup.
+pub fn pieces_shaped(
+    disk_bytes: u64,
+    boot_code: &[u8; 440],
+    disk: Guid,
+    array_lba: u64,
+    parts: &[TableEntry],
+    shape: Shape,
+) -> Vec<(u64, Vec<u8>)> {
     let sectors = disk_bytes / SECTOR;
     let last = sectors - 1;
     let backup_array = last - ARRAY_SECTORS;
-    let first = first_usable(array_lba) / SECTOR;
+    let first = shape.first_lba.unwrap_or(first_usable(array_lba) / SECTOR);
     let last_usable = backup_array - 1;
     let array = entry_array(parts);
     let ac = crc(&array);
-    let primary = header(1, last, first, last_usable, disk, array_lba, ac);
+    let alt = if shape.no_backup { 1 } else { last };
+    let primary = header(1, alt, first, last_usable, disk, array_lba, ac);
     let backup = header(last, 1, first, last_usable, disk, backup_array, ac);
     let mut head = protective_mbr(boot_code, sectors).to_vec();
     head.extend_from_slice(&primary);
-    vec![
-        (0, head),
-        (array_lba * SECTOR, array.clone()),
-        (backup_array * SECTOR, array),
-        (last * SECTOR, backup.to_vec()),
-    ]
+    let mut out = vec![(0, head), (array_lba * SECTOR, array.clone())];
+    if !shape.no_backup {
+        out.push((backup_array * SECTOR, array));
+        out.push((last * SECTOR, backup.to_vec()));
+    }
+    out
 }

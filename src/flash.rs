@@ -456,7 +456,7 @@ pub fn flash_image(
                 }
             });
         }
-        let read = feed(image, size, &mut senders);
+        let read = feed(image, size, mapped.as_deref(), &mut senders);
         // Dropping the senders ends every stream; after a read error each device sees its
         // stream end early, fails and wipes its table.
         drop(senders);
@@ -483,7 +483,44 @@ pub fn flash_image(
 }
 
 /// Reads the image and sends it in 1 MiB chunks to every live device.
-fn feed(image: &Path, size: u64, senders: &mut [Option<SyncSender<Chunk>>]) -> Result<()> {
+fn feed(
+    image: &Path,
+    size: u64,
+    mapped: Option<&[(u64, u64)]>,
+    senders: &mut [Option<SyncSender<Chunk>>],
+) -> Result<()> {
+    let mut send = |offset: u64, data: Arc<Vec<u8>>| {
+        for s in senders.iter_mut() {
+            if let Some(tx) = s
+                && tx
+                    .send(Chunk {
+                        offset,
+                        data: data.clone(),
+                    })
+                    .is_err()
+            {
+                *s = None;
+            }
+        }
+    };
+    if let (Some(m), true) = (mapped, is_raw(image)?) {
+        // A raw image with a block map: read only the mapped ranges.
+        let io = |e| Error::io(format!("reading {}", image.display()), e);
+        let f = std::fs::File::open(image).map_err(io)?;
+        for &(start, len) in m {
+            let mut at = start;
+            while at < start + len {
+                let n = (start + len - at).min(MIB) as usize;
+                let mut buf = vec![0u8; n];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
+                    .map_err(|e| corrupt(image, at, e))?;
+                send(at, Arc::new(buf));
+                at += n as u64;
+            }
+        }
+        send(size, Arc::new(Vec::new()));
+        return Ok(());
+    }
     let mut r = open_image(image)?;
     let mut at = 0u64;
     loop {
@@ -493,18 +530,9 @@ fn feed(image: &Path, size: u64, senders: &mut [Option<SyncSender<Chunk>>]) -> R
             break;
         }
         buf.truncate(n);
-        let chunk = Arc::new(buf);
-        for s in senders.iter_mut() {
-            if let Some(tx) = s
-                && tx
-                    .send(Chunk {
-                        offset: at,
-                        data: chunk.clone(),
-                    })
-                    .is_err()
-            {
-                *s = None;
-            }
+        // Chunks without a mapped byte need no device write: not sent.
+        if mapped.is_none_or(|m| !mapped_parts(m, at, n as u64).is_empty()) {
+            send(at, Arc::new(buf));
         }
         at += n as u64;
     }
@@ -514,7 +542,21 @@ fn feed(image: &Path, size: u64, senders: &mut [Option<SyncSender<Chunk>>]) -> R
             message: format!("holds {} bytes, expected {}", bytes(at), bytes(size)),
         });
     }
+    // The end of the stream: an empty chunk at the image's size.
+    send(size, Arc::new(Vec::new()));
     Ok(())
+}
+
+/// Whether the file is an uncompressed image (no zstd, gzip or xz magic).
+fn is_raw(path: &Path) -> Result<bool> {
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 6];
+    let n = read_full(&mut f, &mut magic).map_err(io)?;
+    Ok(!matches!(
+        &magic[..n],
+        [0x28, 0xB5, 0x2F, 0xFD, ..] | [0x1F, 0x8B, ..] | [0xFD, b'7', b'z', b'X', b'Z', 0x00]
+    ))
 }
 
 /// The part of `[o, o+len)` covered by mapped ranges (sorted, non-overlapping).
@@ -549,10 +591,14 @@ fn device_worker(
         wipe_tables(&mut dev)?;
         let mut rec = Recorder::new(&mut dev);
         rec.progress = Some((cb, total));
-        let mut seen = 0u64;
+        let mut complete = false;
         let mut tail: Vec<(u64, Vec<u8>)> = Vec::new();
         for chunk in rx.iter() {
             let Chunk { offset, mut data } = chunk;
+            if data.is_empty() {
+                complete = offset == size;
+                continue;
+            }
             if offset == 0 {
                 let (p, moved) = table_of(&data, rec.size(), size);
                 parts = p;
@@ -575,12 +621,10 @@ fn device_worker(
                 }
                 None => write_unmapped(&mut rec, offset, &data).map_err(io)?,
             }
-            seen = offset + data.len() as u64;
         }
-        if seen != size {
+        if !complete {
             return Err(Error::Usage(format!(
-                "image stream ended at {} of {} bytes",
-                bytes(seen),
+                "image stream ended before its {} bytes",
                 bytes(size)
             )));
         }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian/Ubuntu machine: installs the tools the tests
-# use as oracles (and the loop-device utilities) when they are missing, then `cargo test`.
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test build_pi4`).
+# use as oracles (and the loop-device utilities), and QEMU with the firmware the boot tests
+# use (plus the arm64 dpkg architecture, for their arm64 kernel), when they are missing;
+# then `cargo test`, then the QEMU boot tests in a release build
+# (`cargo test --release --test boot`).
+# Extra arguments go to one `cargo test` instead (e.g. `scripts/test.sh --test build_pi4`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,10 @@ tools=(
   bmaptool:bmap-tools zstd:zstd xz:xz-utils gzip:gzip genimage:genimage
   mkfs.vfat:dosfstools
 )
+# Packages of the QEMU boot tests (tests/boot.rs), most of them firmware rather than tools.
+boot_packages=(
+  qemu-system-x86 qemu-system-arm ovmf u-boot-qemu refind busybox-static lz4
+)
 missing=()
 for pair in "${tools[@]}"; do
   tool=${pair%%:*} pkg=${pair##*:}
@@ -21,11 +28,30 @@ for pair in "${tools[@]}"; do
     missing+=("$pkg")
   fi
 done
+for pkg in "${boot_packages[@]}"; do
+  if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]; then
+    missing+=("$pkg")
+  fi
+done
+# The boot tests fetch Debian's arm64 kernel and busybox with `apt-get download`.
+add_arm64=
+if [ "$(dpkg --print-architecture)" != arm64 ] &&
+  ! dpkg --print-foreign-architectures | grep -x arm64 >/dev/null; then
+  add_arm64=1
+fi
+if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+if ((${#missing[@]})) || [ -n "$add_arm64" ]; then
+  if [ -n "$add_arm64" ]; then
+    echo "adding the arm64 dpkg architecture"
+    "${sudo[@]}" dpkg --add-architecture arm64
+  fi
+  "${sudo[@]}" apt-get update -qq
+fi
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing test tools: ${missing[*]}"
-  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-  "${sudo[@]}" apt-get update -qq
+  # Without this, refind's postinst installs rEFInd to this machine's ESP.
+  echo 'refind refind/install_to_esp boolean false' | "${sudo[@]}" debconf-set-selections
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
@@ -34,4 +60,9 @@ if [ "$(id -u)" = 0 ] && [ ! -e /dev/loop-control ]; then
   modprobe loop 2>/dev/null || true
 fi
 
-exec cargo test "$@"
+if (($#)); then
+  exec cargo test "$@"
+fi
+# The boot tests build and boot whole images: they run once, optimised, after the rest.
+cargo test -- --skip qemu_boot_
+exec cargo test --release --test boot

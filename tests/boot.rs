@@ -1,0 +1,1211 @@
+//! Boot tests: images built by the real binary boot in QEMU.
+//!
+//! Each test builds a synthetic images directory from Debian packages — the kernel, a
+//! busybox initramfs whose /init is `tests/boot/init.sh`, a squashfs holding a token, a
+//! token in `persist_part/` — builds the image with `skiff-flash build`, boots it (TCG, one
+//! boot at a time), and asserts the marker the guest prints: both tokens read, persist
+//! written, `root=PARTUUID=` in the boot config naming the right partition. After the boot,
+//! `skiff-flash verify` must still pass on the image the guest wrote to, and the guest's
+//! write must be on the disk.
+//!
+//! Paths: aarch64 `-M virt` with U-Boot (virt/qemu-arm64 with boot.scr,
+//! virt/qemu-arm64-extlinux), x86_64 q35 with OVMF and rEFInd (intel/desktop), pi/3x64 on
+//! `-M raspi3b` (which runs no GPU firmware: QEMU loads kernel, device tree and initramfs
+//! from the image's FAT itself, so config.txt is not exercised), and two broken configs
+//! that must fail loudly.
+//!
+//! `cargo test --release --test boot -- --nocapture` runs them alone and prints each boot's
+//! time. Host packages: qemu-system-x86 qemu-system-arm ovmf u-boot-qemu refind
+//! busybox-static lz4 squashfs-tools e2fsprogs, and the arm64 dpkg architecture (for
+//! `apt-get download` of the arm64 kernel and busybox); a missing one fails the test with
+//! what to install, unless SKIFF_FLASH_TEST_ALLOW_MISSING is set. Debian's kernels are
+//! fetched with `apt-get download` once and kept in `target/boot-cache/`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const EPOCH: &str = "1700000000";
+/// `VERSION=` of the generated skiff-release: intel/desktop names its files after it.
+const VERSION: &str = "2026.08.0";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the output must stay at a bootloader's prompt before the boot counts as given up.
+const PROMPT_IDLE: Duration = Duration::from_secs(3);
+/// U-Boot's prompt: its boot commands found nothing that booted.
+const UBOOT_PROMPT: &str = "\n=> ";
+const MARKER: &str = "SKIFF-TEST-MARKER";
+
+const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const REFIND: &str = "/usr/share/refind/refind";
+
+/// Modules the guest loads (with their dependencies); built-in ones are skipped.
+/// crc32c_generic: ext4 with metadata_csum does not mount without it. nls_ascii: Debian's
+/// default FAT iocharset.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "loop",
+    "squashfs",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "ext4",
+    "crc32c_generic",
+];
+
+const ARM64_PACKAGES: &[&str] = &[
+    "qemu-system-arm",
+    "u-boot-qemu",
+    "busybox-static",
+    "lz4",
+    "squashfs-tools",
+    "e2fsprogs",
+];
+const X86_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "ovmf",
+    "refind",
+    "busybox-static",
+    "lz4",
+    "squashfs-tools",
+    "e2fsprogs",
+];
+
+// ---------------------------------------------------------------------------------------
+// Host checks, cache, commands
+
+/// Whether the host has `packages` (and dpkg architecture `arch`, for `apt-get download`);
+/// panics with what to install when not, or returns false with SKIFF_FLASH_TEST_ALLOW_MISSING.
+fn need(packages: &[&str], arch: Option<&str>) -> bool {
+    let mut missing: Vec<String> = match Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package} ${db:Status-Status}\n")
+        .args(packages)
+        .output()
+    {
+        Err(_) => packages.iter().map(|p| p.to_string()).collect(),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            packages
+                .iter()
+                .filter(|p| !text.lines().any(|l| l == format!("{p} installed")))
+                .map(|p| p.to_string())
+                .collect()
+        }
+    };
+    let mut hints = Vec::new();
+    if !missing.is_empty() {
+        hints.push(format!(
+            "apt-get install --no-install-recommends {} (scripts/test.sh installs them)",
+            missing.join(" ")
+        ));
+    }
+    if let Some(arch) = arch
+        && !dpkg_arches().iter().any(|a| a == arch)
+    {
+        missing.push(format!("dpkg architecture {arch}"));
+        hints.push(format!(
+            "dpkg --add-architecture {arch} && apt-get update (scripts/test.sh does this)"
+        ));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "this boot test needs {}: {}",
+        missing.join(", "),
+        hints.join("; ")
+    );
+    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
+        eprintln!("SKIPPED: {msg}");
+        return false;
+    }
+    panic!("{msg} (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip)");
+}
+
+fn dpkg_arches() -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [
+        &["--print-architecture"][..],
+        &["--print-foreign-architectures"][..],
+    ] {
+        if let Ok(o) = Command::new("dpkg").args(args).output() {
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+/// `target/boot-cache/`: downloaded packages and extracted kernels, kept between runs, and
+/// each test's last images directory, image and serial log.
+fn cache() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("boot-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One test at a time, in this process and across processes sharing the cache: every boot
+/// wants both cores, and the cache is filled once.
+struct Serial {
+    _guard: MutexGuard<'static, ()>,
+    _file: File,
+}
+
+fn serial() -> Serial {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let file = File::create(cache().join(".lock")).unwrap();
+    file.lock().expect("locking target/boot-cache/.lock");
+    Serial {
+        _guard: guard,
+        _file: file,
+    }
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn skiff_flash(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_skiff-flash"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("BINARIES_DIR")
+        .env_remove("SKIFF_FLASH_BOARD_PATH")
+        .output()
+        .expect("running skiff-flash")
+}
+
+fn skiff_flash_ok(args: &[&str]) -> String {
+    let out = skiff_flash(args);
+    assert!(
+        out.status.success(),
+        "skiff-flash {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh directory `target/boot-cache/run/NAME/`.
+fn run_dir(name: &str) -> PathBuf {
+    let dir = cache().join("run").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A value unique to this run, so a marker cannot come from an older image.
+fn token(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{}-{nanos:x}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------
+// Debian packages: kernels, busybox
+
+/// The cached .deb of `spec` (`name` or `name:arch`), fetched with `apt-get download`.
+fn deb(spec: &str) -> PathBuf {
+    let (name, arch) = match spec.split_once(':') {
+        Some((n, a)) => (n, a.to_string()),
+        None => (spec, dpkg_arches()[0].clone()),
+    };
+    let dir = cache().join("debs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let find = || {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let f = p.file_name().unwrap().to_string_lossy();
+                f.starts_with(&format!("{name}_")) && f.ends_with(&format!("_{arch}.deb"))
+            })
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    if let Some(p) = find() {
+        return p;
+    }
+    sh(Command::new("apt-get")
+        .args(["download", "-q", spec])
+        .current_dir(&dir));
+    find().unwrap_or_else(|| panic!("apt-get download {spec} left no {name}_*_{arch}.deb"))
+}
+
+/// The kernel package a metapackage (`linux-image-arm64:arm64`) points at.
+fn kernel_package(meta: &str) -> String {
+    let out = sh(Command::new("apt-cache").args(["depends", meta]));
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .unwrap_or_else(|| panic!("apt-cache depends {meta} names no kernel:\n{out}"))
+        .to_string()
+}
+
+/// A Debian kernel, extracted: the image, and the modules the tests may load.
+struct Kernel {
+    root: PathBuf,
+    kver: String,
+}
+
+impl Kernel {
+    fn image(&self) -> PathBuf {
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.kver))
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.kver)
+    }
+}
+
+fn kernel(meta: &str) -> Kernel {
+    let deb = deb(&kernel_package(meta));
+    let stem = deb.file_stem().unwrap().to_string_lossy().into_owned();
+    let kernels = cache().join("kernels");
+    let root = kernels.join(&stem);
+    let kver_of = |root: &Path| -> String {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("lib/modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(v.len(), 1, "one kernel in {}", deb.display());
+        v.pop().unwrap()
+    };
+    // What an initramfs of block, MMC, filesystem and loop drivers draws from, and the
+    // Raspberry Pi device trees.
+    let keep = |kver: &str| {
+        let m = format!("lib/modules/{kver}");
+        [
+            format!("boot/vmlinuz-{kver}"),
+            format!("{m}/modules.builtin"),
+            format!("{m}/kernel/fs"),
+            format!("{m}/kernel/lib"),
+            format!("{m}/kernel/crypto"),
+            format!("{m}/kernel/block"),
+            format!("{m}/kernel/drivers/block"),
+            format!("{m}/kernel/drivers/virtio"),
+            format!("{m}/kernel/drivers/mmc"),
+            format!("{m}/kernel/drivers/watchdog"),
+            format!("usr/lib/linux-image-{kver}/broadcom"),
+        ]
+        .join("\n")
+    };
+    let complete = root.join(".complete");
+    if complete.exists() {
+        let kver = kver_of(&root);
+        if std::fs::read_to_string(&complete).unwrap() == keep(&kver) {
+            return Kernel { root, kver };
+        }
+    }
+    // Extract all, keep the parts above.
+    let tmp = kernels.join(format!("{stem}.extract"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&tmp).unwrap();
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp));
+    let kver = kver_of(&tmp);
+    for k in keep(&kver).lines() {
+        let from = tmp.join(k);
+        if from.exists() {
+            let to = root.join(k);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::rename(&from, &to).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+    // The .deb ships no modules.dep.
+    sh(Command::new("busybox")
+        .args(["depmod", "-b"])
+        .arg(&root)
+        .arg(&kver));
+    std::fs::write(&complete, keep(&kver)).unwrap();
+    Kernel { root, kver }
+}
+
+/// A static busybox for `arch`: the host's busybox-static, or one extracted from the
+/// foreign package.
+fn busybox(arch: &str) -> PathBuf {
+    if dpkg_arches()[0] == arch {
+        return PathBuf::from("/bin/busybox");
+    }
+    let deb = deb(&format!("busybox-static:{arch}"));
+    let root = cache()
+        .join("busybox")
+        .join(deb.file_stem().unwrap().to_string_lossy().as_ref());
+    let bin = root.join("bin/busybox");
+    if !bin.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    }
+    assert!(bin.exists(), "{} has no bin/busybox", deb.display());
+    bin
+}
+
+// ---------------------------------------------------------------------------------------
+// Initramfs and squashfs
+
+/// A cpio archive in the kernel's `newc` format: nodes (`dev/console`) without root.
+#[derive(Default)]
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[], (0, 0));
+    }
+
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | mode, data, (0, 0));
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        self.out
+    }
+}
+
+/// Module files to load, dependencies first, as paths under lib/modules/KVER/.
+fn module_order(k: &Kernel, want: &[&str]) -> Vec<String> {
+    let norm = |p: &str| {
+        let f = p.rsplit('/').next().unwrap();
+        f.strip_suffix(".ko").unwrap_or(f).replace('-', "_")
+    };
+    let prefix = format!("/lib/modules/{}/", k.kver);
+    let strip = |p: &str| p.strip_prefix(&prefix).unwrap_or(p).to_string();
+    let dep = std::fs::read_to_string(k.modules().join("modules.dep")).unwrap();
+    let mut map: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep.lines() {
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
+        map.insert(
+            norm(path),
+            (strip(path), deps.split_whitespace().map(strip).collect()),
+        );
+    }
+    let builtin: Vec<String> = std::fs::read_to_string(k.modules().join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(norm)
+        .collect();
+    fn visit(
+        name: &str,
+        map: &BTreeMap<String, (String, Vec<String>)>,
+        builtin: &[String],
+        kver: &str,
+        out: &mut Vec<String>,
+        norm: &dyn Fn(&str) -> String,
+    ) {
+        let Some((path, deps)) = map.get(name) else {
+            assert!(
+                builtin.iter().any(|b| b == name),
+                "module {name} is neither a module nor built into {kver}"
+            );
+            return;
+        };
+        if out.contains(path) {
+            return;
+        }
+        for d in deps {
+            visit(&norm(d), map, builtin, kver, out, norm);
+        }
+        out.push(path.clone());
+    }
+    let mut out = Vec::new();
+    for m in want {
+        visit(m, &map, &builtin, &k.kver, &mut out, &norm);
+    }
+    out
+}
+
+/// `rootfs.cpio.lz4`: busybox, tests/boot/init.sh as /init, `conf` as
+/// /etc/skiff-test.conf, and the modules it loads; lz4 legacy frames, as the kernel reads.
+fn initramfs(k: &Kernel, busybox: &Path, conf: &str, extra_modules: &[&str]) -> Vec<u8> {
+    let order = module_order(k, &[MODULES, extra_modules].concat());
+    let mut c = Cpio::default();
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "mnt",
+        "proc",
+        "sys",
+    ] {
+        c.dir(d);
+    }
+    c.file("bin/busybox", 0o755, &std::fs::read(busybox).unwrap());
+    for applet in [
+        "sh", "mount", "umount", "cat", "echo", "findfs", "insmod", "mkdir", "sleep", "sync",
+        "poweroff", "cut", "ls", "od", "awk", "tr", "readlink", "basename", "printf", "dmesg",
+    ] {
+        c.entry(&format!("bin/{applet}"), 0o120777, b"busybox", (0, 0));
+    }
+    c.file("init", 0o755, include_bytes!("boot/init.sh"));
+    c.file("etc/skiff-test.conf", 0o644, conf.as_bytes());
+    c.file("etc/modules.load", 0o644, order.join("\n").as_bytes());
+    c.entry("dev/console", 0o020600, &[], (5, 1));
+    c.entry("dev/null", 0o020666, &[], (1, 3));
+    let mut dirs: Vec<String> = Vec::new();
+    for m in &order {
+        let mut at = String::from("lib/modules");
+        for part in m.split('/').collect::<Vec<_>>().split_last().unwrap().1 {
+            at = format!("{at}/{part}");
+            if !dirs.contains(&at) {
+                c.dir(&at);
+                dirs.push(at.clone());
+            }
+        }
+        let data = std::fs::read(k.modules().join(m)).unwrap();
+        c.file(&format!("lib/modules/{m}"), 0o644, &data);
+    }
+    let cpio = c.finish();
+    let mut lz4 = Command::new("lz4")
+        .args(["-l", "-9", "-c", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running lz4");
+    let mut stdin = lz4.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&cpio).unwrap());
+    let out = lz4.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "lz4 failed");
+    out.stdout
+}
+
+/// `rootfs.squashfs` (lz4, as SkiffOS builds it) holding /etc/skiff-test-token.
+fn squashfs(out: &Path, token: &str) {
+    let stage = out.with_extension("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("etc")).unwrap();
+    std::fs::write(stage.join("etc/skiff-test-token"), token).unwrap();
+    sh(Command::new("mksquashfs").arg(&stage).arg(out).args([
+        "-comp",
+        "lz4",
+        "-noappend",
+        "-all-root",
+        "-no-progress",
+    ]));
+    std::fs::remove_dir_all(&stage).unwrap();
+}
+
+/// A hard link where possible (kernels are tens of MiB), else a copy.
+fn place(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Images directories
+
+/// What a guest must report.
+struct Expect {
+    squashfs: String,
+    persist: String,
+    /// Partition id whose PARTUUID the boot config's `root=` must carry.
+    root_part: Option<&'static str>,
+    sqpath: String,
+}
+
+/// The parts every images directory has: initramfs, squashfs, persist token, release.
+fn common_images(
+    dir: &Path,
+    k: &Kernel,
+    busybox: &Path,
+    conf: &str,
+    extra_modules: &[&str],
+) -> (String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cpio = initramfs(k, busybox, conf, extra_modules);
+    std::fs::write(dir.join("rootfs.cpio.lz4"), cpio).unwrap();
+    let sq = token("squashfs");
+    let pe = token("persist");
+    squashfs(&dir.join("rootfs.squashfs"), &sq);
+    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
+    std::fs::write(dir.join("persist_part/skiff-test-token"), &pe).unwrap();
+    std::fs::write(
+        dir.join("skiff-release"),
+        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
+    )
+    .unwrap();
+    (sq, pe)
+}
+
+/// For virt/qemu-arm64*: Debian's arm64 kernel as `Image`.
+fn arm64_images(dir: &Path) -> Expect {
+    let k = kernel("linux-image-arm64:arm64");
+    let bb = busybox("arm64");
+    place(&k.image(), &dir.join("Image"));
+    let conf = "BOOT_LABEL=boot\nBOOT_FS=vfat\nSQUASHFS=/rootfs.squashfs\n\
+                PERSIST_LABEL=persist\nROOT_LABEL=boot\n";
+    let (squashfs, persist) = common_images(dir, &k, &bb, conf, &[]);
+    Expect {
+        squashfs,
+        persist,
+        root_part: Some("boot"),
+        sqpath: "/rootfs.squashfs".into(),
+    }
+}
+
+/// For intel/desktop: Debian's amd64 kernel as `bzImage`, rEFInd from Debian's refind at
+/// the removable path of efi-part/, and `refind_linux.conf` (the test's: serial console and
+/// the initramfs; the board's own boots skiff-init without one).
+fn intel_images(dir: &Path, refind_linux: &str) -> Expect {
+    let k = kernel("linux-image-amd64");
+    place(&k.image(), &dir.join("bzImage"));
+    let conf = "BOOT_LABEL=SKIFFOS\nBOOT_FS=ext4\nSQUASHFS=\n\
+                PERSIST_LABEL=SKIFFOS\nROOT_LABEL=SKIFFOS\n";
+    let (squashfs, persist) = common_images(dir, &k, Path::new("/bin/busybox"), conf, &[]);
+    let efi = dir.join("efi-part/EFI/BOOT");
+    std::fs::create_dir_all(efi.join("drivers_x64")).unwrap();
+    std::fs::copy(
+        Path::new(REFIND).join("refind_x64.efi"),
+        efi.join("BOOTX64.EFI"),
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(REFIND).join("drivers_x64/ext4_x64.efi"),
+        efi.join("drivers_x64/ext4_x64.efi"),
+    )
+    .unwrap();
+    std::fs::write(efi.join("refind.conf"), include_str!("boot/refind.conf")).unwrap();
+    std::fs::write(dir.join("refind_linux.conf"), refind_linux).unwrap();
+    Expect {
+        squashfs,
+        persist,
+        root_part: Some("skiffos"),
+        sqpath: format!("/boot/init-skiffos-{VERSION}-1.squashfs"),
+    }
+}
+
+/// The Raspberry Pi 3's SD host, its SDHCI, and the watchdog QEMU powers off through.
+const PI_MODULES: &[&str] = &["bcm2835", "sdhci_iproc", "mmc_block", "bcm2835_wdt"];
+const PI3_DTB: &str = "bcm2837-rpi-3-b.dtb";
+
+/// For pi/3x64: Debian's arm64 kernel as `Image`, the upstream Pi 3 B device tree, and a
+/// stand-in rpi-firmware/ (QEMU runs no GPU firmware).
+fn pi3_images(dir: &Path) -> Expect {
+    let k = kernel("linux-image-arm64:arm64");
+    let bb = busybox("arm64");
+    place(&k.image(), &dir.join("Image"));
+    let broadcom = k
+        .root
+        .join(format!("usr/lib/linux-image-{}/broadcom", k.kver));
+    place(&broadcom.join(PI3_DTB), &dir.join(PI3_DTB));
+    std::fs::create_dir_all(dir.join("rpi-firmware")).unwrap();
+    std::fs::write(
+        dir.join("rpi-firmware/README"),
+        "QEMU's raspi3b loads the kernel itself; no GPU firmware here.\n",
+    )
+    .unwrap();
+    let conf = "BOOT_LABEL=BOOT\nBOOT_FS=vfat\nSQUASHFS=/rootfs.squashfs\n\
+                PERSIST_LABEL=persist\nROOT_LABEL=\n";
+    let (squashfs, persist) = common_images(dir, &k, &bb, conf, PI_MODULES);
+    Expect {
+        squashfs,
+        persist,
+        root_part: None,
+        sqpath: "/rootfs.squashfs".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Build, boot, check
+
+/// A board built into `run/NAME/disk.img`.
+struct Image {
+    name: String,
+    board: String,
+    images: PathBuf,
+    board_dir: Option<PathBuf>,
+    img: PathBuf,
+    plan: serde_json::Value,
+}
+
+impl Image {
+    /// `[--board-dir DIR] --board BOARD --images DIR`.
+    fn board_args(&self) -> Vec<&str> {
+        let mut a = Vec::new();
+        if let Some(d) = &self.board_dir {
+            a.extend(["--board-dir", d.to_str().unwrap()]);
+        }
+        a.extend([
+            "--board",
+            &self.board,
+            "--images",
+            self.images.to_str().unwrap(),
+        ]);
+        a
+    }
+
+    fn build(
+        name: &str,
+        board: &str,
+        dir: &Path,
+        board_dir: Option<PathBuf>,
+        extra: &[&str],
+    ) -> Image {
+        let mut i = Image {
+            name: name.to_string(),
+            board: board.to_string(),
+            images: dir.join("images"),
+            board_dir,
+            img: dir.join("disk.img"),
+            plan: serde_json::Value::Null,
+        };
+        let img = i.img.to_str().unwrap();
+        skiff_flash_ok(&[&["build"][..], &i.board_args(), &["--output", img], extra].concat());
+        let plan = skiff_flash_ok(&[&["plan"][..], &i.board_args(), &["--json"]].concat());
+        i.plan = serde_json::from_str(&plan).unwrap();
+        i
+    }
+
+    fn part(&self, id: &str) -> &serde_json::Value {
+        self.plan["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("no partition {id} in the plan of {}", self.board))
+    }
+
+    fn partuuid(&self, id: &str) -> String {
+        self.part(id)["partuuid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no PARTUUID for {id}: {}", self.part(id)))
+            .to_ascii_lowercase()
+    }
+
+    /// After a boot: the image still verifies against the board, and the guest's boot
+    /// counter is on `part`'s filesystem.
+    fn check_after_boot(&self, part: &str, boots: &str) {
+        let img = self.img.to_str().unwrap();
+        let args = [&["verify", img][..], &self.board_args()].concat();
+        let out = skiff_flash(&args);
+        assert!(
+            out.status.success(),
+            "{}: skiff-flash {} failed after the boot ({}):\n{}{}",
+            self.name,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let offset = self.part(part)["start"].as_u64().unwrap();
+        let count = sh(Command::new("debugfs")
+            .args(["-R", "cat /boot-count"])
+            .arg(format!("{img}?offset={offset}"))
+            .stderr(Stdio::null()));
+        assert_eq!(
+            count.trim(),
+            boots,
+            "{}: /boot-count on {part} after the boot",
+            self.name
+        );
+    }
+}
+
+/// What a boot printed.
+struct Booted {
+    marker: BTreeMap<String, String>,
+    to_marker: f64,
+    to_exit: f64,
+}
+
+/// Serial output without terminal control sequences (firmware menus draw with them).
+fn clean(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for n in chars.by_ref() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The last `lines` non-blank lines, with the long runs of spaces firmware menus pad with
+/// squeezed to one.
+fn tail(text: &str, lines: usize) -> String {
+    let squeeze = |l: &str| {
+        let indent = (l.len() - l.trim_start().len()).min(12);
+        let mut out = " ".repeat(indent);
+        let mut spaces = 0;
+        for c in l.trim().chars() {
+            if c == ' ' {
+                spaces += 1;
+                continue;
+            }
+            out.push_str(&" ".repeat(if spaces >= 8 { 1 } else { spaces }));
+            spaces = 0;
+            out.push(c);
+        }
+        out
+    };
+    let all: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(squeeze)
+        .collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs QEMU until the guest powers off (QEMU exits), the output rests at `prompt` (the
+/// bootloader gave up), or `timeout`; Ok when the marker was printed and QEMU exited
+/// cleanly. The serial log goes to `log`.
+fn boot(
+    name: &str,
+    mut qemu: Command,
+    prompt: Option<&str>,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Booted, String> {
+    let start = Instant::now();
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{name}: cannot start {qemu:?}: {e}"))?;
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|mut r| {
+        let buf = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    })
+    .collect();
+    // A whole line starting with the marker (the guest ends it with a newline).
+    let marker_line = |buf: &[u8]| {
+        let text = String::from_utf8_lossy(buf);
+        let at = text.find(&format!("\n{MARKER}"))? + 1;
+        let end = text[at..].find('\n')?;
+        Some(text[at..at + end].trim_end().to_string())
+    };
+    let mut to_marker = None;
+    let mut marker = None;
+    let mut at_prompt = false;
+    let (mut seen, mut changed) = (0, Instant::now());
+    let status = loop {
+        {
+            let b = buf.lock().unwrap();
+            if marker.is_none()
+                && let Some(l) = marker_line(&b)
+            {
+                to_marker = Some(start.elapsed().as_secs_f64());
+                marker = Some(l);
+            }
+            if b.len() != seen {
+                (seen, changed) = (b.len(), Instant::now());
+            } else if let Some(p) = prompt
+                && marker.is_none()
+                && changed.elapsed() > PROMPT_IDLE
+                && clean(&b).ends_with(p)
+            {
+                at_prompt = true;
+            }
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if at_prompt || start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let to_exit = start.elapsed().as_secs_f64();
+    for r in readers {
+        let _ = r.join();
+    }
+    let raw = buf.lock().unwrap().clone();
+    std::fs::write(log, &raw).unwrap();
+    let text = clean(&raw);
+    if marker.is_none() {
+        marker = marker_line(text.as_bytes());
+    }
+    let why = match (&marker, status) {
+        (Some(_), Some(s)) if s.success() => None,
+        (Some(_), Some(s)) => Some(format!("QEMU exited with {s} after the marker")),
+        (Some(_), None) => Some(format!(
+            "the marker appeared but the guest did not power off within {} s",
+            timeout.as_secs()
+        )),
+        (None, Some(s)) => Some(format!(
+            "QEMU exited ({s}) after {to_exit:.1} s without the marker"
+        )),
+        (None, None) if at_prompt => Some(format!(
+            "no marker: the bootloader gave up at its prompt `{}` after {to_exit:.1} s",
+            prompt.unwrap_or_default().trim()
+        )),
+        (None, None) => Some(format!("no marker within {} s", timeout.as_secs())),
+    };
+    if let Some(why) = why {
+        let fail = text
+            .lines()
+            .find(|l| l.contains("TESTINIT-FAIL"))
+            .map(|l| format!("\nguest: {}", l.trim()))
+            .unwrap_or_default();
+        return Err(format!(
+            "{name}: boot failed: {why}{fail}\nserial log: {}\n--- last lines of the serial log ---\n{}",
+            log.display(),
+            tail(&text, 40)
+        ));
+    }
+    let line = marker.unwrap();
+    let marker = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok(Booted {
+        marker,
+        to_marker: to_marker.unwrap_or(to_exit),
+        to_exit,
+    })
+}
+
+fn qemu_arm64(img: &Path) -> Command {
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args([
+        "-M",
+        "virt",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "cortex-a57",
+        "-m",
+        "512",
+    ])
+    .args(["-smp", "2", "-display", "none", "-serial", "stdio"])
+    .args(["-monitor", "none", "-no-reboot", "-nic", "none"])
+    .args(["-bios", UBOOT_ARM64])
+    .arg("-drive")
+    .arg(format!("if=virtio,format=raw,file={}", img.display()));
+    c
+}
+
+fn qemu_x86_64(img: &Path, dir: &Path) -> Command {
+    let vars = dir.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &vars).unwrap();
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512"])
+        .args(["-smp", "2", "-display", "none", "-serial", "stdio"])
+        .args(["-monitor", "none", "-no-reboot", "-net", "none"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", img.display()));
+    c
+}
+
+/// QEMU's raspi3b: no GPU firmware, so QEMU loads what the firmware would — the kernel,
+/// device tree and initramfs, read back from the image's FAT — and the command line is
+/// the image's cmdline.txt with the serial console (`serial0` is a firmware alias).
+fn qemu_raspi3b(i: &Image, dir: &Path) -> Command {
+    let start = i.part("boot")["start"].as_u64().unwrap();
+    let fat = format!("{}@@{start}", i.img.display());
+    let from_fat = dir.join("from-fat");
+    std::fs::create_dir_all(&from_fat).unwrap();
+    for f in ["Image", PI3_DTB, "rootfs.cpio.lz4", "cmdline.txt"] {
+        sh(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-n", "-i", &fat, &format!("::{f}")])
+            .arg(from_fat.join(f)));
+    }
+    let cmdline = std::fs::read_to_string(from_fat.join("cmdline.txt")).unwrap();
+    let mut c = Command::new("qemu-system-aarch64");
+    // raspi3b always has 4 vCPUs; the 3 the kernel has not started yet spin in the boot
+    // stub, which with one host thread per vCPU starves the one that boots (2-4x slower).
+    c.args([
+        "-M",
+        "raspi3b",
+        "-accel",
+        "tcg,thread=single",
+        "-display",
+        "none",
+    ])
+    .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
+    .arg("-kernel")
+    .arg(from_fat.join("Image"))
+    .arg("-dtb")
+    .arg(from_fat.join(PI3_DTB))
+    .arg("-initrd")
+    .arg(from_fat.join("rootfs.cpio.lz4"))
+    .arg("-append")
+    .arg(format!("{} console=ttyAMA0", cmdline.trim()))
+    .arg("-drive")
+    .arg(format!("if=sd,format=raw,file={}", i.img.display()));
+    c
+}
+
+/// Boots, asserts the marker against `want`, then verify and the write to persist.
+fn boot_and_check(
+    i: &Image,
+    qemu: Command,
+    prompt: Option<&str>,
+    want: &Expect,
+    persist_part: &str,
+) {
+    let log = i.img.with_file_name("serial.log");
+    let b = boot(&i.name, qemu, prompt, BOOT_TIMEOUT, &log).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "boot {} ({}): marker after {:.1} s, QEMU exited after {:.1} s",
+        i.name, i.board, b.to_marker, b.to_exit
+    );
+    let m = &b.marker;
+    let get = |k: &str| m.get(k).map(String::as_str).unwrap_or("");
+    let root = want.root_part.map_or("none".into(), |p| i.partuuid(p));
+    let checks = [
+        ("squashfs", want.squashfs.as_str()),
+        ("persist", want.persist.as_str()),
+        ("boots", "1"),
+        ("root", root.as_str()),
+        ("sqpath", want.sqpath.as_str()),
+    ];
+    for (k, v) in checks {
+        assert_eq!(get(k), v, "{}: marker {k}= (marker: {m:?})", i.name);
+    }
+    i.check_after_boot(persist_part, "1");
+}
+
+// ---------------------------------------------------------------------------------------
+// The paths
+
+fn arm64_path(name: &str, board: &str) {
+    if !need(ARM64_PACKAGES, Some("arm64")) {
+        return;
+    }
+    let _serial = serial();
+    let dir = run_dir(name);
+    let want = arm64_images(&dir.join("images"));
+    let i = Image::build(name, board, &dir, None, &[]);
+    boot_and_check(&i, qemu_arm64(&i.img), Some(UBOOT_PROMPT), &want, "persist");
+}
+
+/// U-Boot runs the boot.scr skiff-flash compiled: kernel, initramfs, QEMU's device tree.
+#[test]
+fn qemu_boot_arm64_uboot_bootscr() {
+    arm64_path("arm64-bootscr", "virt/qemu-arm64");
+}
+
+/// U-Boot reads the extlinux.conf skiff-flash wrote.
+#[test]
+fn qemu_boot_arm64_uboot_extlinux() {
+    arm64_path("arm64-extlinux", "virt/qemu-arm64-extlinux");
+}
+
+/// OVMF runs rEFInd from the ESP; rEFInd's ext4 driver reads the SKIFFOS filesystem
+/// skiff-flash wrote, finds the versioned kernel and refind_linux.conf with the real
+/// PARTUUID; the kernel loads the initrd from the same ext4.
+#[test]
+fn qemu_boot_x86_64_efi_refind_intel_desktop() {
+    if !need(X86_PACKAGES, None) {
+        return;
+    }
+    let _serial = serial();
+    let name = "x86_64-intel-desktop";
+    let dir = run_dir(name);
+    let want = intel_images(&dir.join("images"), include_str!("boot/refind_linux.conf"));
+    let i = Image::build(name, "intel/desktop", &dir, None, &[]);
+    boot_and_check(&i, qemu_x86_64(&i.img, &dir), None, &want, "skiffos");
+}
+
+/// pi/3x64 on QEMU's raspi3b: the MBR, the FAT `BOOT`, the squashfs on it and the ext4
+/// `persist` read through the Pi's SD host driver (QEMU wants an SD image of a power of 2).
+#[test]
+fn qemu_boot_raspi3b_pi3x64() {
+    if !need(&[ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "raspi3b-pi3x64";
+    let dir = run_dir(name);
+    let want = pi3_images(&dir.join("images"));
+    let i = Image::build(name, "pi/3x64", &dir, None, &["--size", "512MiB"]);
+    boot_and_check(&i, qemu_raspi3b(&i, &dir), None, &want, "persist");
+}
+
+// ---------------------------------------------------------------------------------------
+// Broken configs fail loudly
+
+/// A user board (`--board-dir`) inheriting virt/qemu-arm64 whose boot.txt loads a kernel
+/// name that is not on the disk: no marker, and the serial tail shows U-Boot's error.
+#[test]
+fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
+    if !need(ARM64_PACKAGES, Some("arm64")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "arm64-bootscr-broken";
+    let dir = run_dir(name);
+    arm64_images(&dir.join("images"));
+    let show = skiff_flash_ok(&["boards", "show", "virt/qemu-arm64", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    let text = show["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "boot.txt")
+        .and_then(|r| r["text"].as_str())
+        .unwrap()
+        .to_string();
+    let good = "${kernel_addr_r} Image\n";
+    assert!(text.contains(good), "{text}");
+    let broken = text.replace(good, "${kernel_addr_r} Image-6.1\n");
+    let boards = dir.join("user/boards/test");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::write(
+        boards.join("qemu-arm64-typo.toml"),
+        format!(
+            "description = \"virt/qemu-arm64 with a wrong kernel name\"\n\
+             inherit = \"virt/qemu-arm64\"\n\n\
+             [[files]]\nname = \"boot.txt\"\ntext = '''\n{broken}'''\n"
+        ),
+    )
+    .unwrap();
+    let user = Some(dir.join("user"));
+    let i = Image::build(name, "test/qemu-arm64-typo", &dir, user, &[]);
+    let log = dir.join("serial.log");
+    let qemu = qemu_arm64(&i.img);
+    let err = match boot(name, qemu, Some(UBOOT_PROMPT), BOOT_TIMEOUT, &log) {
+        Ok(b) => panic!("{name}: booted with a wrong kernel name: {:?}", b.marker),
+        Err(e) => e,
+    };
+    println!("{err}");
+    assert!(err.contains("no marker"), "{err}");
+    let serial = clean(&std::fs::read(&log).unwrap());
+    assert!(
+        serial.contains("Failed to load 'Image-6.1'"),
+        "U-Boot names the missing file:\n{serial}"
+    );
+}
+
+/// intel/desktop with a refind_linux.conf whose root= names a PARTUUID that is not on the
+/// disk: the guest refuses it, no marker, the serial tail says why.
+#[test]
+fn qemu_boot_x86_64_refind_wrong_partuuid_fails_loudly() {
+    if !need(X86_PACKAGES, None) {
+        return;
+    }
+    let _serial = serial();
+    let name = "x86_64-intel-desktop-broken";
+    let dir = run_dir(name);
+    let wrong = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+    let conf = include_str!("boot/refind_linux.conf").replace("{SKIFFOS_PARTUUID}", wrong);
+    intel_images(&dir.join("images"), &conf);
+    let i = Image::build(name, "intel/desktop", &dir, None, &[]);
+    let log = dir.join("serial.log");
+    let err = match boot(name, qemu_x86_64(&i.img, &dir), None, BOOT_TIMEOUT, &log) {
+        Ok(b) => panic!("{name}: booted with a wrong PARTUUID: {:?}", b.marker),
+        Err(e) => e,
+    };
+    println!("{err}");
+    assert!(err.contains("without the marker"), "{err}");
+    assert!(
+        err.contains(&format!("root=PARTUUID={wrong} names no partition")),
+        "{err}"
+    );
+}

@@ -344,7 +344,9 @@ pub fn read_bmap(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
         text[i..i + j].trim().parse().ok()
     };
     let size = tag("ImageSize").ok_or_else(|| bad("no ImageSize"))?;
-    let block = tag("BlockSize").ok_or_else(|| bad("no BlockSize"))?;
+    let block = tag("BlockSize")
+        .filter(|b| *b > 0)
+        .ok_or_else(|| bad("no BlockSize"))?;
     let mut ranges = Vec::new();
     for part in text.split("<Range").skip(1) {
         let body = part.split_once('>').map(|(_, b)| b).unwrap_or_default();
@@ -357,10 +359,20 @@ pub fn read_bmap(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
             a.parse().map_err(|_| bad("bad range"))?,
             b.parse().map_err(|_| bad("bad range"))?,
         );
-        let start = a * block;
-        let end = ((b + 1) * block).min(size);
-        if start >= end {
-            return Err(bad("range outside the image"));
+        let start = a
+            .checked_mul(block)
+            .ok_or_else(|| bad("range outside the image"))?;
+        let end = b
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(block))
+            .ok_or_else(|| bad("range outside the image"))?
+            .min(size);
+        if start >= end
+            || ranges
+                .last()
+                .is_some_and(|(s, l): &(u64, u64)| s + l > start)
+        {
+            return Err(bad("ranges outside the image or out of order"));
         }
         ranges.push((start, end - start));
     }

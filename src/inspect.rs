@@ -188,10 +188,10 @@ fn partition(
     table: &Table,
     problems: &mut Vec<String>,
 ) -> Partition {
-    if e.start + e.size > disk {
+    let end = e.start.saturating_add(e.size);
+    if end > disk {
         problems.push(format!(
-            "partition {number} ends at byte {} beyond the disk's {disk}",
-            e.start + e.size
+            "partition {number} ends at byte {end} beyond the disk's {disk}"
         ));
     }
     let kind = match (e.gpt_type, e.mbr_type) {

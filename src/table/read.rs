@@ -100,6 +100,18 @@ pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>
         if last < first {
             return Err(format!("GPT entry {}: ends before it starts", i + 1));
         }
+        // LBAs from a damaged disk can be anything: keep byte offsets representable.
+        let (Some(start), Some(size)) = (
+            first.checked_mul(SECTOR),
+            (last - first)
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(SECTOR)),
+        ) else {
+            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1));
+        };
+        if start.checked_add(size).is_none() {
+            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1));
+        }
         let units: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -108,8 +120,8 @@ pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>
         out.push((
             i as u32 + 1,
             TableEntry {
-                start: first * SECTOR,
-                size: (last - first + 1) * SECTOR,
+                start,
+                size,
                 gpt_type: Some(Guid::from_disk(ty)),
                 mbr_type: None,
                 guid: Guid::from_disk(id),
@@ -124,9 +136,16 @@ pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>
 /// A GPT read from the first bytes of a disk: header at LBA 1, the array where it says.
 pub fn gpt_from_head(head: &[u8]) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
     let h = gpt_header(head.get(512..1024).ok_or("GPT header: truncated")?)?;
-    let start = usize::try_from(h.array_lba * SECTOR).map_err(|_| "GPT array: bad offset")?;
+    let start = h
+        .array_lba
+        .checked_mul(SECTOR)
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or("GPT array: bad offset")?;
+    let end = start
+        .checked_add(h.array_bytes())
+        .ok_or("GPT array: bad offset")?;
     let array = head
-        .get(start..start + h.array_bytes())
+        .get(start..end)
         .ok_or("GPT entry array lies beyond the bytes read")?;
     let entries = gpt_entries(&h, array)?;
     Ok((h, entries))

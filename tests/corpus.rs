@@ -1,0 +1,458 @@
+//! The readers of untrusted bytes never panic: every input kept under `fuzz/seeds/<target>/`
+//! and `fuzz/corpus/<target>/` (including the `crash-*` regression cases) goes through the
+//! same calls as the fuzz target of that name, then ~2000 deterministic mutations of them
+//! do. Runs on stable without libFuzzer; the calls are repeated here, not shared with
+//! `fuzz/`, so only the input files tie the two together.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use skiff_flash::bootcfg::uimage;
+use skiff_flash::fs::fat_read::FatVolume;
+use skiff_flash::inspect::inspect;
+use skiff_flash::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
+
+/// The fuzz targets, by corpus directory name.
+const TARGETS: [&str; 5] = ["inspect", "tables", "uimage", "bmap", "manifest"];
+
+/// How many mutated inputs to try, and the time they may take at most.
+const MUTATIONS: usize = 2000;
+const BUDGET: Duration = Duration::from_secs(10);
+
+// --- the calls each fuzz target makes ------------------------------------------------
+
+/// Recomputes the CRCs of every GPT header at byte 0, byte 512 and the last sector (and of
+/// the entry array it points at, when inside `disk`), as the fuzz targets do so mutated
+/// headers reach the code behind the CRC checks. Returns whether anything changed.
+fn fix_gpt_crcs(disk: &mut [u8]) -> bool {
+    let mut at = vec![0, 512];
+    if disk.len() >= 1024 {
+        at.push(disk.len() - 512);
+    }
+    at.dedup();
+    let mut changed = false;
+    for h in at {
+        let Some(sector) = disk.get(h..h + 92) else {
+            continue;
+        };
+        if &sector[..8] != b"EFI PART" {
+            continue;
+        }
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let size = u32_at(sector, 12) as usize;
+        let lba = u64::from_le_bytes(sector[72..80].try_into().unwrap());
+        let bytes = u64::from(u32_at(sector, 80)) * u64::from(u32_at(sector, 84));
+        let array = lba
+            .checked_mul(512)
+            .and_then(|s| Some((s, s.checked_add(bytes)?)))
+            .and_then(|(s, e)| disk.get(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
+        if let Some(array) = array {
+            let crc = crc32fast::hash(array).to_le_bytes();
+            changed |= disk[h + 88..h + 92] != crc;
+            disk[h + 88..h + 92].copy_from_slice(&crc);
+        }
+        if !(92..=512).contains(&size) || h + size > disk.len() {
+            continue;
+        }
+        let mut hdr = disk[h..h + size].to_vec();
+        hdr[16..20].fill(0);
+        let crc = crc32fast::hash(&hdr).to_le_bytes();
+        changed |= disk[h + 16..h + 20] != crc;
+        disk[h + 16..h + 20].copy_from_slice(&crc);
+    }
+    changed
+}
+
+/// Opens a FAT32 volume, lists it and reads every file.
+fn fat(disk: &Vec<u8>, base: u64, len: u64) {
+    let Ok(v) = FatVolume::open(disk, base, len) else {
+        return;
+    };
+    let _ = (v.clusters(), v.cluster_bytes(), &v.label, v.volume_id);
+    let Ok(list) = v.list() else {
+        return;
+    };
+    for e in &list {
+        let mut n = 0u64;
+        let _ = v.read_file(e, &mut |b| n += b.len() as u64);
+    }
+}
+
+/// `inspect`: the whole disk inspected (and serialised), then every FAT32 volume found and
+/// one at offset 0 read through.
+fn inspect_disk(disk: &Vec<u8>) {
+    let found = inspect(disk);
+    let _ = serde_json::to_string(&found);
+    let size = disk.len() as u64;
+    for p in &found.partitions {
+        if p.fs.kind == "fat32" {
+            fat(disk, p.start, p.size.min(size.saturating_sub(p.start)));
+        }
+    }
+    fat(disk, 0, size);
+}
+
+/// `tables`: MBR, GPT from the head, and a GPT header at byte 0 and 512 with its array.
+fn tables(data: &[u8]) {
+    let _ = mbr(data);
+    let _ = gpt_from_head(data);
+    for at in [0, 512] {
+        let Some(sector) = data.get(at..) else {
+            continue;
+        };
+        let Ok(h) = gpt_header(sector) else {
+            continue;
+        };
+        let _ = h.array_bytes();
+        let array = h
+            .array_lba
+            .checked_mul(512)
+            .and_then(|s| usize::try_from(s).ok())
+            .and_then(|s| data.get(s..))
+            .unwrap_or_default();
+        let _ = gpt_entries(&h, array);
+    }
+}
+
+/// Feeds `data` to the calls of fuzz target `target`; `scratch` is a file the readers that
+/// take a path may use.
+fn call(target: &str, data: &[u8], scratch: &Path) {
+    match target {
+        "inspect" => {
+            let mut disk = data.to_vec();
+            inspect_disk(&disk);
+            if fix_gpt_crcs(&mut disk) {
+                inspect_disk(&disk);
+            }
+        }
+        "tables" => {
+            tables(data);
+            let mut fixed = data.to_vec();
+            if fix_gpt_crcs(&mut fixed) {
+                tables(&fixed);
+            }
+        }
+        "uimage" => {
+            let _ = uimage::parse(data);
+        }
+        "bmap" => {
+            std::fs::write(scratch, data).expect("writing the scratch file");
+            let _ = skiff_flash::flash::read_bmap(scratch);
+        }
+        "manifest" => {
+            std::fs::write(scratch, data).expect("writing the scratch file");
+            let _ = skiff_flash::manifest::load(scratch);
+        }
+        other => panic!("no fuzz target {other}"),
+    }
+}
+
+// --- catching panics -----------------------------------------------------------------
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+    static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records panics inside `try_call` (with their location) instead of printing them;
+/// every other panic goes to the default hook.
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) {
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                    .unwrap_or_default();
+                let msg = info.payload_as_str().unwrap_or("(no message)");
+                LAST.with(|l| *l.borrow_mut() = Some(format!("panicked at {at}: {msg}")));
+            } else {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Runs the calls for `target` on `data`; a panic comes back as its location and message.
+fn try_call(target: &str, data: &[u8], scratch: &Path) -> Result<(), String> {
+    install_hook();
+    QUIET.with(|q| q.set(true));
+    let r = panic::catch_unwind(AssertUnwindSafe(|| call(target, data, scratch)));
+    QUIET.with(|q| q.set(false));
+    r.map_err(|_| {
+        LAST.with(|l| l.borrow_mut().take())
+            .unwrap_or_else(|| "panicked".into())
+    })
+}
+
+// --- inputs --------------------------------------------------------------------------
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// Every file in `fuzz/seeds/<target>/` and `fuzz/corpus/<target>/`, sorted by path.
+fn inputs(target: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for kind in ["seeds", "corpus"] {
+        let Ok(rd) = std::fs::read_dir(fuzz_dir().join(kind).join(target)) else {
+            continue;
+        };
+        out.extend(
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && !name_of(p).starts_with('.')),
+        );
+    }
+    out.sort();
+    out
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn shown(p: &Path) -> String {
+    p.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn every_corpus_input_is_read_without_panicking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("input");
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for target in TARGETS {
+        let files = inputs(target);
+        assert!(
+            !files.is_empty(),
+            "no inputs for fuzz target {target} under fuzz/seeds or fuzz/corpus"
+        );
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            total += 1;
+            if let Err(e) = try_call(target, &data, &scratch) {
+                failures.push(format!("{} ({} bytes): {e}", shown(&f), data.len()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} inputs panicked:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// --- mutations -----------------------------------------------------------------------
+
+/// xorshift64*: small, fixed-seed, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// Values that sit on boundaries of the fields the readers parse.
+const INTERESTING: [u64; 14] = [
+    0,
+    1,
+    2,
+    0x7F,
+    0x80,
+    0xFF,
+    0x1FF,
+    0x200,
+    0xFFFF,
+    0x7FFF_FFFF,
+    0xFFFF_FFFF,
+    0x0FFF_FFF7,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+];
+
+const NUMBERS: [&str; 6] = [
+    "0",
+    "-1",
+    "4294967296",
+    "9223372036854775808",
+    "18446744073709551615",
+    "99999999999999999999",
+];
+
+/// An offset to mutate: half the time in the first KiB (boot sectors, table and image
+/// headers), sometimes in the last sector (the backup GPT), else anywhere.
+fn offset(rng: &mut Rng, len: usize) -> usize {
+    match rng.below(4) {
+        0 | 1 => rng.below(len.min(1024)),
+        2 => len.saturating_sub(512) + rng.below(len.min(512)),
+        _ => rng.below(len),
+    }
+}
+
+/// One to four stacked edits: bit flips, boundary values written as 1, 2, 4 or 8
+/// little-endian bytes, truncation, splices from another input, inserted or removed
+/// ranges, and (for the text formats) big or negative numbers.
+fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..=rng.below(4) {
+        if v.is_empty() {
+            v.extend_from_slice(&other[..other.len().min(64)]);
+            continue;
+        }
+        let len = v.len();
+        match rng.below(if text { 8 } else { 7 }) {
+            0 => {
+                let i = offset(rng, len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 => {
+                let i = offset(rng, len);
+                v[i] = rng.next() as u8;
+            }
+            2 | 3 => {
+                let value = INTERESTING[rng.below(INTERESTING.len())];
+                let width = 1 << rng.below(4);
+                let mut i = offset(rng, len);
+                if rng.below(2) == 0 {
+                    i &= !(width - 1);
+                }
+                let bytes = value.to_le_bytes();
+                for (k, b) in bytes[..width].iter().enumerate() {
+                    if let Some(x) = v.get_mut(i + k) {
+                        *x = *b;
+                    }
+                }
+            }
+            4 => {
+                let keep = match rng.below(3) {
+                    0 => rng.below(len),
+                    1 => len - rng.below(len.min(600)),
+                    _ => rng.below(len.min(2048)),
+                };
+                v.truncate(keep);
+            }
+            5 if !other.is_empty() => {
+                let from = rng.below(other.len());
+                let n = rng.below((other.len() - from).min(4096)) + 1;
+                let to = offset(rng, len);
+                let end = (to + n).min(len);
+                v[to..end].copy_from_slice(&other[from..from + (end - to)]);
+            }
+            5 | 6 => {
+                let i = rng.below(len);
+                let n = rng.below(64) + 1;
+                if rng.below(2) == 0 {
+                    let end = (i + n).min(len);
+                    v.drain(i..end);
+                } else {
+                    let fill: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                    v.splice(i..i, fill);
+                }
+            }
+            _ => {
+                let i = rng.below(len);
+                let n = NUMBERS[rng.below(NUMBERS.len())];
+                let digits = v[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+                v.splice(i..i + digits, n.bytes());
+            }
+        }
+    }
+    v
+}
+
+/// Seed files of one target: (name, bytes).
+type Pool = Vec<(String, Vec<u8>)>;
+
+#[test]
+fn mutated_inputs_are_read_without_panicking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("input");
+    // Seeds and kept corpus entries (not the crash cases: the test above runs those).
+    let pools: Vec<(&str, Pool)> = TARGETS
+        .iter()
+        .map(|t| {
+            let files = inputs(t)
+                .into_iter()
+                .filter(|p| !name_of(p).starts_with("crash-"))
+                .map(|p| (shown(&p), std::fs::read(&p).unwrap()))
+                .collect::<Vec<_>>();
+            assert!(!files.is_empty(), "no inputs for fuzz target {t}");
+            (*t, files)
+        })
+        .collect();
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus-mutations");
+    let mut rng = Rng(0x5EED_F1A5_0000_0001);
+    let start = Instant::now();
+    let mut ran = 0;
+    // Panics grouped by where and why: (message, first input, how many).
+    let mut seen: Vec<(String, String, usize)> = Vec::new();
+    for i in 0..MUTATIONS {
+        if start.elapsed() > BUDGET {
+            break;
+        }
+        // inspect gets twice the share of the others: it reaches the most code.
+        let (target, pool) = &pools[[0, 0, 1, 2, 3, 4][i % 6]];
+        let (name, input) = &pool[rng.below(pool.len())];
+        let other = &pool[rng.below(pool.len())].1;
+        let text = matches!(*target, "bmap" | "manifest");
+        let data = mutate(&mut rng, input, other, text);
+        ran += 1;
+        if let Err(e) = try_call(target, &data, &scratch) {
+            match seen.iter_mut().find(|(m, _, _)| *m == e) {
+                Some(s) => s.2 += 1,
+                None => {
+                    std::fs::create_dir_all(&keep).unwrap();
+                    let saved = keep.join(format!("{target}-{i}"));
+                    std::fs::write(&saved, &data).unwrap();
+                    let what = format!(
+                        "mutation {i} of {name} for target {target}, saved as {}",
+                        saved.display()
+                    );
+                    seen.push((e, what, 1));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{ran} mutated inputs in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        ran >= MUTATIONS / 4,
+        "only {ran} mutations ran in {BUDGET:?}"
+    );
+    assert!(
+        seen.is_empty(),
+        "mutated inputs panicked ({} distinct panics):\n{}",
+        seen.len(),
+        seen.iter()
+            .map(|(m, w, n)| format!("{m}\n    {n}x, first: {w}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

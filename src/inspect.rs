@@ -259,9 +259,11 @@ pub fn filesystem(
     }
     if head.len() >= 4 && &head[..4] == b"hsqs" {
         fs.kind = "squashfs".into();
-        fs.size = Some(u64::from_le_bytes(
-            head[40..48].try_into().unwrap_or_default(),
-        ));
+        // A partition cut short by the end of the disk may not hold the whole superblock.
+        fs.size = head
+            .get(40..48)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
         return fs;
     }
     if head.len() >= 512 && head[510..512] == [0x55, 0xAA] && &head[82..87] == b"FAT32" {

@@ -278,7 +278,7 @@ impl Rng {
 }
 
 /// Values that sit on boundaries of the fields the readers parse.
-const INTERESTING: [u64; 14] = [
+const INTERESTING: [u64; 16] = [
     0,
     1,
     2,
@@ -291,6 +291,9 @@ const INTERESTING: [u64; 14] = [
     0x7FFF_FFFF,
     0xFFFF_FFFF,
     0x0FFF_FFF7,
+    // An LBA whose byte offset (x 512) no longer fits in 64 bits, and one just below.
+    0x0040_0000_0000_0000,
+    0x0080_0000_0000_0000,
     0x8000_0000_0000_0000,
     u64::MAX,
 ];
@@ -304,19 +307,59 @@ const NUMBERS: [&str; 6] = [
     "99999999999999999999",
 ];
 
-/// An offset to mutate: half the time in the first KiB (boot sectors, table and image
-/// headers), sometimes in the last sector (the backup GPT), else anywhere.
+/// An offset to mutate, biased to where the parsed fields are: the first KiB (boot sectors,
+/// MBR, GPT header, image and text headers), the first GPT entries after it, and the last
+/// sector (the backup GPT); else anywhere.
 fn offset(rng: &mut Rng, len: usize) -> usize {
-    match rng.below(4) {
-        0 | 1 => rng.below(len.min(1024)),
-        2 => len.saturating_sub(512) + rng.below(len.min(512)),
+    let at = match rng.below(10) {
+        0..=3 => rng.below(1024),
+        4 | 5 => 1024 + rng.below(512),
+        6 => len.saturating_sub(512) + rng.below(512),
         _ => rng.below(len),
+    };
+    at.min(len - 1)
+}
+
+/// Where disk images keep the numbers the readers compute with, and their widths: the MBR
+/// entries, a FAT32 boot sector at offset 0, the GPT header at LBA 1 and its first entries
+/// at LBA 2.
+fn fields() -> Vec<(usize, usize)> {
+    let mut f = vec![
+        (11, 2),
+        (13, 1),
+        (14, 2),
+        (16, 1),
+        (19, 2),
+        (22, 2),
+        (32, 4),
+        (36, 4),
+        (44, 4),
+    ];
+    for k in 0..4 {
+        let e = 446 + 16 * k;
+        f.extend([(e + 4, 1), (e + 8, 4), (e + 12, 4)]);
+        let g = 1024 + 128 * k;
+        f.extend([(g + 32, 8), (g + 40, 8), (g + 48, 8)]);
     }
+    for (at, width) in [
+        (12, 4),
+        (24, 8),
+        (32, 8),
+        (40, 8),
+        (48, 8),
+        (72, 8),
+        (80, 4),
+        (84, 4),
+    ] {
+        f.push((512 + at, width));
+    }
+    f
 }
 
 /// One to four stacked edits: bit flips, boundary values written as 1, 2, 4 or 8
-/// little-endian bytes, truncation, splices from another input, inserted or removed
-/// ranges, and (for the text formats) big or negative numbers.
+/// little-endian bytes (anywhere, or for the binary formats over a known field),
+/// truncation, splices from another input, inserted or removed ranges, and (for the text
+/// formats) big or negative numbers.
 fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..=rng.below(4) {
@@ -325,7 +368,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
             continue;
         }
         let len = v.len();
-        match rng.below(if text { 8 } else { 7 }) {
+        match rng.below(8) {
             0 => {
                 let i = offset(rng, len);
                 v[i] ^= 1 << rng.below(8);
@@ -334,7 +377,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
                 let i = offset(rng, len);
                 v[i] = rng.next() as u8;
             }
-            2 | 3 => {
+            2 => {
                 let value = INTERESTING[rng.below(INTERESTING.len())];
                 let width = 1 << rng.below(4);
                 let mut i = offset(rng, len);
@@ -348,7 +391,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
                     }
                 }
             }
-            4 => {
+            3 => {
                 let keep = match rng.below(3) {
                     0 => rng.below(len),
                     1 => len - rng.below(len.min(600)),
@@ -356,14 +399,14 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
                 };
                 v.truncate(keep);
             }
-            5 if !other.is_empty() => {
+            4 if !other.is_empty() => {
                 let from = rng.below(other.len());
                 let n = rng.below((other.len() - from).min(4096)) + 1;
                 let to = offset(rng, len);
                 let end = (to + n).min(len);
                 v[to..end].copy_from_slice(&other[from..from + (end - to)]);
             }
-            5 | 6 => {
+            4 | 5 => {
                 let i = rng.below(len);
                 let n = rng.below(64) + 1;
                 if rng.below(2) == 0 {
@@ -374,11 +417,21 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8], text: bool) -> Vec<u8> {
                     v.splice(i..i, fill);
                 }
             }
-            _ => {
+            _ if text => {
                 let i = rng.below(len);
                 let n = NUMBERS[rng.below(NUMBERS.len())];
                 let digits = v[i..].iter().take_while(|b| b.is_ascii_digit()).count();
                 v.splice(i..i + digits, n.bytes());
+            }
+            _ => {
+                let fields = fields();
+                let (at, width) = fields[rng.below(fields.len())];
+                let value = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
+                for (k, b) in value[..width].iter().enumerate() {
+                    if let Some(x) = v.get_mut(at + k) {
+                        *x = *b;
+                    }
+                }
             }
         }
     }
@@ -393,16 +446,22 @@ fn mutated_inputs_are_read_without_panicking() {
     let tmp = tempfile::tempdir().unwrap();
     let scratch = tmp.path().join("input");
     // Seeds and kept corpus entries (not the crash cases: the test above runs those).
-    let pools: Vec<(&str, Pool)> = TARGETS
+    let pools: Vec<(&str, usize, Pool)> = TARGETS
         .iter()
         .map(|t| {
-            let files = inputs(t)
+            let mut files = inputs(t)
                 .into_iter()
                 .filter(|p| !name_of(p).starts_with("crash-"))
                 .map(|p| (shown(&p), std::fs::read(&p).unwrap()))
                 .collect::<Vec<_>>();
             assert!(!files.is_empty(), "no inputs for fuzz target {t}");
-            (*t, files)
+            // Hand-made seeds first: they are picked half of the time.
+            files.sort_by_key(|(name, _)| !name.starts_with("fuzz/seeds/"));
+            let seeds = files
+                .iter()
+                .filter(|(name, _)| name.starts_with("fuzz/seeds/"))
+                .count();
+            (*t, seeds, files)
         })
         .collect();
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus-mutations");
@@ -416,8 +475,12 @@ fn mutated_inputs_are_read_without_panicking() {
             break;
         }
         // inspect gets twice the share of the others: it reaches the most code.
-        let (target, pool) = &pools[[0, 0, 1, 2, 3, 4][i % 6]];
-        let (name, input) = &pool[rng.below(pool.len())];
+        let (target, seeds, pool) = &pools[[0, 0, 1, 2, 3, 4][i % 6]];
+        let pick = match rng.below(2) {
+            0 if *seeds > 0 => rng.below(*seeds),
+            _ => rng.below(pool.len()),
+        };
+        let (name, input) = &pool[pick];
         let other = &pool[rng.below(pool.len())].1;
         let text = matches!(*target, "bmap" | "manifest");
         let data = mutate(&mut rng, input, other, text);

@@ -48,10 +48,7 @@ pub fn fix_gpt_crcs(disk: &mut [u8]) -> bool {
 
 /// A per-process scratch file for the readers that take a path.
 pub fn scratch(name: &str, data: &[u8]) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "skiff-flash-fuzz-{name}-{}",
-        std::process::id()
-    ));
+    let p = std::env::temp_dir().join(format!("skiff-flash-fuzz-{name}-{}", std::process::id()));
     std::fs::write(&p, data).expect("writing the scratch file");
     p
 }

@@ -153,15 +153,15 @@ impl Sink for Recorder<'_> {
 /// table that looks valid.
 fn wipe_tables(dev: &mut Device) -> Result<()> {
     let size = dev.size();
-    let io = |e| Error::io(format!("wiping {}", dev_path(size)), e);
+    let what = format!(
+        "wiping the partition table areas of {}",
+        dev.path().display()
+    );
+    let io = |e| Error::io(what.clone(), e);
     dev.zeros(0, MIB.min(size)).map_err(io)?;
     let tail = size.saturating_sub(MIB);
     dev.zeros(tail, size - tail).map_err(io)?;
     dev.sync()
-}
-
-fn dev_path(_size: u64) -> &'static str {
-    "the device's partition table areas"
 }
 
 /// After a failure: wipe the table areas and say so.
@@ -407,9 +407,6 @@ pub fn image_size(path: &Path, bmap: Option<&(u64, Vec<(u64, u64)>)>) -> Result<
         return Ok(*size);
     }
     let mut r = open_image(path)?;
-    let raw = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-        .len();
     let mut buf = vec![0u8; MIB as usize];
     let mut total = 0u64;
     loop {
@@ -419,7 +416,6 @@ pub fn image_size(path: &Path, bmap: Option<&(u64, Vec<(u64, u64)>)>) -> Result<
         }
         total += n as u64;
     }
-    let _ = raw;
     Ok(total)
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
-use skiff_flash::board::{Board, Catalog};
+use skiff_flash::board::Board;
 use skiff_flash::flash::{self, OnProgress, Progress, Report};
 use skiff_flash::target::blockdev::{self, DeviceInfo, SafetyPolicy};
 use skiff_flash::units::{bytes, human};
@@ -83,7 +83,6 @@ enum Source {
 }
 
 pub fn flash(
-    _catalog: &Catalog,
     a: &FlashArgs,
     quiet: bool,
     load: impl Fn(&str) -> Result<Board>,

@@ -262,7 +262,6 @@ fn dispatch(cli: &Cli) -> Result<()> {
         }
         Command::Build(a) => build(cli, &catalog, a),
         Command::Flash(a) => flash::flash(
-            &catalog,
             a,
             cli.quiet,
             |b| match &a.genimage {

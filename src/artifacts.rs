@@ -390,7 +390,7 @@ fn is_pattern(s: &str) -> bool {
 }
 
 /// `*` and `?` matching over one path component.
-fn glob(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob(pattern: &str, name: &str) -> bool {
     fn m(p: &[char], n: &[char]) -> bool {
         match (p.first(), n.first()) {
             (None, None) => true,

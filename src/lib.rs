@@ -24,6 +24,7 @@ pub mod table;
 pub mod target;
 pub mod tree;
 pub mod units;
+pub mod upgrade;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -28,6 +28,9 @@ pub struct Options {
     pub epoch: i64,
     /// Identifiers are derived from this (default: the board name).
     pub seed: Option<String>,
+    /// Identifiers found on a card, used instead of derived ones (upgrades: configs must
+    /// name the partitions the card has).
+    pub ids: Option<Ids>,
 }
 
 /// A complete plan.
@@ -227,12 +230,15 @@ fn derive(seed: &str, what: &str) -> [u8; 16] {
     out
 }
 
-/// Identifiers of the disk, its partitions and filesystems: derived from the seed, decided
-/// before anything else so configs can name them.
-struct Ids {
-    table: Table,
-    partuuid: Vec<String>,
-    fs_uuid: Vec<[u8; 16]>,
+/// Identifiers of the disk, its partitions and filesystems: derived from the seed (or read
+/// from a card), decided before anything else so configs can name them.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    pub table: Table,
+    /// Per layout partition: the kernel's PARTUUID.
+    pub partuuid: Vec<String>,
+    /// Per layout partition: ext4 UUID, or FAT volume id in the first 4 bytes.
+    pub fs_uuid: Vec<[u8; 16]>,
 }
 
 impl Ids {
@@ -468,7 +474,10 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         .or_else(|| board.seed.clone())
         .unwrap_or_else(|| board.name.clone());
     let layout = &board.layout;
-    let ids = Ids::derive(board, &seed);
+    let ids = match &opts.ids {
+        Some(ids) => ids.clone(),
+        None => Ids::derive(board, &seed),
+    };
     let vars = vars(board, &ids, &opts.images);
     let ctx = artifacts::Context {
         images: &opts.images,

@@ -69,6 +69,7 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
                 size: None,
                 epoch,
                 seed: a.seed.clone(),
+                ids: None,
             },
         )?;
         verify::meaning(&dev, &plan)

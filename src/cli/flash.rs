@@ -16,7 +16,7 @@ use skiff_flash::{Error, Result, plan, release};
 pub struct FlashArgs {
     /// Whole-disk devices to write (several are written in parallel).
     #[arg(required = true, value_name = "DEVICE")]
-    devices: Vec<PathBuf>,
+    pub(super) devices: Vec<PathBuf>,
     /// Compose this board straight onto the device.
     #[arg(
         short,
@@ -24,7 +24,7 @@ pub struct FlashArgs {
         conflicts_with_all = ["image", "genimage"],
         required_unless_present_any = ["image", "genimage"]
     )]
-    board: Option<String>,
+    pub(super) board: Option<String>,
     /// Compose the disk of this genimage config instead of a board.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub(super) genimage: Option<PathBuf>,
@@ -42,25 +42,25 @@ pub struct FlashArgs {
     pub(super) images: PathBuf,
     /// Seed for identifiers (with --board; default: the board name).
     #[arg(long)]
-    seed: Option<String>,
+    pub(super) seed: Option<String>,
     /// Write a built image instead (.img, .img.zst, .img.gz, .img.xz).
     #[arg(long, value_name = "FILE")]
-    image: Option<PathBuf>,
+    pub(super) image: Option<PathBuf>,
     /// Block map of the image (default: IMAGE.bmap beside it, if present).
     #[arg(long, value_name = "FILE", requires = "image")]
-    bmap: Option<PathBuf>,
+    pub(super) bmap: Option<PathBuf>,
     /// Do not ask for confirmation.
     #[arg(short, long)]
-    yes: bool,
+    pub(super) yes: bool,
     /// Accept disks that are not removable, USB, SD or MMC.
     #[arg(long)]
-    allow_fixed_disk: bool,
+    pub(super) allow_fixed_disk: bool,
     /// Skip reading back and comparing what was written.
     #[arg(long)]
-    no_verify: bool,
+    pub(super) no_verify: bool,
     /// Progress events and the final report as JSON lines.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Args)]
@@ -174,6 +174,7 @@ fn source(
         size,
         epoch,
         seed: a.seed.clone(),
+        ids: None,
     };
     let min = plan::make(&board, &opts(None))?.disk_size;
     let mut plans = Vec::new();

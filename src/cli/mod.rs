@@ -4,6 +4,7 @@
 mod check;
 mod flash;
 mod render;
+mod upgrade;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -81,6 +82,19 @@ enum Command {
 Only removable, USB, SD and MMC disks are accepted unless --allow-fixed-disk. Mounted, busy,
 system and too-small disks and partition paths are refused before anything is written.")]
     Flash(flash::FlashArgs),
+    /// Update an installed card's boot files and rootfs from a new build, keeping persist.
+    #[command(after_help = "Examples:
+  skiff-flash upgrade /dev/sdb --board pi/4 --images output/images
+  skiff-flash upgrade /dev/sdb --board pi/4 --dry-run            # show what would change
+  skiff-flash upgrade /dev/sdb --board pi/4 --keep /overlays/my.dtbo --keep rootfs:/extra
+  skiff-flash upgrade skiffos-pi4.img --board pi/4 --json          # an image file works too
+
+The card's table must hold the board's layout (--reformat starts over: a full flash). The
+new boot set is written beside the old one and switched to in one sector write: after a
+power loss the card holds the old set or the new one, and re-running completes it. The
+partition that grows to the card (persist) is never written. A config.txt or cmdline.txt
+edited on the card is kept unless --force-config.")]
+    Upgrade(upgrade::UpgradeArgs),
     /// List removable disks: path, model, size, partitions, mounted?
     #[command(after_help = "Examples:
   skiff-flash devices
@@ -123,6 +137,7 @@ const COMMANDS: &[&str] = &[
     "boards",
     "flash",
     "devices",
+    "upgrade",
     "verify",
     "inspect",
     "completions",
@@ -275,6 +290,13 @@ fn dispatch(cli: &Cli) -> Result<()> {
             epoch()?,
         ),
         Command::Devices(a) => flash::devices(a),
+        Command::Upgrade(a) => upgrade::upgrade(
+            a,
+            cli.quiet,
+            cli.verbose,
+            |b| load_board(&catalog, b),
+            epoch()?,
+        ),
         Command::Verify(a) => check::verify(a, |b| load_board(&catalog, b), epoch()?),
         Command::Inspect(a) => check::inspect(a),
         Command::Completions { shell } => {
@@ -372,6 +394,7 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
             size: i.size,
             epoch: epoch()?,
             seed: i.seed.clone(),
+            ids: None,
         },
     )
 }

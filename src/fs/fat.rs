@@ -7,7 +7,8 @@
 //! sequential chains. Only metadata and file data are written; free space is never touched,
 //! and the unused tail of each FAT is declared zero (a hole in a fresh image file).
 //!
-//! Not a general FAT driver: it creates filesystems, it does not edit them.
+//! Not a general FAT driver: it creates filesystems. In-place upgrades (`upgrade::boot`)
+//! reuse its directory encoding.
 
 use std::collections::HashSet;
 
@@ -449,6 +450,77 @@ fn dir_bytes(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp, g: &Ge
     }
     out.resize((u64::from(me.clusters) * g.cluster_bytes()) as usize, 0);
     out
+}
+
+/// One child of a directory written by an editor: its tree entry (name, kind, size), its
+/// first cluster and, to keep a file's own time, its stored stamp (`date << 16 | time`).
+pub(crate) struct Child<'a> {
+    pub entry: &'a Entry,
+    pub first: u32,
+    pub stamp: Option<u32>,
+}
+
+/// A whole directory's entries as bytes, unpadded, named exactly as the writer names them:
+/// the volume label first in the root (`up` is `None`), `.` and `..` in any other directory
+/// (`up` is the parent's first cluster, 0 for the root). New entries carry the spec's epoch.
+pub(crate) fn encode_directory(
+    spec: &FsSpec<'_>,
+    me: u32,
+    up: Option<u32>,
+    kids: &[Child<'_>],
+) -> Result<Vec<u8>> {
+    let stamp = Stamp::new(spec.epoch);
+    let entries: Vec<&Entry> = kids.iter().map(|k| k.entry).collect();
+    let index: std::collections::HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_str(), i))
+        .collect();
+    let ents = encode_dir(spec, &entries, |p| index[p])?;
+    let mut out = Vec::with_capacity(32 * (ents.len() * 2 + 2));
+    match up {
+        None => out.extend_from_slice(&short_entry(
+            &label_bytes(spec)?,
+            ATTR_LABEL,
+            0,
+            0,
+            0,
+            &stamp,
+        )),
+        Some(up) => {
+            out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, me, 0, &stamp));
+            out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, &stamp));
+        }
+    }
+    for e in &ents {
+        for slot in &e.lfn {
+            out.extend_from_slice(slot);
+        }
+        let k = &kids[e.item];
+        let (attr, size) = match k.entry.node {
+            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
+            _ => (ATTR_DIR, 0),
+        };
+        let own = k.stamp.map(|s| Stamp {
+            date: (s >> 16) as u16,
+            time: s as u16,
+        });
+        out.extend_from_slice(&short_entry(
+            &e.short,
+            attr,
+            e.case,
+            k.first,
+            size,
+            own.as_ref().unwrap_or(&stamp),
+        ));
+    }
+    Ok(out)
+}
+
+/// The stamp (`date << 16 | time`) the writer gives entries made at `epoch`.
+pub(crate) fn stamp_of(epoch: i64) -> u32 {
+    let s = Stamp::new(epoch);
+    (u32::from(s.date) << 16) | u32::from(s.time)
 }
 
 fn short_entry(

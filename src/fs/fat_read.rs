@@ -17,6 +17,8 @@ pub struct FatEntry {
     pub is_dir: bool,
     pub size: u64,
     pub first_cluster: u32,
+    /// Last-write date and time as stored (`date << 16 | time`).
+    pub stamp: u32,
 }
 
 /// An opened volume.
@@ -116,6 +118,21 @@ impl<'a> FatVolume<'a> {
         self.clusters
     }
 
+    /// The first cluster of the root directory.
+    pub fn root_cluster(&self) -> u32 {
+        self.root
+    }
+
+    /// The FAT entry of cluster `c` (28 bits), or `None` outside the volume.
+    pub fn next(&self, c: u32) -> Option<u32> {
+        self.fat.get(c as usize).copied()
+    }
+
+    /// Byte offset of cluster `c` from the start of the volume.
+    pub fn cluster_offset(&self, c: u32) -> u64 {
+        self.data_start + u64::from(c.saturating_sub(2)) * self.cluster_bytes
+    }
+
     fn valid(&self, c: u32) -> bool {
         c >= 2 && c < self.clusters + 2
     }
@@ -195,6 +212,7 @@ impl<'a> FatVolume<'a> {
                 is_dir: e.is_dir,
                 size: e.size,
                 first_cluster: e.cluster,
+                stamp: e.stamp,
             };
             out.push(entry);
             if e.is_dir {
@@ -256,6 +274,7 @@ struct DirItem {
     is_dir: bool,
     size: u64,
     cluster: u32,
+    stamp: u32,
 }
 
 /// Parses the entries of one directory's bytes (without `.` and `..`, labels, deleted
@@ -319,6 +338,7 @@ fn parse_dir(bytes: &[u8]) -> Vec<DirItem> {
             is_dir: attr & 0x10 != 0,
             size: u64::from(le32(e, 28)),
             cluster,
+            stamp: le32(e, 22),
         });
     }
     out

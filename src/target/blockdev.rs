@@ -48,6 +48,7 @@ const BLKGETSIZE64: Opcode = opcode::read::<u64>(0x12, 114);
 /// without a direction, so it is issued as a pointer "setter" with a no-direction opcode.
 const BLKZEROOUT: Opcode = opcode::none(0x12, 127);
 const BLKPG: Opcode = opcode::none(0x12, 105);
+const BLKFLSBUF: Opcode = opcode::none(0x12, 97);
 const BLKPG_ADD_PARTITION: i32 = 1;
 const BLKPG_DEL_PARTITION: i32 = 2;
 
@@ -707,6 +708,11 @@ impl Device {
         &self.path
     }
 
+    /// The open descriptor, still holding the exclusive claim.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
     /// Kernel name, e.g. `sdb`.
     pub fn name(&self) -> &str {
         &self.name
@@ -997,6 +1003,17 @@ fn sorted(parts: &[PlannedPart]) -> Vec<PlannedPart> {
 
 /// Kernel name of partition `number`: a digit-final disk name takes a `p` (mmcblk0p1,
 /// nvme0n1p1, loop0p1), others do not (sdb1).
+/// Drops the kernel's cached pages of every partition node of `info` (BLKFLSBUF), so
+/// readers of `/dev/sdb1` see what was written through `/dev/sdb`. Best effort.
+pub fn drop_partition_caches(info: &DeviceInfo) {
+    for p in &info.partitions {
+        if let Ok(fd) = rustix::fs::open(&p.path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            // SAFETY: BLKFLSBUF takes no argument.
+            let _ = unsafe { rustix::ioctl::ioctl(&fd, rustix::ioctl::NoArg::<BLKFLSBUF>::new()) };
+        }
+    }
+}
+
 pub fn partition_name(disk: &str, number: u32) -> String {
     if disk.ends_with(|c: char| c.is_ascii_digit()) {
         format!("{disk}p{number}")

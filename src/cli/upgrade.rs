@@ -1,0 +1,265 @@
+//! The `upgrade` command: check the card, show or make the in-place upgrade, report.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use skiff_flash::board::Board;
+use skiff_flash::target::blockdev::{self, SafetyPolicy};
+use skiff_flash::units::human;
+use skiff_flash::upgrade::{self, Action, Report, disk::Disk};
+use skiff_flash::{Error, Result};
+
+use super::render;
+
+#[derive(Args)]
+pub struct UpgradeArgs {
+    /// The installed card (a whole-disk device) or a raw .img file.
+    #[arg(value_name = "TARGET")]
+    target: PathBuf,
+    /// The board the card was flashed with.
+    #[arg(short, long)]
+    board: String,
+    /// Buildroot images directory of the new build.
+    #[arg(
+        short,
+        long,
+        env = "BINARIES_DIR",
+        default_value = "output/images",
+        value_name = "DIR"
+    )]
+    images: PathBuf,
+    /// Keep a file or directory that is not in the build: `PATH` in the boot partition or
+    /// `PARTITION:PATH` (`rootfs:/extra`); `*` and `?` match within a name. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    keep: Vec<String>,
+    /// Replace config.txt / cmdline.txt / usercfg.txt even when edited on the card.
+    #[arg(long)]
+    force_config: bool,
+    /// Show what would change; write nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Start over instead: a full flash of the board (erases persist).
+    #[arg(long)]
+    reformat: bool,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    yes: bool,
+    /// Accept disks that are not removable, USB, SD or MMC.
+    #[arg(long)]
+    allow_fixed_disk: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn upgrade(
+    a: &UpgradeArgs,
+    quiet: bool,
+    verbose: u8,
+    load: impl Fn(&str) -> Result<Board>,
+    epoch: i64,
+) -> Result<()> {
+    if a.reformat {
+        let f = super::flash::FlashArgs {
+            devices: vec![a.target.clone()],
+            board: Some(a.board.clone()),
+            genimage: None,
+            rootpath: None,
+            images: a.images.clone(),
+            seed: None,
+            image: None,
+            bmap: None,
+            yes: a.yes,
+            allow_fixed_disk: a.allow_fixed_disk,
+            no_verify: false,
+            json: a.json,
+        };
+        return super::flash::flash(&f, quiet, load, epoch);
+    }
+    let started = Instant::now();
+    let board = load(&a.board)?;
+    let opts = upgrade::Options {
+        images: a.images.clone(),
+        epoch,
+        keep: a.keep.clone(),
+        force_config: a.force_config,
+    };
+    let meta = std::fs::metadata(&a.target)
+        .map_err(|e| Error::Usage(format!("{}: {e}", a.target.display())))?;
+    let (mut disk, device) = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+        let info = blockdev::inspect(&a.target)?;
+        blockdev::check(
+            &info,
+            &SafetyPolicy {
+                allow_fixed: a.allow_fixed_disk,
+                min_size: 0,
+            },
+        )?;
+        let file = if a.dry_run {
+            std::fs::File::open(&a.target)
+                .map_err(|e| Error::io(format!("opening {}", a.target.display()), e))?
+        } else {
+            blockdev::Device::open_exclusive(&info)?.into_file()
+        };
+        (Disk::new(file, &a.target, info.size, a.dry_run), Some(info))
+    } else if meta.is_file() {
+        let name = a.target.to_string_lossy();
+        if [".zst", ".gz", ".xz", ".bz2"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            return Err(Error::Usage(format!(
+                "{}: a compressed image cannot be edited in place; decompress it first",
+                a.target.display()
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!a.dry_run)
+            .open(&a.target)
+            .map_err(|e| Error::io(format!("opening {}", a.target.display()), e))?;
+        (Disk::new(file, &a.target, meta.len(), a.dry_run), None)
+    } else {
+        return Err(Error::Usage(format!(
+            "{}: neither a block device nor an image file",
+            a.target.display()
+        )));
+    };
+    if a.dry_run {
+        let report = upgrade::upgrade(&mut disk, &board, &opts, true)?;
+        return print(a, quiet, verbose, &report, started);
+    }
+    if device.is_some() && !a.yes {
+        // Decide everything (writing nothing), show it, ask.
+        disk.set_dry(true);
+        let preview = upgrade::upgrade(&mut disk, &board, &opts, true)?;
+        if preview.writes == 0 {
+            return print(a, quiet, verbose, &preview, started);
+        }
+        confirm(a, &preview)?;
+        disk.set_dry(false);
+    }
+    let report = upgrade::upgrade(&mut disk, &board, &opts, false)?;
+    if let Some(info) = &device {
+        drop(disk);
+        blockdev::drop_partition_caches(info);
+    }
+    print(a, quiet, verbose, &report, started)
+}
+
+fn confirm(a: &UpgradeArgs, r: &Report) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to write without confirmation: no terminal to ask on; pass --yes".into(),
+        ));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{}", text(r, 0));
+    let _ = write!(
+        err,
+        "Upgrade {} in place as shown (persist is not touched)? [y/N] ",
+        a.target.display()
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("reading the answer", e))?;
+    match line.trim().to_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(Error::Usage("not confirmed; nothing was written".into())),
+    }
+}
+
+fn print(a: &UpgradeArgs, quiet: bool, verbose: u8, r: &Report, started: Instant) -> Result<()> {
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        v["seconds"] = serde_json::json!(secs);
+        println!("{}", render::json(&v));
+    } else if !quiet {
+        print!("{}", text(r, verbose));
+        println!(
+            "{} {} in {} writes, {secs:.1} s",
+            if r.dry_run { "would write" } else { "wrote" },
+            human(r.bytes_written),
+            r.writes
+        );
+    }
+    Ok(())
+}
+
+fn text(r: &Report, verbose: u8) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{}{} (board {}):",
+        if r.dry_run { "dry run: " } else { "" },
+        r.target.display(),
+        r.board
+    );
+    for p in &r.partitions {
+        let room = match (p.needs, p.free) {
+            (Some(n), Some(f)) if n > 0 => format!("  new set {} of {} free", human(n), human(f)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "  partition {} {:<8} {:<10}{room}{}",
+            p.number,
+            p.id,
+            p.outcome,
+            p.note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    let mut unchanged = (0usize, 0u64);
+    for c in &r.changes {
+        let size = |s: Option<u64>| s.map(human).unwrap_or_default();
+        let (mark, what) = match c.action {
+            Action::Added => ("+", format!("added     {} ({})", c.path, size(c.new_size))),
+            Action::Replaced => (
+                "~",
+                format!(
+                    "replaced  {} ({} -> {})",
+                    c.path,
+                    size(c.old_size),
+                    size(c.new_size)
+                ),
+            ),
+            Action::Removed => ("-", format!("removed   {} ({})", c.path, size(c.old_size))),
+            Action::Kept => ("=", format!("kept      {} ({})", c.path, size(c.old_size))),
+            Action::Unchanged => {
+                unchanged.0 += 1;
+                unchanged.1 += c.new_size.unwrap_or(0);
+                if verbose == 0 {
+                    continue;
+                }
+                (" ", format!("unchanged {} ({})", c.path, size(c.new_size)))
+            }
+        };
+        let note = c
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  {mark} {}:{what}{note}", c.partition);
+    }
+    let _ = writeln!(
+        o,
+        "  {} files unchanged ({})",
+        unchanged.0,
+        human(unchanged.1)
+    );
+    for n in &r.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    o
+}

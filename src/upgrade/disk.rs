@@ -1,0 +1,206 @@
+//! The card or image an upgrade edits: positioned reads anywhere, writes only inside the
+//! regions the upgrade declared writable (never the table, raw blobs or the partition that
+//! holds user data), each counted, with flushes the caller orders writes around.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::ReadAt;
+use crate::target::Sink;
+
+/// Environment variable that stops the process before its N+1th write (power-loss tests).
+pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
+/// Exit status when a fault was injected.
+pub const FAULT_EXIT: i32 = 86;
+
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    /// (what, start, len): where writes may land.
+    writable: Vec<(String, u64, u64)>,
+    pub writes: u64,
+    pub bytes_written: u64,
+    fault_after: Option<u64>,
+    /// A dry run: writes are counted but not made.
+    dry: bool,
+}
+
+impl Disk {
+    pub fn new(file: File, path: &Path, size: u64, dry: bool) -> Disk {
+        let fault_after = std::env::var(FAULT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        Disk {
+            file,
+            path: path.to_path_buf(),
+            size,
+            writable: Vec::new(),
+            writes: 0,
+            bytes_written: 0,
+            fault_after,
+            dry,
+        }
+    }
+
+    /// Turns dry-run mode on or off; counters restart.
+    pub fn set_dry(&mut self, dry: bool) {
+        self.dry = dry;
+        self.writes = 0;
+        self.bytes_written = 0;
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Allows writes inside `[start, start+len)`.
+    pub fn allow(&mut self, what: &str, start: u64, len: u64) {
+        self.writable.push((what.to_string(), start, len));
+    }
+
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if !self
+            .writable
+            .iter()
+            .any(|(_, s, l)| offset >= *s && end <= s + l)
+        {
+            return Err(Error::io(
+                format!("{}", self.path.display()),
+                io::Error::other(format!(
+                    "refusing a write at byte {offset}+{}: outside every region this upgrade may change",
+                    bytes.len()
+                )),
+            ));
+        }
+        if !self.dry && self.fault_after == Some(self.writes) {
+            // Simulated power loss: what was written stays, nothing more is.
+            eprintln!(
+                "skiff-flash: fault injected: stopping before write {} ({FAULT_ENV})",
+                self.writes + 1
+            );
+            std::process::exit(FAULT_EXIT);
+        }
+        self.writes += 1;
+        self.bytes_written += bytes.len() as u64;
+        if self.dry {
+            return Ok(());
+        }
+        self.file.write_all_at(bytes, offset).map_err(|e| {
+            Error::io(
+                format!("writing {} at byte {offset}", self.path.display()),
+                e,
+            )
+        })
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset).map_err(|e| {
+            Error::io(
+                format!("reading {} at byte {offset}", self.path.display()),
+                e,
+            )
+        })
+    }
+
+    /// Makes every write so far durable before any later one (fsync: data and device cache).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.dry {
+            return Ok(());
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+}
+
+impl ReadAt for Disk {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// A partition of the disk as a sink that writes only what differs from what is there:
+/// unchanged blocks cost a read, not a write (and not flash wear).
+pub struct DiffSink<'a> {
+    pub disk: &'a mut Disk,
+    pub base: u64,
+    pub len: u64,
+    pub skipped: u64,
+    pub error: Option<Error>,
+}
+
+impl DiffSink<'_> {
+    fn put(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset.saturating_add(bytes.len() as u64) > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("write at {offset} leaves the {}-byte partition", self.len),
+            ));
+        }
+        let mut old = vec![0u8; bytes.len()];
+        FileExt::read_exact_at(&self.disk.file, &mut old, self.base + offset)?;
+        // Compare and write in 4 KiB blocks.
+        let mut i = 0;
+        while i < bytes.len() {
+            let j = (i + 4096).min(bytes.len());
+            if old[i..j] == bytes[i..j] {
+                self.skipped += (j - i) as u64;
+                i = j;
+                continue;
+            }
+            let mut k = j;
+            while k < bytes.len() {
+                let m = (k + 4096).min(bytes.len());
+                if old[k..m] == bytes[k..m] {
+                    break;
+                }
+                k = m;
+            }
+            if let Err(e) = self
+                .disk
+                .write_at(self.base + (offset + i as u64), &bytes[i..k])
+            {
+                let msg = e.to_string();
+                self.error = Some(e);
+                return Err(io::Error::other(msg));
+            }
+            i = k;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for DiffSink<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.put(offset, bytes)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            self.put(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.len
+    }
+}

@@ -102,13 +102,15 @@ pub struct BootEdit {
     start: u64,
     geo: Geo,
     boot_sector: Vec<u8>,
-    fat_old: Vec<u8>,
+    /// Each FAT copy as found.
+    fats_old: Vec<Vec<u8>>,
     fat_staged: Vec<u8>,
     fat_final: Vec<u8>,
     puts: Vec<Put>,
     new_root: Option<u32>,
     backup_differs: bool,
     fsinfo: [u8; 512],
+    fsinfo_backup: [u8; 512],
     fsinfo_final: [u8; 512],
     pub changes: Vec<Change>,
     /// Bytes of clusters the new set needs beside the old one, and bytes free for it.
@@ -129,8 +131,9 @@ impl BootEdit {
     pub fn writes_anything(&self) -> bool {
         self.new_root.is_some()
             || self.backup_differs
-            || self.fat_final != self.fat_old
+            || self.fats_old.iter().any(|f| *f != self.fat_final)
             || self.fsinfo_final != self.fsinfo
+            || self.fsinfo_final != self.fsinfo_backup
     }
 
     /// Reads the partition and decides the edit; writes nothing.
@@ -160,9 +163,23 @@ impl BootEdit {
         disk.read_at(start + geo.backup * SECTOR, &mut backup)?;
         let mut fsinfo = [0u8; 512];
         disk.read_at(start + geo.fsinfo * SECTOR, &mut fsinfo)?;
+        let mut fsinfo_backup = [0u8; 512];
+        disk.read_at(
+            start + (geo.backup + geo.fsinfo) * SECTOR,
+            &mut fsinfo_backup,
+        )?;
+        // Every FAT copy as it is: an interrupted run may have left them different.
         let fat_len = (geo.clusters as usize + 2) * 4;
-        let mut fat_old = vec![0u8; fat_len];
-        disk.read_at(start + geo.reserved * SECTOR, &mut fat_old)?;
+        let mut fats_old = Vec::new();
+        for copy in 0..geo.nfats {
+            let mut f = vec![0u8; fat_len];
+            disk.read_at(
+                start + (geo.reserved + copy * geo.fat_sectors) * SECTOR,
+                &mut f,
+            )?;
+            fats_old.push(f);
+        }
+        let fat_old = fats_old[0].clone();
 
         // The old tree and every cluster it uses.
         let listed = vol.list().map_err(damaged)?;
@@ -456,13 +473,14 @@ impl BootEdit {
             start,
             geo,
             boot_sector: boot_new,
-            fat_old,
+            fats_old,
             fat_staged,
             fat_final,
             puts,
             new_root,
             backup_differs,
             fsinfo,
+            fsinfo_backup,
             fsinfo_final,
             changes,
             needs,
@@ -512,7 +530,9 @@ impl BootEdit {
                 }
             }
         }
-        self.write_fat(disk, &self.fat_old, &self.fat_staged)?;
+        for (copy, old) in self.fats_old.iter().enumerate() {
+            self.write_fat(disk, copy as u64, old, &self.fat_staged)?;
+        }
         disk.sync()?;
         if self.new_root.is_some() {
             // The switch: one sector.
@@ -523,9 +543,13 @@ impl BootEdit {
             disk.write_at(self.start + self.geo.backup * SECTOR, &self.boot_sector)?;
             disk.sync()?;
         }
-        self.write_fat(disk, &self.fat_staged, &self.fat_final)?;
+        for copy in 0..self.geo.nfats {
+            self.write_fat(disk, copy, &self.fat_staged, &self.fat_final)?;
+        }
         if self.fsinfo_final != self.fsinfo {
             disk.write_at(self.start + self.geo.fsinfo * SECTOR, &self.fsinfo_final)?;
+        }
+        if self.fsinfo_final != self.fsinfo_backup {
             disk.write_at(
                 self.start + (self.geo.backup + self.geo.fsinfo) * SECTOR,
                 &self.fsinfo_final,
@@ -534,10 +558,10 @@ impl BootEdit {
         disk.sync()
     }
 
-    /// Writes the FAT sectors that differ between `from` and `to`, in every FAT copy.
-    fn write_fat(&self, disk: &mut Disk, from: &[u8], to: &[u8]) -> Result<()> {
+    /// Writes the sectors of FAT copy `copy` that differ between `from` and `to`.
+    fn write_fat(&self, disk: &mut Disk, copy: u64, from: &[u8], to: &[u8]) -> Result<()> {
         let s = SECTOR as usize;
-        for copy in 0..self.geo.nfats {
+        {
             let base = self.start + (self.geo.reserved + copy * self.geo.fat_sectors) * SECTOR;
             let mut i = 0;
             while i < to.len() {

@@ -155,7 +155,7 @@ pub struct Report {
 }
 
 enum Edit {
-    Boot(BootEdit),
+    Boot(Box<BootEdit>),
     Rootfs(RootfsEdit),
 }
 
@@ -218,7 +218,7 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
                         e.lost_clusters
                     ));
                 }
-                edits.push((i, Edit::Boot(e)));
+                edits.push((i, Edit::Boot(Box::new(e))));
             }
             FsKind::Ext4 => {
                 let e = RootfsEdit::plan(disk, &spec, *start, *size, &keep)?;

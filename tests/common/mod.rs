@@ -230,3 +230,51 @@ pub fn extract(image: &Path, offset: u64, len: u64) -> tempfile::NamedTempFile {
     dst.as_file_mut().flush().unwrap();
     dst
 }
+
+/// A loop device over a fresh backing file; partitions are left to the tool under test.
+pub struct Card {
+    pub dev: String,
+    pub backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Card {
+    pub fn new(size: u64) -> Option<Card> {
+        if !need("losetup", "mount") || !need("partx", "util-linux") {
+            return None;
+        }
+        assert!(
+            is_root(),
+            "loop devices need root (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("card.img");
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let dev = losetup(&["-f", "--show", backing.to_str().unwrap()]);
+        Some(Card {
+            dev,
+            backing,
+            _dir: dir,
+        })
+    }
+
+    pub fn part(&self, n: u32) -> String {
+        format!("{}p{n}", self.dev)
+    }
+
+    pub fn hash(&self) -> String {
+        skiff_flash::release::sha256_file(&self.backing).unwrap()
+    }
+}
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = tool("umount", &[&self.part(1)]);
+        let _ = tool("umount", &[&self.part(3)]);
+        let _ = tool("partx", &["-d", &self.dev]);
+        let _ = tool("losetup", &["-d", &self.dev]);
+    }
+}

@@ -1,0 +1,559 @@
+//! Upgrading installed cards in place: build A flashed, user data written to persist
+//! through the kernel, upgraded to build B. Checked with mtools (the boot set), fsck.fat,
+//! e2fsck, kernel mounts, `verify`, and hashes of the persist partition's bytes; power
+//! loss simulated after every single write; refusals that write nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const EPOCH_B: &str = "1700086400";
+/// Exit status of a run stopped by the fault hook.
+const FAULT_EXIT: i32 = 86;
+
+fn pseudo(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Build B: a new kernel, a DTB dropped, a new overlay and boot file, new rootfs content.
+fn images_b(dir: &Path) -> PathBuf {
+    let b = dir.join("B");
+    copy_tree(&fixtures(), &b);
+    std::fs::write(b.join("Image"), pseudo(3_000_000, 7)).unwrap();
+    std::fs::remove_file(b.join("bcm2711-rpi-400.dtb")).unwrap();
+    std::fs::write(b.join("boot_part/new-in-b.txt"), b"only in build B\n").unwrap();
+    std::fs::write(
+        b.join("rpi-firmware/overlays/extra-b.dtbo"),
+        pseudo(40_000, 9),
+    )
+    .unwrap();
+    std::fs::write(b.join("rootfs_part/firmware-b.bin"), pseudo(200_000, 11)).unwrap();
+    b
+}
+
+fn sf(args: &[&str], epoch: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .env_remove("BINARIES_DIR")
+        .env_remove("SKIFF_FLASH_BOARD_PATH")
+        .env_remove("SKIFF_FLASH_FAULT_AFTER_WRITES")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn upgrade(target: &str, images: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "upgrade",
+        target,
+        "--board",
+        "pi/4",
+        "--images",
+        images.to_str().unwrap(),
+        "--yes",
+    ];
+    args.extend_from_slice(extra);
+    sf(&args, EPOCH_B, env)
+}
+
+/// A 1 GiB image of the board built from `images`.
+fn build(images: &Path, out: &Path, epoch: &str) {
+    build_sized(images, out, epoch, "1GiB");
+}
+
+fn build_sized(images: &Path, out: &Path, epoch: &str, size: &str) {
+    ok(&sf(
+        &[
+            "build",
+            "--board",
+            "pi/4",
+            "--images",
+            images.to_str().unwrap(),
+            "--size",
+            size,
+            "-o",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+        epoch,
+        &[],
+    ));
+}
+
+/// Partition `n` of a disk or image: (start, size) in bytes, from sfdisk.
+fn part_range(target: &str, n: usize) -> (u64, u64) {
+    let j: serde_json::Value =
+        serde_json::from_str(&tool_ok("sfdisk", &["--json", target])).unwrap();
+    let p = &j["partitiontable"]["partitions"][n - 1];
+    (
+        p["start"].as_u64().unwrap() * 512,
+        p["size"].as_u64().unwrap() * 512,
+    )
+}
+
+fn hash_range(path: &str, (start, len): (u64, u64)) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = f.read(&mut buf[..left.min(1 << 20) as usize]).unwrap();
+        assert!(n > 0);
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    skiff_flash::io::hex(&h.finalize())
+}
+
+/// The boot set as mtools reads it: every file's path and content hash.
+fn boot_set(target: &str, offset: Option<u64>) -> BTreeMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let img = match offset {
+        Some(o) => format!("{target}@@{o}"),
+        None => target.to_string(),
+    };
+    tool_ok(
+        "mcopy",
+        &["-s", "-n", "-i", &img, "::/*", dir.path().to_str().unwrap()],
+    );
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(
+                    rel,
+                    skiff_flash::io::hex(&Sha256::digest(std::fs::read(&p).unwrap())),
+                );
+            }
+        }
+    }
+    walk(dir.path(), dir.path(), &mut out);
+    out
+}
+
+fn needs_oracles() -> bool {
+    need("mcopy", "mtools")
+        && need("fsck.fat", "dosfstools")
+        && need("e2fsck", "e2fsprogs")
+        && need("sfdisk", "fdisk")
+}
+
+fn fsck_image(img: &Path) {
+    let s = img.to_str().unwrap();
+    let (o1, l1) = part_range(s, 1);
+    let p1 = extract(img, o1, l1);
+    let (code, out) = tool("fsck.fat", &["-n", p1.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "fsck.fat: {out}");
+    for n in [2, 3] {
+        let (o, l) = part_range(s, n);
+        let p = extract(img, o, l);
+        let (code, out) = tool("e2fsck", &["-fn", p.path().to_str().unwrap()]);
+        assert_eq!(code, 0, "e2fsck p{n}: {out}");
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+fn actions(report: &serde_json::Value) -> BTreeMap<String, String> {
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                format!(
+                    "{}:{}",
+                    c["partition"].as_str().unwrap(),
+                    c["path"].as_str().unwrap()
+                ),
+                c["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    let img = dir.path().join("card.img");
+    build(&fixtures(), &img, EPOCH);
+    let fresh_b = dir.path().join("b.img");
+    build(&b, &fresh_b, EPOCH_B);
+    let s = img.to_str().unwrap();
+    let persist = part_range(s, 3);
+    let before = hash_range(s, persist);
+
+    // A dry run writes nothing and says what will happen.
+    let pristine = std::fs::read(&img).unwrap();
+    let dry = json(&upgrade(s, &b, &["--dry-run", "--json"], &[]));
+    assert_eq!(std::fs::read(&img).unwrap(), pristine, "dry run wrote");
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["writes"].as_u64().unwrap() > 0);
+
+    let r = json(&upgrade(s, &b, &["--json"], &[]));
+    let a = actions(&r);
+    assert_eq!(a["boot:/Image"], "replaced");
+    assert_eq!(a["boot:/bcm2711-rpi-400.dtb"], "removed");
+    assert_eq!(a["boot:/new-in-b.txt"], "added");
+    assert_eq!(a["boot:/overlays/extra-b.dtbo"], "added");
+    assert_eq!(a["boot:/start4.elf"], "unchanged");
+    assert_eq!(a["rootfs:/firmware-b.bin"], "added");
+    assert_eq!(a["rootfs:/modules.squashfs"], "unchanged");
+    assert_eq!(
+        r["writes"], dry["writes"],
+        "the dry run counted the same writes"
+    );
+    let parts = r["partitions"].as_array().unwrap();
+    assert_eq!(parts[2]["outcome"], "untouched");
+
+    assert_eq!(hash_range(s, persist), before, "persist bytes changed");
+    fsck_image(&img);
+    let (o1, _) = part_range(s, 1);
+    let (b1, _) = part_range(fresh_b.to_str().unwrap(), 1);
+    assert_eq!(
+        boot_set(s, Some(o1)),
+        boot_set(fresh_b.to_str().unwrap(), Some(b1)),
+        "boot files equal build B's"
+    );
+    ok(&sf(
+        &[
+            "verify",
+            s,
+            "--board",
+            "pi/4",
+            "--images",
+            b.to_str().unwrap(),
+        ],
+        EPOCH_B,
+        &[],
+    ));
+
+    // Again: nothing to do, nothing written.
+    let again = json(&upgrade(s, &b, &["--json"], &[]));
+    assert_eq!(again["writes"], 0, "{again}");
+    assert!(actions(&again).values().all(|v| v == "unchanged"));
+}
+
+#[test]
+fn edited_config_and_user_files_are_kept_as_asked() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    let img = dir.path().join("card.img");
+    build(&fixtures(), &img, EPOCH);
+    let s = img.to_str().unwrap();
+    let (o1, _) = part_range(s, 1);
+    let at = format!("{s}@@{o1}");
+    // The user edits config.txt and adds files, on the card (mtools stamps them now).
+    let edited = dir.path().join("config.txt");
+    std::fs::write(&edited, b"# mine\ndtoverlay=my-hat\n").unwrap();
+    tool_ok(
+        "mcopy",
+        &["-o", "-i", &at, edited.to_str().unwrap(), "::/config.txt"],
+    );
+    let mine = dir.path().join("my-hat.dtbo");
+    std::fs::write(&mine, pseudo(5000, 3)).unwrap();
+    tool_ok(
+        "mcopy",
+        &["-i", &at, mine.to_str().unwrap(), "::/overlays/my-hat.dtbo"],
+    );
+    tool_ok(
+        "mcopy",
+        &["-i", &at, mine.to_str().unwrap(), "::/scratch.bin"],
+    );
+
+    let r = json(&upgrade(
+        s,
+        &b,
+        &["--json", "--keep", "/overlays/my-*.dtbo"],
+        &[],
+    ));
+    let a = actions(&r);
+    assert_eq!(a["boot:/config.txt"], "kept", "{r}");
+    assert_eq!(a["boot:/overlays/my-hat.dtbo"], "kept");
+    assert_eq!(a["boot:/scratch.bin"], "removed");
+    let set = boot_set(s, Some(o1));
+    let digest = |p: &Path| skiff_flash::io::hex(&Sha256::digest(std::fs::read(p).unwrap()));
+    assert_eq!(set["config.txt"], digest(&edited));
+    assert_eq!(set["overlays/my-hat.dtbo"], digest(&mine));
+    assert!(!set.contains_key("scratch.bin"));
+    fsck_image(&img);
+
+    // --force-config replaces it; the kept overlay stays only while asked for.
+    let r = json(&upgrade(s, &b, &["--json", "--force-config"], &[]));
+    let a = actions(&r);
+    assert_eq!(a["boot:/config.txt"], "replaced");
+    assert_eq!(a["boot:/overlays/my-hat.dtbo"], "removed");
+    let set = boot_set(s, Some(o1));
+    assert_ne!(set["config.txt"], digest(&edited));
+    fsck_image(&img);
+}
+
+#[test]
+fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    // Small images: the card is copied afresh for every fault point.
+    let a_img = dir.path().join("a.img");
+    build_sized(&fixtures(), &a_img, EPOCH, "400MiB");
+    let b_img = dir.path().join("b.img");
+    build_sized(&b, &b_img, EPOCH_B, "400MiB");
+    let (o1, _) = part_range(a_img.to_str().unwrap(), 1);
+    let old_set = boot_set(a_img.to_str().unwrap(), Some(o1));
+    let new_set = boot_set(b_img.to_str().unwrap(), Some(o1));
+    assert_ne!(old_set, new_set);
+    let persist = part_range(a_img.to_str().unwrap(), 3);
+    let persist_hash = hash_range(a_img.to_str().unwrap(), persist);
+
+    // How many writes a whole upgrade makes.
+    let probe = dir.path().join("probe.img");
+    std::fs::copy(&a_img, &probe).unwrap();
+    let total = json(&upgrade(probe.to_str().unwrap(), &b, &["--json"], &[]))["writes"]
+        .as_u64()
+        .unwrap();
+    assert!(total > 5, "{total} writes");
+
+    let card = dir.path().join("card.img");
+    let (mut old_seen, mut new_seen) = (0, 0);
+    for k in 0..total {
+        std::fs::copy(&a_img, &card).unwrap();
+        let s = card.to_str().unwrap();
+        let out = upgrade(
+            s,
+            &b,
+            &[],
+            &[("SKIFF_FLASH_FAULT_AFTER_WRITES", &k.to_string())],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(FAULT_EXIT),
+            "stopped after {k} writes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let set = boot_set(s, Some(o1));
+        if set == old_set {
+            old_seen += 1;
+        } else if set == new_set {
+            new_seen += 1;
+        } else {
+            panic!("after {k} of {total} writes the boot set is neither old nor new");
+        }
+        assert_eq!(
+            hash_range(s, persist),
+            persist_hash,
+            "persist written (k={k})"
+        );
+        // Re-running completes the upgrade.
+        ok(&upgrade(s, &b, &[], &[]));
+        assert_eq!(boot_set(s, Some(o1)), new_set, "re-run after {k} writes");
+        fsck_image(&card);
+        assert_eq!(hash_range(s, persist), persist_hash);
+    }
+    assert!(
+        old_seen > 0 && new_seen > 0,
+        "old {old_seen}, new {new_seen}"
+    );
+}
+
+#[test]
+fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
+    if !needs_oracles() || !need("sgdisk", "gdisk") {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    let f = fixtures();
+    ok(&sf(
+        &[
+            &card.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            f.to_str().unwrap(),
+            "--yes",
+        ],
+        EPOCH,
+        &[],
+    ));
+    // User data through a real kernel mount of persist.
+    let mut written = BTreeMap::new();
+    {
+        let mnt = tempfile::tempdir().unwrap();
+        let m = mnt.path().to_str().unwrap();
+        tool_ok("mount", &[&card.part(3), m]);
+        std::fs::create_dir_all(mnt.path().join("home/user")).unwrap();
+        for i in 0..20u8 {
+            let p = format!("home/user/file-{i}.bin");
+            let data = pseudo(10_000 + 3000 * usize::from(i), i);
+            std::fs::write(mnt.path().join(&p), &data).unwrap();
+            written.insert(p, skiff_flash::io::hex(&Sha256::digest(&data)));
+        }
+        tool_ok("umount", &[m]);
+    }
+    let persist = part_range(&card.dev, 3);
+    let before = hash_range(&card.dev, persist);
+
+    let r = json(&upgrade(&card.dev, &b, &["--json"], &[]));
+    assert_eq!(actions(&r)["boot:/Image"], "replaced");
+    assert_eq!(
+        hash_range(&card.dev, persist),
+        before,
+        "persist bytes changed"
+    );
+
+    // What the board's kernel sees: partitions from the table, fsck-clean filesystems.
+    let (code, out) = tool("fsck.fat", &["-n", &card.part(1)]);
+    assert_eq!(code, 0, "fsck.fat: {out}");
+    for n in [2, 3] {
+        let (code, out) = tool("e2fsck", &["-fn", &card.part(n)]);
+        assert_eq!(code, 0, "e2fsck p{n}: {out}");
+    }
+    assert!(tool_ok("sgdisk", &["-v", &card.dev]).contains("No problems found"));
+    let boot = boot_set(&card.part(1), None);
+    assert!(boot.contains_key("new-in-b.txt") && !boot.contains_key("bcm2711-rpi-400.dtb"));
+    {
+        let m = Mount::ro(&card.part(3));
+        for (p, h) in &written {
+            let got = skiff_flash::io::hex(&Sha256::digest(
+                std::fs::read(m.dir.path().join(p)).unwrap(),
+            ));
+            assert_eq!(&got, h, "{p}");
+        }
+    }
+    {
+        let m = Mount::ro(&card.part(2));
+        assert_eq!(
+            snapshot(m.dir.path()),
+            snapshot(&b.join("rootfs_part")),
+            "rootfs holds build B's rootfs_part"
+        );
+    }
+    ok(&sf(
+        &[
+            "verify",
+            &card.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            b.to_str().unwrap(),
+        ],
+        EPOCH_B,
+        &[],
+    ));
+
+    // Power loss on the device too: stopped mid-way, then completed.
+    let c = images_b(&dir.path().join("C"));
+    std::fs::write(c.join("Image"), pseudo(2_500_000, 21)).unwrap();
+    let out = upgrade(
+        &card.dev,
+        &c,
+        &[],
+        &[("SKIFF_FLASH_FAULT_AFTER_WRITES", "8")],
+    );
+    assert_eq!(out.status.code(), Some(FAULT_EXIT));
+    ok(&upgrade(&card.dev, &c, &[], &[]));
+    let (code, out) = tool("fsck.fat", &["-n", &card.part(1)]);
+    assert_eq!(code, 0, "fsck.fat: {out}");
+    assert_eq!(hash_range(&card.dev, persist), before);
+}
+
+#[test]
+fn refusals_write_nothing() {
+    if !needs_oracles() {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let fs = f.to_str().unwrap();
+
+    // A card with another layout (pi/3x64: MBR) is not upgraded as pi/4.
+    ok(&sf(
+        &[&card.dev, "--board", "pi/3x64", "--images", fs, "--yes"],
+        EPOCH,
+        &[],
+    ));
+    let h = card.hash();
+    let out = upgrade(&card.dev, &f, &[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not hold board pi/4's layout")
+            && err.contains("MBR")
+            && err.contains("--reformat"),
+        "{err}"
+    );
+    assert_eq!(card.hash(), h);
+
+    // Not enough room beside the old set: says how much is missing.
+    ok(&sf(
+        &[&card.dev, "--board", "pi/4", "--images", fs, "--yes"],
+        EPOCH,
+        &[],
+    ));
+    let big = dir.path().join("big");
+    copy_tree(&f, &big);
+    let (_, boot_len) = part_range(&card.dev, 1);
+    std::fs::write(big.join("Image"), pseudo(boot_len as usize * 99 / 100, 5)).unwrap();
+    let h = card.hash();
+    let out = upgrade(&card.dev, &big, &[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no room") && err.contains("missing"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(card.hash(), h);
+
+    // A mounted partition (this kernel has no vfat: the ext4 rootfs stands in for boot).
+    tool_ok("partx", &["-u", &card.dev]);
+    let m = Mount::ro(&card.part(2));
+    let out = upgrade(&card.dev, &images_b(dir.path()), &[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mounted"), "{err}");
+    drop(m);
+    assert_eq!(card.hash(), h);
+
+    // A compressed image is refused, not decompressed somewhere.
+    let zst = dir.path().join("x.img.zst");
+    std::fs::write(&zst, b"whatever").unwrap();
+    let out = upgrade(zst.to_str().unwrap(), &f, &[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1091,6 +1091,46 @@ fn qemu_boot_arm64_uboot_bootscr() {
     arm64_path("arm64-bootscr", "virt/qemu-arm64");
 }
 
+/// An image flashed with build A, upgraded in place to build B (a new squashfs: new files
+/// and a new root directory, switched to in the boot sector), boots B's squashfs with A's
+/// persist: U-Boot follows the moved root directory.
+#[test]
+fn qemu_boot_arm64_after_upgrade() {
+    if !need(ARM64_PACKAGES, Some("arm64")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "arm64-upgraded";
+    let dir = run_dir(name);
+    let a = arm64_images(&dir.join("images"));
+    let mut i = Image::build(name, "virt/qemu-arm64", &dir, None, &[]);
+    let b = arm64_images(&dir.join("images-b"));
+    i.images = dir.join("images-b");
+    let img = i.img.to_str().unwrap().to_string();
+    let out = skiff_flash_ok(
+        &[
+            &["upgrade", &img][..],
+            &i.board_args(),
+            &["--yes", "--json"],
+        ]
+        .concat(),
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let changed: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "replaced")
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert!(changed.contains(&"/rootfs.squashfs"), "{report}");
+    let want = Expect {
+        persist: a.persist.clone(),
+        ..b
+    };
+    boot_and_check(&i, qemu_arm64(&i.img), Some(UBOOT_PROMPT), &want, "persist");
+}
+
 /// U-Boot reads the extlinux.conf skiff-flash wrote.
 #[test]
 fn qemu_boot_arm64_uboot_extlinux() {

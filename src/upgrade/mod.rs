@@ -189,7 +189,19 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
         };
         if p.grows {
             report.outcome = "untouched".into();
-            report.note = Some("user data: never written by an upgrade".into());
+            let files = p.fs.as_ref().map_or(0, |f| {
+                f.entries
+                    .iter()
+                    .filter(|e| !matches!(e.node, crate::tree::Node::Dir))
+                    .count()
+            });
+            report.note = Some(if files > 0 {
+                format!(
+                    "user data: never written by an upgrade, so the {files} files the build puts there (persist_part/, and rootfs_part/ on this layout) stay as they are"
+                )
+            } else {
+                "user data: never written by an upgrade".into()
+            });
             reports.push(report);
             continue;
         }

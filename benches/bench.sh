@@ -73,8 +73,16 @@
 #
 # Usage:  benches/bench.sh              (from any directory)
 #         BENCH_SECTIONS="flash verify" benches/bench.sh
+#   upgrade (root only) a FLASH_SIZE loop device flashed with the flash section's payload
+#           (build A), then per rep (FLASH_REPS): `skiff-flash upgrade DEV` to build B (a new
+#           kernel of the same size; everything else unchanged), again with nothing to do,
+#           and the alternative a user has without it, `skiff-flash flash DEV --board` of B
+#           (a full reflash, which erases persist). Cold caches before each timed run.
+#           Checked: persist's bytes are the same before and after the upgrade, `verify
+#           --board` of B passes. Target: upgrade >= 5x faster than the full reflash.
+#
 # Environment (defaults sized for a 2-core machine; a full run takes a few minutes):
-#   BENCH_SECTIONS     sections to run, any of "build flash zst verify" (default all)
+#   BENCH_SECTIONS     sections to run, any of "build flash zst verify upgrade" (default all)
 #   PAYLOAD_MIB        build: payload, MiB (default 100)
 #   REPS               build: repetitions per measurement (default 3)
 #   FLASH_PAYLOAD_MIB  flash and zst: payload, MiB (default 300)
@@ -105,7 +113,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH_SECTIONS=${BENCH_SECTIONS:-build flash zst verify}
+BENCH_SECTIONS=${BENCH_SECTIONS:-build flash zst verify upgrade}
 PAYLOAD_MIB=${PAYLOAD_MIB:-100}
 REPS=${REPS:-3}
 FLASH_PAYLOAD_MIB=${FLASH_PAYLOAD_MIB:-300}
@@ -146,7 +154,7 @@ done
 read -r -a SECTIONS <<<"$BENCH_SECTIONS"
 ((${#SECTIONS[@]})) || die "BENCH_SECTIONS is empty"
 for s in "${SECTIONS[@]}"; do
-    [[ $s =~ ^(build|flash|zst|verify)$ ]] || die "unknown section '$s' in BENCH_SECTIONS (build flash zst verify)"
+    [[ $s =~ ^(build|flash|zst|verify|upgrade)$ ]] || die "unknown section '$s' in BENCH_SECTIONS (build flash zst verify upgrade)"
 done
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
@@ -159,6 +167,7 @@ if want build; then
           [mke2fs]=e2fsprogs [e2fsck]=e2fsprogs)
 fi
 if want flash && ((IS_ROOT)); then PKG+=([losetup]=mount [bmaptool]=bmap-tools); fi
+if want upgrade && ((IS_ROOT)); then PKG+=([losetup]=mount [sfdisk]=fdisk); fi
 if want zst; then PKG+=([zstd]=zstd [xz]=xz-utils); fi
 missing=()
 for cmd in "${!PKG[@]}"; do
@@ -957,6 +966,87 @@ EOF
         printf '%s\n' "${notices[@]}"
     fi
     rm -f "$img" "$img.bmap" "$manifest"
+}
+
+# === section upgrade: in place, against a full reflash ==============================================
+section_upgrade() {
+    echo
+    echo "== upgrade: $FLASH_SIZE loop device flashed with build A ($FLASH_PAYLOAD_MIB MiB payload), upgraded to build B (new kernel) =="
+    if ((!IS_ROOT)); then
+        echo "SKIPPED: the upgrade section needs root (losetup)"
+        return
+    fi
+    local a b disk_bytes backing dio pre rep kernel_b persist_before persist_after check notices=()
+    a=$(payload_dir "$FLASH_PAYLOAD_MIB")
+    b="$WORK/images-upgrade-b"
+    rm -rf "$b"
+    cp -a "$a" "$b"
+    kernel_b=$(stat -c %s "$a/Image")
+    head -c 64 "$a/Image" >"$b/Image"
+    head -c $((kernel_b - 64)) /dev/urandom >>"$b/Image"
+    disk_bytes=$("$SF" plan --board "$BOARD" --images "$a" --size "$FLASH_SIZE" --json | jq -r .disk_size)
+    backing="$WORK/upgrade-backing.bin"
+    fallocate -l "$disk_bytes" "$backing" 2>/dev/null || truncate -s "$disk_bytes" "$backing"
+    if ! LOOPDEV=$(losetup -f --show --direct-io=on "$backing" 2>/dev/null); then
+        LOOPDEV=$(losetup -f --show "$backing") || { echo "SKIPPED: losetup could not attach $backing"; LOOPDEV=""; return; }
+    fi
+    dio=$(losetup -n -O DIO -l "$LOOPDEV" | tr -d ' ')
+    [[ $dio == 1 ]] || notices+=("NOTICE: $LOOPDEV has direct-io off; page cache may flatter every row")
+    persist_hash() {
+        local start size
+        read -r start size < <(sfdisk --json "$LOOPDEV" | jq -r '.partitiontable.partitions[2] | "\(.start) \(.size)"')
+        dd if="$LOOPDEV" bs=512 skip="$start" count="$size" status=none | sha256sum | cut -d' ' -f1
+    }
+    for ((rep = 0; rep < FLASH_REPS; rep++)); do
+        "$SF" flash "$LOOPDEV" --board "$BOARD" --images "$a" --yes --no-verify --quiet >/dev/null \
+            || die "flashing build A failed"
+        persist_before=$(persist_hash)
+        pre="$RES/u-upgrade"
+        must "$pre" "skiff-flash upgrade" timed_cold "$pre" \
+            "$SF" upgrade "$LOOPDEV" --board "$BOARD" --images "$b" --yes --json
+        jq -r .bytes_written "$pre.out" >>"$pre.bytes"
+        persist_after=$(persist_hash)
+        [[ $persist_before == "$persist_after" ]] || die "the upgrade changed persist's bytes"
+        pre="$RES/u-noop"
+        must "$pre" "skiff-flash upgrade (nothing to do)" timed_cold "$pre" \
+            "$SF" upgrade "$LOOPDEV" --board "$BOARD" --images "$b" --yes --json
+        jq -r .bytes_written "$pre.out" >>"$pre.bytes"
+        if ((rep == 0)); then
+            if "$SF" verify "$LOOPDEV" --board "$BOARD" --images "$b" >/dev/null 2>&1; then
+                check="persist bytes unchanged, verify --board B ok"
+            else
+                check="verify --board B FAILED"
+                notices+=("NOTICE: verify --board fails after the upgrade")
+            fi
+        fi
+        pre="$RES/u-flash"
+        must "$pre" "skiff-flash flash --board" timed_cold "$pre" \
+            "$SF" flash "$LOOPDEV" --board "$BOARD" --images "$b" --yes --no-verify --json
+        sf_report "$pre"
+    done
+    losetup -d "$LOOPDEV" || log "bench: could not detach $LOOPDEV"
+    LOOPDEV=""
+    rm -f "$backing"
+    rm -rf "$b"
+
+    echo "device: $(mib "$disk_bytes") MiB loop device (direct-io $([[ $dio == 1 ]] && echo on || echo off)); B differs from A in its $(mib "$kernel_b") MiB kernel; $FLASH_REPS reps"
+    echo
+    row_head
+    row "skiff-flash upgrade A -> B" "$RES/u-upgrade" "$(tail -n 1 "$RES/u-upgrade.bytes")" "$check"
+    row "skiff-flash upgrade B -> B (nothing to do)" "$RES/u-noop" "$(tail -n 1 "$RES/u-noop.bytes")" "reads and compares only"
+    row "skiff-flash flash --board B (full reflash)" "$RES/u-flash" "$(tail -n 1 "$RES/u-flash.bytes")" "erases persist"
+    echo
+    echo "ratios (best wall times):"
+    local rt
+    rt=$(ratio "$(best "$RES/u-flash.times")" "$(best "$RES/u-upgrade.times")")
+    printf "$RATIO_X" "full reflash / upgrade time" "$rt" "$(mark "$rt" 5 ge) (target >= 5x)"
+    rt=$(ratio "$(tail -n 1 "$RES/u-flash.bytes")" "$(tail -n 1 "$RES/u-upgrade.bytes")")
+    printf "$RATIO_X" "bytes written: full reflash / upgrade" "$rt" "(info)"
+    printf "$RATIO_M" "skiff-flash upgrade peak RSS" "$(peak_mib "$RES/u-upgrade.times")" "(info)"
+    if ((${#notices[@]})); then
+        echo
+        printf '%s\n' "${notices[@]}"
+    fi
 }
 
 # === run ===========================================================================================

@@ -68,7 +68,11 @@ impl Geo {
         let fat_sectors = u32_at(36);
         let spc = u64::from(bs[13]);
         let total = u32_at(32);
-        let clusters = (total - reserved - nfats * fat_sectors) / spc;
+        let clusters = total
+            .checked_sub(reserved + nfats * fat_sectors)
+            .filter(|_| spc > 0 && nfats > 0)
+            .ok_or("boot sector: FATs larger than the volume")?
+            / spc;
         Ok(Geo {
             reserved,
             nfats,

@@ -306,3 +306,48 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
         bytes_written: disk.bytes_written,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Keep;
+
+    fn keep(list: &[(&str, &str)]) -> Keep {
+        Keep {
+            patterns: list
+                .iter()
+                .map(|(p, path)| {
+                    (
+                        (!p.is_empty()).then(|| p.to_string()),
+                        path.split('/')
+                            .filter(|c| !c.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn keep_patterns_match_paths_directories_and_globs() {
+        let k = keep(&[
+            ("", "/overlays/my-*.dtbo"),
+            ("", "/user"),
+            ("rootfs", "/extra"),
+        ]);
+        assert!(k.matches("boot", "/overlays/my-hat.dtbo"));
+        assert!(
+            k.matches("boot", "/OVERLAYS/MY-HAT.DTBO"),
+            "FAT ignores case"
+        );
+        assert!(!k.matches("boot", "/overlays/other.dtbo"));
+        assert!(
+            k.matches("boot", "/user/a/b.txt"),
+            "a directory keeps its content"
+        );
+        assert!(!k.matches("rootfs", "/user/a"), "no partition means boot");
+        assert!(k.matches("rootfs", "/extra/x"));
+        assert!(!k.matches("boot", "/extra/x"));
+        assert!(!k.matches("boot", "/us"));
+    }
+}

@@ -243,6 +243,19 @@ impl<'a> FatVolume<'a> {
 
     /// Streams a file's content to `sink` in cluster-sized pieces.
     pub fn read_file(&self, e: &FatEntry, sink: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+        self.read_file_while(e, &mut |b| {
+            sink(b);
+            true
+        })
+    }
+
+    /// Streams a file's content in pieces of up to 1 MiB (contiguous clusters are read
+    /// together) while `sink` returns true.
+    pub fn read_file_while(
+        &self,
+        e: &FatEntry,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), String> {
         if e.is_dir {
             return Err(format!("{} is a directory", e.path));
         }
@@ -257,13 +270,26 @@ impl<'a> FatVolume<'a> {
                 e.path
             ));
         }
-        let mut buf = vec![0u8; self.cluster_bytes as usize];
+        let per = ((1u64 << 20) / self.cluster_bytes).max(1) as usize;
+        let mut buf = vec![0u8; per * self.cluster_bytes as usize];
         let mut left = e.size;
-        for c in chain {
-            self.read_cluster(c, &mut buf)?;
-            let k = left.min(self.cluster_bytes) as usize;
-            sink(&buf[..k]);
-            left -= k as u64;
+        let mut i = 0;
+        while i < chain.len() && left > 0 {
+            // A run of consecutive clusters, at most `per` long.
+            let mut k = 1;
+            while i + k < chain.len() && k < per && chain[i + k] == chain[i] + k as u32 {
+                k += 1;
+            }
+            let bytes = (k as u64 * self.cluster_bytes).min(left) as usize;
+            let at = self.base + self.cluster_offset(chain[i]);
+            self.dev
+                .read_exact_at(&mut buf[..bytes], at)
+                .map_err(|err| format!("reading cluster {}: {err}", chain[i]))?;
+            if !sink(&buf[..bytes]) {
+                return Ok(());
+            }
+            left -= bytes as u64;
+            i += k;
         }
         Ok(())
     }

@@ -19,9 +19,6 @@
 //! fit in the clusters the old set leaves free, nothing is written.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fs::FsSpec;
@@ -639,52 +636,48 @@ fn dir_bytes(
     encode_directory(spec, me, (d.path != "/").then_some(up), &kids)
 }
 
-/// Whether a file on the card holds what `source` holds. A U-Boot image's header time and
-/// header CRC are the build's clock, not content.
+/// Whether a file on the card holds what `source` holds (compared as it streams, stopping
+/// at the first difference). A U-Boot image's header time and header CRC are the build's
+/// clock, not content.
 fn same(vol: &FatVolume<'_>, e: &FatEntry, source: &Source) -> Result<bool> {
     let mask = matches!(source, Source::Bytes(b) if b.starts_with(&UIMAGE_MAGIC));
-    let mut old = Sha256::new();
-    let mut at = 0u64;
-    let mut err = None;
-    vol.read_file(e, &mut |b: &[u8]| {
-        feed(&mut old, b, at, mask);
-        at += b.len() as u64;
-    })
-    .map_err(|m| err = Some(m))
-    .ok();
-    if err.is_some() {
-        // Unreadable on the card: replace it.
-        return Ok(false);
-    }
-    let mut new = Sha256::new();
     let mut r = crate::io::open(source, e.size)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
     let mut at = 0u64;
-    loop {
-        let n = r
-            .read(&mut buf)
-            .map_err(|er| Error::io(format!("reading {}", e.path), er))?;
-        if n == 0 {
-            break;
-        }
-        feed(&mut new, &buf[..n], at, mask);
-        at += n as u64;
-    }
-    Ok(old.finalize() == new.finalize())
-}
-
-fn feed(h: &mut Sha256, b: &[u8], at: u64, mask: bool) {
-    if mask && at < 12 {
-        let mut c = b.to_vec();
-        for (i, x) in c.iter_mut().enumerate() {
-            if (4..12).contains(&(at + i as u64)) {
-                *x = 0;
+    let mut equal = true;
+    let mut failed = None;
+    let read = vol.read_file_while(e, &mut |got: &[u8]| {
+        let w = &mut want[..got.len()];
+        match read_full(&mut r, w) {
+            Ok(n) if n == got.len() => {}
+            Ok(_) => {
+                equal = false;
+                return false;
+            }
+            Err(x) => {
+                failed = Some(x);
+                return false;
             }
         }
-        h.update(&c);
-    } else {
-        h.update(b);
+        let differs = if mask && at < 12 {
+            got.iter()
+                .zip(w.iter())
+                .enumerate()
+                .any(|(i, (a, b))| a != b && !(4..12).contains(&(at + i as u64)))
+        } else {
+            got != &w[..]
+        };
+        at += got.len() as u64;
+        if differs {
+            equal = false;
+        }
+        !differs
+    });
+    if let Some(x) = failed {
+        return Err(Error::io(format!("reading the build's {}", e.path), x));
     }
+    // Unreadable on the card: replace it.
+    Ok(read.is_ok() && equal)
 }
 
 #[cfg(test)]

@@ -10,11 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
 use crate::fs::{FsSpec, FsWriter, ext4::Ext4};
-use crate::io::{ReadAt, hex};
+use crate::io::{ReadAt, read_full};
 use crate::tree::{Entry, Node, Source, Tree};
 
 use super::disk::{DiffSink, Disk};
@@ -34,7 +32,6 @@ struct Found {
     uid: u32,
     gid: u32,
     size: u64,
-    sha256: Option<String>,
     target: Option<Vec<u8>>,
     ino: u32,
 }
@@ -99,37 +96,14 @@ fn walk(
             uid: inode.uid,
             gid: inode.gid,
             size: inode.size,
-            sha256: None,
             target: None,
             ino: d.inode,
         };
-        match kind {
-            S_IFREG => {
-                let extents = ext
-                    .extents(d.inode, &inode)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 1 << 20];
-                let mut off = 0;
-                loop {
-                    let n = ext
-                        .read_file_at(&inode, &extents, off, &mut buf)
-                        .map_err(|e| format!("{path}: {e}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                    off += n as u64;
-                }
-                f.sha256 = Some(hex(&h.finalize()));
-            }
-            S_IFLNK => {
-                f.target = Some(
-                    ext.symlink_target(d.inode)
-                        .map_err(|e| format!("{path}: {e}"))?,
-                );
-            }
-            _ => {}
+        if kind == S_IFLNK {
+            f.target = Some(
+                ext.symlink_target(d.inode)
+                    .map_err(|e| format!("{path}: {e}"))?,
+            );
         }
         let is_dir = kind == S_IFDIR;
         out.insert(path.clone(), f);
@@ -140,11 +114,37 @@ fn walk(
     Ok(())
 }
 
-fn source_sha(source: &Source, size: u64) -> Result<String> {
+/// Whether inode `ino` holds what `source` holds (streamed, stopping at a difference).
+fn same_file(
+    ext: &mkext4::reader::Fs<PartReader<'_>>,
+    ino: u32,
+    source: &Source,
+    size: u64,
+) -> Result<bool> {
+    let Ok(inode) = ext.inode(ino) else {
+        return Ok(false);
+    };
+    let Ok(extents) = ext.extents(ino, &inode) else {
+        return Ok(false);
+    };
     let mut r = crate::io::open(source, size)?;
-    std::io::copy(&mut r, &mut std::io::sink())
-        .map_err(|e| Error::io("reading a build file", e))?;
-    Ok(r.finish())
+    let mut got = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let Ok(n) = ext.read_file_at(&inode, &extents, off, &mut got) else {
+            return Ok(false);
+        };
+        if n == 0 {
+            return Ok(off == size);
+        }
+        let m =
+            read_full(&mut r, &mut want[..n]).map_err(|e| Error::io("reading a build file", e))?;
+        if m != n || got[..n] != want[..n] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
 }
 
 impl RootfsEdit {
@@ -165,19 +165,22 @@ impl RootfsEdit {
         let mut found = HashMap::new();
         let mut size = len / BLOCK * BLOCK;
         let mut unreadable = None;
-        match mkext4::reader::Fs::open(reader) {
+        let ext = match mkext4::reader::Fs::open(reader) {
             Ok(ext) => {
-                let sb = ext.superblock();
-                let blocks = sb.blocks_count;
+                let blocks = ext.superblock().blocks_count;
                 if blocks * BLOCK <= len {
                     size = blocks * BLOCK;
                 }
                 if let Err(m) = walk(&ext, 2, "", &mut found, 0) {
                     unreadable = Some(m);
                 }
+                Some(ext)
             }
-            Err(e) => unreadable = Some(e.to_string()),
-        }
+            Err(e) => {
+                unreadable = Some(e.to_string());
+                None
+            }
+        };
         let mut tree = spec.tree.clone();
         let mut changes = Vec::new();
         let mut differs = unreadable.is_some();
@@ -199,7 +202,10 @@ impl RootfsEdit {
                     Some(o)
                         if same_meta(o, S_IFREG)
                             && o.size == *size
-                            && o.sha256.as_deref() == Some(source_sha(source, *size)?.as_str()) =>
+                            && match &ext {
+                                Some(x) => same_file(x, o.ino, source, *size)?,
+                                None => false,
+                            } =>
                     {
                         (Action::Unchanged, Some(o.size), Some(*size))
                     }

@@ -146,6 +146,23 @@ impl ReadAt for Vec<u8> {
     }
 }
 
+/// A partition of a disk as mkext4's reader sees a filesystem: offsets from the partition's
+/// start, reads past its end refused.
+pub struct PartReader<'a> {
+    pub dev: &'a dyn ReadAt,
+    pub base: u64,
+    pub len: u64,
+}
+
+impl mkext4::reader::ReadAt for PartReader<'_> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.dev.read_exact_at(buf, self.base + offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -498,24 +498,9 @@ fn fat_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut
 }
 
 /// mkext4's reader over one partition of the target.
-struct PartReader<'a> {
-    dev: &'a dyn ReadAt,
-    base: u64,
-    len: u64,
-}
-
-impl mkext4::reader::ReadAt for PartReader<'_> {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if offset + buf.len() as u64 > self.len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.dev.read_exact_at(buf, self.base + offset)
-    }
-}
-
 fn ext4_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
     let Some(fs) = &p.fs else { return };
-    let r = PartReader {
+    let r = crate::io::PartReader {
         dev,
         base: p.start,
         len: p.size,

@@ -196,15 +196,21 @@ fn actions(report: &serde_json::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Build B's images dir, and build A as a 1 GiB image `card.img`.
+fn build_a_and_b(dir: &Path) -> (PathBuf, PathBuf) {
+    let b = images_b(dir);
+    let img = dir.join("card.img");
+    build(&fixtures(), &img, EPOCH);
+    (b, img)
+}
+
 #[test]
 fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
     if !needs_oracles() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let b = images_b(dir.path());
-    let img = dir.path().join("card.img");
-    build(&fixtures(), &img, EPOCH);
+    let (b, img) = build_a_and_b(dir.path());
     let fresh_b = dir.path().join("b.img");
     build(&b, &fresh_b, EPOCH_B);
     let s = img.to_str().unwrap();
@@ -268,9 +274,7 @@ fn edited_config_and_user_files_are_kept_as_asked() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let b = images_b(dir.path());
-    let img = dir.path().join("card.img");
-    build(&fixtures(), &img, EPOCH);
+    let (b, img) = build_a_and_b(dir.path());
     let s = img.to_str().unwrap();
     let (o1, _) = part_range(s, 1);
     let at = format!("{s}@@{o1}");

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::ImagesDir;
+
 use skiff_flash::board::Board;
 use skiff_flash::units::{bytes, human};
 use skiff_flash::verify::{self, Verdict};
@@ -16,15 +18,8 @@ pub struct VerifyArgs {
     /// Check meaning against this board's build (table, boot and rootfs files, blobs).
     #[arg(short, long, conflicts_with_all = ["image", "manifest"])]
     board: Option<String>,
-    /// Images directory (with --board).
-    #[arg(
-        short,
-        long,
-        env = "BINARIES_DIR",
-        default_value = "output/images",
-        value_name = "DIR"
-    )]
-    images: PathBuf,
+    #[command(flatten)]
+    dir: ImagesDir,
     #[arg(long)]
     seed: Option<String>,
     /// Compare bytes with this image (.img, .img.zst, .gz, .xz) over its mapped ranges.
@@ -65,7 +60,7 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         let plan = plan::make(
             &board,
             &plan::Options {
-                images: a.images.clone(),
+                images: a.dir.images.clone(),
                 size: None,
                 epoch,
                 seed: a.seed.clone(),

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
+use super::ImagesDir;
+
 use skiff_flash::board::Board;
 use skiff_flash::flash::{self, OnProgress, Progress, Report};
 use skiff_flash::target::blockdev::{self, DeviceInfo, SafetyPolicy};
@@ -31,15 +33,8 @@ pub struct FlashArgs {
     /// genimage's rootpath (with --genimage; default: empty).
     #[arg(long, value_name = "DIR", requires = "genimage")]
     pub(super) rootpath: Option<PathBuf>,
-    /// Buildroot images directory (with --board or --genimage).
-    #[arg(
-        short,
-        long,
-        env = "BINARIES_DIR",
-        default_value = "output/images",
-        value_name = "DIR"
-    )]
-    pub(super) images: PathBuf,
+    #[command(flatten)]
+    pub(super) dir: ImagesDir,
     /// Seed for identifiers (with --board; default: the board name).
     #[arg(long)]
     pub(super) seed: Option<String>,
@@ -170,7 +165,7 @@ fn source(
     let name = a.board.as_deref().or(shown.as_deref()).unwrap_or_default();
     let board = load(name)?;
     let opts = |size| plan::Options {
-        images: a.images.clone(),
+        images: a.dir.images.clone(),
         size,
         epoch,
         seed: a.seed.clone(),
@@ -187,11 +182,7 @@ fn source(
 }
 
 fn confirm(infos: &[DeviceInfo], what: &str) -> Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "refusing to write without confirmation: no terminal to ask on; pass --yes".into(),
-        ));
-    }
+    need_terminal()?;
     let mut err = std::io::stderr();
     let _ = writeln!(err, "About to write {what} to:");
     for i in infos {
@@ -217,10 +208,13 @@ fn confirm(infos: &[DeviceInfo], what: &str) -> Result<()> {
             let _ = writeln!(err, "      {}  {}", p.name, human(p.size));
         }
     }
-    let _ = write!(
-        err,
-        "Everything on these devices will be destroyed. Continue? [y/N] "
-    );
+    ask("Everything on these devices will be destroyed. Continue? [y/N] ")
+}
+
+/// Asks a yes/no question on the terminal; anything but yes is an error.
+pub(super) fn ask(question: &str) -> Result<()> {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question}");
     let _ = err.flush();
     let mut line = String::new();
     std::io::stdin()
@@ -230,6 +224,17 @@ fn confirm(infos: &[DeviceInfo], what: &str) -> Result<()> {
     match line.trim().to_lowercase().as_str() {
         "y" | "yes" => Ok(()),
         _ => Err(Error::Usage("not confirmed; nothing was written".into())),
+    }
+}
+
+/// Refuses to go on without a terminal to ask on.
+pub(super) fn need_terminal() -> Result<()> {
+    if std::io::stdin().is_terminal() {
+        Ok(())
+    } else {
+        Err(Error::Usage(
+            "refusing to write without confirmation: no terminal to ask on; pass --yes".into(),
+        ))
     }
 }
 

@@ -145,6 +145,20 @@ const COMMANDS: &[&str] = &[
     "help",
 ];
 
+/// Buildroot's images directory, as every command that reads a build takes it.
+#[derive(Args, Clone)]
+pub(super) struct ImagesDir {
+    /// Buildroot images directory (`BINARIES_DIR` in a post-image script).
+    #[arg(
+        short,
+        long,
+        env = "BINARIES_DIR",
+        default_value = "output/images",
+        value_name = "DIR"
+    )]
+    pub(super) images: PathBuf,
+}
+
 #[derive(Args)]
 struct Inputs {
     /// Board name as in SkiffOS configs (`pi/4`), or a path to a board .toml file.
@@ -163,15 +177,8 @@ struct Inputs {
     /// as Buildroot's genimage.sh passes).
     #[arg(long, value_name = "DIR", requires = "genimage")]
     rootpath: Option<PathBuf>,
-    /// Buildroot images directory.
-    #[arg(
-        short,
-        long,
-        env = "BINARIES_DIR",
-        default_value = "output/images",
-        value_name = "DIR"
-    )]
-    images: PathBuf,
+    #[command(flatten)]
+    dir: ImagesDir,
     /// Total disk size (e.g. 2GiB, 16GB); default: as small as the layout allows.
     #[arg(short, long, value_parser = size_arg)]
     size: Option<u64>,
@@ -281,7 +288,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
             cli.quiet,
             |b| match &a.genimage {
                 Some(cfg) => {
-                    let board = load_genimage(cfg, &a.images, a.rootpath.as_deref(), None)?;
+                    let board = load_genimage(cfg, &a.dir.images, a.rootpath.as_deref(), None)?;
                     warn(cli, &board.warnings);
                     Ok(board)
                 }
@@ -383,14 +390,14 @@ fn warn(cli: &Cli, warnings: &[String]) {
 
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
     let board = match (&i.genimage, &i.board) {
-        (Some(cfg), _) => load_genimage(cfg, &i.images, i.rootpath.as_deref(), i.size)?,
+        (Some(cfg), _) => load_genimage(cfg, &i.dir.images, i.rootpath.as_deref(), i.size)?,
         (None, Some(name)) => load_board(catalog, name)?,
         (None, None) => return Err(Error::Usage("give --board or --genimage".into())),
     };
     plan::make(
         &board,
         &plan::Options {
-            images: i.images.clone(),
+            images: i.dir.images.clone(),
             size: i.size,
             epoch: epoch()?,
             seed: i.seed.clone(),

@@ -1,11 +1,12 @@
 //! The `upgrade` command: check the card, show or make the in-place upgrade, report.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
+
+use super::ImagesDir;
 
 use skiff_flash::board::Board;
 use skiff_flash::target::blockdev::{self, SafetyPolicy};
@@ -23,15 +24,8 @@ pub struct UpgradeArgs {
     /// The board the card was flashed with.
     #[arg(short, long)]
     board: String,
-    /// Buildroot images directory of the new build.
-    #[arg(
-        short,
-        long,
-        env = "BINARIES_DIR",
-        default_value = "output/images",
-        value_name = "DIR"
-    )]
-    images: PathBuf,
+    #[command(flatten)]
+    dir: ImagesDir,
     /// Keep a file or directory that is not in the build: `PATH` in the boot partition or
     /// `PARTITION:PATH` (`rootfs:/extra`); `*` and `?` match within a name. Repeatable.
     #[arg(long, value_name = "PATH")]
@@ -69,7 +63,7 @@ pub fn upgrade(
             board: Some(a.board.clone()),
             genimage: None,
             rootpath: None,
-            images: a.images.clone(),
+            dir: a.dir.clone(),
             seed: None,
             image: None,
             bmap: None,
@@ -83,7 +77,7 @@ pub fn upgrade(
     let started = Instant::now();
     let board = load(&a.board)?;
     let opts = upgrade::Options {
-        images: a.images.clone(),
+        images: a.dir.images.clone(),
         epoch,
         keep: a.keep.clone(),
         force_config: a.force_config,
@@ -152,28 +146,12 @@ pub fn upgrade(
 }
 
 fn confirm(a: &UpgradeArgs, r: &Report) -> Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "refusing to write without confirmation: no terminal to ask on; pass --yes".into(),
-        ));
-    }
-    let mut err = std::io::stderr();
-    let _ = write!(err, "{}", text(r, 0));
-    let _ = write!(
-        err,
+    super::flash::need_terminal()?;
+    eprint!("{}", text(r, 0));
+    super::flash::ask(&format!(
         "Upgrade {} in place as shown (persist is not touched)? [y/N] ",
         a.target.display()
-    );
-    let _ = err.flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| Error::io("reading the answer", e))?;
-    match line.trim().to_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => Err(Error::Usage("not confirmed; nothing was written".into())),
-    }
+    ))
 }
 
 fn print(a: &UpgradeArgs, quiet: bool, verbose: u8, r: &Report, started: Instant) -> Result<()> {

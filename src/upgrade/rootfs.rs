@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::fs::{FsSpec, FsWriter, ext4::Ext4};
-use crate::io::{ReadAt, read_full};
+use crate::io::{PartReader, read_full};
 use crate::tree::{Entry, Node, Source, Tree};
 
 use super::disk::{DiffSink, Disk};
@@ -51,21 +51,6 @@ pub struct RootfsEdit {
     pub unreadable: Option<String>,
     /// Blocks left as they were / bytes written, after `apply`.
     pub skipped: u64,
-}
-
-struct PartReader<'a> {
-    dev: &'a dyn ReadAt,
-    base: u64,
-    len: u64,
-}
-
-impl mkext4::reader::ReadAt for PartReader<'_> {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if offset + buf.len() as u64 > self.len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.dev.read_exact_at(buf, self.base + offset)
-    }
 }
 
 fn walk(

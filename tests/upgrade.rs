@@ -1,7 +1,8 @@
 //! Upgrading installed cards in place: build A flashed, user data written to persist
 //! through the kernel, upgraded to build B. Checked with mtools (the boot set), fsck.fat,
 //! e2fsck, kernel mounts, `verify`, and hashes of the persist partition's bytes; power
-//! loss simulated after every single write; refusals that write nothing.
+//! loss simulated after every single write (also with a volatile write cache that loses
+//! unflushed writes); refusals that write nothing.
 
 mod common;
 
@@ -153,6 +154,18 @@ fn boot_set(target: &str, offset: Option<u64>) -> BTreeMap<String, String> {
     out
 }
 
+/// A copy that keeps the image's holes (the card is copied afresh for every fault point).
+fn sparse_copy(from: &Path, to: &Path) {
+    tool_ok(
+        "cp",
+        &[
+            "--sparse=always",
+            from.to_str().unwrap(),
+            to.to_str().unwrap(),
+        ],
+    );
+}
+
 fn needs_oracles() -> bool {
     need("mcopy", "mtools")
         && need("fsck.fat", "dosfstools")
@@ -160,18 +173,24 @@ fn needs_oracles() -> bool {
         && need("sfdisk", "fdisk")
 }
 
-fn fsck_image(img: &Path) {
+/// fsck.fat on partition 1, e2fsck on the others named.
+fn fsck_parts(img: &Path, parts: &[usize]) {
     let s = img.to_str().unwrap();
-    let (o1, l1) = part_range(s, 1);
-    let p1 = extract(img, o1, l1);
-    let (code, out) = tool("fsck.fat", &["-n", p1.path().to_str().unwrap()]);
-    assert_eq!(code, 0, "fsck.fat: {out}");
-    for n in [2, 3] {
+    for &n in parts {
         let (o, l) = part_range(s, n);
         let p = extract(img, o, l);
-        let (code, out) = tool("e2fsck", &["-fn", p.path().to_str().unwrap()]);
-        assert_eq!(code, 0, "e2fsck p{n}: {out}");
+        let path = p.path().to_str().unwrap();
+        let (code, out) = if n == 1 {
+            tool("fsck.fat", &["-n", path])
+        } else {
+            tool("e2fsck", &["-fn", path])
+        };
+        assert_eq!(code, 0, "fsck of partition {n}: {out}");
     }
+}
+
+fn fsck_image(img: &Path) {
+    fsck_parts(img, &[1, 2, 3]);
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -344,7 +363,7 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
 
     // How many writes a whole upgrade makes.
     let probe = dir.path().join("probe.img");
-    std::fs::copy(&a_img, &probe).unwrap();
+    sparse_copy(&a_img, &probe);
     let total = json(&upgrade(probe.to_str().unwrap(), &b, &["--json"], &[]))["writes"]
         .as_u64()
         .unwrap();
@@ -353,7 +372,7 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
     let card = dir.path().join("card.img");
     let (mut old_seen, mut new_seen) = (0, 0);
     for k in 0..total {
-        std::fs::copy(&a_img, &card).unwrap();
+        sparse_copy(&a_img, &card);
         let s = card.to_str().unwrap();
         let out = upgrade(
             s,
@@ -383,13 +402,48 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
         // Re-running completes the upgrade.
         ok(&upgrade(s, &b, &[], &[]));
         assert_eq!(boot_set(s, Some(o1)), new_set, "re-run after {k} writes");
-        fsck_image(&card);
+        fsck_parts(&card, &[1, 2]);
         assert_eq!(hash_range(s, persist), persist_hash);
     }
     assert!(
         old_seen > 0 && new_seen > 0,
         "old {old_seen}, new {new_seen}"
     );
+
+    // A volatile write cache: power fails at a write or during a flush, and any subset of
+    // the writes since the last flush reaches the medium (three subsets per point).
+    for k in 0..=total {
+        for seed in 1..=3u32 {
+            sparse_copy(&a_img, &card);
+            let s = card.to_str().unwrap();
+            let env = [
+                ("SKIFF_FLASH_FAULT_AFTER_WRITES", k.to_string()),
+                ("SKIFF_FLASH_FAULT_CACHE", "lose".to_string()),
+                ("SKIFF_FLASH_FAULT_SEED", seed.to_string()),
+            ];
+            let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (*a, b.as_str())).collect();
+            let out = upgrade(s, &b, &[], &env);
+            assert!(
+                out.status.code() == Some(FAULT_EXIT) || (k == total && out.status.success()),
+                "k={k}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let set = boot_set(s, Some(o1));
+            assert!(
+                set == old_set || set == new_set,
+                "power lost after {k} of {total} writes (cache subset {seed}): the boot set is neither old nor new"
+            );
+            if seed == 1 {
+                ok(&upgrade(s, &b, &[], &[]));
+                assert_eq!(
+                    boot_set(s, Some(o1)),
+                    new_set,
+                    "re-run after {k} writes, lossy"
+                );
+                fsck_parts(&card, &[1]);
+            }
+        }
+    }
 }
 
 #[test]

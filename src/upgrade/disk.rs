@@ -13,6 +13,12 @@ use crate::target::Sink;
 
 /// Environment variable that stops the process before its N+1th write (power-loss tests).
 pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
+/// With the fault variable: `lose` makes writes stay in memory until the next flush, and
+/// the fault keeps only a pseudo-random subset of them, as a device's volatile write cache
+/// may on power loss.
+pub const FAULT_CACHE_ENV: &str = "SKIFF_FLASH_FAULT_CACHE";
+/// Varies which unflushed writes a `lose` fault keeps.
+pub const FAULT_SEED_ENV: &str = "SKIFF_FLASH_FAULT_SEED";
 /// Exit status when a fault was injected.
 pub const FAULT_EXIT: i32 = 86;
 
@@ -25,6 +31,8 @@ pub struct Disk {
     pub writes: u64,
     pub bytes_written: u64,
     fault_after: Option<u64>,
+    /// Writes since the last flush, when simulating a volatile cache.
+    pending: Option<Vec<(u64, Vec<u8>)>>,
     /// A dry run: writes are counted but not made.
     dry: bool,
 }
@@ -34,6 +42,8 @@ impl Disk {
         let fault_after = std::env::var(FAULT_ENV)
             .ok()
             .and_then(|v| v.trim().parse().ok());
+        let lose = fault_after.is_some()
+            && std::env::var(FAULT_CACHE_ENV).is_ok_and(|v| v.trim() == "lose");
         Disk {
             file,
             path: path.to_path_buf(),
@@ -42,6 +52,7 @@ impl Disk {
             writes: 0,
             bytes_written: 0,
             fault_after,
+            pending: lose.then(Vec::new),
             dry,
         }
     }
@@ -82,16 +93,15 @@ impl Disk {
             ));
         }
         if !self.dry && self.fault_after == Some(self.writes) {
-            // Simulated power loss: what was written stays, nothing more is.
-            eprintln!(
-                "skiff-flash: fault injected: stopping before write {} ({FAULT_ENV})",
-                self.writes + 1
-            );
-            std::process::exit(FAULT_EXIT);
+            self.power_loss();
         }
         self.writes += 1;
         self.bytes_written += bytes.len() as u64;
         if self.dry {
+            return Ok(());
+        }
+        if let Some(p) = &mut self.pending {
+            p.push((offset, bytes.to_vec()));
             return Ok(());
         }
         self.file.write_all_at(bytes, offset).map_err(|e| {
@@ -102,8 +112,42 @@ impl Disk {
         })
     }
 
+    /// Simulated power loss (fault injection): what reached the medium stays; with a
+    /// volatile cache, a pseudo-random subset of the unflushed writes reaches it, in any
+    /// order. Then the process ends.
+    fn power_loss(&mut self) -> ! {
+        if let Some(pending) = self.pending.take() {
+            let seed = std::env::var(FAULT_SEED_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let mut x = self.writes ^ seed.rotate_left(32);
+            let mut kept: Vec<&(u64, Vec<u8>)> = Vec::new();
+            for w in &pending {
+                // splitmix64: one well-mixed bit per write.
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                if (z ^ (z >> 31)) >> 63 == 1 {
+                    kept.push(w);
+                }
+            }
+            kept.reverse();
+            for (o, b) in kept {
+                let _ = self.file.write_all_at(b, *o);
+            }
+            let _ = self.file.sync_all();
+        }
+        eprintln!(
+            "skiff-flash: fault injected: stopping before write {} ({FAULT_ENV})",
+            self.writes + 1
+        );
+        std::process::exit(FAULT_EXIT);
+    }
+
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        FileExt::read_exact_at(&self.file, buf, offset).map_err(|e| {
+        self.read_through(buf, offset).map_err(|e| {
             Error::io(
                 format!("reading {} at byte {offset}", self.path.display()),
                 e,
@@ -111,10 +155,35 @@ impl Disk {
         })
     }
 
+    /// Reads the medium, then what is still in the simulated cache over it.
+    fn read_through(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)?;
+        let end = offset + buf.len() as u64;
+        for (o, b) in self.pending.iter().flatten() {
+            let (s, e) = ((*o).max(offset), (o + b.len() as u64).min(end));
+            if s < e {
+                buf[(s - offset) as usize..(e - offset) as usize]
+                    .copy_from_slice(&b[(s - o) as usize..(e - o) as usize]);
+            }
+        }
+        Ok(())
+    }
+
     /// Makes every write so far durable before any later one (fsync: data and device cache).
     pub fn sync(&mut self) -> Result<()> {
         if self.dry {
             return Ok(());
+        }
+        // Power may also fail while a flush is under way.
+        if self.fault_after == Some(self.writes) {
+            self.power_loss();
+        }
+        if let Some(p) = &mut self.pending {
+            for (o, b) in std::mem::take(p) {
+                self.file
+                    .write_all_at(&b, o)
+                    .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+            }
         }
         self.file
             .sync_all()
@@ -124,7 +193,7 @@ impl Disk {
 
 impl ReadAt for Disk {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        FileExt::read_exact_at(&self.file, buf, offset)
+        self.read_through(buf, offset)
     }
 
     fn size(&self) -> u64 {
@@ -151,7 +220,7 @@ impl DiffSink<'_> {
             ));
         }
         let mut old = vec![0u8; bytes.len()];
-        FileExt::read_exact_at(&self.disk.file, &mut old, self.base + offset)?;
+        self.disk.read_through(&mut old, self.base + offset)?;
         // Compare and write in 4 KiB blocks.
         let mut i = 0;
         while i < bytes.len() {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -210,32 +210,6 @@ fn synth_images(board: &Value, full: bool) -> tempfile::TempDir {
     dir
 }
 
-/// Copies a partition out of a sparse image into a sparse temp file (holes stay holes, so
-/// this is cheap however large the partition is).
-fn extract_sparse(image: &Path, offset: u64, len: u64) -> tempfile::NamedTempFile {
-    let mut src = std::fs::File::open(image).unwrap();
-    src.seek(SeekFrom::Start(offset)).unwrap();
-    let mut dst = tempfile::NamedTempFile::new().unwrap();
-    let f = dst.as_file_mut();
-    let mut buf = vec![0u8; 1 << 20];
-    let zeros = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < len {
-        let n = buf.len().min((len - done) as usize);
-        src.read_exact(&mut buf[..n]).unwrap();
-        // Slice equality is a memcmp, fast even in a debug build.
-        if buf[..n] == zeros[..n] {
-            f.seek(SeekFrom::Current(n as i64)).unwrap();
-        } else {
-            f.write_all(&buf[..n]).unwrap();
-        }
-        done += n as u64;
-    }
-    f.set_len(len).unwrap();
-    f.flush().unwrap();
-    dst
-}
-
 fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
     let mut f = std::fs::File::open(path).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();
@@ -430,7 +404,7 @@ fn check_board(name: &str) -> Vec<String> {
         let Some(fs) = pd["fs"].as_str() else {
             continue;
         };
-        let part = extract_sparse(
+        let part = extract(
             &img,
             p["start"].as_u64().unwrap(),
             p["size"].as_u64().unwrap(),
@@ -552,7 +526,7 @@ impl Built {
 
     fn extract(&self, id: &str) -> tempfile::NamedTempFile {
         let p = self.part(id);
-        extract_sparse(
+        extract(
             &self.img,
             p["start"].as_u64().unwrap(),
             p["size"].as_u64().unwrap(),
@@ -728,7 +702,7 @@ fn assert_table(b: &Built, kind: &str, skiff_first_start: u64, want: &[Want]) {
             assert_eq!(d.name.as_deref(), w.gpt_name, "{}: GPT name", w.label);
             assert!(!d.attrs.contains("LegacyBIOSBootable"), "{}", w.label);
         }
-        let part = extract_sparse(&b.img, d.start * 512, d.size * 512);
+        let part = extract(&b.img, d.start * 512, d.size * 512);
         let id = blkid(part.path());
         assert_eq!(
             id.get("TYPE").map(String::as_str),

@@ -609,9 +609,137 @@ fn refusals_write_nothing() {
     drop(m);
     assert_eq!(card.hash(), h);
 
+    // No terminal to confirm on and no --yes: nothing is written.
+    let bdir = images_b(&dir.path().join("b2"));
+    let out = sf(
+        &[
+            "upgrade",
+            &card.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            bdir.to_str().unwrap(),
+        ],
+        EPOCH_B,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(card.hash(), h);
+
+    // --reformat is the explicit way to start over: a full flash, here to another layout.
+    ok(&sf(
+        &[
+            "upgrade",
+            &card.dev,
+            "--board",
+            "pi/3x64",
+            "--images",
+            fs,
+            "--reformat",
+            "--yes",
+        ],
+        EPOCH,
+        &[],
+    ));
+    let dump = tool_ok("sfdisk", &["--dump", &card.dev]);
+    assert!(dump.contains("label: dos"), "{dump}");
+
     // A compressed image is refused, not decompressed somewhere.
     let zst = dir.path().join("x.img.zst");
     std::fs::write(&zst, b"whatever").unwrap();
     let out = upgrade(zst.to_str().unwrap(), &f, &[], &[]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A card flashed with another seed has other PARTUUIDs: the upgraded boot config names the
+/// card's, not the ones the board would derive.
+#[test]
+fn upgraded_configs_name_the_cards_own_identifiers() {
+    if !need("mtype", "mtools") || !need("sfdisk", "fdisk") {
+        return;
+    }
+    let board = "virt/qemu-arm64-extlinux";
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let img = dir.path().join("card.img");
+    let s = img.to_str().unwrap();
+    ok(&sf(
+        &[
+            "build",
+            "--board",
+            board,
+            "--images",
+            f.to_str().unwrap(),
+            "--seed",
+            "other-card",
+            "-o",
+            s,
+            "-q",
+        ],
+        EPOCH,
+        &[],
+    ));
+    let partuuid = |seed: &[&str]| -> String {
+        let mut args = vec![
+            "plan",
+            "--board",
+            board,
+            "--images",
+            f.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(seed);
+        let p: serde_json::Value = serde_json::from_str(&ok(&sf(&args, EPOCH, &[]))).unwrap();
+        p["partitions"][0]["partuuid"].as_str().unwrap().to_string()
+    };
+    let (card_id, default_id) = (partuuid(&["--seed", "other-card"]), partuuid(&[]));
+    assert_ne!(card_id, default_id);
+
+    let b = dir.path().join("B");
+    copy_tree(&f, &b);
+    std::fs::write(b.join("Image"), pseudo(1_000_000, 4)).unwrap();
+    let out = sf(
+        &[
+            "upgrade",
+            s,
+            "--board",
+            board,
+            "--images",
+            b.to_str().unwrap(),
+            "--yes",
+            "--json",
+        ],
+        EPOCH_B,
+        &[],
+    );
+    let r = json(&out);
+    assert_eq!(actions(&r)["boot:/Image"], "replaced");
+    // This layout keeps rootfs_part/ and persist_part/ on persist: said, not written.
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("partition persist holds user data"),
+        "{notes}"
+    );
+
+    let (o1, _) = part_range(s, 1);
+    let conf = tool_ok(
+        "mtype",
+        &["-i", &format!("{s}@@{o1}"), "::/extlinux/extlinux.conf"],
+    );
+    assert!(conf.contains(&format!("root=PARTUUID={card_id}")), "{conf}");
+    ok(&sf(
+        &[
+            "verify",
+            s,
+            "--board",
+            board,
+            "--images",
+            b.to_str().unwrap(),
+            "--seed",
+            "other-card",
+        ],
+        EPOCH_B,
+        &[],
+    ));
 }

@@ -176,6 +176,7 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
     )?;
     let mut edits = Vec::new();
     let mut reports = Vec::new();
+    let mut notes = Vec::new();
     for (i, (p, (number, start, size))) in plan.partitions.iter().zip(&card.parts).enumerate() {
         let mut report = PartitionReport {
             id: p.id.clone(),
@@ -189,19 +190,23 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
         };
         if p.grows {
             report.outcome = "untouched".into();
-            let files = p.fs.as_ref().map_or(0, |f| {
+            report.note = Some("user data: never written by an upgrade".into());
+            let files: Vec<&str> = p.fs.as_ref().map_or(Vec::new(), |f| {
                 f.entries
                     .iter()
                     .filter(|e| !matches!(e.node, crate::tree::Node::Dir))
-                    .count()
+                    .map(|e| e.path.as_str())
+                    .collect()
             });
-            report.note = Some(if files > 0 {
-                format!(
-                    "user data: never written by an upgrade, so the {files} files the build puts there (persist_part/, and rootfs_part/ on this layout) stay as they are"
-                )
-            } else {
-                "user data: never written by an upgrade".into()
-            });
+            if !files.is_empty() {
+                notes.push(format!(
+                    "partition {} holds user data, so the {} files this board's build puts there ({}{}) are not updated; `flash` (or --reformat) writes them",
+                    p.id,
+                    files.len(),
+                    files.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+                    if files.len() > 3 { ", …" } else { "" }
+                ));
+            }
             reports.push(report);
             continue;
         }
@@ -247,7 +252,6 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
         }
         reports.push(report);
     }
-    let mut notes = Vec::new();
     for r in &plan.raw {
         let mut want = vec![0u8; r.length as usize];
         let mut got = vec![0u8; r.length as usize];

@@ -200,7 +200,7 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
             });
             if !files.is_empty() {
                 notes.push(format!(
-                    "partition {} holds user data, so the {} files this board's build puts there ({}{}) are not updated; `flash` (or --reformat) writes them",
+                    "partition {} holds user data and is never written: the build's {} files for it ({}{}) stay as the card has them (`flash` writes them)",
                     p.id,
                     files.len(),
                     files.iter().take(3).copied().collect::<Vec<_>>().join(", "),

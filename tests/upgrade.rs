@@ -743,3 +743,98 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
         &[],
     ));
 }
+
+/// A card formatted the SkiffOS way (sgdisk, mkfs.vfat, mke2fs, files copied with mtools)
+/// is upgraded in place: a FAT made by mkfs.fat, an ext4 made by mke2fs (1 KiB blocks,
+/// which is written again), persist untouched.
+#[test]
+fn card_formatted_by_mkfs_tools_is_upgraded() {
+    if !needs_oracles()
+        || !need("sgdisk", "gdisk")
+        || !need("mkfs.vfat", "dosfstools")
+        || !need("mkfs.ext4", "e2fsprogs")
+    {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    tool_ok(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+256M",
+            "-t",
+            "1:0700",
+            "-c",
+            "1:primary",
+            "-n",
+            "2:0:+128M",
+            "-t",
+            "2:8300",
+            "-c",
+            "2:primary",
+            "-n",
+            "3:0:0",
+            "-t",
+            "3:8300",
+            "-c",
+            "3:primary",
+            &card.dev,
+        ],
+    );
+    tool_ok("partx", &["-u", &card.dev]);
+    tool_ok("mkfs.vfat", &["-F", "32", "-n", "BOOT", &card.part(1)]);
+    tool_ok(
+        "mkfs.ext4",
+        &["-q", "-F", "-L", "rootfs", "-O", "^64bit", &card.part(2)],
+    );
+    tool_ok("mkfs.ext4", &["-q", "-F", "-L", "persist", &card.part(3)]);
+    let f = fixtures();
+    let p = |n: &str| f.join(n).to_str().unwrap().to_string();
+    let p1 = card.part(1);
+    tool_ok(
+        "mcopy",
+        &["-i", &p1, &p("Image"), &p("bcm2711-rpi-4-b.dtb"), "::/"],
+    );
+    tool_ok(
+        "mcopy",
+        &[
+            "-i",
+            &p1,
+            &p("rpi-firmware/start4.elf"),
+            "::/old-firmware.elf",
+        ],
+    );
+    let persist = part_range(&card.dev, 3);
+    let before = hash_range(&card.dev, persist);
+
+    let r = json(&upgrade(&card.dev, &f, &["--json"], &[]));
+    let a = actions(&r);
+    assert_eq!(a["boot:/Image"], "unchanged");
+    assert_eq!(a["boot:/old-firmware.elf"], "removed");
+    assert_eq!(a["boot:/rootfs.squashfs"], "added");
+    assert_eq!(r["partitions"][1]["outcome"], "rewritten", "{r}");
+    assert_eq!(
+        hash_range(&card.dev, persist),
+        before,
+        "persist bytes changed"
+    );
+
+    let (code, out) = tool("fsck.fat", &["-n", &p1]);
+    assert_eq!(code, 0, "fsck.fat: {out}");
+    for n in [2, 3] {
+        let (code, out) = tool("e2fsck", &["-fn", &card.part(n)]);
+        assert_eq!(code, 0, "e2fsck p{n}: {out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.img");
+    build(&f, &fresh, EPOCH_B);
+    let (o1, _) = part_range(fresh.to_str().unwrap(), 1);
+    assert_eq!(
+        boot_set(&p1, None),
+        boot_set(fresh.to_str().unwrap(), Some(o1))
+    );
+    let m = Mount::ro(&card.part(2));
+    assert_eq!(snapshot(m.dir.path()), snapshot(&f.join("rootfs_part")));
+}

@@ -38,6 +38,10 @@ pub enum Error {
         looked_in: Vec<PathBuf>,
     },
 
+    /// A partition on a card or image that is not what the operation needs.
+    #[error("partition {partition}: {message}")]
+    Partition { partition: String, message: String },
+
     /// An input file that exists but is not what it must be.
     #[error("{}: {message}", .path.display())]
     BadArtifact { path: PathBuf, message: String },
@@ -85,6 +89,13 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub(crate) fn partition(partition: &str, message: impl Into<String>) -> Self {
+        Error::Partition {
+            partition: partition.to_string(),
+            message: message.into(),
         }
     }
 

@@ -838,3 +838,61 @@ fn card_formatted_by_mkfs_tools_is_upgraded() {
     let m = Mount::ro(&card.part(2));
     assert_eq!(snapshot(m.dir.path()), snapshot(&f.join("rootfs_part")));
 }
+
+/// Damaged boot partitions (bytes flipped in the boot sector, the FATs and the root
+/// directory): the upgrade refuses or proceeds, but never panics and never writes persist.
+#[test]
+fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    let a_img = dir.path().join("a.img");
+    build_sized(&fixtures(), &a_img, EPOCH, "400MiB");
+    let s = a_img.to_str().unwrap();
+    let (o1, _) = part_range(s, 1);
+    let persist = part_range(s, 3);
+    let persist_hash = hash_range(s, persist);
+    let card = dir.path().join("card.img");
+    let (mut refused, mut done) = (0, 0);
+    for i in 0..40u64 {
+        sparse_copy(&a_img, &card);
+        let f = std::fs::OpenOptions::new().write(true).open(&card).unwrap();
+        let noise = pseudo(64, i as u8);
+        // Boot sector, FSInfo, first FAT sectors, the root directory's first cluster.
+        let spots = [0u64, 512, 16_384, 20_480, 33_000, 70_000];
+        let at = o1 + spots[(i % spots.len() as u64) as usize] + (i * 7) % 400;
+        let n = 1 + (i as usize % 8);
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise[..n], at).unwrap();
+        drop(f);
+        let cs = card.to_str().unwrap();
+        for extra in [&["--dry-run"][..], &[]] {
+            let out = upgrade(cs, &b, extra, &[]);
+            let code = out.status.code();
+            assert!(
+                code == Some(0) || code == Some(1) || code == Some(2),
+                "damage {i} at byte {at}: exit {code:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if code == Some(0) {
+                done += 1;
+            } else {
+                refused += 1;
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+                    1
+                );
+            }
+        }
+        assert_eq!(
+            hash_range(cs, persist),
+            persist_hash,
+            "damage {i}: persist written"
+        );
+    }
+    assert!(
+        refused > 0 && done > 0,
+        "refused {refused}, upgraded {done}"
+    );
+}

@@ -148,8 +148,8 @@ impl BootEdit {
     ) -> Result<BootEdit> {
         let part = spec.part.to_string();
         let damaged = |m: String| {
-            Error::board(
-                &format!("partition {part}"),
+            Error::partition(
+                &part,
                 format!(
                     "{m}; the FAT is damaged: repair it (fsck.fat) or start over with --reformat"
                 ),
@@ -404,8 +404,8 @@ impl BootEdit {
             }
             let have = free.len() as u64 * cb;
             if needs > have {
-                return Err(Error::board(
-                    &format!("partition {part}"),
+                return Err(Error::partition(
+                    &part,
                     format!(
                         "no room to write the new boot set beside the old one: it needs {} of new files and directories, {} is free ({} missing); free space on the card (--keep less) or start over with --reformat",
                         bytes(needs),
@@ -523,8 +523,8 @@ impl BootEdit {
                         }
                     }
                     if r.count() != *size {
-                        return Err(Error::board(
-                            &format!("partition {}", self.part),
+                        return Err(Error::partition(
+                            &self.part,
                             format!("{path}: source changed size while upgrading"),
                         ));
                     }
@@ -587,8 +587,7 @@ impl BootEdit {
 }
 
 fn insert(tree: &mut Tree, e: Entry, part: &str) -> Result<()> {
-    tree.insert(e)
-        .map_err(|c| Error::board(&format!("partition {part}"), c.0))
+    tree.insert(e).map_err(|c| Error::partition(&part, c.0))
 }
 
 fn tree_lookup<'a>(tree: &'a Tree, path: &str) -> Option<&'a Entry> {

@@ -252,12 +252,10 @@ impl RootfsEdit {
                         base: start,
                         len,
                     })
-                    .map_err(|e| {
-                        Error::board(&format!("partition {part}"), format!("ext4: {e}"))
-                    })?;
-                    let bytes = ext.read_file(o.ino).map_err(|e| {
-                        Error::board(&format!("partition {part}"), format!("{path}: {e}"))
-                    })?;
+                    .map_err(|e| Error::partition(&part, format!("ext4: {e}")))?;
+                    let bytes = ext
+                        .read_file(o.ino)
+                        .map_err(|e| Error::partition(&part, format!("{path}: {e}")))?;
                     Node::File {
                         size: bytes.len() as u64,
                         source: Source::Bytes(bytes),
@@ -352,18 +350,13 @@ impl RootfsEdit {
                 base: self.start,
                 len: self.size,
             })
-            .map_err(|e| {
-                Error::board(
-                    &format!("partition {}", self.part),
-                    format!("ext4 after writing: {e}"),
-                )
-            })?;
-            let inode = ext.inode(JOURNAL_INO).map_err(|e| {
-                Error::board(&format!("partition {}", self.part), format!("journal: {e}"))
-            })?;
-            let extents = ext.extents(JOURNAL_INO, &inode).map_err(|e| {
-                Error::board(&format!("partition {}", self.part), format!("journal: {e}"))
-            })?;
+            .map_err(|e| Error::partition(&self.part, format!("ext4 after writing: {e}")))?;
+            let inode = ext
+                .inode(JOURNAL_INO)
+                .map_err(|e| Error::partition(&self.part, format!("journal: {e}")))?;
+            let extents = ext
+                .extents(JOURNAL_INO, &inode)
+                .map_err(|e| Error::partition(&self.part, format!("journal: {e}")))?;
             extents
                 .iter()
                 .map(|x| {

@@ -587,7 +587,7 @@ impl BootEdit {
 }
 
 fn insert(tree: &mut Tree, e: Entry, part: &str) -> Result<()> {
-    tree.insert(e).map_err(|c| Error::partition(&part, c.0))
+    tree.insert(e).map_err(|c| Error::partition(part, c.0))
 }
 
 fn tree_lookup<'a>(tree: &'a Tree, path: &str) -> Option<&'a Entry> {

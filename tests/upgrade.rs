@@ -285,6 +285,16 @@ fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
     let again = json(&upgrade(s, &b, &["--json"], &[]));
     assert_eq!(again["writes"], 0, "{again}");
     assert!(actions(&again).values().all(|v| v == "unchanged"));
+
+    // A build that only adds an empty directory (and an empty file) is still an upgrade.
+    std::fs::create_dir_all(b.join("boot_part/empty-dir")).unwrap();
+    let more = json(&upgrade(s, &b, &["--json"], &[]));
+    assert!(more["writes"].as_u64().unwrap() > 0, "{more}");
+    tool_ok("mdir", &["-i", &format!("{s}@@{o1}"), "::/empty-dir"]);
+    std::fs::write(b.join("boot_part/empty-file"), b"").unwrap();
+    let a = actions(&json(&upgrade(s, &b, &["--json"], &[])));
+    assert_eq!(a["boot:/empty-file"], "added");
+    fsck_image(&img);
 }
 
 #[test]
@@ -315,6 +325,10 @@ fn edited_config_and_user_files_are_kept_as_asked() {
         &["-i", &at, mine.to_str().unwrap(), "::/scratch.bin"],
     );
 
+    // The user's tool renamed the directory's long name: FAT ignores case, so do we.
+    // (mtools moves it in two steps: it would not rename it onto itself.)
+    tool_ok("mren", &["-i", &at, "::/overlays", "::/Overlays.tmp"]);
+    tool_ok("mren", &["-i", &at, "::/Overlays.tmp", "::/Overlays"]);
     let r = json(&upgrade(
         s,
         &b,
@@ -323,7 +337,7 @@ fn edited_config_and_user_files_are_kept_as_asked() {
     ));
     let a = actions(&r);
     assert_eq!(a["boot:/config.txt"], "kept", "{r}");
-    assert_eq!(a["boot:/overlays/my-hat.dtbo"], "kept");
+    assert_eq!(a["boot:/Overlays/my-hat.dtbo"], "kept");
     assert_eq!(a["boot:/scratch.bin"], "removed");
     let set = boot_set(s, Some(o1));
     let digest = |p: &Path| skiff_flash::io::hex(&Sha256::digest(std::fs::read(p).unwrap()));
@@ -627,6 +641,25 @@ fn refusals_write_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(card.hash(), h);
 
+    // --reformat never combines with --dry-run (it would erase persist).
+    let out = sf(
+        &[
+            "upgrade",
+            &card.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            fs,
+            "--reformat",
+            "--dry-run",
+            "--yes",
+        ],
+        EPOCH,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(card.hash(), h);
+
     // --reformat is the explicit way to start over: a full flash, here to another layout.
     ok(&sf(
         &[
@@ -895,4 +928,113 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
         refused > 0 && done > 0,
         "refused {refused}, upgraded {done}"
     );
+}
+
+/// Boot-sector fields that point outside the reserved area (FSInfo, backup boot sector) are
+/// not followed: no write lands in file data through them.
+#[test]
+fn boot_sector_fields_outside_the_reserved_area_are_not_written_through() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = images_b(dir.path());
+    let img = dir.path().join("card.img");
+    build_sized(&fixtures(), &img, EPOCH, "400MiB");
+    let s = img.to_str().unwrap();
+    let (o1, _) = part_range(s, 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    // FSInfo at sector 4628 and the backup boot sector at 40000: inside the data area.
+    std::os::unix::fs::FileExt::write_all_at(&f, &4628u16.to_le_bytes(), o1 + 48).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &40000u16.to_le_bytes(), o1 + 50).unwrap();
+    drop(f);
+    let before = std::fs::read(&img).unwrap();
+    ok(&upgrade(s, &b, &[], &[]));
+    let after = std::fs::read(&img).unwrap();
+    for sector in [4628u64, 40000] {
+        let at = (o1 + sector * 512) as usize;
+        assert_eq!(
+            before[at..at + 512],
+            after[at..at + 512],
+            "sector {sector} written"
+        );
+    }
+    ok(&sf(
+        &[
+            "verify",
+            s,
+            "--board",
+            "pi/4",
+            "--images",
+            b.to_str().unwrap(),
+        ],
+        EPOCH_B,
+        &[],
+    ));
+}
+
+/// An ext4 boot partition (odroid/m1) cannot be switched atomically: refused unless the
+/// user accepts it, then rewritten.
+#[test]
+fn ext4_boot_partition_needs_consent() {
+    if !needs_oracles() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("A");
+    copy_tree(&fixtures(), &a);
+    std::fs::write(a.join("rootfs.cpio.uboot"), pseudo(5000, 1)).unwrap();
+    let img = dir.path().join("m1.img");
+    let s = img.to_str().unwrap();
+    ok(&sf(
+        &[
+            "build",
+            "--board",
+            "odroid/m1",
+            "--images",
+            a.to_str().unwrap(),
+            "-o",
+            s,
+            "-q",
+        ],
+        EPOCH,
+        &[],
+    ));
+    std::fs::write(a.join("Image"), pseudo(500_000, 2)).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let args = [
+        "upgrade",
+        s,
+        "--board",
+        "odroid/m1",
+        "--images",
+        a.to_str().unwrap(),
+        "--yes",
+    ];
+    let out = sf(&args, EPOCH_B, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-unsafe-boot"), "{err}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    ok(&sf(
+        &[&args[..], &["--allow-unsafe-boot"]].concat(),
+        EPOCH_B,
+        &[],
+    ));
+    let (o, l) = part_range(s, 1);
+    let p = extract(&img, o, l);
+    let (code, out) = tool("e2fsck", &["-fn", p.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "e2fsck: {out}");
+    ok(&sf(
+        &[
+            "verify",
+            s,
+            "--board",
+            "odroid/m1",
+            "--images",
+            a.to_str().unwrap(),
+        ],
+        EPOCH_B,
+        &[],
+    ));
 }

@@ -37,8 +37,11 @@ pub struct UpgradeArgs {
     #[arg(short = 'n', long)]
     dry_run: bool,
     /// Start over instead: a full flash of the board (erases persist).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dry_run", "keep", "force_config", "allow_unsafe_boot"])]
     reformat: bool,
+    /// Also rewrite a boot partition that is ext4 (odroid/m1's layout): not power-safe.
+    #[arg(long)]
+    allow_unsafe_boot: bool,
     /// Do not ask for confirmation.
     #[arg(short, long)]
     yes: bool,
@@ -81,6 +84,7 @@ pub fn upgrade(
         epoch,
         keep: a.keep.clone(),
         force_config: a.force_config,
+        allow_unsafe_boot: a.allow_unsafe_boot,
     };
     let meta = std::fs::metadata(&a.target)
         .map_err(|e| Error::Usage(format!("{}: {e}", a.target.display())))?;
@@ -130,8 +134,10 @@ pub fn upgrade(
     if device.is_some() && !a.yes {
         // Decide everything (writing nothing), show it, ask.
         disk.set_dry(true);
-        let preview = upgrade::upgrade(&mut disk, &board, &opts, true)?;
+        let mut preview = upgrade::upgrade(&mut disk, &board, &opts, true)?;
         if preview.writes == 0 {
+            // Nothing to write: this is the real run's result.
+            preview.dry_run = false;
             return print(a, quiet, verbose, &preview, started);
         }
         confirm(a, &preview)?;

@@ -46,38 +46,55 @@ struct Geo {
     fat_sectors: u64,
     cluster_bytes: u64,
     clusters: u32,
-    fsinfo: u64,
-    backup: u64,
+    /// FSInfo and backup boot sector numbers, when inside the reserved area.
+    fsinfo: Option<u64>,
+    backup: Option<u64>,
 }
 
 const SECTOR: u64 = 512;
 
 impl Geo {
-    fn read(bs: &[u8]) -> std::result::Result<Geo, String> {
+    /// The geometry as the reader (`FatVolume::open`) takes it, with the same checks, for a
+    /// volume in a partition of `len` bytes.
+    fn read(bs: &[u8], len: u64) -> std::result::Result<Geo, String> {
         let u16_at = |i: usize| u64::from(u16::from_le_bytes([bs[i], bs[i + 1]]));
         let u32_at =
             |i: usize| u64::from(u32::from_le_bytes([bs[i], bs[i + 1], bs[i + 2], bs[i + 3]]));
         if u16_at(11) != SECTOR {
             return Err(format!("{}-byte sectors (only 512 is edited)", u16_at(11)));
         }
+        if u16_at(40) & 0x80 != 0 {
+            return Err("FAT mirroring is off (one active FAT): not edited".into());
+        }
         let reserved = u16_at(14);
         let nfats = u64::from(bs[16]);
         let fat_sectors = u32_at(36);
         let spc = u64::from(bs[13]);
-        let total = u32_at(32);
+        let total = match u16_at(19) {
+            0 => u32_at(32),
+            n => n,
+        };
+        if total * SECTOR > len {
+            return Err("boot sector: volume larger than its partition".into());
+        }
         let clusters = total
             .checked_sub(reserved + nfats * fat_sectors)
-            .filter(|_| spc > 0 && nfats > 0)
+            .filter(|_| spc > 0 && nfats > 0 && reserved > 0)
             .ok_or("boot sector: FATs larger than the volume")?
             / spc;
+        if clusters + 2 > fat_sectors * SECTOR / 4 {
+            return Err("boot sector: FAT too small for the clusters".into());
+        }
+        // Sectors outside the reserved area are not what their fields claim: leave them.
+        let inside = |s: u64| (1..reserved).contains(&s).then_some(s);
         Ok(Geo {
             reserved,
             nfats,
             fat_sectors,
             cluster_bytes: spc * SECTOR,
             clusters: clusters as u32,
-            fsinfo: u16_at(48),
-            backup: u16_at(50),
+            fsinfo: inside(u16_at(48)),
+            backup: inside(u16_at(50)),
         })
     }
 }
@@ -110,9 +127,10 @@ pub struct BootEdit {
     puts: Vec<Put>,
     new_root: Option<u32>,
     backup_differs: bool,
-    fsinfo: [u8; 512],
-    fsinfo_backup: [u8; 512],
-    fsinfo_final: [u8; 512],
+    fsinfo: Option<[u8; 512]>,
+    fsinfo_backup: Option<[u8; 512]>,
+    fsinfo_backup_sector: Option<u64>,
+    fsinfo_final: Option<[u8; 512]>,
     pub changes: Vec<Change>,
     /// Bytes of clusters the new set needs beside the old one, and bytes free for it.
     pub needs: u64,
@@ -134,7 +152,7 @@ impl BootEdit {
             || self.backup_differs
             || self.fats_old.iter().any(|f| *f != self.fat_final)
             || self.fsinfo_final != self.fsinfo
-            || self.fsinfo_final != self.fsinfo_backup
+            || (self.fsinfo_backup.is_some() && self.fsinfo_final != self.fsinfo_backup)
     }
 
     /// Reads the partition and decides the edit; writes nothing.
@@ -158,17 +176,22 @@ impl BootEdit {
         let vol = FatVolume::open(disk, start, len).map_err(damaged)?;
         let mut boot_sector = vec![0u8; 512];
         disk.read_at(start, &mut boot_sector)?;
-        let geo = Geo::read(&boot_sector).map_err(damaged)?;
+        let geo = Geo::read(&boot_sector, len).map_err(damaged)?;
         let cb = geo.cluster_bytes;
-        let mut backup = vec![0u8; 512];
-        disk.read_at(start + geo.backup * SECTOR, &mut backup)?;
-        let mut fsinfo = [0u8; 512];
-        disk.read_at(start + geo.fsinfo * SECTOR, &mut fsinfo)?;
-        let mut fsinfo_backup = [0u8; 512];
-        disk.read_at(
-            start + (geo.backup + geo.fsinfo) * SECTOR,
-            &mut fsinfo_backup,
-        )?;
+        let sector_at = |n: Option<u64>| -> Result<Option<[u8; 512]>> {
+            let Some(n) = n else { return Ok(None) };
+            let mut b = [0u8; 512];
+            disk.read_at(start + n * SECTOR, &mut b)?;
+            Ok(Some(b))
+        };
+        let fsinfo_backup_sector = geo
+            .backup
+            .zip(geo.fsinfo)
+            .map(|(b, f)| b + f)
+            .filter(|s| *s < geo.reserved);
+        let backup = sector_at(geo.backup)?;
+        let fsinfo = sector_at(geo.fsinfo)?;
+        let fsinfo_backup = sector_at(fsinfo_backup_sector)?;
         // Every FAT copy as it is: an interrupted run may have left them different.
         let fat_len = (geo.clusters as usize + 2) * 4;
         let mut fats_old = Vec::new();
@@ -190,7 +213,11 @@ impl BootEdit {
             .map_err(damaged)?;
         used.extend(&root_chain);
         let mut old = Vec::with_capacity(listed.len());
-        for e in listed {
+        for mut e in listed {
+            if !e.is_dir && e.size == 0 {
+                // An empty file owns no cluster, whatever its entry says.
+                e.first_cluster = 0;
+            }
             let chain = if e.is_dir {
                 vol.chain(e.first_cluster, u64::from(geo.clusters))
                     .map_err(damaged)?
@@ -239,12 +266,16 @@ impl BootEdit {
         let mut changes = Vec::new();
         let mut claimed: HashSet<usize> = HashSet::new();
         let new_stamp = stamp_of(spec.epoch);
+        let mut new_dirs = false;
         for e in spec.tree.iter().skip(1) {
             let found = by_path.get(&e.path.to_lowercase()).copied();
             let Node::File { source, size } = &e.node else {
                 insert(&mut tree, e.clone(), &part)?;
-                if let Some(i) = found.filter(|i| old[*i].e.is_dir) {
-                    claimed.insert(i);
+                match found.filter(|i| old[*i].e.is_dir) {
+                    Some(i) => {
+                        claimed.insert(i);
+                    }
+                    None => new_dirs = true,
                 }
                 continue;
             };
@@ -319,8 +350,10 @@ impl BootEdit {
                 note,
             };
             if keep.matches(&part, &o.e.path) {
+                // Under the directories the tree already has, as the tree spells them.
+                let path = canonical(&tree, &o.e.path);
                 let e = Entry {
-                    path: o.e.path.clone(),
+                    path: path.clone(),
                     node: Node::File {
                         source: Source::Text(String::new()),
                         size: o.e.size,
@@ -332,19 +365,17 @@ impl BootEdit {
                 if let Err(m) = tree.insert(e) {
                     return Err(Error::Usage(format!("--keep {}: {}", o.e.path, m.0)));
                 }
-                reuse.insert(
-                    o.e.path.clone(),
-                    (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)),
-                );
+                reuse.insert(path, (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)));
                 changes.push(change(Action::Kept, Some("kept (--keep)".into())));
             } else {
                 changes.push(change(Action::Removed, None));
             }
         }
 
-        let anything = changes
-            .iter()
-            .any(|c| c.action != Action::Unchanged && c.action != Action::Kept)
+        let anything = new_dirs
+            || changes
+                .iter()
+                .any(|c| c.action != Action::Unchanged && c.action != Action::Kept)
             || old
                 .iter()
                 .any(|o| o.e.is_dir && tree_lookup(&tree, &o.e.path).is_none());
@@ -458,16 +489,19 @@ impl BootEdit {
                 }
             }
         }
-        let mut fsinfo_final = fsinfo;
-        if fsinfo[0..4] == 0x4161_5252u32.to_le_bytes() {
-            fsinfo_final[488..492].copy_from_slice(&(free_final as u32).to_le_bytes());
-            fsinfo_final[492..496].copy_from_slice(&hint.to_le_bytes());
-        }
+        // FSInfo is only a hint; a sector without its signature is left alone.
+        let fsinfo = fsinfo.filter(|f| f[0..4] == 0x4161_5252u32.to_le_bytes());
+        let fsinfo_final = fsinfo.map(|f| {
+            let mut f = f;
+            f[488..492].copy_from_slice(&(free_final as u32).to_le_bytes());
+            f[492..496].copy_from_slice(&hint.to_le_bytes());
+            f
+        });
         let mut boot_new = boot_sector.clone();
         if let Some(r) = new_root {
             boot_new[44..48].copy_from_slice(&r.to_le_bytes());
         }
-        let backup_differs = backup != boot_new;
+        let backup_differs = backup.is_some_and(|b| b[..] != boot_new[..]);
         changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(BootEdit {
             part,
@@ -481,7 +515,8 @@ impl BootEdit {
             new_root,
             backup_differs,
             fsinfo,
-            fsinfo_backup,
+            fsinfo_backup: fsinfo_backup.filter(|_| fsinfo.is_some()),
+            fsinfo_backup_sector,
             fsinfo_final,
             changes,
             needs,
@@ -540,21 +575,22 @@ impl BootEdit {
             disk.write_at(self.start, &self.boot_sector)?;
             disk.sync()?;
         }
-        if self.backup_differs {
-            disk.write_at(self.start + self.geo.backup * SECTOR, &self.boot_sector)?;
+        if let Some(b) = self.geo.backup.filter(|_| self.backup_differs) {
+            disk.write_at(self.start + b * SECTOR, &self.boot_sector)?;
             disk.sync()?;
         }
         for copy in 0..self.geo.nfats {
             self.write_fat(disk, copy, &self.fat_staged, &self.fat_final)?;
         }
-        if self.fsinfo_final != self.fsinfo {
-            disk.write_at(self.start + self.geo.fsinfo * SECTOR, &self.fsinfo_final)?;
-        }
-        if self.fsinfo_final != self.fsinfo_backup {
-            disk.write_at(
-                self.start + (self.geo.backup + self.geo.fsinfo) * SECTOR,
-                &self.fsinfo_final,
-            )?;
+        if let (Some(f), Some(n)) = (&self.fsinfo_final, self.geo.fsinfo) {
+            if self.fsinfo.as_ref() != Some(f) {
+                disk.write_at(self.start + n * SECTOR, f)?;
+            }
+            if let Some(b) = self.fsinfo_backup_sector
+                && self.fsinfo_backup.as_ref() != Some(f)
+            {
+                disk.write_at(self.start + b * SECTOR, f)?;
+            }
         }
         disk.sync()
     }
@@ -588,6 +624,19 @@ impl BootEdit {
 
 fn insert(tree: &mut Tree, e: Entry, part: &str) -> Result<()> {
     tree.insert(e).map_err(|c| Error::partition(part, c.0))
+}
+
+/// `path` with each existing directory spelled as the tree spells it (FAT ignores case).
+fn canonical(tree: &Tree, path: &str) -> String {
+    let mut out = String::new();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let want = format!("{out}/{comp}");
+        match tree_lookup(tree, &want) {
+            Some(e) => out = e.path.clone(),
+            None => out = want,
+        }
+    }
+    out
 }
 
 fn tree_lookup<'a>(tree: &'a Tree, path: &str) -> Option<&'a Entry> {

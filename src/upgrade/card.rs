@@ -68,6 +68,22 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
         }
     };
     let mut diffs = Vec::new();
+    // A table that overlaps itself or leaves the disk cannot bound any write.
+    let size = dev.size();
+    for (i, (n, e)) in entries.iter().enumerate() {
+        if e.start == 0 || e.start.saturating_add(e.size) > size {
+            return Err(refuse(vec![format!(
+                "partition {n} [{}, {}) lies outside the {size}-byte disk",
+                e.start,
+                e.start.saturating_add(e.size)
+            )]));
+        }
+        for (m, f) in &entries[..i] {
+            if e.start < f.start + f.size && f.start < e.start + e.size {
+                return Err(refuse(vec![format!("partitions {m} and {n} overlap")]));
+            }
+        }
+    }
     if entries.len() != layout.partitions.len() {
         diffs.push(format!(
             "{} partitions, the layout has {}",

@@ -28,6 +28,8 @@ pub struct Disk {
     size: u64,
     /// (what, start, len): where writes may land.
     writable: Vec<(String, u64, u64)>,
+    /// (what, start, len): where no write may land, whatever else allows it.
+    denied: Vec<(String, u64, u64)>,
     pub writes: u64,
     pub bytes_written: u64,
     fault_after: Option<u64>,
@@ -49,6 +51,7 @@ impl Disk {
             path: path.to_path_buf(),
             size,
             writable: Vec::new(),
+            denied: Vec::new(),
             writes: 0,
             bytes_written: 0,
             fault_after,
@@ -77,8 +80,26 @@ impl Disk {
         self.writable.push((what.to_string(), start, len));
     }
 
+    /// Forbids writes inside `[start, start+len)` (the user's data), over any `allow`.
+    pub fn deny(&mut self, what: &str, start: u64, len: u64) {
+        self.denied.push((what.to_string(), start, len));
+    }
+
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         let end = offset.saturating_add(bytes.len() as u64);
+        if let Some((what, ..)) = self
+            .denied
+            .iter()
+            .find(|(_, s, l)| offset < s + l && *s < end)
+        {
+            return Err(Error::io(
+                format!("{}", self.path.display()),
+                io::Error::other(format!(
+                    "refusing a write at byte {offset}+{}: inside {what}, which is never written",
+                    bytes.len()
+                )),
+            ));
+        }
         if !self
             .writable
             .iter()

@@ -34,6 +34,8 @@ pub struct Options {
     /// `--keep` patterns.
     pub keep: Vec<String>,
     pub force_config: bool,
+    /// Also rewrite an ext4 boot partition (not power-safe).
+    pub allow_unsafe_boot: bool,
 }
 
 /// What happens to one file.
@@ -67,6 +69,8 @@ pub struct Change {
 #[derive(Debug, Clone, Default)]
 pub struct Keep {
     patterns: Vec<(Option<String>, Vec<String>)>,
+    /// The partition a pattern without one names: the layout's first FAT partition.
+    default_part: String,
 }
 
 impl Keep {
@@ -104,15 +108,32 @@ impl Keep {
             }
             patterns.push((part, comps));
         }
-        Ok(Keep { patterns })
+        let default_part = board
+            .layout
+            .partitions
+            .iter()
+            .find(|d| d.fs == Some(FsKind::Fat32))
+            .or(board.layout.partitions.first())
+            .map_or_else(|| "boot".to_string(), |d| d.id.clone());
+        Ok(Keep {
+            patterns,
+            default_part,
+        })
+    }
+
+    /// Whether any pattern names partition `part`.
+    pub fn names(&self, part: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|(p, _)| p.as_deref().unwrap_or(&self.default_part) == part)
     }
 
     /// Whether `path` in partition `part` is kept. Patterns without a partition name the
-    /// first FAT partition (`boot`); FAT paths compare without case.
+    /// layout's first FAT partition (`boot` on most boards); paths compare without case.
     pub fn matches(&self, part: &str, path: &str) -> bool {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         self.patterns.iter().any(|(p, pat)| {
-            p.as_deref().unwrap_or("boot") == part
+            p.as_deref().unwrap_or(&self.default_part) == part
                 && pat.len() <= comps.len()
                 && pat
                     .iter()
@@ -238,6 +259,12 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
                 edits.push((i, Edit::Boot(Box::new(e))));
             }
             FsKind::Ext4 => {
+                if p.id == "boot" && !opts.allow_unsafe_boot {
+                    return Err(Error::partition(
+                        &p.id,
+                        "is ext4, which an upgrade rewrites without an atomic switch: a power loss meanwhile leaves the card unbootable until the upgrade is run again; pass --allow-unsafe-boot to accept that, or use flash",
+                    ));
+                }
                 let e = RootfsEdit::plan(disk, &spec, *start, *size, &keep)?;
                 if e.rebuild {
                     report.outcome = "rewritten".into();
@@ -273,6 +300,11 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
     // partitions first, the boot switch last.
     if dry_run {
         disk.set_dry(true);
+    }
+    for (p, (_, start, size)) in plan.partitions.iter().zip(&card.parts) {
+        if p.grows {
+            disk.deny(&format!("partition {} (user data)", p.id), *start, *size);
+        }
     }
     for (i, e) in &edits {
         let (_, start, size) = card.parts[*i];
@@ -329,6 +361,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            default_part: "boot".into(),
         }
     }
 

@@ -5,8 +5,9 @@
 //! that differ from what the card holds are written. The old journal's body is zeroed so
 //! no stale transaction can ever be replayed.
 //!
-//! Not atomic: interrupted, this partition is unreadable until a re-run writes it again
-//! (the boot partition's switch happens after it, so the card still boots its old set).
+//! Not atomic: interrupted, this partition is unreadable until a re-run writes it again.
+//! A FAT boot partition's switch happens after it, so such a card still boots its old set;
+//! an ext4 boot partition (odroid/m1's layout) is only rewritten when the user accepts that.
 
 use std::collections::{HashMap, HashSet};
 
@@ -166,6 +167,16 @@ impl RootfsEdit {
                 None
             }
         };
+        if let Some(why) = &unreadable
+            && keep.names(&part)
+        {
+            return Err(Error::partition(
+                &part,
+                format!(
+                    "the filesystem on the card cannot be read ({why}), so the files --keep names on it cannot be kept; drop those --keep patterns to write it again without them"
+                ),
+            ));
+        }
         let mut tree = spec.tree.clone();
         let mut changes = Vec::new();
         let mut differs = unreadable.is_some();
@@ -261,7 +272,12 @@ impl RootfsEdit {
                         source: Source::Bytes(bytes),
                     }
                 }
-                _ => continue,
+                _ => {
+                    return Err(Error::partition(
+                        &part,
+                        format!("--keep {path}: a device node, fifo or socket cannot be kept"),
+                    ));
+                }
             };
             if o.kind != S_IFDIR {
                 changes.push(Change {

@@ -108,8 +108,14 @@ fn part_range(target: &str, n: usize) -> (u64, u64) {
     )
 }
 
+/// SHA-256 of a byte range of an image or device. A device's cached pages are dropped
+/// first: what was written through a partition node (a kernel mount) may not yet be seen
+/// through the whole-disk node's cache.
 fn hash_range(path: &str, (start, len): (u64, u64)) -> String {
     use std::io::{Read, Seek, SeekFrom};
+    if path.starts_with("/dev/") {
+        tool_ok("blockdev", &["--flushbufs", path]);
+    }
     let mut f = std::fs::File::open(path).unwrap();
     f.seek(SeekFrom::Start(start)).unwrap();
     let mut h = Sha256::new();

@@ -48,6 +48,9 @@ pub struct UpgradeArgs {
     /// Accept disks that are not removable, USB, SD or MMC.
     #[arg(long)]
     allow_fixed_disk: bool,
+    /// Skip reading back what was written (devices; images are not read back).
+    #[arg(long)]
+    no_verify: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -97,13 +100,22 @@ pub fn upgrade(
                 min_size: 0,
             },
         )?;
-        let file = if a.dry_run {
-            std::fs::File::open(&a.target)
-                .map_err(|e| Error::io(format!("opening {}", a.target.display()), e))?
+        if a.dry_run {
+            let file = std::fs::File::open(&a.target)
+                .map_err(|e| Error::io(format!("opening {}", a.target.display()), e))?;
+            (
+                Disk::new(file, &a.target, info.size, true),
+                Some((info, None)),
+            )
         } else {
-            blockdev::Device::open_exclusive(&info)?.into_file()
-        };
-        (Disk::new(file, &a.target, info.size, a.dry_run), Some(info))
+            let dev = blockdev::Device::open_exclusive(&info)?;
+            dev.drop_caches()?;
+            let mut disk = Disk::new(dev.try_clone_file()?, &a.target, info.size, false);
+            if !a.no_verify {
+                disk.track_writes();
+            }
+            (disk, Some((info, Some(dev))))
+        }
     } else if meta.is_file() {
         let name = a.target.to_string_lossy();
         if [".zst", ".gz", ".xz", ".bz2"]
@@ -129,7 +141,7 @@ pub fn upgrade(
     };
     if a.dry_run {
         let report = upgrade::upgrade(&mut disk, &board, &opts, true)?;
-        return print(a, quiet, verbose, &report, started);
+        return print(a, quiet, verbose, &report, started, false);
     }
     if device.is_some() && !a.yes {
         // Decide everything (writing nothing), show it, ask.
@@ -138,17 +150,53 @@ pub fn upgrade(
         if preview.writes == 0 {
             // Nothing to write: this is the real run's result.
             preview.dry_run = false;
-            return print(a, quiet, verbose, &preview, started);
+            return print(a, quiet, verbose, &preview, started, false);
         }
         confirm(a, &preview)?;
         disk.set_dry(false);
     }
     let report = upgrade::upgrade(&mut disk, &board, &opts, false)?;
-    if let Some(info) = &device {
+    let mut verified = false;
+    if let Some((info, dev)) = device {
+        if let Some(dev) = dev.filter(|_| !a.no_verify) {
+            read_back(&dev, &disk)?;
+            verified = true;
+        }
         drop(disk);
-        blockdev::drop_partition_caches(info);
+        blockdev::drop_partition_caches(&info);
     }
-    print(a, quiet, verbose, &report, started)
+    print(a, quiet, verbose, &report, started, verified)
+}
+
+/// Reads the writes back from the medium (O_DIRECT, past the page cache) and compares:
+/// the last write to each place (an earlier one that a later one overlaps is not expected
+/// to read back).
+fn read_back(dev: &blockdev::Device, disk: &Disk) -> Result<()> {
+    use sha2::Digest;
+    // Disjoint ranges already checked (later writes), start -> end.
+    let mut later: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for (offset, len, want) in disk.tracked().iter().rev() {
+        let end = offset + len;
+        // The range starting last before `end` is the only one that can overlap.
+        if later
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, e)| e > offset)
+        {
+            continue;
+        }
+        later.insert(*offset, end);
+        let got = dev.read_direct(*offset, *len as usize)?;
+        if sha2::Sha256::digest(&got)[..] != want[..] {
+            return Err(Error::io(
+                format!("reading back {} at byte {offset}", dev.path().display()),
+                std::io::Error::other(format!(
+                    "the {len} bytes written there read back differently: the card may be failing or smaller than it claims"
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn confirm(a: &UpgradeArgs, r: &Report) -> Result<()> {
@@ -160,19 +208,32 @@ fn confirm(a: &UpgradeArgs, r: &Report) -> Result<()> {
     ))
 }
 
-fn print(a: &UpgradeArgs, quiet: bool, verbose: u8, r: &Report, started: Instant) -> Result<()> {
+fn print(
+    a: &UpgradeArgs,
+    quiet: bool,
+    verbose: u8,
+    r: &Report,
+    started: Instant,
+    verified: bool,
+) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(r).unwrap_or_default();
         v["seconds"] = serde_json::json!(secs);
+        v["verified"] = serde_json::json!(verified);
         println!("{}", render::json(&v));
     } else if !quiet {
         print!("{}", text(r, verbose));
         println!(
-            "{} {} in {} writes, {secs:.1} s",
+            "{} {} in {} writes{}, {secs:.1} s",
             if r.dry_run { "would write" } else { "wrote" },
             human(r.bytes_written),
-            r.writes
+            r.writes,
+            if verified {
+                ", read back and verified"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

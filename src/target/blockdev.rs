@@ -713,6 +713,22 @@ impl Device {
         self.file
     }
 
+    /// Drops the kernel's cached pages of the whole disk (BLKFLSBUF): what was written
+    /// through a partition node, e.g. by a mount that just ended, is then read from the
+    /// medium, not from older pages cached for the whole-disk node.
+    pub fn drop_caches(&self) -> Result<()> {
+        // SAFETY: BLKFLSBUF takes no argument.
+        unsafe { rustix::ioctl::ioctl(&self.file, NoArg::<BLKFLSBUF>::new()) }
+            .map_err(|e| Error::io(format!("flushing {}", self.path.display()), e.into()))
+    }
+
+    /// A second descriptor for the same open device (same claim), for positioned I/O.
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))
+    }
+
     /// Kernel name, e.g. `sdb`.
     pub fn name(&self) -> &str {
         &self.name

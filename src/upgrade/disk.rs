@@ -37,6 +37,8 @@ pub struct Disk {
     pending: Option<Vec<(u64, Vec<u8>)>>,
     /// A dry run: writes are counted but not made.
     dry: bool,
+    /// (offset, length, SHA-256) of every write, when tracked for a read-back.
+    tracked: Option<Vec<(u64, u64, [u8; 32])>>,
 }
 
 impl Disk {
@@ -57,6 +59,7 @@ impl Disk {
             fault_after,
             pending: lose.then(Vec::new),
             dry,
+            tracked: None,
         }
     }
 
@@ -65,6 +68,16 @@ impl Disk {
         self.dry = dry;
         self.writes = 0;
         self.bytes_written = 0;
+    }
+
+    /// Records what every later write wrote (for reading it back afterwards).
+    pub fn track_writes(&mut self) {
+        self.tracked = Some(Vec::new());
+    }
+
+    /// (offset, length, SHA-256) of every tracked write, in order.
+    pub fn tracked(&self) -> &[(u64, u64, [u8; 32])] {
+        self.tracked.as_deref().unwrap_or_default()
     }
 
     pub fn is_dry(&self) -> bool {
@@ -120,6 +133,14 @@ impl Disk {
         self.bytes_written += bytes.len() as u64;
         if self.dry {
             return Ok(());
+        }
+        if let Some(t) = &mut self.tracked {
+            use sha2::Digest;
+            t.push((
+                offset,
+                bytes.len() as u64,
+                sha2::Sha256::digest(bytes).into(),
+            ));
         }
         if let Some(p) = &mut self.pending {
             p.push((offset, bytes.to_vec()));

@@ -172,6 +172,16 @@ fn sparse_copy(from: &Path, to: &Path) {
     );
 }
 
+/// `skiff-flash verify TARGET --board BOARD --images IMAGES EXTRA…` passes.
+fn verify_ok(target: &str, board: &str, images: &str, extra: &[&str]) {
+    let args = [
+        &["verify", target, "--board", board, "--images", images][..],
+        extra,
+    ]
+    .concat();
+    ok(&sf(&args, EPOCH_B, &[]));
+}
+
 fn needs_oracles() -> bool {
     need("mcopy", "mtools")
         && need("fsck.fat", "dosfstools")
@@ -274,18 +284,7 @@ fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
         boot_set(fresh_b.to_str().unwrap(), Some(b1)),
         "boot files equal build B's"
     );
-    ok(&sf(
-        &[
-            "verify",
-            s,
-            "--board",
-            "pi/4",
-            "--images",
-            b.to_str().unwrap(),
-        ],
-        EPOCH_B,
-        &[],
-    ));
+    verify_ok(s, "pi/4", b.to_str().unwrap(), &[]);
 
     // Again: nothing to do, nothing written.
     let again = json(&upgrade(s, &b, &["--json"], &[]));
@@ -542,18 +541,7 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
             "rootfs holds build B's rootfs_part"
         );
     }
-    ok(&sf(
-        &[
-            "verify",
-            &card.dev,
-            "--board",
-            "pi/4",
-            "--images",
-            b.to_str().unwrap(),
-        ],
-        EPOCH_B,
-        &[],
-    ));
+    verify_ok(&card.dev, "pi/4", b.to_str().unwrap(), &[]);
 
     // Power loss on the device too: stopped mid-way, then completed.
     let c = images_b(&dir.path().join("C"));
@@ -767,20 +755,7 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
         &["-i", &format!("{s}@@{o1}"), "::/extlinux/extlinux.conf"],
     );
     assert!(conf.contains(&format!("root=PARTUUID={card_id}")), "{conf}");
-    ok(&sf(
-        &[
-            "verify",
-            s,
-            "--board",
-            board,
-            "--images",
-            b.to_str().unwrap(),
-            "--seed",
-            "other-card",
-        ],
-        EPOCH_B,
-        &[],
-    ));
+    verify_ok(s, board, b.to_str().unwrap(), &["--seed", "other-card"]);
 }
 
 /// A card formatted the SkiffOS way (sgdisk, mkfs.vfat, mke2fs, files copied with mtools)
@@ -965,18 +940,7 @@ fn boot_sector_fields_outside_the_reserved_area_are_not_written_through() {
             "sector {sector} written"
         );
     }
-    ok(&sf(
-        &[
-            "verify",
-            s,
-            "--board",
-            "pi/4",
-            "--images",
-            b.to_str().unwrap(),
-        ],
-        EPOCH_B,
-        &[],
-    ));
+    verify_ok(s, "pi/4", b.to_str().unwrap(), &[]);
 }
 
 /// An ext4 boot partition (odroid/m1) cannot be switched atomically: refused unless the
@@ -1031,16 +995,5 @@ fn ext4_boot_partition_needs_consent() {
     let p = extract(&img, o, l);
     let (code, out) = tool("e2fsck", &["-fn", p.path().to_str().unwrap()]);
     assert_eq!(code, 0, "e2fsck: {out}");
-    ok(&sf(
-        &[
-            "verify",
-            s,
-            "--board",
-            "odroid/m1",
-            "--images",
-            a.to_str().unwrap(),
-        ],
-        EPOCH_B,
-        &[],
-    ));
+    verify_ok(s, "odroid/m1", a.to_str().unwrap(), &[]);
 }

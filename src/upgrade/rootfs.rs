@@ -258,12 +258,10 @@ impl RootfsEdit {
                 },
                 S_IFREG => {
                     // Kept files go back into the rewritten filesystem: read them now.
-                    let ext = mkext4::reader::Fs::open(PartReader {
-                        dev: disk,
-                        base: start,
-                        len,
-                    })
-                    .map_err(|e| Error::partition(&part, format!("ext4: {e}")))?;
+                    // (Found on the card, so the filesystem opened above.)
+                    let Some(ext) = &ext else {
+                        return Err(Error::partition(&part, "ext4: not readable"));
+                    };
                     let bytes = ext
                         .read_file(o.ino)
                         .map_err(|e| Error::partition(&part, format!("{path}: {e}")))?;

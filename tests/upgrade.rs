@@ -231,6 +231,15 @@ fn actions(report: &serde_json::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Build B's images dir, and build A as a small (400 MiB) image `a.img`: for tests that copy
+/// or patch the image many times.
+fn small_a_and_b(dir: &Path) -> (PathBuf, PathBuf) {
+    let b = images_b(dir);
+    let img = dir.join("a.img");
+    build_sized(&fixtures(), &img, EPOCH, "400MiB");
+    (b, img)
+}
+
 /// Build B's images dir, and build A as a 1 GiB image `card.img`.
 fn build_a_and_b(dir: &Path) -> (PathBuf, PathBuf) {
     let b = images_b(dir);
@@ -367,10 +376,8 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let b = images_b(dir.path());
     // Small images: the card is copied afresh for every fault point.
-    let a_img = dir.path().join("a.img");
-    build_sized(&fixtures(), &a_img, EPOCH, "400MiB");
+    let (b, a_img) = small_a_and_b(dir.path());
     let b_img = dir.path().join("b.img");
     build_sized(&b, &b_img, EPOCH_B, "400MiB");
     let (o1, _) = part_range(a_img.to_str().unwrap(), 1);
@@ -861,9 +868,7 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let b = images_b(dir.path());
-    let a_img = dir.path().join("a.img");
-    build_sized(&fixtures(), &a_img, EPOCH, "400MiB");
+    let (b, a_img) = small_a_and_b(dir.path());
     let s = a_img.to_str().unwrap();
     let (o1, _) = part_range(s, 1);
     let persist = part_range(s, 3);
@@ -919,9 +924,7 @@ fn boot_sector_fields_outside_the_reserved_area_are_not_written_through() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let b = images_b(dir.path());
-    let img = dir.path().join("card.img");
-    build_sized(&fixtures(), &img, EPOCH, "400MiB");
+    let (b, img) = small_a_and_b(dir.path());
     let s = img.to_str().unwrap();
     let (o1, _) = part_range(s, 1);
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();

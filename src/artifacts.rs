@@ -24,6 +24,9 @@ pub struct Context<'a> {
     pub vars: &'a Vars,
     /// Timestamp for generated images (boot.scr).
     pub epoch: i64,
+    /// SkiffOS config directories, in the order of the config list: their `resources/`
+    /// supply the files a rule names in `resource` (the last config that has one wins).
+    pub configs: &'a [PathBuf],
 }
 
 /// Generated files larger than this are not read into memory for editing.
@@ -56,6 +59,7 @@ pub fn collect(board: &Board, ctx: &Context<'_>) -> Result<Trees> {
             Some(other) => {
                 shared = FileRule {
                     from: other.from.clone(),
+                    resource: other.resource.clone(),
                     text: other.text.clone(),
                     required: rule.required.or(other.required),
                     ..rule.clone()
@@ -225,7 +229,9 @@ fn edit(
     ctx: &Context<'_>,
     mut bytes: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let substitute = rule.substitute.unwrap_or(rule.text.is_some());
+    let substitute = rule
+        .substitute
+        .unwrap_or(rule.text.is_some() || !rule.resource.is_empty());
     if substitute || rule.silent_console == Some(true) {
         let mut text =
             String::from_utf8(bytes).map_err(|_| "content is not UTF-8 text".to_string())?;
@@ -288,6 +294,15 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
             path.to_string()
         }
     };
+    if let Some(src) = resource(rule, ctx.configs) {
+        let bytes = read_resource(&src).map_err(|e| {
+            Error::board(
+                &board.name,
+                format!("file rule `{}`: {}: {e}", rule.name, src.display()),
+            )
+        })?;
+        return p.generated(&dest_for(&rule.name), bytes, 0o644);
+    }
     let mut looked_in = Vec::new();
     for from in &rule.from {
         let src = images.join(from);
@@ -334,6 +349,33 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
         });
     }
     Ok(())
+}
+
+/// The SkiffOS resource a rule takes: in the last config directory that has one of the
+/// rule's `resource` paths, the first of them.
+fn resource(rule: &FileRule, configs: &[PathBuf]) -> Option<PathBuf> {
+    configs.iter().rev().find_map(|dir| {
+        rule.resource
+            .iter()
+            .map(|r| dir.join("resources").join(r))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Reads a resource file (a boot script or config: small text).
+fn read_resource(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_EDITED + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_EDITED {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not a boot configuration",
+            MAX_EDITED >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 fn apply_attrs(board: &Board, trees: &mut Trees) -> Result<()> {

@@ -31,6 +31,9 @@ pub struct Options {
     /// Identifiers found on a card, used instead of derived ones (upgrades: configs must
     /// name the partitions the card has).
     pub ids: Option<Ids>,
+    /// SkiffOS config directories whose `resources/` supply boot configs (see
+    /// [`crate::skiffos`]); empty outside SkiffOS.
+    pub configs: Vec<PathBuf>,
 }
 
 /// A complete plan.
@@ -483,6 +486,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         images: &opts.images,
         vars: &vars,
         epoch: opts.epoch,
+        configs: &opts.configs,
     };
     let mut trees = artifacts::collect(board, &ctx)?;
     let raw = raw_writes(board, &opts.images)?;

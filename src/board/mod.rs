@@ -83,6 +83,16 @@ pub struct FileRule {
         deserialize_with = "one_or_many"
     )]
     pub from: Vec<String>,
+    /// Paths relative to a SkiffOS config's `resources/` directory (`rpi/config.txt`,
+    /// `boot-scripts/boot.txt`), tried in order. When SkiffOS configs are given (inside a
+    /// SkiffOS workspace, or `--skiff-conf`), the last config that has one of them supplies
+    /// the content, before `from` and `text`, as SkiffOS's own scripts choose it.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub resource: Vec<String>,
     /// Content to write when none of `from` exists (bootloader configs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -490,6 +500,9 @@ fn merge<'a>(layers: impl Iterator<Item = &'a BoardFile>) -> Merged {
                     base.to = rule.to.clone().or(base.to.take());
                     if !rule.from.is_empty() {
                         base.from = rule.from.clone();
+                    }
+                    if !rule.resource.is_empty() {
+                        base.resource = rule.resource.clone();
                     }
                     base.text = rule.text.clone().or(base.text.take());
                     base.same_as = rule.same_as.clone().or(base.same_as.take());

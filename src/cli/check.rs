@@ -19,7 +19,7 @@ pub struct VerifyArgs {
     #[arg(short, long, conflicts_with_all = ["image", "manifest"])]
     board: Option<String>,
     #[command(flatten)]
-    dir: ImagesDir,
+    pub(super) dir: ImagesDir,
     #[arg(long)]
     seed: Option<String>,
     /// Compare bytes with this image (.img, .img.zst, .gz, .xz) over its mapped ranges.
@@ -55,18 +55,12 @@ fn open(target: &std::path::Path) -> Result<std::fs::File> {
 
 pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) -> Result<()> {
     let dev = open(&a.target)?;
-    let verdict: Verdict = if let Some(name) = &a.board {
-        let board = load(name)?;
-        let plan = plan::make(
-            &board,
-            &plan::Options {
-                images: a.dir.images.clone(),
-                size: None,
-                epoch,
-                seed: a.seed.clone(),
-                ids: None,
-            },
-        )?;
+    // Inside SkiffOS, with nothing else to compare with, the config list's board.
+    let by_board =
+        a.board.is_some() || (a.image.is_none() && a.manifest.is_none() && a.dir.skiff().active());
+    let verdict: Verdict = if by_board {
+        let board = load(a.board.as_deref().unwrap_or_default())?;
+        let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
         verify::meaning(&dev, &plan)
     } else if let Some(image) = &a.image {
         let bmap = a.bmap.clone().or_else(|| {

@@ -19,13 +19,9 @@ pub struct FlashArgs {
     /// Whole-disk devices to write (several are written in parallel).
     #[arg(required = true, value_name = "DEVICE")]
     pub(super) devices: Vec<PathBuf>,
-    /// Compose this board straight onto the device.
-    #[arg(
-        short,
-        long,
-        conflicts_with_all = ["image", "genimage"],
-        required_unless_present_any = ["image", "genimage"]
-    )]
+    /// Compose this board straight onto the device (default inside SkiffOS: the board of
+    /// the config list).
+    #[arg(short, long, conflicts_with_all = ["image", "genimage"])]
     pub(super) board: Option<String>,
     /// Compose the disk of this genimage config instead of a board.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]
@@ -162,14 +158,14 @@ fn source(
         ));
     }
     let shown = a.genimage.as_ref().map(|g| g.display().to_string());
+    // Without --board or --genimage, `load` takes the SkiffOS config list's board.
     let name = a.board.as_deref().or(shown.as_deref()).unwrap_or_default();
     let board = load(name)?;
+    let name = if name.is_empty() { &board.name } else { name };
+    let base = a.dir.plan_options(epoch, a.seed.clone());
     let opts = |size| plan::Options {
-        images: a.dir.images.clone(),
         size,
-        epoch,
-        seed: a.seed.clone(),
-        ids: None,
+        ..base.clone()
     };
     let min = plan::make(&board, &opts(None))?.disk_size;
     let mut plans = Vec::new();

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use skiff_flash::board::Catalog;
 use skiff_flash::target::image::Format;
 use skiff_flash::units::parse_size;
-use skiff_flash::{Error, Result, plan};
+use skiff_flash::{Error, Result, plan, skiffos};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -145,29 +145,67 @@ const COMMANDS: &[&str] = &[
     "help",
 ];
 
-/// Buildroot's images directory, as every command that reads a build takes it.
+/// Buildroot's images directory and the SkiffOS configs, as every command that reads a
+/// build takes them.
 #[derive(Args, Clone)]
 pub(super) struct ImagesDir {
-    /// Buildroot images directory (`BINARIES_DIR` in a post-image script).
-    #[arg(
-        short,
-        long,
-        env = "BINARIES_DIR",
-        default_value = "output/images",
-        value_name = "DIR"
-    )]
-    pub(super) images: PathBuf,
+    /// Buildroot images directory (default: `BINARIES_DIR` in a post-image script, the
+    /// workspace's `output/images` inside SkiffOS, else `output/images`).
+    #[arg(short, long, env = "BINARIES_DIR", value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// A SkiffOS config directory (`configs/pi/4`) whose `resources/` supply the boot
+    /// configs, as SkiffOS's scripts take them; repeat in config-list order (the last one
+    /// that has a file wins). Default inside SkiffOS: `SKIFF_CONFIG_PATH`.
+    #[arg(long = "skiff-conf", value_name = "DIR")]
+    skiff_conf: Vec<PathBuf>,
+}
+
+impl ImagesDir {
+    /// The SkiffOS configuration in effect (empty outside SkiffOS).
+    pub(super) fn skiff(&self) -> skiffos::Env {
+        skiffos::Env::detect(&self.skiff_conf)
+    }
+
+    /// The images directory: as given, else SkiffOS's workspace, else `output/images`.
+    pub(super) fn images(&self) -> PathBuf {
+        self.images
+            .clone()
+            .or_else(|| self.skiff().images())
+            .unwrap_or_else(|| PathBuf::from("output/images"))
+    }
+
+    /// The board: as given, else the one board of SkiffOS's config list.
+    pub(super) fn board(&self, given: Option<&str>, catalog: &Catalog) -> Result<String> {
+        if let Some(b) = given {
+            return Ok(b.to_string());
+        }
+        let env = self.skiff();
+        if env.configs.is_empty() {
+            return Err(Error::Usage(
+                "give --board (or run inside a SkiffOS workspace, or give --skiff-conf)".into(),
+            ));
+        }
+        env.board(catalog)
+    }
+
+    /// The plan options every command starts from.
+    pub(super) fn plan_options(&self, epoch: i64, seed: Option<String>) -> plan::Options {
+        plan::Options {
+            images: self.images(),
+            size: None,
+            epoch,
+            seed,
+            ids: None,
+            configs: self.skiff().dirs,
+        }
+    }
 }
 
 #[derive(Args)]
 struct Inputs {
     /// Board name as in SkiffOS configs (`pi/4`), or a path to a board .toml file.
-    #[arg(
-        short,
-        long,
-        required_unless_present = "genimage",
-        conflicts_with = "genimage"
-    )]
+    /// Default inside SkiffOS: the board of the config list (`SKIFF_CONFIG`).
+    #[arg(short, long, conflicts_with = "genimage")]
     board: Option<String>,
     /// A genimage config (Buildroot's board/*/genimage.cfg) instead of a board: the disk
     /// genimage would write, from the same inputs (`image = "…"` files are in --images).
@@ -288,11 +326,11 @@ fn dispatch(cli: &Cli) -> Result<()> {
             cli.quiet,
             |b| match &a.genimage {
                 Some(cfg) => {
-                    let board = load_genimage(cfg, &a.dir.images, a.rootpath.as_deref(), None)?;
+                    let board = load_genimage(cfg, &a.dir.images(), a.rootpath.as_deref(), None)?;
                     warn(cli, &board.warnings);
                     Ok(board)
                 }
-                None => load_board(&catalog, b),
+                None => board_or_skiff(&catalog, &a.dir, b),
             },
             epoch()?,
         ),
@@ -301,10 +339,10 @@ fn dispatch(cli: &Cli) -> Result<()> {
             a,
             cli.quiet,
             cli.verbose,
-            |b| load_board(&catalog, b),
+            |b| board_or_skiff(&catalog, &a.dir, b),
             epoch()?,
         ),
-        Command::Verify(a) => check::verify(a, |b| load_board(&catalog, b), epoch()?),
+        Command::Verify(a) => check::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
         Command::Inspect(a) => check::inspect(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -349,6 +387,16 @@ fn load_board(catalog: &Catalog, name: &str) -> Result<skiff_flash::board::Board
     catalog.board(name)
 }
 
+/// The board named `name`, or with an empty name the board of the SkiffOS config list.
+fn board_or_skiff(
+    catalog: &Catalog,
+    dir: &ImagesDir,
+    name: &str,
+) -> Result<skiff_flash::board::Board> {
+    let given = Some(name).filter(|n| !n.is_empty());
+    load_board(catalog, &dir.board(given, catalog)?)
+}
+
 fn epoch() -> Result<i64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v.trim().parse().map_err(|_| {
@@ -389,19 +437,15 @@ fn warn(cli: &Cli, warnings: &[String]) {
 }
 
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
-    let board = match (&i.genimage, &i.board) {
-        (Some(cfg), _) => load_genimage(cfg, &i.dir.images, i.rootpath.as_deref(), i.size)?,
-        (None, Some(name)) => load_board(catalog, name)?,
-        (None, None) => return Err(Error::Usage("give --board or --genimage".into())),
+    let board = match &i.genimage {
+        Some(cfg) => load_genimage(cfg, &i.dir.images(), i.rootpath.as_deref(), i.size)?,
+        None => load_board(catalog, &i.dir.board(i.board.as_deref(), catalog)?)?,
     };
     plan::make(
         &board,
         &plan::Options {
-            images: i.dir.images.clone(),
             size: i.size,
-            epoch: epoch()?,
-            seed: i.seed.clone(),
-            ids: None,
+            ..i.dir.plan_options(epoch()?, i.seed.clone())
         },
     )
 }

@@ -21,11 +21,12 @@ pub struct UpgradeArgs {
     /// The installed card (a whole-disk device) or a raw .img file.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
-    /// The board the card was flashed with.
+    /// The board the card was flashed with (default inside SkiffOS: the board of the
+    /// config list).
     #[arg(short, long)]
-    board: String,
+    board: Option<String>,
     #[command(flatten)]
-    dir: ImagesDir,
+    pub(super) dir: ImagesDir,
     /// Keep a file or directory that is not in the build: `PATH` in the boot partition or
     /// `PARTITION:PATH` (`rootfs:/extra`); `*` and `?` match within a name. Repeatable.
     #[arg(long, value_name = "PATH")]
@@ -66,7 +67,7 @@ pub fn upgrade(
     if a.reformat {
         let f = super::flash::FlashArgs {
             devices: vec![a.target.clone()],
-            board: Some(a.board.clone()),
+            board: a.board.clone(),
             genimage: None,
             rootpath: None,
             dir: a.dir.clone(),
@@ -81,9 +82,10 @@ pub fn upgrade(
         return super::flash::flash(&f, quiet, load, epoch);
     }
     let started = Instant::now();
-    let board = load(&a.board)?;
+    let board = load(a.board.as_deref().unwrap_or_default())?;
     let opts = upgrade::Options {
-        images: a.dir.images.clone(),
+        images: a.dir.images(),
+        configs: a.dir.skiff().dirs,
         epoch,
         keep: a.keep.clone(),
         force_config: a.force_config,

@@ -30,6 +30,8 @@ use rootfs::RootfsEdit;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub images: PathBuf,
+    /// SkiffOS config directories (see [`crate::skiffos`]).
+    pub configs: Vec<PathBuf>,
     pub epoch: i64,
     /// `--keep` patterns.
     pub keep: Vec<String>,
@@ -193,6 +195,7 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
             epoch: opts.epoch,
             seed: None,
             ids: Some(card.ids.clone()),
+            configs: opts.configs.clone(),
         },
     )?;
     let mut edits = Vec::new();

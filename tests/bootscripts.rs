@@ -4,7 +4,8 @@
 //! `tests/bootscripts/facts.toml` holds, per board, the facts read from SkiffOS's file (its
 //! path is in `source`): for a U-Boot script every `setenv` name/value pair, the kernel
 //! arguments of `bootargs` as a set of tokens, every load (interface, device:partition,
-//! address, file), the `gpio` commands in order, the remaining commands, and whether the
+//! address, file), the `gpio` commands in order, the remaining commands (each statement
+//! inside `if`/`else`/`for` with that context), and whether the
 //! script has the commented `setenv silent` line the silent-console edit turns on; for a
 //! Raspberry Pi the `config.txt` lines per section and the `cmdline.txt` tokens; for
 //! extlinux the global lines and each label's keys (`append` as tokens); for rEFInd each
@@ -214,7 +215,7 @@ fn words(stmt: &str) -> Vec<String> {
 }
 
 /// A script line's statements: the comment cut off, split at `;`, `||` and `&&` outside
-/// quotes, control words (`if`, `then`, `else`, `do`…) dropped.
+/// quotes, each as its words.
 fn statements(line: &str) -> Vec<Vec<String>> {
     let mut parts = Vec::new();
     let mut cur = String::new();
@@ -250,31 +251,67 @@ fn statements(line: &str) -> Vec<Vec<String>> {
     parts.push(cur);
     parts
         .iter()
-        .filter_map(|p| {
-            let mut w = words(p);
-            while w
-                .first()
-                .is_some_and(|x| ["if", "then", "else", "elif", "do"].contains(&x.as_str()))
-            {
-                w.remove(0);
-            }
-            match w.first().map(String::as_str) {
-                None | Some("fi") | Some("done") => None,
-                _ => Some(w),
-            }
-        })
+        .map(|p| words(p))
+        .filter(|w| !w.is_empty())
         .collect()
 }
 
+/// A U-Boot script's facts. A statement inside `if`/`else`/`for` carries its context (the
+/// enclosing conditions and loops): as a last item of a setenv pair or a load, as a
+/// `CONTEXT => ` prefix of a command.
 fn uboot_facts(script: &str) -> Facts {
     let mut setenv = Vec::new();
     let mut bootargs = BTreeSet::new();
     let mut loads = Vec::new();
     let mut gpio = Vec::new();
     let mut commands = Vec::new();
+    let mut stack: Vec<String> = Vec::new();
     for line in script.lines() {
-        for w in statements(line) {
-            match w[0].as_str() {
+        for mut w in statements(line) {
+            loop {
+                match w.first().map(String::as_str) {
+                    Some("then") | Some("do") => {
+                        w.remove(0);
+                    }
+                    Some("else") => {
+                        let top = stack.last_mut().expect("else outside if");
+                        *top = format!("else {}", top.trim_start_matches("if "));
+                        w.remove(0);
+                    }
+                    _ => break,
+                }
+            }
+            let Some(first) = w.first().cloned() else {
+                continue;
+            };
+            if first == "fi" || first == "done" {
+                stack.pop().expect("fi/done without if/for");
+                continue;
+            }
+            let ctx = stack.join(" / ");
+            let with_ctx = |s: String| {
+                if ctx.is_empty() {
+                    s
+                } else {
+                    format!("{ctx} => {s}")
+                }
+            };
+            let mut item = |mut v: Vec<String>| {
+                if !ctx.is_empty() {
+                    v.push(ctx.clone());
+                }
+                items(&v)
+            };
+            match first.as_str() {
+                "if" => {
+                    let cond = w[1..].join(" ");
+                    commands.push(with_ctx(cond.clone()));
+                    stack.push(format!("if {cond}"));
+                }
+                "for" => {
+                    commands.push(with_ctx(w.join(" ")));
+                    stack.push(w.join(" "));
+                }
                 "echo" => {}
                 "setenv" if w.get(1).is_some_and(|n| n == "bootargs") => {
                     for t in w[2..].join(" ").split_whitespace() {
@@ -284,13 +321,16 @@ fn uboot_facts(script: &str) -> Facts {
                 "setenv" => {
                     let value = w[2..].join(" ");
                     let value: Vec<&str> = value.split_whitespace().collect();
-                    setenv.push(items(&[w[1].clone(), value.join(" ")]));
+                    setenv.push(item(vec![w[1].clone(), value.join(" ")]));
                 }
-                "load" | "fatload" | "ext4load" | "ext2load" => loads.push(items(&w[1..])),
-                "gpio" => gpio.push(w[1..].join(" ")),
-                _ => commands.push(w.join(" ")),
+                "load" | "fatload" | "ext4load" | "ext2load" => loads.push(item(w[1..].to_vec())),
+                "gpio" => gpio.push(with_ctx(w[1..].join(" "))),
+                _ => commands.push(with_ctx(w.join(" "))),
             }
         }
+    }
+    if !stack.is_empty() {
+        commands.push(format!("unclosed: {}", stack.join(" / ")));
     }
     let silent = script.lines().any(|l| l.starts_with("# setenv silent"));
     Facts::from([
@@ -652,16 +692,16 @@ fn compare(board: &str, file: &str, want: &Facts, got: &Facts, errors: &mut Vec<
                 w.show()
             )),
             Some(g) if g != w => {
-                let detail = match (w, g) {
+                let diff = match (w, g) {
                     (Fact::Bag(a), Fact::Bag(b)) => {
                         let missing: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
                         let extra: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
-                        format!(" (missing {missing:?}, unexpected {extra:?})")
+                        format!("missing {missing:?}, unexpected {extra:?}; ")
                     }
                     _ => String::new(),
                 };
                 errors.push(format!(
-                    "{board}: {file}: {k}: expected {}, found {}{detail}",
+                    "{board}: {file}: {k}: {diff}expected {}, found {}",
                     w.show(),
                     g.show()
                 ));
@@ -895,11 +935,16 @@ fn script_reader_sees_through_quotes_comments_and_conditions() {
     );
     assert_eq!(
         f["setenv"],
-        Fact::bag(vec![r#"["a","x y"]"#.into(), r#"["c","1"]"#.into()])
+        Fact::bag(vec![
+            r#"["a","x y"]"#.into(),
+            r#"["c","1","if test ${b} = 1"]"#.into()
+        ])
     );
     assert_eq!(
         f["loads"],
-        Fact::bag(vec![r#"["mmc","0:1","${addr}","f.dtb"]"#.into()])
+        Fact::bag(vec![
+            r#"["mmc","0:1","${addr}","f.dtb","if test ${b} = 1"]"#.into()
+        ])
     );
     assert_eq!(
         f["commands"],
@@ -911,6 +956,22 @@ fn script_reader_sees_through_quotes_comments_and_conditions() {
     );
     assert_eq!(f["bootargs"], Fact::bag(vec!["${a}".into(), "k=v".into()]));
     assert_eq!(f["silent"], Fact::Flag(true));
+    // Multi-line blocks, `else` and loops nest.
+    let n = uboot_facts(
+        "if test -n ${x}; then\n  setenv y 1;\nelse\n  setenv y 2;\nfi;\n\
+         for o in ${l}; do\n  gpio set ${o}\ndone\n",
+    );
+    assert_eq!(
+        n["setenv"],
+        Fact::bag(vec![
+            r#"["y","1","if test -n ${x}"]"#.into(),
+            r#"["y","2","else test -n ${x}"]"#.into()
+        ])
+    );
+    assert_eq!(
+        n["gpio"],
+        Fact::Seq(vec!["for o in ${l} => set ${o}".into()])
+    );
     // A difference in any of them is seen.
     let g = uboot_facts("setenv a \"x y z\"\n");
     let mut errors = Vec::new();

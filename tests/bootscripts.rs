@@ -296,7 +296,7 @@ fn uboot_facts(script: &str) -> Facts {
                     format!("{ctx} => {s}")
                 }
             };
-            let mut item = |mut v: Vec<String>| {
+            let item = |mut v: Vec<String>| {
                 if !ctx.is_empty() {
                     v.push(ctx.clone());
                 }

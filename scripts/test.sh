@@ -33,18 +33,21 @@ for pkg in "${boot_packages[@]}"; do
     missing+=("$pkg")
   fi
 done
-# The boot tests fetch Debian's arm64 kernel and busybox with `apt-get download`.
-add_arm64=
-if [ "$(dpkg --print-architecture)" != arm64 ] &&
-  ! dpkg --print-foreign-architectures | grep -x arm64 >/dev/null; then
-  add_arm64=1
-fi
-if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-if ((${#missing[@]})) || [ -n "$add_arm64" ]; then
-  if [ -n "$add_arm64" ]; then
-    echo "adding the arm64 dpkg architecture"
-    "${sudo[@]}" dpkg --add-architecture arm64
+# The boot tests fetch Debian's arm64 and armhf kernels, busybox and U-Boot with
+# `apt-get download`.
+add_arches=()
+for arch in arm64 armhf; do
+  if [ "$(dpkg --print-architecture)" != "$arch" ] &&
+    ! dpkg --print-foreign-architectures | grep -x "$arch" >/dev/null; then
+    add_arches+=("$arch")
   fi
+done
+if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+if ((${#missing[@]})) || ((${#add_arches[@]})); then
+  for arch in "${add_arches[@]}"; do
+    echo "adding the $arch dpkg architecture"
+    "${sudo[@]}" dpkg --add-architecture "$arch"
+  done
   "${sudo[@]}" apt-get update -qq
 fi
 if ((${#missing[@]})); then

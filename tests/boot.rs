@@ -38,6 +38,9 @@ const PROMPT_IDLE: Duration = Duration::from_secs(3);
 /// U-Boot's prompt: its boot commands found nothing that booted.
 const UBOOT_PROMPT: &str = "\n=> ";
 const MARKER: &str = "SKIFF-TEST-MARKER";
+/// What a guest that cannot power off prints when it stops (the Orange Pi's U-Boot PSCI has
+/// no system-off): after the marker, the end of the boot.
+const HALTED: &str = "reboot: System halted";
 
 const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -321,6 +324,7 @@ fn kernel(meta: &str) -> Kernel {
             format!("{m}/kernel/drivers/mmc"),
             format!("{m}/kernel/drivers/watchdog"),
             format!("usr/lib/linux-image-{kver}/broadcom"),
+            format!("usr/lib/linux-image-{kver}/{ORANGEPI_ZERO_DTB}"),
         ]
         .join("\n")
     };
@@ -684,6 +688,76 @@ fn pi3_images(dir: &Path) -> Expect {
     }
 }
 
+/// Orange Pi Zero (H2+) on QEMU's orangepi-pc (H3): the H2+ is the H3's sibling and the
+/// Zero's device tree boots on it as it is. It also enables the Wi-Fi SDIO controller at
+/// 0x1c10000, which QEMU's machine lacks: the guest's driver is kept off it (NO_BIND).
+const ORANGEPI_ZERO_DTB: &str = "sun8i-h2-plus-orangepi-zero.dtb";
+const ORANGEPI_PACKAGES: &[&str] = &["qemu-system-arm", "busybox-static", "lz4", "u-boot-tools"];
+/// The SD host driver and the block driver on top of it.
+const SUNXI_MODULES: &[&str] = &["sunxi_mmc", "mmc_block"];
+
+/// For orangepi/zero, shaped as SkiffOS builds it (initramfs root, no squashfs): Debian's
+/// armhf kernel as `zImage`, the Zero's device tree, the lz4 initramfs wrapped as
+/// `rootfs.cpio.uboot` (as Buildroot's BR2_TARGET_ROOTFS_CPIO_UIMAGE does), and Debian's
+/// `u-boot-sunxi-with-spl.bin` for the board: the blob the boot ROM loads from 8 KiB.
+fn orangepi_images(dir: &Path) -> Expect {
+    let k = kernel("linux-image-armmp:armhf");
+    let bb = busybox("armhf");
+    std::fs::create_dir_all(dir).unwrap();
+    place(&k.image(), &dir.join("zImage"));
+    place(
+        &k.root.join(format!(
+            "usr/lib/linux-image-{}/{ORANGEPI_ZERO_DTB}",
+            k.kver
+        )),
+        &dir.join(ORANGEPI_ZERO_DTB),
+    );
+    let uboot = deb("u-boot-sunxi:armhf");
+    let root = cache()
+        .join("u-boot-sunxi")
+        .join(uboot.file_stem().unwrap().to_string_lossy().as_ref());
+    let spl = root.join("usr/lib/u-boot/orangepi_zero/u-boot-sunxi-with-spl.bin");
+    if !spl.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        sh(Command::new("dpkg-deb").arg("-x").arg(&uboot).arg(&root));
+    }
+    place(&spl, &dir.join("u-boot-sunxi-with-spl.bin"));
+    let conf = "BOOT_LABEL=boot\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=persist\n\
+                ROOT_LABEL=\nNO_BIND=1c10000.mmc\n";
+    let lz4 = dir.join("rootfs.cpio.lz4");
+    std::fs::write(&lz4, initramfs(&k, &bb, conf, SUNXI_MODULES)).unwrap();
+    sh(Command::new("mkimage")
+        .args([
+            "-A",
+            "arm",
+            "-T",
+            "ramdisk",
+            "-C",
+            "none",
+            "-n",
+            "initramfs",
+            "-d",
+        ])
+        .arg(&lz4)
+        .arg(dir.join("rootfs.cpio.uboot")));
+    std::fs::remove_file(&lz4).unwrap();
+    let persist = token("persist");
+    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
+    std::fs::write(dir.join("persist_part/skiff-test-token"), &persist).unwrap();
+    std::fs::write(
+        dir.join("skiff-release"),
+        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
+    )
+    .unwrap();
+    Expect {
+        squashfs: "none".into(),
+        persist,
+        root_part: None,
+        sqpath: "-".into(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Build, boot, check
 
@@ -884,6 +958,7 @@ fn boot(
     let mut to_marker = None;
     let mut marker = None;
     let mut at_prompt = false;
+    let mut halted = false;
     let (mut seen, mut changed) = (0, Instant::now());
     let status = loop {
         {
@@ -907,6 +982,12 @@ fn boot(
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
         }
+        if marker.is_some() && String::from_utf8_lossy(&buf.lock().unwrap()).contains(HALTED) {
+            let _ = child.kill();
+            let _ = child.wait();
+            halted = true;
+            break None;
+        }
         if at_prompt || start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
@@ -926,6 +1007,7 @@ fn boot(
     }
     let why = match (&marker, status) {
         (Some(_), Some(s)) if s.success() => None,
+        (Some(_), None) if halted => None,
         (Some(_), Some(s)) => Some(format!("QEMU exited with {s} after the marker")),
         (Some(_), None) => Some(format!(
             "the marker appeared but the guest did not power off within {} s",
@@ -1038,6 +1120,25 @@ fn qemu_raspi3b(i: &Image, dir: &Path) -> Command {
     .arg(format!("{} console=ttyAMA0", cmdline.trim()))
     .arg("-drive")
     .arg(format!("if=sd,format=raw,file={}", i.img.display()));
+    c
+}
+
+/// QEMU's orangepi-pc: its boot ROM loads the SPL from 8 KiB of the SD card, as the
+/// board's does; nothing else is handed to the machine.
+fn qemu_orangepi(img: &Path) -> Command {
+    let mut c = Command::new("qemu-system-arm");
+    c.args(["-M", "orangepi-pc", "-accel", "tcg", "-display", "none"])
+        .args([
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
+        .arg("-drive")
+        .arg(format!("if=sd,format=raw,file={}", img.display()));
     c
 }
 
@@ -1168,8 +1269,91 @@ fn qemu_boot_raspi3b_pi3x64() {
     boot_and_check(&i, qemu_raspi3b(&i, &dir), None, &want, "persist");
 }
 
+/// orangepi/zero through its raw bootloader: the boot ROM finds the SPL skiff-flash placed
+/// at 8 KiB, the SPL starts U-Boot, U-Boot runs the board's own boot.scr, which loads the
+/// kernel, the initramfs and the device tree from the FAT `boot`; the guest finds `boot`
+/// and `persist` on the SD card (QEMU wants an SD image of a power of 2).
+#[test]
+fn qemu_boot_orangepi_zero_spl() {
+    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "orangepi-zero-spl";
+    let dir = run_dir(name);
+    let want = orangepi_images(&dir.join("images"));
+    let i = Image::build(name, "orangepi/zero", &dir, None, &["--size", "512MiB"]);
+    let log = i.img.with_file_name("serial.log");
+    boot_and_check(
+        &i,
+        qemu_orangepi(&i.img),
+        Some(UBOOT_PROMPT),
+        &want,
+        "persist",
+    );
+    let serial = clean(&std::fs::read(&log).unwrap());
+    for stage in [
+        "U-Boot SPL",
+        "Trying to boot from MMC1",
+        "Found U-Boot script /boot.scr",
+    ] {
+        assert!(
+            serial.contains(stage),
+            "{name}: no `{stage}` on the serial line"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Broken configs fail loudly
+
+/// orangepi/zero with its SPL one sector past 8 KiB: the boot ROM finds no SPL, nothing
+/// boots, and the failure shows the stage (no SPL banner on the serial line).
+#[test]
+fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
+    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "orangepi-zero-spl-moved";
+    let dir = run_dir(name);
+    orangepi_images(&dir.join("images"));
+    let boards = dir.join("user/boards/test");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::write(
+        boards.join("orangepi-zero-spl-moved.toml"),
+        "description = \"orangepi/zero with the SPL one sector late\"\n\
+         inherit = \"orangepi/zero\"\n\n\
+         [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
+    )
+    .unwrap();
+    let user = Some(dir.join("user"));
+    let i = Image::build(
+        name,
+        "test/orangepi-zero-spl-moved",
+        &dir,
+        user,
+        &["--size", "512MiB"],
+    );
+    let log = dir.join("serial.log");
+    let err = match boot(
+        name,
+        qemu_orangepi(&i.img),
+        None,
+        Duration::from_secs(30),
+        &log,
+    ) {
+        Ok(b) => panic!("{name}: booted with the SPL moved: {:?}", b.marker),
+        Err(e) => e,
+    };
+    println!("{err}");
+    assert!(err.contains("no marker"), "{err}");
+    let serial = clean(&std::fs::read(&log).unwrap());
+    assert!(
+        !serial.contains("U-Boot SPL"),
+        "{name}: the boot ROM found an SPL it should not have:\n{serial}"
+    );
+}
 
 /// A user board (`--board-dir`) inheriting virt/qemu-arm64 whose boot.txt loads a kernel
 /// name that is not on the disk: no marker, and the serial tail shows U-Boot's error.

@@ -279,7 +279,7 @@ fn fdt(compatible: &str) -> Vec<u8> {
     be(&mut st, value.len() as u32);
     be(&mut st, 0); // name offset of "compatible"
     st.extend_from_slice(&value);
-    while st.len() % 4 != 0 {
+    while !st.len().is_multiple_of(4) {
         st.push(0);
     }
     be(&mut st, 2); // FDT_END_NODE
@@ -321,11 +321,11 @@ fn newc_cpio() -> Vec<u8> {
         out.extend_from_slice(b"00000000");
         out.extend_from_slice(name.as_bytes());
         out.push(0);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -1436,7 +1436,8 @@ fn board_rules_require_what_skiffos_requires() {
                 .iter()
                 .filter(|a| a.required)
                 .all(|a| required_by_rule(a));
-            if *required != skiff_required && !intended && !(!*required && covered) {
+            let excused = intended || (!*required && covered);
+            if *required != skiff_required && !excused {
                 errs.push(format!(
                     "{board}: rule `{name}` ({from:?}) has required = {required}, SkiffOS's \
                      scripts: {:?}",

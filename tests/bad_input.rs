@@ -62,14 +62,23 @@ fn missing_kernel_names_board_artifact_and_place() {
 
 #[test]
 fn missing_squashfs_is_refused() {
+    // pine64/phone boots the squashfs; SkiffOS's install copies it unconditionally. The pi/4
+    // images have everything else it needs but skiff-init/ (added here) and no squashfs.
     let d = images_copy();
-    std::fs::remove_file(d.path().join("rootfs.squashfs")).unwrap();
-    refused(d.path(), "pi/4", &[], &["board pi/4", "`rootfs.squashfs`"]);
+    std::fs::create_dir(d.path().join("skiff-init")).unwrap();
+    std::fs::write(d.path().join("skiff-init/skiff-init-squashfs"), b"init").unwrap();
+    assert!(!d.path().join("rootfs.squashfs").exists());
+    refused(
+        d.path(),
+        "pine64/phone",
+        &[],
+        &["board pine64/phone", "`rootfs.squashfs`"],
+    );
 }
 
 #[test]
 fn corrupt_squashfs_is_refused() {
-    let d = images_copy();
+    let d = fixtures_with_squashfs();
     let p = d.path().join("rootfs.squashfs");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[0..4].copy_from_slice(b"junk");
@@ -79,7 +88,7 @@ fn corrupt_squashfs_is_refused() {
 
 #[test]
 fn truncated_squashfs_is_refused() {
-    let d = images_copy();
+    let d = fixtures_with_squashfs();
     let p = d.path().join("rootfs.squashfs");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();

@@ -1,8 +1,10 @@
-//! Every shipped board, built from a synthetic images directory made from what its own
-//! definition says it needs, and checked with sfdisk, sgdisk, fsck.fat, e2fsck, blkid,
-//! mtools, debugfs and mkimage. Then a few boards compared with what SkiffOS's scripts
-//! produce (docs/boards.md, /work/shared/skiffos-boards.md), and the errors a broken board
-//! or images directory gets.
+//! Every shipped board, built twice from an images directory shaped exactly as its SkiffOS
+//! build leaves it (`skiffos/artifacts.toml`): once with everything that build produces,
+//! unused files included, and once with only what SkiffOS's install/format scripts require.
+//! Each image is checked with sfdisk, sgdisk, fsck.fat, e2fsck, blkid, mtools, debugfs and
+//! mkimage. The board rules are checked against the same data (a rule is required exactly
+//! when SkiffOS's scripts require its file). Then a few boards compared with what SkiffOS's
+//! scripts produce (docs/boards.md), and the errors a broken board or images directory gets.
 
 mod common;
 
@@ -75,13 +77,6 @@ fn is_pattern(name: &str) -> bool {
     name.contains(['*', '?'])
 }
 
-/// Whether a rule's source is a directory (`rpi-firmware`, `efi-part`, `boot_part`,
-/// `skiff-init`...): it goes into a directory and its name has a separator but no dot.
-/// Kernels (`Image`, `zImage`, `bzImage`) and `MLO`/`SPL` have neither, so they are files.
-fn is_dir_source(name: &str, to: &str) -> bool {
-    to.ends_with('/') && !name.contains('.') && name.contains(['-', '_'])
-}
-
 /// Deterministic pseudo-random bytes (xorshift64*, seeded from the name).
 fn noise(name: &str, len: u64) -> Vec<u8> {
     let mut s: u64 = 0xcbf2_9ce4_8422_2325;
@@ -152,59 +147,335 @@ fn raw_sizes(board: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// A synthetic images directory for `board`: its required artifacts (or, with `full`, every
-/// non-glob source its rules name, except bootloader configs that have a fallback text),
-/// plus skiff-release and the fixtures' DTBs.
-fn synth_images(board: &Value, full: bool) -> tempfile::TempDir {
+/// One file or directory a SkiffOS build leaves in `images/` (`skiffos/artifacts.toml`).
+#[derive(Debug, Clone)]
+struct Artifact {
+    name: String,
+    kind: String,
+    required: bool,
+    produced: bool,
+}
+
+/// `skiffos/artifacts.toml`: board name → its artifacts, in file order.
+fn skiffos_artifacts() -> BTreeMap<String, Vec<Artifact>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("skiffos/artifacts.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    assert!(
+        doc["skiffos_commit"]
+            .as_str()
+            .is_some_and(|c| c.len() == 40),
+        "skiffos_commit is a full commit id"
+    );
+    let boards = doc["boards"].as_table().expect("a [boards] table");
+    boards
+        .iter()
+        .map(|(name, b)| {
+            let arts = b["artifacts"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: no artifacts"))
+                .iter()
+                .map(|a| {
+                    let s = |k: &str| a[k].as_str().unwrap_or_else(|| panic!("{name}: {k}"));
+                    let source = s("source");
+                    let (file, line) = source.rsplit_once(':').unwrap();
+                    assert!(
+                        !file.is_empty() && line.parse::<u32>().is_ok(),
+                        "{name}: source `{source}` is path:LINE"
+                    );
+                    let kind = s("kind").to_string();
+                    assert!(
+                        [
+                            "kernel",
+                            "dtb",
+                            "initramfs",
+                            "squashfs",
+                            "firmware-dir",
+                            "bootloader",
+                            "dir",
+                            "other"
+                        ]
+                        .contains(&kind.as_str()),
+                        "{name}: kind {kind}"
+                    );
+                    Artifact {
+                        name: s("name").to_string(),
+                        kind,
+                        required: a["required"].as_bool().unwrap(),
+                        produced: a.get("produced").and_then(|p| p.as_bool()).unwrap_or(true),
+                    }
+                })
+                .collect();
+            (name.clone(), arts)
+        })
+        .collect()
+}
+
+/// The artifacts of one board (panics when the data has no entry for it).
+fn artifacts_of(board: &str) -> Vec<Artifact> {
+    skiffos_artifacts()
+        .remove(board)
+        .unwrap_or_else(|| panic!("skiffos/artifacts.toml has no board {board}"))
+}
+
+/// Which artifacts of a board go into a generated images directory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Set {
+    /// Everything the SkiffOS build produces, used or not.
+    Produced,
+    /// Only what SkiffOS's install/format scripts cannot do without.
+    Required,
+}
+
+impl Set {
+    fn takes(self, a: &Artifact) -> bool {
+        a.produced && (self == Set::Produced || a.required)
+    }
+}
+
+/// An arm64 `Image`: the 64-byte header with "ARM\x64" at 0x38, then noise.
+fn arm64_image(len: u64) -> Vec<u8> {
+    let mut b = noise("Image", len);
+    b[..64].fill(0);
+    b[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+    b[8..16].copy_from_slice(&0x80000u64.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    b[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    b
+}
+
+/// A 32-bit ARM `zImage`: magic 0x016f2818 at 0x24, start/end after it.
+fn arm_zimage(len: u64) -> Vec<u8> {
+    let mut b = noise("zImage", len);
+    b[0x24..0x28].copy_from_slice(&0x016f_2818u32.to_le_bytes());
+    b[0x28..0x2c].copy_from_slice(&0u32.to_le_bytes());
+    b[0x2c..0x30].copy_from_slice(&(len as u32).to_le_bytes());
+    b
+}
+
+/// An x86 `bzImage`: boot-sector signature and "HdrS" at 0x202 (boot protocol 2.15).
+fn x86_bzimage(len: u64) -> Vec<u8> {
+    let mut b = noise("bzImage", len);
+    b[0x1f1] = 1;
+    b[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b
+}
+
+/// A flattened device tree (version 17) with one root node carrying `compatible`.
+fn fdt(compatible: &str) -> Vec<u8> {
+    fn be(v: &mut Vec<u8>, x: u32) {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    let strings = b"compatible\0".to_vec();
+    let mut value = compatible.as_bytes().to_vec();
+    value.push(0);
+    let mut st = Vec::new();
+    be(&mut st, 1); // FDT_BEGIN_NODE
+    be(&mut st, 0); // "" (root) padded to 4
+    be(&mut st, 3); // FDT_PROP
+    be(&mut st, value.len() as u32);
+    be(&mut st, 0); // name offset of "compatible"
+    st.extend_from_slice(&value);
+    while !st.len().is_multiple_of(4) {
+        st.push(0);
+    }
+    be(&mut st, 2); // FDT_END_NODE
+    be(&mut st, 9); // FDT_END
+    let rsv = 40u32;
+    let off_struct = rsv + 16;
+    let off_strings = off_struct + st.len() as u32;
+    let total = off_strings + strings.len() as u32;
+    let mut out = Vec::new();
+    for x in [
+        0xd00d_feed,
+        total,
+        off_struct,
+        off_strings,
+        rsv,
+        17,
+        16,
+        0,
+        strings.len() as u32,
+        st.len() as u32,
+    ] {
+        be(&mut out, x);
+    }
+    out.extend_from_slice(&[0; 16]); // empty memory reservation map
+    out.extend_from_slice(&st);
+    out.extend_from_slice(&strings);
+    out
+}
+
+/// A `newc` cpio archive holding `/init` (a shell script) and the trailer.
+fn newc_cpio() -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+        let fields = [1, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(format!("{:08x}", name.len() + 1).as_bytes());
+        out.extend_from_slice(b"00000000");
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    entry(&mut out, "init", 0o100755, b"#!/bin/sh\nexec /sbin/init\n");
+    entry(&mut out, "TRAILER!!!", 0, b"");
+    out
+}
+
+/// `data` as an lz4 legacy frame (what `lz4 -l` writes): one block of literals only.
+fn lz4_legacy(data: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    let n = data.len();
+    block.push(((n.min(15)) as u8) << 4);
+    if n >= 15 {
+        let mut rest = n - 15;
+        while rest >= 255 {
+            block.push(255);
+            rest -= 255;
+        }
+        block.push(rest as u8);
+    }
+    block.extend_from_slice(data);
+    let mut out = 0x184c_2102u32.to_le_bytes().to_vec();
+    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Runs a tool that must succeed (with a fixed SOURCE_DATE_EPOCH).
+fn make(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A U-Boot legacy ramdisk image of `payload` (what Buildroot's CPIO_UIMAGE and the
+/// beaglebone hook make), via mkimage.
+fn uimage_ramdisk(payload: &[u8], at: &Path) {
+    let src = at.with_extension("payload");
+    std::fs::write(&src, payload).unwrap();
+    make(
+        "mkimage",
+        &[
+            "-A",
+            "arm",
+            "-O",
+            "linux",
+            "-T",
+            "ramdisk",
+            "-C",
+            "none",
+            "-n",
+            "test ramdisk",
+            "-d",
+            src.to_str().unwrap(),
+            at.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(src).unwrap();
+}
+
+/// A real lz4 squashfs (as SkiffOS builds them) holding one file named after `at`.
+fn squashfs_at(at: &Path) {
+    let stage = tempfile::tempdir().unwrap();
+    let leaf = at.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(stage.path().join("content"), format!("{leaf}\n")).unwrap();
+    make(
+        "mksquashfs",
+        &[
+            stage.path().to_str().unwrap(),
+            at.to_str().unwrap(),
+            "-comp",
+            "lz4",
+            "-noappend",
+            "-all-root",
+            "-no-xattrs",
+            "-quiet",
+            "-no-progress",
+        ],
+    );
+}
+
+/// The tools the generated images directories need.
+fn have_generators() -> bool {
+    need("mkimage", "u-boot-tools") && need("mksquashfs", "squashfs-tools")
+}
+
+/// An images directory shaped as `board`'s SkiffOS build leaves it (`skiffos/artifacts.toml`),
+/// with every produced artifact (`Set::Produced`) or only the required ones. Kernels, DTBs,
+/// initramfs images and squashfs images are real enough for their magic to be checked; blobs
+/// written raw are sized so they fit before the next raw write (`raw_sizes`).
+fn skiffos_images(board: &str, def: &Value, set: Set) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let raw = raw_sizes(board);
-    let mut names: Vec<(String, String)> = Vec::new();
-    for r in arr(&board["files"]) {
-        let required = r["required"] == Value::Bool(true);
-        // A rule sharing another's source (boot.scr from boot.txt) has that rule's fallback.
-        let has_text = r["text"].is_string() || r["same_as"].is_string();
-        if has_text || !(required || full) {
-            continue;
-        }
-        if let Some(f) = first_from(r) {
-            names.push((f.to_string(), r["to"].as_str().unwrap_or("").to_string()));
-        }
-    }
-    for r in arr(&board["raw"]) {
-        if r["required"] != Value::Bool(false) || full {
-            names.push((first_from(r).unwrap().to_string(), String::new()));
-        }
-    }
-    for (name, to) in names {
-        if is_pattern(&name) {
-            continue;
-        }
-        let path = root.join(&name);
-        if path.exists() {
-            continue;
-        }
+    let raw = raw_sizes(def);
+    let mut arts: Vec<Artifact> = artifacts_of(board)
+        .into_iter()
+        .filter(|a| set.takes(a))
+        .collect();
+    // Parents before what they hold (efi-part before efi-part/EFI/BOOT/bootx64.efi).
+    arts.sort_by(|a, b| a.name.cmp(&b.name));
+    for a in arts {
+        assert!(!is_pattern(&a.name), "{board}: produced `{}`", a.name);
+        let path = root.join(&a.name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        if name.ends_with(".squashfs") {
-            std::fs::copy(fixtures().join("rootfs.squashfs"), &path).unwrap();
-        } else if is_dir_source(&name, &to) {
-            std::fs::create_dir_all(&path).unwrap();
-            let leaf = format!("from-{name}.bin");
-            std::fs::write(path.join(&leaf), noise(&leaf, 4096)).unwrap();
-        } else {
-            let len = raw.get(&name).copied().unwrap_or(BLOB);
-            std::fs::write(&path, noise(&name, len)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("skiff-release"),
-        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
-    )
-    .unwrap();
-    for e in std::fs::read_dir(fixtures()).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "dtb") {
-            std::fs::copy(&p, root.join(p.file_name().unwrap())).unwrap();
+        let leaf = path.file_name().unwrap().to_string_lossy().into_owned();
+        let len = raw.get(&a.name).copied().unwrap_or(BLOB);
+        match a.kind.as_str() {
+            "dir" | "firmware-dir" => {
+                std::fs::create_dir_all(&path).unwrap();
+                // SkiffOS leaves `resources/` empty; every other directory holds files.
+                if a.name != "resources" {
+                    let f = format!("from-{leaf}.bin");
+                    std::fs::write(path.join(&f), noise(&f, 4096)).unwrap();
+                }
+            }
+            "kernel" => {
+                let bytes = match leaf.as_str() {
+                    "Image" => arm64_image(len),
+                    "zImage" => arm_zimage(len),
+                    "bzImage" => x86_bzimage(len),
+                    other => panic!("{board}: unknown kernel {other}"),
+                };
+                std::fs::write(&path, bytes).unwrap();
+            }
+            "dtb" => std::fs::write(&path, fdt(&format!("skiff-test,{leaf}"))).unwrap(),
+            "squashfs" => squashfs_at(&path),
+            "initramfs" => match leaf.as_str() {
+                "rootfs.cpio" => std::fs::write(&path, newc_cpio()).unwrap(),
+                "rootfs.cpio.lz4" => std::fs::write(&path, lz4_legacy(&newc_cpio())).unwrap(),
+                _ if leaf.ends_with(".uboot") || leaf.ends_with(".img") => {
+                    uimage_ramdisk(&lz4_legacy(&newc_cpio()), &path)
+                }
+                other => panic!("{board}: unknown initramfs {other}"),
+            },
+            "other" if a.name == "skiff-release" => std::fs::write(
+                &path,
+                format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
+            )
+            .unwrap(),
+            "bootloader" | "other" => std::fs::write(&path, noise(&a.name, len)).unwrap(),
+            other => panic!("{board}: unknown kind {other}"),
         }
     }
     dir
@@ -306,12 +577,13 @@ fn gpt_guid(name: &str) -> String {
     }
 }
 
-/// Everything test (a) checks for one board; returns the problems found.
-fn check_board(name: &str) -> Vec<String> {
+/// Everything test (a) checks for one board built from one set of its SkiffOS artifacts;
+/// returns the problems found.
+fn check_board(name: &str, set: Set) -> Vec<String> {
     let mut errs = Vec::new();
-    let mut err = |m: String| errs.push(format!("{name}: {m}"));
+    let mut err = |m: String| errs.push(format!("{name} ({set:?} artifacts): {m}"));
     let def = show(name);
-    let images = synth_images(&def, false);
+    let images = skiffos_images(name, &def, set);
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("disk.img");
     let built = run(&[
@@ -433,11 +705,21 @@ fn check_board(name: &str) -> Vec<String> {
         }
     }
 
-    // Every raw blob is on the disk byte for byte.
+    // Every raw blob whose source is there is on the disk byte for byte (an optional
+    // write without its source is skipped, as SkiffOS's format skips it).
     let raw = arr(&plan["raw"]);
-    if raw.len() != arr(&def["raw"]).len() {
+    let present = arr(&def["raw"])
+        .iter()
+        .filter(|r| {
+            arr(&r["from"])
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|f| images.path().join(f).is_file())
+        })
+        .count();
+    if raw.len() != present {
         err(format!(
-            "{} raw writes planned, board has {}",
+            "{} raw writes planned, {present} of the board's {} have their source",
             raw.len(),
             arr(&def["raw"]).len()
         ));
@@ -468,19 +750,32 @@ fn every_board_builds_and_checks_clean() {
         || !need("fsck.fat", "dosfstools")
         || !need("e2fsck", "e2fsprogs")
         || !need("blkid", "util-linux")
+        || !have_generators()
     {
         return;
     }
     let names = board_names();
     assert!(names.len() >= 50, "every SkiffOS disk board: {names:?}");
+    // Every board twice: from everything its SkiffOS build leaves in images/ (unused files
+    // included, to show they are ignored), and from only what SkiffOS's scripts require.
+    let jobs: Vec<(String, Set)> = names
+        .iter()
+        .flat_map(|n| [(n.clone(), Set::Produced), (n.clone(), Set::Required)])
+        .collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    let chunks: Vec<Vec<String>> = (0..threads)
-        .map(|t| names.iter().skip(t).step_by(threads).cloned().collect())
+    let chunks: Vec<Vec<(String, Set)>> = (0..threads)
+        .map(|t| jobs.iter().skip(t).step_by(threads).cloned().collect())
         .collect();
     let errs: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .iter()
-            .map(|c| s.spawn(move || c.iter().flat_map(|n| check_board(n)).collect::<Vec<_>>()))
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .flat_map(|(n, set)| check_board(n, *set))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -499,9 +794,9 @@ struct Built {
     img: PathBuf,
 }
 
-fn build_synth(board: &str, full: bool, tweak: impl FnOnce(&Path)) -> Built {
+fn build_synth(board: &str, set: Set, tweak: impl FnOnce(&Path)) -> Built {
     let def = show(board);
-    let images = synth_images(&def, full);
+    let images = skiffos_images(board, &def, set);
     tweak(images.path());
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("disk.img");
@@ -629,11 +924,12 @@ fn boot_scr_is_a_valid_uboot_script() {
         || !need("dumpimage", "u-boot-tools")
         || !need("mcopy", "mtools")
         || !need("debugfs", "e2fsprogs")
+        || !have_generators()
     {
         return;
     }
     // On FAT (odroid/xu), with boot.txt beside it.
-    let b = build_synth("odroid/xu", false, |_| {});
+    let b = build_synth("odroid/xu", Set::Required, |_| {});
     let files = b.files("boot");
     let text = b.rule_text("boot.scr");
     let payload = script_payload(&files["/boot.scr"], "ARM", "Skiff Odroid");
@@ -645,7 +941,7 @@ fn boot_scr_is_a_valid_uboot_script() {
     );
 
     // In ext4 /boot/ (allwinner/nezha, RISC-V), with the silent-console edit requested.
-    let b = build_synth("allwinner/nezha", false, |d| {
+    let b = build_synth("allwinner/nezha", Set::Required, |d| {
         std::fs::write(d.join(".disable-serial-console"), "").unwrap()
     });
     let files = b.files("persist");
@@ -670,7 +966,7 @@ fn boot_scr_is_a_valid_uboot_script() {
     assert_eq!(files["/boot/boot.txt"], silenced.as_bytes());
 
     // At the persist root (pine64/phone), with the persist PARTUUID filled in.
-    let b = build_synth("pine64/phone", false, |_| {});
+    let b = build_synth("pine64/phone", Set::Required, |_| {});
     let files = b.files("persist");
     let payload = script_payload(&files["/boot.scr"], "ARM", "SkiffOS");
     let partuuid = b.part("persist")["partuuid"].as_str().unwrap().to_string();
@@ -727,15 +1023,25 @@ struct Want {
     label: &'static str,
 }
 
-fn dtbs() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(fixtures())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".dtb"))
-        .map(|n| format!("/{n}"))
+/// The DTBs (and overlays) a board's SkiffOS build produces, as `/NAME`.
+fn dtbs(board: &str) -> Vec<String> {
+    let mut v: Vec<String> = artifacts_of(board)
+        .into_iter()
+        .filter(|a| a.kind == "dtb" && a.produced)
+        .map(|a| format!("/{}", a.name))
         .collect();
     v.sort();
     v
+}
+
+/// Adds what a user puts beside a SkiffOS build (no SkiffOS build makes these):
+/// `boot_part/`, `persist_part/` with one file each.
+fn user_parts(images: &Path) {
+    for d in ["boot_part", "persist_part"] {
+        std::fs::create_dir_all(images.join(d)).unwrap();
+        let f = format!("from-{d}.bin");
+        std::fs::write(images.join(d).join(&f), noise(&f, 4096)).unwrap();
+    }
 }
 
 #[test]
@@ -744,13 +1050,14 @@ fn representative_boards_match_skiffos_layouts() {
         || !need("blkid", "util-linux")
         || !need("mcopy", "mtools")
         || !need("debugfs", "e2fsprogs")
+        || !have_generators()
     {
         return;
     }
 
     // pi/4 (catalog §3.1): GPT, every partition named `primary`; FAT32 BOOT msftdata, ext4
     // rootfs and persist Linux data; no flags; first partition at 1 MiB.
-    let b = build_synth("pi/4", true, |_| {});
+    let b = build_synth("pi/4", Set::Produced, user_parts);
     let primary = Some("primary");
     assert_table(
         &b,
@@ -781,31 +1088,31 @@ fn representative_boards_match_skiffos_layouts() {
         ],
     );
     // install: kernel, rpi-firmware/, config.txt, cmdline.txt, boot_part/, *.dtb,
-    // rootfs.cpio.lz4, rootfs.squashfs, skiff-init/ → boot; rootfs_part/ → rootfs;
-    // persist_part/ → persist.
+    // rootfs.cpio.lz4 → boot (a pi/4 build has no rootfs.squashfs or skiff-init/);
+    // rootfs_part/ → rootfs; persist_part/ → persist. rootfs.cpio, skiff-release and the
+    // empty resources/ stay behind.
     let boot = b.files("boot");
     let mut want = set(&[
         "/Image",
         "/from-rpi-firmware.bin",
+        "/overlays/from-overlays.bin",
         "/config.txt",
         "/cmdline.txt",
         "/from-boot_part.bin",
         "/rootfs.cpio.lz4",
-        "/rootfs.squashfs",
-        "/skiff-init/from-skiff-init.bin",
     ]);
-    want.extend(dtbs());
+    want.extend(dtbs("pi/4"));
     assert_eq!(names(&boot), want);
     assert_eq!(boot["/config.txt"], b.rule_text("config.txt").as_bytes());
     assert_eq!(boot["/cmdline.txt"], b.rule_text("cmdline.txt").as_bytes());
     assert!(String::from_utf8_lossy(&boot["/config.txt"]).contains("kernel=Image\n"));
-    assert_eq!(names(&b.files("rootfs")), set(&["/from-rootfs_part.bin"]));
+    assert_eq!(names(&b.files("rootfs")), set(&["/modules.squashfs"]));
     assert_eq!(names(&b.files("persist")), set(&["/from-persist_part.bin"]));
     assert!(arr(&b.plan["raw"]).is_empty(), "no raw writes on a Pi");
 
     // odroid/xu (catalog §3.2): MBR; FAT32 `boot` 0x0c active from 2 MiB, ext4 rootfs and
     // persist 0x83.
-    let b = build_synth("odroid/xu", true, |_| {});
+    let b = build_synth("odroid/xu", Set::Produced, user_parts);
     assert_table(
         &b,
         "dos",
@@ -837,9 +1144,9 @@ fn representative_boards_match_skiffos_layouts() {
     // install: kernel, rootfs.cpio.uboot, boot.txt + boot.scr, *.dtb (*.dtbo) → boot.
     let boot = b.files("boot");
     let mut want = set(&["/zImage", "/rootfs.cpio.uboot", "/boot.txt", "/boot.scr"]);
-    want.extend(dtbs());
+    want.extend(dtbs("odroid/xu"));
     assert_eq!(names(&boot), want);
-    assert_eq!(names(&b.files("rootfs")), set(&["/from-rootfs_part.bin"]));
+    assert_eq!(names(&b.files("rootfs")), set(&["/modules.squashfs"]));
     assert_eq!(names(&b.files("persist")), set(&["/from-persist_part.bin"]));
     // sd_fusing.sh: bl1 → sector 1, bl2 → 31, U-Boot → 63, TZSW → 2111.
     let raw: Vec<(String, u64)> = arr(&b.plan["raw"])
@@ -858,7 +1165,7 @@ fn representative_boards_match_skiffos_layouts() {
         [
             ("hk_sd_fuse/bl1.bin.hardkernel".to_string(), 512),
             ("hk_sd_fuse/bl2.bin.hardkernel.1mb_uboot".to_string(), 15872),
-            ("u-boot-dtb.bin".to_string(), 32256),
+            ("u-boot.bin".to_string(), 32256),
             ("hk_sd_fuse/tzsw.bin.hardkernel".to_string(), 1080832),
         ]
     );
@@ -874,7 +1181,7 @@ fn representative_boards_match_skiffos_layouts() {
 
     // intel/desktop (catalog §3.3): GPT; `EFI` ESP FAT32 label EFI, `SKIFFOS` Linux data
     // ext4 label SKIFFOS; first partition at 1 MiB.
-    let b = build_synth("intel/desktop", true, |_| {});
+    let b = build_synth("intel/desktop", Set::Produced, user_parts);
     assert_table(
         &b,
         "gpt",
@@ -896,7 +1203,16 @@ fn representative_boards_match_skiffos_layouts() {
             },
         ],
     );
-    assert_eq!(names(&b.files("efi")), set(&["/from-efi-part.bin"]));
+    assert_eq!(
+        names(&b.files("efi")),
+        set(&[
+            "/from-efi-part.bin",
+            "/EFI/BOOT/bootx64.efi",
+            "/EFI/refind/from-refind.bin"
+        ])
+    );
+    // An intel/desktop build has no initramfs and no rootfs_part/ (no module image), so
+    // neither an initrd nor /rootfs/ is written.
     let sk = b.files("skiffos");
     let v = format!("{VERSION}-1");
     assert_eq!(
@@ -904,11 +1220,9 @@ fn representative_boards_match_skiffos_layouts() {
         set(&[
             &format!("/boot/bzImage-skiffos-{v}"),
             &format!("/boot/init-skiffos-{v}.squashfs"),
-            &format!("/boot/initrd-skiffos-{v}"),
             "/boot/refind_linux.conf",
             "/boot/skiff-init/from-skiff-init.bin",
             "/boot/from-boot_part.bin",
-            "/rootfs/from-rootfs_part.bin",
             "/from-persist_part.bin",
         ])
     );
@@ -941,7 +1255,7 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn missing_bootloader_blob_names_board_artifact_and_places() {
     let def = show("bananapi/m1");
-    let images = synth_images(&def, false);
+    let images = skiffos_images("bananapi/m1", &def, Set::Required);
     let blob = images.path().join("u-boot-sunxi-with-spl.bin");
     std::fs::remove_file(&blob).unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -982,7 +1296,7 @@ fn overlapping_raw_write_names_both_ranges() {
     )
     .unwrap();
     let def = show("bananapi/m1");
-    let images = synth_images(&def, false);
+    let images = skiffos_images("bananapi/m1", &def, Set::Required);
     let blob_len = std::fs::metadata(images.path().join("u-boot-sunxi-with-spl.bin"))
         .unwrap()
         .len();
@@ -1009,4 +1323,180 @@ fn overlapping_raw_write_names_both_ranges() {
         assert!(err.contains(want), "`{want}` not in: {err}");
     }
     assert!(!img.exists(), "no image left behind");
+}
+
+#[test]
+fn skiffos_artifact_data_covers_every_board() {
+    let data: BTreeSet<String> = skiffos_artifacts().into_keys().collect();
+    let boards: BTreeSet<String> = board_names().into_iter().collect();
+    assert_eq!(
+        data.difference(&boards).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "boards in skiffos/artifacts.toml that skiff-flash does not have"
+    );
+    assert_eq!(
+        boards.difference(&data).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "boards missing from skiffos/artifacts.toml"
+    );
+    for (board, arts) in skiffos_artifacts() {
+        let names: BTreeSet<&str> = arts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names.len(), arts.len(), "{board}: an artifact listed twice");
+        assert!(
+            arts.iter()
+                .any(|a| a.kind == "kernel" && a.required && a.produced),
+            "{board}: no required kernel"
+        );
+    }
+}
+
+/// Rules whose `required` differs from SkiffOS's scripts on purpose (docs/boards.md).
+const INTENDED: &[(&str, &str)] = &[
+    // allwinner/r8 builds neither a DTB nor U-Boot; SkiffOS's scripts stop without them.
+    ("allwinner/r8", "dtbs"),
+    ("allwinner/r8", "u-boot"),
+];
+
+/// Whether `pattern` (a rule's `from`) names `artifact`: equal, a glob match, or a
+/// directory holding it.
+fn names_artifact(pattern: &str, artifact: &str) -> bool {
+    let glob = |p: &str, n: &str| {
+        fn m(p: &[u8], n: &[u8]) -> bool {
+            match (p.first(), n.first()) {
+                (None, None) => true,
+                (Some(b'*'), _) => {
+                    m(&p[1..], n) || (!n.is_empty() && n[0] != b'/' && m(p, &n[1..]))
+                }
+                (Some(b'?'), Some(c)) if *c != b'/' => m(&p[1..], &n[1..]),
+                (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+                _ => false,
+            }
+        }
+        m(p.as_bytes(), n.as_bytes())
+    };
+    pattern == artifact
+        || glob(pattern, artifact)
+        || artifact.starts_with(&format!("{}/", pattern.trim_end_matches('/')))
+}
+
+#[test]
+fn board_rules_require_what_skiffos_requires() {
+    let data = skiffos_artifacts();
+    let mut errs = Vec::new();
+    for board in board_names() {
+        let def = show(&board);
+        let arts = &data[&board];
+        let mut rules: Vec<(String, Vec<String>, bool)> = Vec::new();
+        for r in arr(&def["files"]) {
+            if r["text"].is_string() || r["same_as"].is_string() {
+                continue;
+            }
+            let from = arr(&r["from"])
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from);
+            rules.push((
+                r["name"].as_str().unwrap().to_string(),
+                from.collect(),
+                r["required"] == Value::Bool(true),
+            ));
+        }
+        for r in arr(&def["raw"]) {
+            let from = arr(&r["from"])
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from);
+            rules.push((
+                format!("{} (raw)", r["name"].as_str().unwrap()),
+                from.collect(),
+                r["required"] != Value::Bool(false),
+            ));
+        }
+        let required_by_rule = |a: &Artifact| {
+            rules
+                .iter()
+                .any(|(_, from, req)| *req && from.iter().any(|f| names_artifact(f, &a.name)))
+        };
+        for (name, from, required) in &rules {
+            let intended = INTENDED.contains(&(board.as_str(), name.trim_end_matches(" (raw)")));
+            let named: Vec<&Artifact> = arts
+                .iter()
+                .filter(|a| from.iter().any(|f| names_artifact(f, &a.name)))
+                .collect();
+            let produced: Vec<&&Artifact> = named.iter().filter(|a| a.produced).collect();
+            if *required && produced.is_empty() {
+                errs.push(format!(
+                    "{board}: rule `{name}` requires {from:?}, which its SkiffOS build does not produce"
+                ));
+            }
+            let skiff_required = named.iter().any(|a| a.required);
+            // An optional glob beside a required rule for the same file (u-boot*.img next
+            // to u-boot.img) is fine.
+            let covered = named
+                .iter()
+                .filter(|a| a.required)
+                .all(|a| required_by_rule(a));
+            let excused = intended || (!*required && covered);
+            if *required != skiff_required && !excused {
+                errs.push(format!(
+                    "{board}: rule `{name}` ({from:?}) has required = {required}, SkiffOS's \
+                     scripts: {:?}",
+                    named
+                        .iter()
+                        .map(|a| (&a.name, a.required))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            if intended && *required == skiff_required {
+                errs.push(format!(
+                    "{board}: rule `{name}` is listed as an intended difference but agrees"
+                ));
+            }
+        }
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn generated_artifacts_carry_real_magic() {
+    if !have_generators()
+        || !need("dtc", "device-tree-compiler")
+        || !need("unsquashfs", "squashfs-tools")
+    {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dtb = d.path().join("t.dtb");
+    std::fs::write(&dtb, fdt("skiff-test,t")).unwrap();
+    let dts = tool_ok("dtc", &["-I", "dtb", "-O", "dts", dtb.to_str().unwrap()]);
+    assert!(dts.contains("compatible = \"skiff-test,t\";"), "{dts}");
+    let sq = d.path().join("t.squashfs");
+    squashfs_at(&sq);
+    let l = tool_ok("unsquashfs", &["-l", sq.to_str().unwrap()]);
+    assert!(l.contains("squashfs-root/content"), "{l}");
+    let ui = d.path().join("rootfs.cpio.uboot");
+    uimage_ramdisk(&lz4_legacy(&newc_cpio()), &ui);
+    let l = tool_ok("mkimage", &["-l", ui.to_str().unwrap()]);
+    assert!(l.contains("RAMDisk Image"), "{l}");
+    if need("lz4", "lz4") {
+        let lz = d.path().join("rootfs.cpio.lz4");
+        std::fs::write(&lz, lz4_legacy(&newc_cpio())).unwrap();
+        let out = std::process::Command::new("lz4")
+            .args(["-d", "-c", lz.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lz4 -d: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, newc_cpio());
+    }
+    let image = arm64_image(BLOB);
+    assert_eq!(&image[0x38..0x3c], b"ARM\x64");
+    assert_eq!(
+        u32::from_le_bytes(arm_zimage(BLOB)[0x24..0x28].try_into().unwrap()),
+        0x016f_2818
+    );
+    assert_eq!(&x86_bzimage(BLOB)[0x202..0x206], b"HdrS");
 }

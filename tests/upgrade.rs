@@ -834,7 +834,7 @@ fn card_formatted_by_mkfs_tools_is_upgraded() {
     let a = actions(&r);
     assert_eq!(a["boot:/Image"], "unchanged");
     assert_eq!(a["boot:/old-firmware.elf"], "removed");
-    assert_eq!(a["boot:/rootfs.squashfs"], "added");
+    assert_eq!(a["boot:/rootfs.cpio.lz4"], "added");
     assert_eq!(r["partitions"][1]["outcome"], "rewritten", "{r}");
     assert_eq!(
         hash_range(&card.dev, persist),

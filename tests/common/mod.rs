@@ -17,6 +17,21 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pi4/images")
 }
 
+/// A real lz4 `rootfs.squashfs` of the kind squashfs-booting SkiffOS builds (pi/0,
+/// bananapi, the persist-only boards) leave in images/. A pi/4 build (`fixtures()`) has
+/// none; tests about squashfs handling copy this one in.
+pub fn fixture_squashfs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pi4/extra/rootfs.squashfs")
+}
+
+/// A copy of `fixtures()` with `fixture_squashfs()` added as `rootfs.squashfs`.
+pub fn fixtures_with_squashfs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), d.path());
+    std::fs::copy(fixture_squashfs(), d.path().join("rootfs.squashfs")).unwrap();
+    d
+}
+
 /// Runs skiff-flash with a fixed SOURCE_DATE_EPOCH.
 pub fn run(args: &[&str]) -> Output {
     Command::new(bin())

@@ -20,13 +20,13 @@
 
 mod common;
 
-use common::{extract, fixtures, need, ok, run, tool, tool_ok};
+use common::synth::{Set, skiffos_images};
+use common::{extract, need, ok, run, tool, tool_ok};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const FACTS: &str = include_str!("bootscripts/facts.toml");
-const VERSION: &str = "2026.11.0-test";
 
 // ---------------------------------------------------------------------------------------
 // Facts: a board's facts are a map from a fact's path (`setenv`, `config.all`,
@@ -428,52 +428,6 @@ fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// The smallest images directory the board builds from: each required file rule without a
-/// fallback text gets a small file (a directory with one file for directory sources, the
-/// fixture squashfs for a squashfs), each raw rule a blob as large as its slot needs.
-fn minimal_images(def: &Value, dir: &Path) {
-    for r in arr(&def["files"]) {
-        if r["required"] != Value::Bool(true) || r["text"].is_string() || r["same_as"].is_string() {
-            continue;
-        }
-        let Some(name) = arr(&r["from"]).first().and_then(Value::as_str) else {
-            continue;
-        };
-        if name.contains(['*', '?']) {
-            continue;
-        }
-        let to = r["to"].as_str().unwrap_or("");
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        if name.ends_with(".squashfs") {
-            std::fs::copy(fixtures().join("rootfs.squashfs"), &path).unwrap();
-        } else if to.ends_with('/') && !name.contains('.') && name.contains(['-', '_']) {
-            std::fs::create_dir_all(&path).unwrap();
-            std::fs::write(path.join("file.bin"), name.as_bytes()).unwrap();
-        } else {
-            std::fs::write(&path, format!("minimal {name}\n")).unwrap();
-        }
-    }
-    let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
-    for r in arr(&def["raw"]) {
-        let name = arr(&r["from"])[0].as_str().unwrap().to_string();
-        let skip = r["skip"].as_u64().unwrap_or(0);
-        let len = r["length"].as_u64().unwrap_or(512);
-        let size = blobs.entry(name).or_insert(0);
-        *size = (*size).max(skip + len);
-    }
-    for (name, size) in blobs {
-        let path = dir.join(&name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, vec![0xa5u8; size as usize]).unwrap();
-    }
-    std::fs::write(
-        dir.join("skiff-release"),
-        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
-    )
-    .unwrap();
-}
-
 struct Image {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
@@ -485,9 +439,9 @@ struct Image {
 
 fn build(board: &str, def: &Value, tweak: impl FnOnce(&Path)) -> Image {
     let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    minimal_images(def, &images);
+    // The files the board's SkiffOS build leaves that its scripts require.
+    let generated = skiffos_images(board, def, Set::Required);
+    let images = generated.path().to_path_buf();
     tweak(&images);
     let img = dir.path().join("disk.img");
     let images_s = images.to_str().unwrap();

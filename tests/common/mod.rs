@@ -3,6 +3,8 @@
 //! SKIFF_FLASH_TEST_ALLOW_MISSING=1 opts out), loop devices, fixture copies.
 #![allow(dead_code)]
 
+pub mod synth;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -303,4 +305,99 @@ impl Drop for Card {
         let _ = tool("partx", &["-d", &self.dev]);
         let _ = tool("losetup", &["-d", &self.dev]);
     }
+}
+
+// Synthetic build outputs whose magic a reader checks.
+
+/// Deterministic pseudo-random bytes (xorshift64*, seeded from the name).
+pub fn noise(name: &str, len: u64) -> Vec<u8> {
+    let mut s: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        s = (s ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len as usize);
+    out
+}
+
+/// An arm64 `Image`: the 64-byte header with "ARM\x64" at 0x38, then noise.
+pub fn arm64_image(len: u64) -> Vec<u8> {
+    let mut b = noise("Image", len);
+    b[..64].fill(0);
+    b[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+    b[8..16].copy_from_slice(&0x80000u64.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    b[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    b
+}
+
+/// A 32-bit ARM `zImage`: magic 0x016f2818 at 0x24, start/end after it.
+pub fn arm_zimage(len: u64) -> Vec<u8> {
+    let mut b = noise("zImage", len);
+    b[0x24..0x28].copy_from_slice(&0x016f_2818u32.to_le_bytes());
+    b[0x28..0x2c].copy_from_slice(&0u32.to_le_bytes());
+    b[0x2c..0x30].copy_from_slice(&(len as u32).to_le_bytes());
+    b
+}
+
+/// An x86 `bzImage`: boot-sector signature and "HdrS" at 0x202 (boot protocol 2.15).
+pub fn x86_bzimage(len: u64) -> Vec<u8> {
+    let mut b = noise("bzImage", len);
+    b[0x1f1] = 1;
+    b[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b
+}
+
+/// A flattened device tree (version 17) with one root node carrying `compatible`.
+pub fn fdt(compatible: &str) -> Vec<u8> {
+    fn be(v: &mut Vec<u8>, x: u32) {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    let strings = b"compatible\0".to_vec();
+    let mut value = compatible.as_bytes().to_vec();
+    value.push(0);
+    let mut st = Vec::new();
+    be(&mut st, 1); // FDT_BEGIN_NODE
+    be(&mut st, 0); // "" (root) padded to 4
+    be(&mut st, 3); // FDT_PROP
+    be(&mut st, value.len() as u32);
+    be(&mut st, 0); // name offset of "compatible"
+    st.extend_from_slice(&value);
+    while !st.len().is_multiple_of(4) {
+        st.push(0);
+    }
+    be(&mut st, 2); // FDT_END_NODE
+    be(&mut st, 9); // FDT_END
+    let rsv = 40u32;
+    let off_struct = rsv + 16;
+    let off_strings = off_struct + st.len() as u32;
+    let total = off_strings + strings.len() as u32;
+    let mut out = Vec::new();
+    for x in [
+        0xd00d_feed,
+        total,
+        off_struct,
+        off_strings,
+        rsv,
+        17,
+        16,
+        0,
+        strings.len() as u32,
+        st.len() as u32,
+    ] {
+        be(&mut out, x);
+    }
+    out.extend_from_slice(&[0; 16]); // empty memory reservation map
+    out.extend_from_slice(&st);
+    out.extend_from_slice(&strings);
+    out
 }

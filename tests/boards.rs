@@ -196,6 +196,19 @@ fn synth_images(board: &Value, full: bool) -> tempfile::TempDir {
             std::fs::write(&path, noise(&name, len)).unwrap();
         }
     }
+    // An L4T layout reads its partitions from the signed flash.xml: here only APP (the full
+    // Jetson layout is tests/jetson.rs's).
+    if let Some(l4t) = board["layout"]["l4t"].as_object() {
+        let signed = root.join(l4t["dir"].as_str().unwrap()).join("signed");
+        std::fs::create_dir_all(&signed).unwrap();
+        let xml = format!(
+            "<partition_layout version=\"01.00.0000\">\n  <device type=\"{}\">\n    \
+             <partition name=\"APP\" type=\"data\"><size> 1073741824 </size></partition>\n  \
+             </device>\n</partition_layout>\n",
+            l4t["device"].as_str().unwrap()
+        );
+        std::fs::write(signed.join("flash.xml"), xml).unwrap();
+    }
     std::fs::write(
         root.join("skiff-release"),
         format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),

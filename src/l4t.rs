@@ -67,9 +67,18 @@ pub struct XmlPartition {
     pub line: u32,
 }
 
-/// The partitions of `device` in `text` (a flash.xml shown as `shown` in errors), tables
-/// and the protective MBR left out, in document order.
-pub fn parse(text: &str, shown: &str, device: &str) -> Result<Vec<XmlPartition>> {
+/// What a flash.xml says about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Its partitions in document order, tables and the protective MBR left out.
+    pub partitions: Vec<XmlPartition>,
+    /// The file `master_boot_record` names, with its line: SkiffOS copies it over sector 0;
+    /// here the protective MBR stays ours.
+    pub mbr_file: Option<(String, u32)>,
+}
+
+/// The partitions of `device` in `text` (a flash.xml shown as `shown` in errors).
+pub fn parse(text: &str, shown: &str, device: &str) -> Result<Device> {
     let bad = |line: u32, column: u32, message: String| Error::DefinitionFile {
         file: shown.to_string(),
         line: line as usize,
@@ -98,6 +107,7 @@ pub fn parse(text: &str, shown: &str, device: &str) -> Result<Vec<XmlPartition>>
         .filter(|n| n.has_tag_name("device"))
         .collect();
     let mut out: Vec<XmlPartition> = Vec::new();
+    let mut mbr_file = None;
     let mut found = false;
     for dev in devices
         .iter()
@@ -112,10 +122,18 @@ pub fn parse(text: &str, shown: &str, device: &str) -> Result<Vec<XmlPartition>>
             if name.is_empty() {
                 return Err(bad(p.row, p.col, "<partition> has an empty name".into()));
             }
-            if TABLES.contains(&name) || name == MBR {
+            let child = |tag: &str| part.children().find(|n| n.has_tag_name(tag));
+            if name == MBR {
+                mbr_file = child("filename")
+                    .and_then(|f| f.text())
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .map(|f| (f.to_string(), p.row));
                 continue;
             }
-            let child = |tag: &str| part.children().find(|n| n.has_tag_name(tag));
+            if TABLES.contains(&name) {
+                continue;
+            }
             let size = match child("size") {
                 None if name == "UDA" => UDA_DEFAULT,
                 None => {
@@ -205,7 +223,10 @@ pub fn parse(text: &str, shown: &str, device: &str) -> Result<Vec<XmlPartition>>
             format!("device `{device}` has no {APP} partition"),
         ));
     }
-    Ok(out)
+    Ok(Device {
+        partitions: out,
+        mbr_file,
+    })
 }
 
 /// Where `signed/flash.xml` is for `src` under `images`.
@@ -252,7 +273,8 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
         Err(e) => return Err(Error::io(format!("reading {}", xml.display()), e)),
     };
     let shown = xml.display().to_string();
-    let parts = parse(&text, &shown, &src.device)?;
+    let device = parse(&text, &shown, &src.device)?;
+    let parts = device.partitions;
     let layout = &board.layout;
     let Some(app) = layout.partitions.iter().find(|p| p.id == src.app) else {
         return Err(Error::board(
@@ -342,6 +364,12 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
     first.offset = Some(Size(align_up(at, align)));
     let mut out = board.clone();
     out.layout.partitions = std::iter::once(first).chain(others).collect();
+    if let Some((file, line)) = device.mbr_file {
+        out.warnings.push(format!(
+            "{shown}:{line}: master_boot_record's `{file}` is not written (sector 0 keeps the \
+             protective MBR of the GPT)"
+        ));
+    }
     out.validate()?;
     Ok(Some(out))
 }
@@ -374,13 +402,21 @@ mod tests {
 
     #[test]
     fn reads_the_device_partitions_in_order() {
-        let p = parse(XML, "flash.xml", "sdcard").unwrap();
+        let p = parse(XML, "flash.xml", "sdcard").unwrap().partitions;
         let names: Vec<_> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["APP", "TBC", "FX"]);
         assert_eq!(p[1].size, 131072);
         assert_eq!(p[1].filename, "nvtboot_cpu.bin.encrypt");
         assert_eq!(p[1].line, 13);
         assert_eq!(p[2].filename, "");
+        let with_mbr = XML.replace(
+            "<partition name=\"GP1\" type=\"GP1\"><size> 512 </size></partition>",
+            "<partition name=\"master_boot_record\"><size> 512 </size>\
+             <filename> mbr.bin </filename></partition>",
+        );
+        let d = parse(&with_mbr, "flash.xml", "sdcard").unwrap();
+        assert_eq!(d.partitions.len(), 3);
+        assert_eq!(d.mbr_file, Some(("mbr.bin".to_string(), 8)));
     }
 
     #[test]

@@ -447,6 +447,15 @@ fn flash_writes_the_card_the_kernel_reads() {
     let Some(card) = Card::new(1 << 30) else {
         return;
     };
+    // A used card: old bytes everywhere the layout goes.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&card.backing)
+            .unwrap();
+        f.write_all_at(&vec![0xa5u8; 32 * MIB as usize], 0).unwrap();
+    }
     let images = Images::new();
     let out = Command::new(bin())
         .args([

@@ -39,6 +39,12 @@ const MBR: &str = "master_boot_record";
 /// The partition SkiffOS installs into (partition 1).
 pub const APP: &str = "APP";
 
+/// UTF-16 code units of a GPT partition name.
+const GPT_NAME: usize = 36;
+
+/// Entries of the GPT array we write.
+const GPT_ENTRIES: usize = crate::table::gpt::ENTRIES as usize;
+
 /// Size L4T's tools give a `UDA` partition that has no `<size>`.
 const UDA_DEFAULT: u64 = 128 << 20;
 
@@ -133,6 +139,15 @@ pub fn parse(text: &str, shown: &str, device: &str) -> Result<Device> {
             }
             if TABLES.contains(&name) {
                 continue;
+            }
+            if name.encode_utf16().count() > GPT_NAME {
+                return Err(bad(
+                    p.row,
+                    p.col,
+                    format!(
+                        "partition name `{name}` is longer than a GPT name's {GPT_NAME} characters"
+                    ),
+                ));
             }
             let size = match child("size") {
                 None if name == "UDA" => UDA_DEFAULT,
@@ -275,6 +290,16 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
     let shown = xml.display().to_string();
     let device = parse(&text, &shown, &src.device)?;
     let parts = device.partitions;
+    if parts.len() > GPT_ENTRIES {
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "{shown}: device `{}` has {} partitions, a GPT holds {GPT_ENTRIES}",
+                src.device,
+                parts.len()
+            ),
+        ));
+    }
     let layout = &board.layout;
     let Some(app) = layout.partitions.iter().find(|p| p.id == src.app) else {
         return Err(Error::board(
@@ -436,5 +461,9 @@ mod tests {
         let dup = XML.replace("name=\"FX\"", "name=\"TBC\"");
         let e = parse(&dup, "flash.xml", "sdcard").unwrap_err().to_string();
         assert!(e.contains("defined twice (first at line 13)"), "{e}");
+        let long = XML.replace("name=\"FX\"", &format!("name=\"{}\"", "X".repeat(37)));
+        let e = parse(&long, "flash.xml", "sdcard").unwrap_err().to_string();
+        assert!(e.starts_with("flash.xml:17:"), "{e}");
+        assert!(e.contains("longer than a GPT name's 36"), "{e}");
     }
 }

@@ -572,6 +572,22 @@ fn malformed_flash_xml_is_refused_with_file_and_line() {
     std::fs::write(&xml, good.replace("name=\"APP\"", "name=\"UDA\"")).unwrap();
     refused(&images, &["flash.xml:", "no APP partition"]);
 
+    let many: String = (0..130)
+        .map(|i| partition_xml(&format!("P{i}"), 512, ""))
+        .collect();
+    std::fs::write(
+        &xml,
+        good.replace(
+            "    </device>\n</partition_layout>",
+            &format!("{many}    </device>\n</partition_layout>"),
+        ),
+    )
+    .unwrap();
+    refused(
+        &images,
+        &["device `sdcard` has 144 partitions, a GPT holds 128"],
+    );
+
     let fx = line_of("name=\"FX\"");
     std::fs::write(&xml, good.replace("name=\"FX\"", "name=\"TBC\"")).unwrap();
     refused(

@@ -266,9 +266,12 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
     }
     let bootloader = images.join(&src.dir);
     let signed = bootloader.join("signed");
-    let xml = signed.join(FLASH_XML);
-    let text = match std::fs::read_to_string(&xml) {
-        Ok(t) => t,
+    let xml = flash_xml(images, src);
+    let text = match std::fs::read(&xml) {
+        Ok(b) => String::from_utf8(b).map_err(|e| Error::BadArtifact {
+            path: xml.clone(),
+            message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let what = if signed.is_dir() {
                 format!("{} is missing", xml.display())

@@ -545,6 +545,11 @@ fn malformed_flash_xml_is_refused_with_file_and_line() {
     let good = flash_xml();
     let line_of = |needle: &str| good.lines().position(|l| l.contains(needle)).unwrap() + 1;
 
+    let mut latin1 = good.clone().into_bytes();
+    latin1.insert(100, 0xe9);
+    std::fs::write(&xml, latin1).unwrap();
+    refused(&images, &["flash.xml", "not UTF-8 text (byte 100)"]);
+
     std::fs::write(&xml, &good[..good.len() - 30]).unwrap();
     refused(&images, &["flash.xml:", "not valid XML"]);
 

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod genimage;
 pub mod inspect;
 pub mod io;
+pub mod l4t;
 pub mod layout;
 pub mod manifest;
 pub mod plan;

@@ -471,6 +471,9 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
 
 /// Makes the plan for `board` from the images directory.
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
+    // A vendor partition list read from the images directory replaces the layout's own.
+    let expanded = crate::l4t::expand(board, &opts.images)?;
+    let board = expanded.as_ref().unwrap_or(board);
     let seed = opts
         .seed
         .clone()

@@ -229,6 +229,9 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
     };
     table(dev, plan, &mut v.findings);
     for p in &plan.partitions {
+        if let Some(image) = &p.image {
+            prebuilt(dev, p, image, &mut v);
+        }
         let Some(fs) = &p.fs else { continue };
         let region = format!("partition {}", p.id);
         let found = inspect::filesystem(dev, p.start, p.size, p.number, &mut Vec::new());
@@ -284,6 +287,54 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         }
     }
     v
+}
+
+/// A partition filled from a file holds that file's bytes at its start.
+fn prebuilt(
+    dev: &dyn ReadAt,
+    p: &crate::plan::Partition,
+    image: &crate::plan::Prebuilt,
+    v: &mut Verdict,
+) {
+    let region = format!("partition {}", p.id);
+    let file = match std::fs::File::open(&image.source) {
+        Ok(f) => f,
+        Err(e) => {
+            return v.findings.push(Finding::new(
+                &region,
+                format!("reading {}: {e}", image.source.display()),
+            ));
+        }
+    };
+    let mut at = 0u64;
+    while at < image.size {
+        let n = (image.size - at).min(1 << 20);
+        let mut want = vec![0u8; n as usize];
+        if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&file, &mut want, at) {
+            return v.findings.push(Finding::new(
+                &region,
+                format!("reading {}: {e}", image.source.display()),
+            ));
+        }
+        let got = match read(dev, p.start + at, n as usize) {
+            Ok(g) => g,
+            Err(e) => return v.findings.push(Finding::new(&region, e)),
+        };
+        v.bytes_checked += n;
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            return v.findings.push(Finding {
+                offset: Some(p.start + at + i as u64),
+                expected: Some(format!("the bytes of {}", image.source.display())),
+                found: Some(format!(
+                    "0x{:02x} at partition byte {}",
+                    got[i],
+                    bytes(at + i as u64)
+                )),
+                ..Finding::new(&region, "partition content differs from its file")
+            });
+        }
+        at += n;
+    }
 }
 
 fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {

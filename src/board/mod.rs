@@ -211,6 +211,10 @@ pub struct Layout {
     /// (at most 3) and a 0xEE entry over the GPT, instead of the protective MBR.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hybrid_mbr: bool,
+    /// The partitions come from NVIDIA L4T's signed `flash.xml` in the images directory
+    /// (`crate::l4t`); `partition` then lists only the one its `APP` becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4t: Option<crate::l4t::Source>,
     #[serde(rename = "partition")]
     pub partitions: Vec<PartitionDef>,
 }
@@ -580,6 +584,21 @@ fn validate_table(l: &Layout) -> std::result::Result<(), String> {
     }
     if l.hybrid_mbr && l.partitions.iter().filter(|p| p.mbr_type.is_some()).count() > 3 {
         return Err("a hybrid MBR lists at most 3 partitions (those with an mbr_type)".into());
+    }
+    if let Some(src) = &l.l4t {
+        if l.table != TableKind::Gpt {
+            return Err("an l4t layout is GPT".into());
+        }
+        if !l
+            .partitions
+            .iter()
+            .any(|p| p.id == src.app && p.fs.is_some())
+        {
+            return Err(format!(
+                "l4t.app `{}` names no partition with a filesystem",
+                src.app
+            ));
+        }
     }
     for p in &l.partitions {
         if p.image.is_some() && p.fs.is_some() {

@@ -477,6 +477,7 @@ impl Ctx<'_> {
             gpt_first_usable: gpt.then_some(Bytes(first_usable)),
             gpt_no_backup: gpt && hd.gpt_no_backup,
             hybrid_mbr: hd.table == TableType::Hybrid,
+            l4t: None,
             partitions,
         };
         Ok(Board {

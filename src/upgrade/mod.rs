@@ -184,6 +184,14 @@ enum Edit {
 
 /// Upgrades `disk` to `board`'s build. With `dry_run`, decides and reports only.
 pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) -> Result<Report> {
+    if board.layout.l4t.is_some() {
+        return Err(Error::board(
+            &board.name,
+            "upgrade does not handle L4T layouts: the boot files live in APP, the user-data \
+             partition an upgrade never writes; write the card again with `flash` (persist is \
+             erased)",
+        ));
+    }
     let what = disk.path().display().to_string();
     let card = card::read(disk, board, &what)?;
     let keep = Keep::parse(&opts.keep, board)?;

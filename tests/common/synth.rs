@@ -126,6 +126,7 @@ pub fn skiffos_artifacts() -> BTreeMap<String, Vec<Artifact>> {
                             "firmware-dir",
                             "bootloader",
                             "dir",
+                            "l4t-flash-xml",
                             "other"
                         ]
                         .contains(&kind.as_str()),
@@ -326,6 +327,15 @@ pub fn skiffos_images(board: &str, def: &Value, set: Set) -> tempfile::TempDir {
                 }
                 other => panic!("{board}: unknown initramfs {other}"),
             },
+            // L4T's signed partition table, as flash.sh leaves it: here only APP (the full
+            // Jetson Nano layout is tests/jetson.rs's).
+            "l4t-flash-xml" => std::fs::write(
+                &path,
+                "<partition_layout version=\"01.00.0000\">\n  <device type=\"sdcard\">\n    \
+                 <partition name=\"APP\" type=\"data\"><size> 1073741824 </size></partition>\n  \
+                 </device>\n</partition_layout>\n",
+            )
+            .unwrap(),
             "other" if a.name == "skiff-release" => std::fs::write(
                 &path,
                 format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),

@@ -418,6 +418,7 @@ mod tests {
             tree: &t,
             offset: 0,
             part: "boot",
+            fat: Default::default(),
         };
         let m = Fat32.measure(&spec).unwrap();
         let size = m.min_size();

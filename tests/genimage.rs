@@ -271,6 +271,35 @@ fn read_range(img: &Path, offset: u64, len: u64) -> Vec<u8> {
     buf
 }
 
+/// `fsck.fat -n -v`'s account of a FAT volume's geometry (type, sector, cluster, reserved,
+/// FAT, root directory and data sizes, sectors per track and heads); fails when fsck.fat
+/// finds anything wrong.
+fn fat_geometry(part: &Path) -> String {
+    let out = tool_ok("fsck.fat", &["-n", "-v", part.to_str().unwrap()]);
+    out.lines()
+        .filter(|l| {
+            [
+                "bytes per logical sector",
+                "bytes per cluster",
+                "reserved sector",
+                "bit entries",
+                "bytes per FAT",
+                "root directory entries",
+                "Root directory start",
+                "Data area starts",
+                "data clusters",
+                "sectors/track",
+                "sectors total",
+                "Media byte",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// mtools' view of a FAT filesystem at `offset`: every path, and every file's bytes.
 fn fat_files(img: &Path, offset: u64, scratch: &Path) -> BTreeMap<String, Vec<u8>> {
     let at = format!("{}@@{offset}", img.display());
@@ -323,6 +352,7 @@ struct Tally {
     fat_files: usize,
     ext4_files: usize,
     ebrs: usize,
+    fat_types: Vec<String>,
 }
 
 fn compare(r: &Run) -> Tally {
@@ -406,9 +436,28 @@ fn compare(r: &Run) -> Tally {
         };
         let fs_size = fs["size"].as_u64().unwrap();
         match fs["kind"].as_str().unwrap() {
-            "fat32" => {
+            kind @ ("fat12" | "fat16" | "fat32") => {
                 let part = extract(&r.ours, start, fs_size);
-                tool_ok("fsck.fat", &["-n", part.path().to_str().unwrap()]);
+                let ours_geo = fat_geometry(part.path());
+                let part = extract(&r.genimage, start, fs_size);
+                let theirs_geo = fat_geometry(part.path());
+                let bits = format!("{} bit entries", &kind[3..]);
+                assert!(
+                    ours_geo.contains(&bits),
+                    "{} is not {kind}: {ours_geo}",
+                    p["id"]
+                );
+                if kind == "fat32" {
+                    // mkdosfs sizes FAT32 its own way; the type and files are what matter.
+                    assert!(
+                        theirs_geo.contains(&bits),
+                        "genimage's {}: {theirs_geo}",
+                        p["id"]
+                    );
+                } else {
+                    assert_eq!(ours_geo, theirs_geo, "FAT geometry of {}", p["id"]);
+                }
+                t.fat_types.push(kind.to_string());
                 let ours = fat_files(&r.ours, start, &r.scratch);
                 let theirs = fat_files(&r.genimage, start, &r.scratch);
                 assert_eq!(
@@ -463,9 +512,14 @@ fn check(name: &str) {
     };
     let t = compare(&run);
     eprintln!(
-        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries, {} ext4 \
-         entries, {} EBRs and sector 0 identical",
-        t.raw, t.images, t.fat_files, t.ext4_files, t.ebrs,
+        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries ({}), {} \
+         ext4 entries, {} EBRs and sector 0 identical",
+        t.raw,
+        t.images,
+        t.fat_files,
+        t.fat_types.join(", "),
+        t.ext4_files,
+        t.ebrs,
     );
 }
 
@@ -625,19 +679,74 @@ fn missing_input_names_the_line_that_wants_it() {
     );
 }
 
+/// The FAT type and geometry options a vfat image asks mkdosfs for, as the plan has them.
+fn planned_fat(vfat: &str, size: &str) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("f.cfg");
+    std::fs::write(
+        &cfg,
+        format!("image boot.vfat {{\n\tvfat {{\n{vfat}\n\t}}\n\tsize = {size}\n}}\nimage d.img {{\n\thdimage {{}}\n\tpartition boot {{\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}}\n}}\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "plan",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
+    plan["partitions"][0]["fs"].clone()
+}
+
 #[test]
-fn fat12_and_fat16_are_refused_clearly() {
+fn vfat_type_follows_size_and_mkdosfs_arguments() {
+    assert_eq!(planned_fat("", "16M")["kind"], "fat16");
+    assert_eq!(planned_fat("", "2M")["kind"], "fat12");
+    assert_eq!(planned_fat("", "511M")["kind"], "fat16");
+    assert_eq!(planned_fat("", "512M")["kind"], "fat32");
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 16\"", "64M")["kind"],
+        "fat16"
+    );
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 12\"", "8M")["kind"],
+        "fat12"
+    );
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 32\"", "64M")["kind"],
+        "fat32"
+    );
+    let fs = planned_fat(
+        "\t\textraargs = \"-s 8 -S 1024 -i 1234abcd -n BOOTFS\"",
+        "64M",
+    );
+    assert_eq!(fs["fat"]["cluster_sectors"], 8, "{fs}");
+    assert_eq!(fs["fat"]["sector_size"], 1024, "{fs}");
+    assert_eq!(fs["uuid"], "1234-ABCD", "{fs}");
+    assert_eq!(fs["label"], "BOOTFS", "{fs}");
+}
+
+#[test]
+fn impossible_fat_requests_are_refused_clearly() {
     refused(
-        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 16\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 32\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
-        3,
-        "FAT16",
+        5,
+        "too small for FAT32",
     );
     refused(
-        "image boot.vfat {\n\tvfat {\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 12\"\n\t}\n\tsize = 256M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
-        4,
-        "too small for FAT32",
+        5,
+        "mkdosfs cannot make this volume",
+    );
+    refused(
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 3\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        &[],
+        3,
+        "power of two",
     );
 }
 
@@ -647,7 +756,7 @@ fn plan_names_what_is_not_done_exactly() {
     let cfg = tmp.path().join("w.cfg");
     std::fs::write(
         &cfg,
-        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 4 -F 32\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 4 -F 32 -v\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
     )
     .unwrap();
     let out = run(&[
@@ -661,10 +770,9 @@ fn plan_names_what_is_not_done_exactly() {
     let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
     let warnings = plan["warnings"].to_string();
     assert!(
-        warnings.contains("mkdosfs arguments `-s 4` are ignored"),
+        warnings.contains("mkdosfs -s/-S are ignored for FAT32"),
         "{warnings}"
     );
-    assert!(warnings.contains("written as FAT32"), "{warnings}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("skiff-flash: warning: "), "{err}");
 }

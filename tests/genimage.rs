@@ -786,3 +786,59 @@ fn completions_and_man_page_print() {
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("build"), "{page}");
 }
+
+const TEMPLATE: &str = "image boot.vfat {\n\tvfat {\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {\n\t\tpartition-table-type = \"gpt\"\n\t}\n\tpartition boot {\n\t\timage = \"boot.vfat\"\n\t\tpartition-uuid = %PARTUUID%\n\t}\n\tpartition data {\n\t\tsize = 1M\n\t\tpartition-uuid = UUID_TMP\n\t}\n}\n";
+
+#[test]
+fn unfilled_template_variables_are_named() {
+    refused(TEMPLATE, &[], 12, "%PARTUUID% is not filled");
+    refused(TEMPLATE, &[], 12, "--define PARTUUID=VALUE");
+    refused(
+        &TEMPLATE.replace("%PARTUUID%", "\"0fc63daf-8483-4772-8e79-3d69d8477de4\""),
+        &[],
+        16,
+        "UUID_TMP is not filled",
+    );
+}
+
+#[test]
+fn define_fills_template_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("t.cfg");
+    std::fs::write(&cfg, TEMPLATE).unwrap();
+    let boot = "6a1c9a5e-3b5c-4b8e-9a31-0d2f4b1c7e11";
+    let data = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a10";
+    let out = run(&[
+        "plan",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        tmp.path().to_str().unwrap(),
+        "--define",
+        &format!("PARTUUID={boot}"),
+        "--define",
+        &format!("UUID_TMP={data}"),
+    ]);
+    let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(plan["partitions"][0]["partuuid"], boot, "{plan}");
+    assert_eq!(plan["partitions"][1]["partuuid"], data, "{plan}");
+    let out = run(&[
+        "plan",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--define",
+        "NO EQUALS",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_symlink_checked_out_as_text_is_named() {
+    refused(
+        "../a10_olinuxino/genimage.cfg\n",
+        &[],
+        1,
+        "a symbolic link checked out as a text file",
+    );
+}

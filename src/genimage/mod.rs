@@ -27,13 +27,15 @@ pub struct Options {
     pub rootpath: Option<PathBuf>,
     /// The disk size, overriding the hdimage's `size` (autoresize partitions grow into it).
     pub size: Option<u64>,
+    /// `NAME=VALUE` template variables filled in before parsing (`%NAME%`, `UUID_TMP`).
+    pub defines: Vec<(String, String)>,
 }
 
 /// Reads the genimage config at `path` (with its includes, `${VAR}` from the environment) and
 /// returns the board for its disk image.
 pub fn load(path: &Path, opts: &Options) -> Result<Board> {
     let env = |name: &str| std::env::var(name).ok();
-    let items = parse::parse_file(path, &env)?;
+    let items = parse::parse_file(path, &env, &opts.defines)?;
     let file = parse::Pos {
         file: path.display().to_string().into(),
         line: 1,

@@ -562,6 +562,17 @@ same_as_genimage! {
     gpt_types => "gpt-types.cfg",
     file_image_holes => "file-image-holes.cfg",
     part_align => "part-align.cfg",
+    beaglebone_fat16 => "beaglebone-fat16.cfg",
+    orangepi_r1_fat16 => "orangepi-r1-fat16.cfg",
+    rzboard_v2l_fat16 => "rzboard-v2l-fat16.cfg",
+    coolpi_4b_fat16 => "coolpi-4b-fat16.cfg",
+    vfat_fat12_small => "vfat-fat12-small.cfg",
+    vfat_fat12_forced => "vfat-fat12-forced.cfg",
+    vfat_cluster_options => "vfat-cluster-options.cfg",
+    vfat_sector_size => "vfat-sector-size.cfg",
+    vfat_file_sections => "vfat-file-sections.cfg",
+    vfat_260m => "vfat-260m.cfg",
+    vfat_rootpath_fat12 => "vfat-rootpath-fat12.cfg",
 }
 
 #[test]

@@ -271,6 +271,19 @@ fn read_range(img: &Path, offset: u64, len: u64) -> Vec<u8> {
     buf
 }
 
+/// `skiff-flash inspect --json`'s view of the filesystem of the partition at `start`.
+fn inspect_fs(img: &Path, start: u64) -> Value {
+    let out = run(&["inspect", "--json", img.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+    v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["start"].as_u64() == Some(start))
+        .map(|p| p["fs"].clone())
+        .unwrap_or_else(|| panic!("inspect finds no partition at {start}: {v}"))
+}
+
 /// `fsck.fat -n -v`'s account of a FAT volume's geometry (type, sector, cluster, reserved,
 /// FAT, root directory and data sizes, sectors per track and heads); fails when fsck.fat
 /// finds anything wrong.
@@ -353,6 +366,7 @@ struct Tally {
     ext4_files: usize,
     ebrs: usize,
     fat_types: Vec<String>,
+    inspected: usize,
 }
 
 fn compare(r: &Run) -> Tally {
@@ -458,6 +472,11 @@ fn compare(r: &Run) -> Tally {
                     assert_eq!(ours_geo, theirs_geo, "FAT geometry of {}", p["id"]);
                 }
                 t.fat_types.push(kind.to_string());
+                // inspect reads the volume back with skiff-flash's own FAT reader.
+                let seen = inspect_fs(&r.ours, start);
+                assert_eq!(seen["kind"], kind, "inspect of {}: {seen}", p["id"]);
+                let files = seen["files"].as_array().expect("inspect lists files");
+                t.inspected += files.iter().filter(|f| f["dir"] == false).count();
                 let ours = fat_files(&r.ours, start, &r.scratch);
                 let theirs = fat_files(&r.genimage, start, &r.scratch);
                 assert_eq!(
@@ -512,12 +531,13 @@ fn check(name: &str) {
     };
     let t = compare(&run);
     eprintln!(
-        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries ({}), {} \
-         ext4 entries, {} EBRs and sector 0 identical",
+        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries ({}, {} files \
+         read back by inspect), {} ext4 entries, {} EBRs and sector 0 identical",
         t.raw,
         t.images,
         t.fat_files,
         t.fat_types.join(", "),
+        t.inspected,
         t.ext4_files,
         t.ebrs,
     );

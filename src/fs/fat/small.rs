@@ -615,4 +615,109 @@ mod tests {
             same(b, &["-S", "1024", "-s", "2"], o(None, Some(2), Some(1024)));
         }
     }
+
+    fn tree() -> crate::tree::Tree {
+        use crate::tree::{Entry, Source, Tree};
+        let mut t = Tree::new();
+        let files = [
+            ("/zImage", "z".repeat(70_000)),
+            ("/extlinux/extlinux.conf", "label linux\n".to_string()),
+            ("/overlays/a-long-overlay-name.dtbo", "o".repeat(3000)),
+            ("/uEnv.txt", String::new()),
+        ];
+        for (p, text) in files {
+            t.insert(Entry {
+                path: p.into(),
+                node: Node::File {
+                    size: text.len() as u64,
+                    source: Source::Text(text),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            })
+            .unwrap();
+        }
+        t
+    }
+
+    /// Writes `tree` with `writer` at its smallest size (or `size`) and reads every file
+    /// back with the FAT reader.
+    fn round_trip(writer: &FatSmall, size: Option<u64>, want: &str) {
+        let t = tree();
+        let spec = FsSpec {
+            label: Some("BOOT"),
+            uuid: [5; 16],
+            epoch: 0,
+            tree: &t,
+            offset: 0,
+            part: "boot",
+            fat: FatOptions::default(),
+        };
+        let m = writer.measure(&spec).unwrap();
+        let size = size.unwrap_or_else(|| m.min_size());
+        assert!(m.fits(size), "{size}");
+        let mut sink = crate::target::MemSink::new(size as usize);
+        let recs = writer.write(&spec, size, &mut sink).unwrap();
+        assert_eq!(recs.len(), 4);
+        let vol = crate::fs::fat_read::FatVolume::open(&sink.buf, 0, size).unwrap();
+        assert_eq!(vol.fat_type, want);
+        assert_eq!(vol.label, "BOOT");
+        let list = vol.list().unwrap();
+        for e in t.iter() {
+            let Node::File { source, .. } = &e.node else {
+                continue;
+            };
+            let crate::tree::Source::Text(text) = source else {
+                unreachable!()
+            };
+            let found = list.iter().find(|f| f.path == e.path).expect(&e.path);
+            let mut got = Vec::new();
+            vol.read_file(found, &mut |b| got.extend_from_slice(b))
+                .unwrap();
+            assert_eq!(got, text.as_bytes(), "{}", e.path);
+        }
+    }
+
+    #[test]
+    fn the_reader_reads_what_the_writer_wrote() {
+        round_trip(&FAT12, None, "FAT12");
+        round_trip(&FAT16, None, "FAT16");
+        round_trip(&FAT_AUTO, Some(2 * MIB), "FAT12");
+        round_trip(&FAT_AUTO, Some(16 * MIB), "FAT16");
+        round_trip(&FAT_AUTO, Some(200 * MIB), "FAT16");
+    }
+
+    #[test]
+    fn a_full_root_directory_is_refused() {
+        use crate::tree::{Entry, Source, Tree};
+        let mut t = Tree::new();
+        for i in 0..300 {
+            t.insert(Entry {
+                path: format!("/a-long-file-name-{i}.txt"),
+                node: Node::File {
+                    size: 0,
+                    source: Source::Text(String::new()),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            })
+            .unwrap();
+        }
+        let spec = FsSpec {
+            label: None,
+            uuid: [5; 16],
+            epoch: 0,
+            tree: &t,
+            offset: 0,
+            part: "boot",
+            fat: FatOptions::default(),
+        };
+        let m = FAT16.measure(&spec).unwrap();
+        assert!(!m.fits(16 * MIB));
+        let mut sink = crate::target::MemSink::new((16 * MIB) as usize);
+        let err = FAT16.write(&spec, 16 * MIB, &mut sink).unwrap_err();
+        assert!(err.to_string().contains("root directory needs"), "{err}");
+    }
 }

@@ -92,3 +92,31 @@ pub fn writer(kind: FsKind) -> &'static dyn FsWriter {
         FsKind::Ext4 => &ext4::Ext4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::board::{FsKind, PartitionDef};
+
+    #[test]
+    fn a_layout_partition_takes_fat_options() {
+        let p: PartitionDef = toml::from_str(
+            "id = \"boot\"\nfs = \"fat16\"\nsize = \"32MiB\"\n\
+             fat = { cluster_sectors = 4, sector_size = 512, volume_id = 0x1234ABCD }\n",
+        )
+        .unwrap();
+        assert_eq!(p.fs, Some(FsKind::Fat16));
+        let f = p.fat.unwrap();
+        assert_eq!(f.cluster_sectors, Some(4));
+        assert_eq!(f.sector_size, Some(512));
+        assert_eq!(f.volume_id, Some(0x1234_ABCD));
+        for (word, kind) in [("fat", FsKind::Fat), ("fat12", FsKind::Fat12)] {
+            let p: PartitionDef =
+                toml::from_str(&format!("id = \"b\"\nfs = \"{word}\"\nsize = \"fit\"\n")).unwrap();
+            assert_eq!(p.fs, Some(kind));
+        }
+        assert!(
+            toml::from_str::<PartitionDef>("id = \"b\"\nsize = \"fit\"\nfat = { clusters = 4 }\n")
+                .is_err()
+        );
+    }
+}

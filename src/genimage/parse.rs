@@ -588,6 +588,95 @@ impl Parser<'_> {
     }
 }
 
+/// Fills template variables (`%NAME%`, and bare `NAME` for names given as upper-case
+/// identifiers) from `defines`, then refuses what is left unfilled: a `%NAME%`, or an
+/// upper-case `WORD_WITH_UNDERSCORES` given as a value, which a post-image script is meant to
+/// replace. A file holding only a path (a symbolic link checked out as text) is refused too.
+pub fn fill_templates(path: &Path, text: &str, defines: &[(String, String)]) -> Result<String> {
+    let at = |line: usize| Pos {
+        file: Rc::from(path.display().to_string()),
+        line,
+        column: 1,
+    };
+    let body = text.trim();
+    if !body.is_empty()
+        && !body.contains(char::is_whitespace)
+        && !body.contains(['{', '}', '='])
+        && (body.contains('/') || body.ends_with(".cfg"))
+    {
+        let target = path.parent().unwrap_or(Path::new("")).join(body);
+        return Err(at(1).error(format!(
+            "the file holds only the path `{body}`: a symbolic link checked out as a text \
+             file; pass the file it points to ({})",
+            target.display()
+        )));
+    }
+    let mut out = text.to_string();
+    for (name, value) in defines {
+        out = out.replace(&format!("%{name}%"), value);
+        if is_template_word(name) {
+            out = replace_word(&out, name, value);
+        }
+    }
+    for (i, line) in out.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let mut rest = code;
+        while let Some(start) = rest.find('%') {
+            let tail = &rest[start + 1..];
+            let len = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if len > 0 && tail[len..].starts_with('%') {
+                let name = &tail[..len];
+                return Err(at(i + 1).error(format!(
+                    "template variable %{name}% is not filled (a post-image script fills it); \
+                     pass --define {name}=VALUE"
+                )));
+            }
+            rest = tail;
+        }
+        if let Some((_, value)) = code.split_once('=') {
+            let v = value.trim();
+            if is_template_word(v) {
+                return Err(at(i + 1).error(format!(
+                    "template variable {v} is not filled (a post-image script fills it); pass \
+                     --define {v}=VALUE"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An upper-case identifier with an underscore (`UUID_TMP`), as templates name their holes.
+fn is_template_word(w: &str) -> bool {
+    w.len() >= 3
+        && w.contains('_')
+        && w.starts_with(|c: char| c.is_ascii_uppercase())
+        && w.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `text` with every whole-word `word` replaced.
+fn replace_word(text: &str, word: &str, value: &str) -> String {
+    let is_id = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(word) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + word.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if before.is_some_and(is_id) || after.is_some_and(is_id) {
+            out.push_str(word);
+        } else {
+            out.push_str(value);
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,93 +778,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// Fills template variables (`%NAME%`, and bare `NAME` for names given as upper-case
-/// identifiers) from `defines`, then refuses what is left unfilled: a `%NAME%`, or an
-/// upper-case `WORD_WITH_UNDERSCORES` given as a value, which a post-image script is meant to
-/// replace. A file holding only a path (a symbolic link checked out as text) is refused too.
-pub fn fill_templates(path: &Path, text: &str, defines: &[(String, String)]) -> Result<String> {
-    let at = |line: usize| Pos {
-        file: Rc::from(path.display().to_string()),
-        line,
-        column: 1,
-    };
-    let body = text.trim();
-    if !body.is_empty()
-        && !body.contains(char::is_whitespace)
-        && !body.contains(['{', '}', '='])
-        && (body.contains('/') || body.ends_with(".cfg"))
-    {
-        let target = path.parent().unwrap_or(Path::new("")).join(body);
-        return Err(at(1).error(format!(
-            "the file holds only the path `{body}`: a symbolic link checked out as a text \
-             file; pass the file it points to ({})",
-            target.display()
-        )));
-    }
-    let mut out = text.to_string();
-    for (name, value) in defines {
-        out = out.replace(&format!("%{name}%"), value);
-        if is_template_word(name) {
-            out = replace_word(&out, name, value);
-        }
-    }
-    for (i, line) in out.lines().enumerate() {
-        let code = line.split('#').next().unwrap_or("");
-        let mut rest = code;
-        while let Some(start) = rest.find('%') {
-            let tail = &rest[start + 1..];
-            let len = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            if len > 0 && tail[len..].starts_with('%') {
-                let name = &tail[..len];
-                return Err(at(i + 1).error(format!(
-                    "template variable %{name}% is not filled (a post-image script fills it); \
-                     pass --define {name}=VALUE"
-                )));
-            }
-            rest = tail;
-        }
-        if let Some((_, value)) = code.split_once('=') {
-            let v = value.trim();
-            if is_template_word(v) {
-                return Err(at(i + 1).error(format!(
-                    "template variable {v} is not filled (a post-image script fills it); pass \
-                     --define {v}=VALUE"
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// An upper-case identifier with an underscore (`UUID_TMP`), as templates name their holes.
-fn is_template_word(w: &str) -> bool {
-    w.len() >= 3
-        && w.contains('_')
-        && w.starts_with(|c: char| c.is_ascii_uppercase())
-        && w.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// `text` with every whole-word `word` replaced.
-fn replace_word(text: &str, word: &str, value: &str) -> String {
-    let is_id = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find(word) {
-        let before = rest[..i].chars().next_back();
-        let after = rest[i + word.len()..].chars().next();
-        out.push_str(&rest[..i]);
-        if before.is_some_and(is_id) || after.is_some_and(is_id) {
-            out.push_str(word);
-        } else {
-            out.push_str(value);
-        }
-        rest = &rest[i + word.len()..];
-    }
-    out.push_str(rest);
-    out
 }

@@ -3,9 +3,9 @@
 //! `plan`/`compose` write the disk genimage would write from the same inputs.
 //!
 //! Supported: `hdimage` (MBR with logical partitions past the fourth, GPT with a moved entry
-//! array or no backup, hybrid), `vfat` (FAT12,
-//! FAT16 or FAT32 as mkdosfs would choose, with its `-F`/`-s`/`-S`/`-n`/`-i`), `ext4`, `file` images and prebuilt
-//! input files. Not for running genimage or the tools it calls, and not for other image types
+//! array or no backup, hybrid), `vfat` (FAT12, FAT16 or FAT32 as mkdosfs would choose, with
+//! its `-F`/`-s`/`-S`/`-n`/`-i`), `ext4`, `file` images and prebuilt input files; template
+//! variables a post-image script would fill come from `Options::defines`. Not for running genimage or the tools it calls, and not for other image types
 //! (flash, ubi, squashfs, cpio, …): those fail with their file and line.
 
 mod config;

@@ -128,6 +128,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("fsck.fat", "dosfstools"),
     ("mdir", "mtools"),
     ("mcopy", "mtools"),
+    ("minfo", "mtools"),
 ];
 
 /// Both tools' outputs for one config.
@@ -472,6 +473,22 @@ fn compare(r: &Run) -> Tally {
                     assert_eq!(ours_geo, theirs_geo, "FAT geometry of {}", p["id"]);
                 }
                 t.fat_types.push(kind.to_string());
+                // Label and type as minfo reads them; the serial too where `-i` fixes it.
+                let ids = |img: &Path| {
+                    let at = format!("{}@@{start}", img.display());
+                    let info = tool_ok("minfo", &["-i", &at, "::"]);
+                    info.lines()
+                        .filter(|l| {
+                            l.starts_with("disk label=")
+                                || l.starts_with("disk type=")
+                                || (r.cfg.contains("-i ") && l.starts_with("serial number:"))
+                        })
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                };
+                let (mine, theirs) = (ids(&r.ours), ids(&r.genimage));
+                assert!(mine.len() >= 2, "minfo of {}: {mine:?}", p["id"]);
+                assert_eq!(mine, theirs, "minfo label/type/serial of {}", p["id"]);
                 // inspect reads the volume back with skiff-flash's own FAT reader.
                 let seen = inspect_fs(&r.ours, start);
                 assert_eq!(seen["kind"], kind, "inspect of {}: {seen}", p["id"]);

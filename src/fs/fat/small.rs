@@ -720,4 +720,44 @@ mod tests {
         let err = FAT16.write(&spec, 16 * MIB, &mut sink).unwrap_err();
         assert!(err.to_string().contains("root directory needs"), "{err}");
     }
+
+    #[test]
+    fn damaged_fat12_and_fat16_volumes_are_errors_not_panics() {
+        for (writer, size) in [(&FAT12, 2 * MIB), (&FAT16, 16 * MIB)] {
+            let t = tree();
+            let spec = FsSpec {
+                label: None,
+                uuid: [3; 16],
+                epoch: 0,
+                tree: &t,
+                offset: 0,
+                part: "boot",
+                fat: FatOptions::default(),
+            };
+            let mut sink = crate::target::MemSink::new(size as usize);
+            writer.write(&spec, size, &mut sink).unwrap();
+            let clean = sink.buf;
+            let g = SmallGeometry::choose(size, &writer.options(&spec)).unwrap();
+            let meta = g.data_start() as usize + 4 * g.cluster_bytes() as usize;
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for _ in 0..1500 {
+                let mut img = clean.clone();
+                for _ in 0..4 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = (x % meta as u64) as usize;
+                    img[at] = (x >> 32) as u8;
+                }
+                let Ok(vol) = crate::fs::fat_read::FatVolume::open(&img, 0, size) else {
+                    continue;
+                };
+                if let Ok(list) = vol.list() {
+                    for e in list.iter().filter(|e| !e.is_dir) {
+                        let _ = vol.read_file(e, &mut |_| {});
+                    }
+                }
+            }
+        }
+    }
 }

@@ -266,10 +266,19 @@ pub fn filesystem(
             .map(u64::from_le_bytes);
         return fs;
     }
-    if head.len() >= 512 && head[510..512] == [0x55, 0xAA] && &head[82..87] == b"FAT32" {
-        fs.kind = "fat32".into();
+    let fat_sig = head.len() >= 512
+        && head[510..512] == [0x55, 0xAA]
+        && (&head[82..87] == b"FAT32" || &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16");
+    if fat_sig {
+        fs.kind = if &head[82..87] == b"FAT32" {
+            "fat32"
+        } else {
+            "fat16"
+        }
+        .into();
         match FatVolume::open(dev, start, len) {
             Ok(v) => {
+                fs.kind = v.fat_type.to_lowercase();
                 fs.label = Some(v.label.clone());
                 fs.uuid = Some(format!(
                     "{:04X}-{:04X}",

@@ -385,6 +385,7 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
             fs_size: None,
             partuuid: None,
             logical: false,
+            fat: Default::default(),
         });
     }
     let mut first = app.clone();

@@ -135,6 +135,9 @@ pub struct Prebuilt {
 #[derive(Debug, Clone, Serialize)]
 pub struct Filesystem {
     pub kind: FsKind,
+    /// FAT options asked for (cluster and sector size, volume id).
+    #[serde(skip_serializing_if = "crate::fs::FatOptions::is_default")]
+    pub fat: crate::fs::FatOptions,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// ext4 UUID, or FAT volume id as `XXXX-XXXX`.
@@ -163,6 +166,7 @@ impl Plan {
                 tree: &fs.entries,
                 offset: p.start,
                 part: &p.id,
+                fat: fs.fat,
             },
         ))
     }
@@ -284,7 +288,13 @@ impl Ids {
         let fs_uuid = layout
             .partitions
             .iter()
-            .map(|p| Guid::from_hash(derive(seed, &format!("fs/{}", p.id))).0)
+            .map(|p| {
+                let mut id = Guid::from_hash(derive(seed, &format!("fs/{}", p.id))).0;
+                if let Some(v) = p.fat.and_then(|f| f.volume_id) {
+                    id[..4].copy_from_slice(&v.to_le_bytes());
+                }
+                id
+            })
             .collect();
         Ids {
             table,
@@ -312,9 +322,21 @@ fn numbers(layout: &crate::board::Layout) -> Vec<u32> {
         .collect()
 }
 
+/// The FAT type a `fat` filesystem of `size` bytes gets (others stay as they are).
+fn resolved_kind(kind: FsKind, fat: &crate::fs::FatOptions, size: u64) -> FsKind {
+    if kind != FsKind::Fat {
+        return kind;
+    }
+    match crate::fs::fat::resolve_bits(None, fat, size) {
+        12 => FsKind::Fat12,
+        16 => FsKind::Fat16,
+        _ => FsKind::Fat32,
+    }
+}
+
 fn fs_uuid_string(kind: FsKind, uuid: &[u8; 16]) -> String {
     match kind {
-        FsKind::Fat32 => format!(
+        FsKind::Fat32 | FsKind::Fat16 | FsKind::Fat12 | FsKind::Fat => format!(
             "{:02X}{:02X}-{:02X}{:02X}",
             uuid[3], uuid[2], uuid[1], uuid[0]
         ),
@@ -572,6 +594,7 @@ fn content(
         tree: &tree,
         offset: 0,
         part: &p.id,
+        fat: p.fat.unwrap_or_default(),
     };
     let measure = fs::writer(kind).measure(&spec)?;
     Ok(Content::Fs(
@@ -730,19 +753,25 @@ fn partition(
     let (fs, image) = match content {
         Content::Empty => (None, None),
         Content::Image(i) => (None, Some(i)),
-        Content::Fs(m, fs_size) => (
-            Some(Filesystem {
-                kind: m.kind,
-                label: p.label.clone(),
-                uuid: fs_uuid_string(m.kind, &uuid),
-                uuid_bytes: uuid,
-                size: fs_size.unwrap_or(pl.size),
-                min_size: m.measure.min_size(),
-                content_bytes: m.tree.file_bytes(),
-                entries: m.tree,
-            }),
-            None,
-        ),
+        Content::Fs(m, fs_size) => {
+            let size = fs_size.unwrap_or(pl.size);
+            let fat = p.fat.unwrap_or_default();
+            let kind = resolved_kind(m.kind, &fat, size);
+            (
+                Some(Filesystem {
+                    kind,
+                    fat,
+                    label: p.label.clone(),
+                    uuid: fs_uuid_string(kind, &uuid),
+                    uuid_bytes: uuid,
+                    size,
+                    min_size: m.measure.min_size(),
+                    content_bytes: m.tree.file_bytes(),
+                    entries: m.tree,
+                }),
+                None,
+            )
+        }
     };
     Ok(Partition {
         number: at.number,

@@ -256,8 +256,8 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
             continue;
         }
         match fs.kind {
-            crate::board::FsKind::Fat32 => fat_files(dev, p, &region, &mut v),
             crate::board::FsKind::Ext4 => ext4_files(dev, p, &region, &mut v),
+            _ => fat_files(dev, p, &region, &mut v),
         }
     }
     for r in &plan.raw {

@@ -128,6 +128,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("fsck.fat", "dosfstools"),
     ("mdir", "mtools"),
     ("mcopy", "mtools"),
+    ("minfo", "mtools"),
 ];
 
 /// Both tools' outputs for one config.
@@ -271,6 +272,48 @@ fn read_range(img: &Path, offset: u64, len: u64) -> Vec<u8> {
     buf
 }
 
+/// `skiff-flash inspect --json`'s view of the filesystem of the partition at `start`.
+fn inspect_fs(img: &Path, start: u64) -> Value {
+    let out = run(&["inspect", "--json", img.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+    v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["start"].as_u64() == Some(start))
+        .map(|p| p["fs"].clone())
+        .unwrap_or_else(|| panic!("inspect finds no partition at {start}: {v}"))
+}
+
+/// `fsck.fat -n -v`'s account of a FAT volume's geometry (type, sector, cluster, reserved,
+/// FAT, root directory and data sizes, sectors per track and heads); fails when fsck.fat
+/// finds anything wrong.
+fn fat_geometry(part: &Path) -> String {
+    let out = tool_ok("fsck.fat", &["-n", "-v", part.to_str().unwrap()]);
+    out.lines()
+        .filter(|l| {
+            [
+                "bytes per logical sector",
+                "bytes per cluster",
+                "reserved sector",
+                "bit entries",
+                "bytes per FAT",
+                "root directory entries",
+                "Root directory start",
+                "Data area starts",
+                "data clusters",
+                "sectors/track",
+                "sectors total",
+                "Media byte",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// mtools' view of a FAT filesystem at `offset`: every path, and every file's bytes.
 fn fat_files(img: &Path, offset: u64, scratch: &Path) -> BTreeMap<String, Vec<u8>> {
     let at = format!("{}@@{offset}", img.display());
@@ -323,6 +366,8 @@ struct Tally {
     fat_files: usize,
     ext4_files: usize,
     ebrs: usize,
+    fat_types: Vec<String>,
+    inspected: usize,
 }
 
 fn compare(r: &Run) -> Tally {
@@ -406,9 +451,49 @@ fn compare(r: &Run) -> Tally {
         };
         let fs_size = fs["size"].as_u64().unwrap();
         match fs["kind"].as_str().unwrap() {
-            "fat32" => {
+            kind @ ("fat12" | "fat16" | "fat32") => {
                 let part = extract(&r.ours, start, fs_size);
-                tool_ok("fsck.fat", &["-n", part.path().to_str().unwrap()]);
+                let ours_geo = fat_geometry(part.path());
+                let part = extract(&r.genimage, start, fs_size);
+                let theirs_geo = fat_geometry(part.path());
+                let bits = format!("{} bit entries", &kind[3..]);
+                assert!(
+                    ours_geo.contains(&bits),
+                    "{} is not {kind}: {ours_geo}",
+                    p["id"]
+                );
+                if kind == "fat32" {
+                    // mkdosfs sizes FAT32 its own way; the type and files are what matter.
+                    assert!(
+                        theirs_geo.contains(&bits),
+                        "genimage's {}: {theirs_geo}",
+                        p["id"]
+                    );
+                } else {
+                    assert_eq!(ours_geo, theirs_geo, "FAT geometry of {}", p["id"]);
+                }
+                t.fat_types.push(kind.to_string());
+                // Label and type as minfo reads them; the serial too where `-i` fixes it.
+                let ids = |img: &Path| {
+                    let at = format!("{}@@{start}", img.display());
+                    let info = tool_ok("minfo", &["-i", &at, "::"]);
+                    info.lines()
+                        .filter(|l| {
+                            l.starts_with("disk label=")
+                                || l.starts_with("disk type=")
+                                || (r.cfg.contains("-i ") && l.starts_with("serial number:"))
+                        })
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                };
+                let (mine, theirs) = (ids(&r.ours), ids(&r.genimage));
+                assert!(mine.len() >= 2, "minfo of {}: {mine:?}", p["id"]);
+                assert_eq!(mine, theirs, "minfo label/type/serial of {}", p["id"]);
+                // inspect reads the volume back with skiff-flash's own FAT reader.
+                let seen = inspect_fs(&r.ours, start);
+                assert_eq!(seen["kind"], kind, "inspect of {}: {seen}", p["id"]);
+                let files = seen["files"].as_array().expect("inspect lists files");
+                t.inspected += files.iter().filter(|f| f["dir"] == false).count();
                 let ours = fat_files(&r.ours, start, &r.scratch);
                 let theirs = fat_files(&r.genimage, start, &r.scratch);
                 assert_eq!(
@@ -463,9 +548,15 @@ fn check(name: &str) {
     };
     let t = compare(&run);
     eprintln!(
-        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries, {} ext4 \
-         entries, {} EBRs and sector 0 identical",
-        t.raw, t.images, t.fat_files, t.ext4_files, t.ebrs,
+        "{name}: table identical, {} raw blobs, {} prebuilt images, {} FAT entries ({}, {} files \
+         read back by inspect), {} ext4 entries, {} EBRs and sector 0 identical",
+        t.raw,
+        t.images,
+        t.fat_files,
+        t.fat_types.join(", "),
+        t.inspected,
+        t.ext4_files,
+        t.ebrs,
     );
 }
 
@@ -508,6 +599,17 @@ same_as_genimage! {
     gpt_types => "gpt-types.cfg",
     file_image_holes => "file-image-holes.cfg",
     part_align => "part-align.cfg",
+    beaglebone_fat16 => "beaglebone-fat16.cfg",
+    orangepi_r1_fat16 => "orangepi-r1-fat16.cfg",
+    rzboard_v2l_fat16 => "rzboard-v2l-fat16.cfg",
+    coolpi_4b_fat16 => "coolpi-4b-fat16.cfg",
+    vfat_fat12_small => "vfat-fat12-small.cfg",
+    vfat_fat12_forced => "vfat-fat12-forced.cfg",
+    vfat_cluster_options => "vfat-cluster-options.cfg",
+    vfat_sector_size => "vfat-sector-size.cfg",
+    vfat_file_sections => "vfat-file-sections.cfg",
+    vfat_260m => "vfat-260m.cfg",
+    vfat_rootpath_fat12 => "vfat-rootpath-fat12.cfg",
 }
 
 #[test]
@@ -625,19 +727,74 @@ fn missing_input_names_the_line_that_wants_it() {
     );
 }
 
+/// The FAT type and geometry options a vfat image asks mkdosfs for, as the plan has them.
+fn planned_fat(vfat: &str, size: &str) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("f.cfg");
+    std::fs::write(
+        &cfg,
+        format!("image boot.vfat {{\n\tvfat {{\n{vfat}\n\t}}\n\tsize = {size}\n}}\nimage d.img {{\n\thdimage {{}}\n\tpartition boot {{\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}}\n}}\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "plan",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
+    plan["partitions"][0]["fs"].clone()
+}
+
 #[test]
-fn fat12_and_fat16_are_refused_clearly() {
+fn vfat_type_follows_size_and_mkdosfs_arguments() {
+    assert_eq!(planned_fat("", "16M")["kind"], "fat16");
+    assert_eq!(planned_fat("", "2M")["kind"], "fat12");
+    assert_eq!(planned_fat("", "511M")["kind"], "fat16");
+    assert_eq!(planned_fat("", "512M")["kind"], "fat32");
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 16\"", "64M")["kind"],
+        "fat16"
+    );
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 12\"", "8M")["kind"],
+        "fat12"
+    );
+    assert_eq!(
+        planned_fat("\t\textraargs = \"-F 32\"", "64M")["kind"],
+        "fat32"
+    );
+    let fs = planned_fat(
+        "\t\textraargs = \"-s 8 -S 1024 -i 1234abcd -n BOOTFS\"",
+        "64M",
+    );
+    assert_eq!(fs["fat"]["cluster_sectors"], 8, "{fs}");
+    assert_eq!(fs["fat"]["sector_size"], 1024, "{fs}");
+    assert_eq!(fs["uuid"], "1234-ABCD", "{fs}");
+    assert_eq!(fs["label"], "BOOTFS", "{fs}");
+}
+
+#[test]
+fn impossible_fat_requests_are_refused_clearly() {
     refused(
-        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 16\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 32\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
-        3,
-        "FAT16",
+        5,
+        "too small for FAT32",
     );
     refused(
-        "image boot.vfat {\n\tvfat {\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 12\"\n\t}\n\tsize = 256M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
-        4,
-        "too small for FAT32",
+        5,
+        "mkdosfs cannot make this volume",
+    );
+    refused(
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 3\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        &[],
+        3,
+        "power of two",
     );
 }
 
@@ -647,7 +804,7 @@ fn plan_names_what_is_not_done_exactly() {
     let cfg = tmp.path().join("w.cfg");
     std::fs::write(
         &cfg,
-        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 4 -F 32\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
+        "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 4 -F 32 -v\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
     )
     .unwrap();
     let out = run(&[
@@ -661,10 +818,9 @@ fn plan_names_what_is_not_done_exactly() {
     let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
     let warnings = plan["warnings"].to_string();
     assert!(
-        warnings.contains("mkdosfs arguments `-s 4` are ignored"),
+        warnings.contains("mkdosfs -s/-S are ignored for FAT32"),
         "{warnings}"
     );
-    assert!(warnings.contains("written as FAT32"), "{warnings}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("skiff-flash: warning: "), "{err}");
 }
@@ -677,4 +833,60 @@ fn completions_and_man_page_print() {
     let page = ok(&out);
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("build"), "{page}");
+}
+
+const TEMPLATE: &str = "image boot.vfat {\n\tvfat {\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {\n\t\tpartition-table-type = \"gpt\"\n\t}\n\tpartition boot {\n\t\timage = \"boot.vfat\"\n\t\tpartition-uuid = %PARTUUID%\n\t}\n\tpartition data {\n\t\tsize = 1M\n\t\tpartition-uuid = UUID_TMP\n\t}\n}\n";
+
+#[test]
+fn unfilled_template_variables_are_named() {
+    refused(TEMPLATE, &[], 12, "%PARTUUID% is not filled");
+    refused(TEMPLATE, &[], 12, "--define PARTUUID=VALUE");
+    refused(
+        &TEMPLATE.replace("%PARTUUID%", "\"0fc63daf-8483-4772-8e79-3d69d8477de4\""),
+        &[],
+        16,
+        "UUID_TMP is not filled",
+    );
+}
+
+#[test]
+fn define_fills_template_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("t.cfg");
+    std::fs::write(&cfg, TEMPLATE).unwrap();
+    let boot = "6a1c9a5e-3b5c-4b8e-9a31-0d2f4b1c7e11";
+    let data = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a10";
+    let out = run(&[
+        "plan",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        tmp.path().to_str().unwrap(),
+        "--define",
+        &format!("PARTUUID={boot}"),
+        "--define",
+        &format!("UUID_TMP={data}"),
+    ]);
+    let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(plan["partitions"][0]["partuuid"], boot, "{plan}");
+    assert_eq!(plan["partitions"][1]["partuuid"], data, "{plan}");
+    let out = run(&[
+        "plan",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--define",
+        "NO EQUALS",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_symlink_checked_out_as_text_is_named() {
+    refused(
+        "../a10_olinuxino/genimage.cfg\n",
+        &[],
+        1,
+        "a symbolic link checked out as a text file",
+    );
 }

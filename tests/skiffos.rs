@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::synth::{Set, skiffos_images};
 use common::*;
 
 const EPOCH: &str = "1700000000";
@@ -203,28 +204,11 @@ fn a_boot_script_from_resources_is_compiled_into_boot_scr() {
     let script = "setenv bootargs \"from the config\"\nbootz 0x40008000\n";
     std::fs::create_dir_all(conf.join("resources/boot-scripts")).unwrap();
     std::fs::write(conf.join("resources/boot-scripts/boot.txt"), script).unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir_all(images.join("hk_sd_fuse")).unwrap();
-    // An ARM zImage: its magic, start and end address in the header.
-    let mut zimage = vec![0x5a; 4096];
-    zimage[0x24..0x28].copy_from_slice(&0x016f_2818u32.to_le_bytes());
-    zimage[0x28..0x2c].copy_from_slice(&0u32.to_le_bytes());
-    zimage[0x2c..0x30].copy_from_slice(&4096u32.to_le_bytes());
-    std::fs::write(images.join("zImage"), zimage).unwrap();
-    std::fs::copy(
-        fixtures().join("bcm2711-rpi-400.dtb"),
-        images.join("exynos5422-odroidxu4.dtb"),
-    )
-    .unwrap();
-    for (name, len) in [
-        ("rootfs.cpio.uboot", 4096),
-        ("u-boot-dtb.bin", 4096),
-        ("hk_sd_fuse/bl1.bin.hardkernel", 15616),
-        ("hk_sd_fuse/bl2.bin.hardkernel.1mb_uboot", 14592),
-        ("hk_sd_fuse/tzsw.bin.hardkernel", 4096),
-    ] {
-        std::fs::write(images.join(name), vec![0x5a; len]).unwrap();
-    }
+    // The files odroid/xu's SkiffOS build leaves that its scripts require.
+    let def: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["boards", "show", "odroid/xu", "--json"]))).unwrap();
+    let generated = skiffos_images("odroid/xu", &def, Set::Required);
+    let images = generated.path();
     let img = dir.path().join("xu.img");
     let run = |args: &[&str]| {
         Command::new(bin())

@@ -169,7 +169,17 @@ pub enum TableKind {
 #[serde(rename_all = "lowercase")]
 pub enum FsKind {
     Fat32,
+    Fat16,
+    Fat12,
+    /// FAT12, FAT16 or FAT32 by size, as `mkfs.fat` chooses.
+    Fat,
     Ext4,
+}
+
+impl FsKind {
+    pub fn is_fat(self) -> bool {
+        self != FsKind::Ext4
+    }
 }
 
 /// A layout file: a partition scheme shared by boards.
@@ -230,6 +240,9 @@ pub struct PartitionDef {
     /// How boards refer to it (`boot`, `rootfs`, `persist`).
     pub id: String,
     pub fs: Option<FsKind>,
+    /// FAT only: cluster size, sector size and volume id instead of the ones chosen by size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fat: Option<crate::fs::FatOptions>,
     /// Filesystem label.
     pub label: Option<String>,
     /// GPT partition name (defaults to `id`).

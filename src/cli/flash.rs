@@ -29,6 +29,10 @@ pub struct FlashArgs {
     /// genimage's rootpath (with --genimage; default: empty).
     #[arg(long, value_name = "DIR", requires = "genimage")]
     pub(super) rootpath: Option<PathBuf>,
+    /// Fill a template variable of the genimage config (`%NAME%` or `NAME_TMP`) before it is
+    /// read; repeatable.
+    #[arg(long = "define", value_name = "NAME=VALUE", requires = "genimage", value_parser = super::define_arg)]
+    pub(super) defines: Vec<(String, String)>,
     #[command(flatten)]
     pub(super) dir: ImagesDir,
     /// Seed for identifiers (with --board; default: the board name).

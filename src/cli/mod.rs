@@ -215,6 +215,10 @@ struct Inputs {
     /// as Buildroot's genimage.sh passes).
     #[arg(long, value_name = "DIR", requires = "genimage")]
     rootpath: Option<PathBuf>,
+    /// Fill a template variable of the genimage config (`%NAME%` or `NAME_TMP`) before it is
+    /// read, e.g. `--define PARTUUID=…`; repeatable.
+    #[arg(long = "define", value_name = "NAME=VALUE", requires = "genimage", value_parser = define_arg)]
+    defines: Vec<(String, String)>,
     #[command(flatten)]
     dir: ImagesDir,
     /// Total disk size (e.g. 2GiB, 16GB); default: as small as the layout allows.
@@ -326,7 +330,13 @@ fn dispatch(cli: &Cli) -> Result<()> {
             cli.quiet,
             |b| match &a.genimage {
                 Some(cfg) => {
-                    let board = load_genimage(cfg, &a.dir.images(), a.rootpath.as_deref(), None)?;
+                    let board = load_genimage(
+                        cfg,
+                        &a.dir.images(),
+                        a.rootpath.as_deref(),
+                        None,
+                        &a.defines,
+                    )?;
                     warn(cli, &board.warnings);
                     Ok(board)
                 }
@@ -416,6 +426,7 @@ fn load_genimage(
     images: &std::path::Path,
     rootpath: Option<&std::path::Path>,
     size: Option<u64>,
+    defines: &[(String, String)],
 ) -> Result<skiff_flash::board::Board> {
     skiff_flash::genimage::load(
         cfg,
@@ -423,8 +434,23 @@ fn load_genimage(
             images: images.to_path_buf(),
             rootpath: rootpath.map(std::path::Path::to_path_buf),
             size,
+            defines: defines.to_vec(),
         },
     )
+}
+
+/// `NAME=VALUE` for `--define`.
+fn define_arg(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, v))
+            if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok((n.to_string(), v.to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not NAME=VALUE (NAME of letters, digits and _)"
+        )),
+    }
 }
 
 /// Prints what a plan does not do exactly as its definition asks.
@@ -438,7 +464,13 @@ fn warn(cli: &Cli, warnings: &[String]) {
 
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
     let board = match &i.genimage {
-        Some(cfg) => load_genimage(cfg, &i.dir.images(), i.rootpath.as_deref(), i.size)?,
+        Some(cfg) => load_genimage(
+            cfg,
+            &i.dir.images(),
+            i.rootpath.as_deref(),
+            i.size,
+            &i.defines,
+        )?,
         None => load_board(catalog, &i.dir.board(i.board.as_deref(), catalog)?)?,
     };
     plan::make(

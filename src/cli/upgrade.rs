@@ -70,6 +70,7 @@ pub fn upgrade(
             board: a.board.clone(),
             genimage: None,
             rootpath: None,
+            defines: Vec::new(),
             dir: a.dir.clone(),
             seed: None,
             image: None,

@@ -20,6 +20,9 @@ use crate::target::Sink;
 use crate::tree::Tree;
 use crate::tree::{Entry, Node, name_of, parent_of};
 
+mod small;
+pub use small::{FAT_AUTO, FAT12, FAT16, FAT32_FROM, FatSmall, SmallGeometry, resolve_bits};
+
 pub struct Fat32;
 
 const SECTOR: u64 = 512;
@@ -895,6 +898,7 @@ mod tests {
             tree: &t,
             offset: 0,
             part: "boot",
+            fat: Default::default(),
         };
         let m = Fat32.measure(&spec).unwrap();
         let min = m.min_size();
@@ -930,6 +934,7 @@ mod tests {
             tree: &t,
             offset: 0,
             part: "boot",
+            fat: Default::default(),
         };
         assert!(Fat32.measure(&spec).is_err());
     }

@@ -1,5 +1,5 @@
-//! FAT32 reader for verification and inspection: geometry from the boot sector, the first
-//! FAT, directories with long names, and file contents by cluster chain.
+//! FAT12/16/32 reader for verification and inspection: geometry from the boot sector, the
+//! first FAT (12-, 16- or 32-bit entries), the fixed root directory region of FAT12/16, directories with long names, and file contents by cluster chain.
 //!
 //! Built for untrusted bytes: every cluster number, chain and directory is bounds-checked,
 //! loops in chains and directories are detected, and problems come back as messages —
@@ -30,6 +30,8 @@ pub struct FatVolume<'a> {
     data_start: u64,
     clusters: u32,
     root: u32,
+    /// FAT12/16: the root directory's region (offset, length); `root` is then 0.
+    fixed_root: Option<(u64, u64)>,
     fat: Vec<u32>,
     pub label: String,
     pub volume_id: u32,
@@ -64,14 +66,21 @@ impl<'a> FatVolume<'a> {
             0 => u64::from(le32(&bs, 32)),
             n => n,
         };
-        let fat_sectors = u64::from(le32(&bs, 36));
-        if ![512, 1024, 2048, 4096].contains(&sector) || spc == 0 || !spc.is_power_of_two() {
+        let fat16_sectors = le16(&bs, 22);
+        let fat_sectors = match fat16_sectors {
+            0 => u64::from(le32(&bs, 36)),
+            n => n,
+        };
+        if ![512, 1024, 2048, 4096, 8192, 16384, 32768].contains(&sector)
+            || spc == 0
+            || !spc.is_power_of_two()
+        {
             return Err(format!(
                 "boot sector: bad geometry ({sector}-byte sectors, {spc} per cluster)"
             ));
         }
-        if le16(&bs, 22) != 0 || fat_sectors == 0 || nfats == 0 || reserved == 0 {
-            return Err("boot sector: not FAT32 (FAT12/16 or damaged)".into());
+        if fat_sectors == 0 || nfats == 0 || reserved == 0 {
+            return Err("boot sector: not a FAT volume (no FAT or no reserved sector)".into());
         }
         if total * sector > len {
             return Err(format!(
@@ -79,34 +88,71 @@ impl<'a> FatVolume<'a> {
                 total * sector
             ));
         }
-        let data_sector = reserved + nfats * fat_sectors;
+        // FAT12/16 keep the root directory in a fixed region after the FATs.
+        let root_entries = if fat16_sectors != 0 { le16(&bs, 17) } else { 0 };
+        let root_sectors = (root_entries * 32).div_ceil(sector);
+        let root_at = reserved + nfats * fat_sectors;
+        let data_sector = root_at + root_sectors;
         let clusters = total
             .checked_sub(data_sector)
             .ok_or("boot sector: FATs larger than the volume")?
             / spc;
-        if clusters > 0x0FFF_FFF5 || clusters + 2 > fat_sectors * sector / 4 {
+        let bits: u64 = match (fat16_sectors, clusters) {
+            (0, _) => 32,
+            (_, 0..4085) => 12,
+            (_, 4085..65525) => 16,
+            _ => return Err("boot sector: FAT12/16 layout with FAT32's cluster count".into()),
+        };
+        if clusters > 0x0FFF_FFF5 || (clusters + 2) * bits > fat_sectors * sector * 8 {
             return Err("boot sector: FAT too small for the clusters".into());
         }
-        let fat_bytes = ((clusters + 2) * 4) as usize;
+        let fat_bytes = ((clusters + 2) * bits).div_ceil(8) as usize;
         let mut raw = vec![0u8; fat_bytes];
         dev.read_exact_at(&mut raw, base + reserved * sector)
             .map_err(|e| format!("FAT: {e}"))?;
-        let fat = raw
-            .chunks_exact(4)
-            .map(|c| le32(c, 0) & 0x0FFF_FFFF)
-            .collect();
-        let label = String::from_utf8_lossy(&bs[71..82]).trim_end().to_string();
+        // Entries as FAT32 values, so end-of-chain and bad marks read the same for every type.
+        let widen = |v: u32, top: u32| if v >= top - 0xF { v | 0x0FFF_FFF0 } else { v };
+        let fat: Vec<u32> = match bits {
+            32 => raw
+                .chunks_exact(4)
+                .map(|c| le32(c, 0) & 0x0FFF_FFFF)
+                .collect(),
+            16 => raw
+                .chunks_exact(2)
+                .map(|c| widen(u32::from(u16::from_le_bytes([c[0], c[1]])), 0xFFFF))
+                .collect(),
+            _ => (0..(clusters + 2) as usize)
+                .map(|i| {
+                    let at = i * 3 / 2;
+                    let pair = u32::from(raw[at]) | (u32::from(raw[at + 1]) << 8);
+                    let v = if i % 2 == 0 { pair & 0xFFF } else { pair >> 4 };
+                    widen(v, 0xFFF)
+                })
+                .collect(),
+        };
+        let (vi, root) = match bits {
+            32 => (64, le32(&bs, 44)),
+            _ => (36, 0),
+        };
+        let label = String::from_utf8_lossy(&bs[vi + 7..vi + 18])
+            .trim_end()
+            .to_string();
         Ok(FatVolume {
             dev,
             base,
             cluster_bytes: spc * sector,
             data_start: data_sector * sector,
             clusters: clusters as u32,
-            root: le32(&bs, 44),
+            root,
+            fixed_root: (bits != 32).then_some((root_at * sector, root_sectors * sector)),
             fat,
             label,
-            volume_id: le32(&bs, 67),
-            fat_type: "FAT32",
+            volume_id: le32(&bs, vi + 3),
+            fat_type: match bits {
+                12 => "FAT12",
+                16 => "FAT16",
+                _ => "FAT32",
+            },
         })
     }
 
@@ -223,6 +269,13 @@ impl<'a> FatVolume<'a> {
     }
 
     fn dir_bytes(&self, cluster: u32) -> Result<Vec<u8>, String> {
+        if let Some((at, len)) = self.fixed_root.filter(|_| cluster == 0) {
+            let mut bytes = vec![0u8; len as usize];
+            self.dev
+                .read_exact_at(&mut bytes, self.base + at)
+                .map_err(|e| format!("reading the root directory: {e}"))?;
+            return Ok(bytes);
+        }
         let chain = self.chain(cluster, 65_536 * 32 / self.cluster_bytes + 1)?;
         let mut bytes = vec![0u8; chain.len() * self.cluster_bytes as usize];
         for (i, c) in chain.iter().enumerate() {
@@ -418,6 +471,7 @@ mod tests {
             tree: &t,
             offset: 0,
             part: "boot",
+            fat: Default::default(),
         };
         let m = Fat32.measure(&spec).unwrap();
         let size = m.min_size();

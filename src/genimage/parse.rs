@@ -66,8 +66,9 @@ pub enum Item {
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Parses a config file (and the files it includes) into its top-level items.
-pub fn parse_file(path: &Path, env: Env<'_>) -> Result<Vec<Item>> {
+pub fn parse_file(path: &Path, env: Env<'_>, defines: &[(String, String)]) -> Result<Vec<Item>> {
     let mut lexer = Lexer::new(env);
+    lexer.defines = defines.to_vec();
     lexer.push_file(path, None)?;
     Parser { lexer }.body(None)
 }
@@ -150,6 +151,8 @@ struct Lexer<'e> {
     env: Env<'e>,
     /// Position of the end of the last file, for errors at EOF.
     end: Option<Pos>,
+    /// `--define NAME=VALUE`: template variables filled in before parsing.
+    defines: Vec<(String, String)>,
 }
 
 /// Characters that end an unquoted word.
@@ -166,6 +169,7 @@ impl<'e> Lexer<'e> {
             stack: Vec::new(),
             env,
             end: None,
+            defines: Vec::new(),
         }
     }
 
@@ -191,6 +195,7 @@ impl<'e> Lexer<'e> {
             None => Error::io(format!("reading genimage config {}", path.display()), e),
         })?;
         let dir = path.parent().map(Path::to_path_buf);
+        let text = fill_templates(path, &text, &self.defines)?;
         self.push_text(&path.display().to_string(), &text, dir);
         Ok(())
     }
@@ -583,6 +588,95 @@ impl Parser<'_> {
     }
 }
 
+/// Fills template variables (`%NAME%`, and bare `NAME` for names given as upper-case
+/// identifiers) from `defines`, then refuses what is left unfilled: a `%NAME%`, or an
+/// upper-case `WORD_WITH_UNDERSCORES` given as a value, which a post-image script is meant to
+/// replace. A file holding only a path (a symbolic link checked out as text) is refused too.
+pub fn fill_templates(path: &Path, text: &str, defines: &[(String, String)]) -> Result<String> {
+    let at = |line: usize| Pos {
+        file: Rc::from(path.display().to_string()),
+        line,
+        column: 1,
+    };
+    let body = text.trim();
+    if !body.is_empty()
+        && !body.contains(char::is_whitespace)
+        && !body.contains(['{', '}', '='])
+        && (body.contains('/') || body.ends_with(".cfg"))
+    {
+        let target = path.parent().unwrap_or(Path::new("")).join(body);
+        return Err(at(1).error(format!(
+            "the file holds only the path `{body}`: a symbolic link checked out as a text \
+             file; pass the file it points to ({})",
+            target.display()
+        )));
+    }
+    let mut out = text.to_string();
+    for (name, value) in defines {
+        out = out.replace(&format!("%{name}%"), value);
+        if is_template_word(name) {
+            out = replace_word(&out, name, value);
+        }
+    }
+    for (i, line) in out.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let mut rest = code;
+        while let Some(start) = rest.find('%') {
+            let tail = &rest[start + 1..];
+            let len = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if len > 0 && tail[len..].starts_with('%') {
+                let name = &tail[..len];
+                return Err(at(i + 1).error(format!(
+                    "template variable %{name}% is not filled (a post-image script fills it); \
+                     pass --define {name}=VALUE"
+                )));
+            }
+            rest = tail;
+        }
+        if let Some((_, value)) = code.split_once('=') {
+            let v = value.trim();
+            if is_template_word(v) {
+                return Err(at(i + 1).error(format!(
+                    "template variable {v} is not filled (a post-image script fills it); pass \
+                     --define {v}=VALUE"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An upper-case identifier with an underscore (`UUID_TMP`), as templates name their holes.
+fn is_template_word(w: &str) -> bool {
+    w.len() >= 3
+        && w.contains('_')
+        && w.starts_with(|c: char| c.is_ascii_uppercase())
+        && w.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `text` with every whole-word `word` replaced.
+fn replace_word(text: &str, word: &str, value: &str) -> String {
+    let is_id = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(word) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + word.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if before.is_some_and(is_id) || after.is_some_and(is_id) {
+            out.push_str(word);
+        } else {
+            out.push_str(value);
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,7 +764,7 @@ mod tests {
         std::fs::write(dir.path().join("inc.cfg"), "size = 8M\n").unwrap();
         let main = dir.path().join("main.cfg");
         std::fs::write(&main, "image a {\n  include(\"inc.cfg\")\n  name = x\n}\n").unwrap();
-        let items = parse_file(&main, &env).unwrap();
+        let items = parse_file(&main, &env, &[]).unwrap();
         let img = section(&items[0]);
         assert_eq!(img.items.len(), 2);
         let size = assign(&img.items[0]);

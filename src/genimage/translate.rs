@@ -549,6 +549,7 @@ impl Ctx<'_> {
         let mut def = PartitionDef {
             id: id.to_string(),
             fs: None,
+            fat: None,
             label: None,
             gpt_name: table.has_gpt().then(|| p.name.clone()),
             gpt_type: p.gpt_type.map(|g| g.to_string()),
@@ -640,25 +641,55 @@ impl Ctx<'_> {
         files: &mut Vec<FileRule>,
     ) -> Result<()> {
         let title = node.title();
-        self.mkdosfs_args(title, h)?;
-        if crate::fs::fat::Geometry::for_size(size).is_none() {
-            let pos = node.value("size").map_or(&node.pos, |v| &v.pos);
-            return Err(pos.error(format!(
-                "image {title}: {} ({}) is too small for FAT32; skiff-flash writes FAT32 only \
-                 (at least 33 MiB), and mkdosfs would make FAT12/16 here",
-                human(size),
-                crate::units::bytes(size)
-            )));
+        let args = self.mkdosfs_args(title, h)?;
+        let pos = node.value("size").map_or(&node.pos, |v| &v.pos);
+        let kind = match args.bits {
+            Some(32) => FsKind::Fat32,
+            Some(16) => FsKind::Fat16,
+            Some(12) => FsKind::Fat12,
+            _ if size >= crate::fs::fat::FAT32_FROM => FsKind::Fat32,
+            _ => FsKind::Fat,
+        };
+        let mut fat = args.opts;
+        if kind == FsKind::Fat32 {
+            if crate::fs::fat::Geometry::for_size(size).is_none() {
+                return Err(pos.error(format!(
+                    "image {title}: {} ({}) is too small for FAT32 (skiff-flash writes FAT32 \
+                     from 33 MiB); leave out `-F 32` to get FAT12/16 as mkdosfs chooses",
+                    human(size),
+                    crate::units::bytes(size)
+                )));
+            }
+            if fat.cluster_sectors.is_some() || fat.sector_size.is_some() {
+                self.warnings.push(format!(
+                    "image {title}: mkdosfs -s/-S are ignored for FAT32 (the cluster size \
+                     follows the volume size)"
+                ));
+                fat.cluster_sectors = None;
+                fat.sector_size = None;
+            }
+        } else {
+            let want = crate::fs::FatOptions {
+                bits: args.bits,
+                ..fat
+            };
+            if let Err(m) = crate::fs::fat::SmallGeometry::choose(size, &want) {
+                return Err(pos.error(format!(
+                    "image {title}: mkdosfs cannot make this volume of {} ({}): {m}",
+                    human(size),
+                    crate::units::bytes(size)
+                )));
+            }
         }
-        if size < 512 << 20 {
-            self.warnings.push(format!(
-                "image {title}: written as FAT32; mkdosfs would make FAT16 at {} (the same files \
-                 and names)",
-                human(size)
-            ));
-        }
-        def.fs = Some(FsKind::Fat32);
-        def.label = h.str("label").filter(|l| !l.is_empty()).map(str::to_string);
+        def.fs = Some(kind);
+        def.fat = (!fat.is_default()).then_some(fat);
+        // genimage passes `label` as `-n` after extraargs: it wins.
+        def.label = h
+            .str("label")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .or(args.label)
+            .filter(|l| !l.is_empty());
         if def.label.as_ref().is_some_and(|l| l.len() > 11) {
             let pos = h.value("label").map_or(&h.pos, |v| &v.pos);
             return Err(pos.error(format!(
@@ -723,29 +754,66 @@ impl Ctx<'_> {
         Ok(file)
     }
 
-    fn mkdosfs_args(&mut self, title: &str, h: &Node) -> Result<()> {
+    /// The mkdosfs arguments in `extraargs` that shape the volume: `-F`, `-s`, `-S`, `-n`,
+    /// `-i`; others are ignored with a warning.
+    fn mkdosfs_args(&mut self, title: &str, h: &Node) -> Result<MkdosfsArgs> {
+        let mut out = MkdosfsArgs::default();
         let Some((args, pos)) = h.str_at("extraargs") else {
-            return Ok(());
+            return Ok(out);
         };
-        let words: Vec<&str> = args.split_whitespace().collect();
+        let words = shell_words(args);
         let mut ignored = Vec::new();
         let mut i = 0;
         while i < words.len() {
-            let (flag, value, used) = match words[i] {
-                "-F" => ("-F", words.get(i + 1).copied(), 2),
-                w if w.starts_with("-F") => ("-F", Some(&w[2..]), 1),
-                w => (w, None, 1),
+            let w = words[i].as_str();
+            let takes = ["-F", "-s", "-S", "-n", "-i"];
+            let (flag, value, used) = match takes.iter().find(|f| w.starts_with(**f)) {
+                Some(f) if w.len() > 2 => (*f, Some(w[2..].to_string()), 1),
+                Some(f) => (*f, words.get(i + 1).cloned(), 2),
+                None => (w, None, 1),
             };
-            match (flag, value) {
-                ("-F", Some("32")) => {}
-                ("-F", v) => {
-                    return Err(pos.error(format!(
-                        "image {title}: mkdosfs `-F {}` asks for FAT{0}; skiff-flash writes \
-                         FAT32 only",
-                        v.unwrap_or("?")
-                    )));
+            let bad = |what: &str| {
+                pos.error(format!(
+                    "image {title}: mkdosfs `{flag} {}`: {what}",
+                    value.as_deref().unwrap_or("")
+                ))
+            };
+            let num = |v: &Option<String>| -> Option<u64> {
+                let v = v.as_deref()?;
+                match v.strip_prefix("0x") {
+                    Some(h) => u64::from_str_radix(h, 16).ok(),
+                    None => v.parse().ok(),
                 }
-                _ => ignored.push(flag),
+            };
+            match flag {
+                "-F" => match num(&value) {
+                    Some(b @ (12 | 16 | 32)) => out.bits = Some(b as u8),
+                    _ => return Err(bad("the FAT size is 12, 16 or 32")),
+                },
+                "-s" => match num(&value) {
+                    Some(s) if s.is_power_of_two() && s <= 128 => {
+                        out.opts.cluster_sectors = Some(s as u8)
+                    }
+                    _ => return Err(bad("sectors per cluster is a power of two up to 128")),
+                },
+                "-S" => match num(&value) {
+                    Some(s) if s.is_power_of_two() && (512..=32768).contains(&s) => {
+                        out.opts.sector_size = Some(s as u16)
+                    }
+                    _ => return Err(bad("the sector size is a power of two, 512 … 32768")),
+                },
+                "-n" => match &value {
+                    Some(l) => out.label = Some(l.clone()),
+                    None => return Err(bad("no volume name")),
+                },
+                "-i" => match value
+                    .as_deref()
+                    .and_then(|v| u32::from_str_radix(v, 16).ok())
+                {
+                    Some(v) => out.opts.volume_id = Some(v),
+                    None => return Err(bad("the volume id is up to 8 hex digits")),
+                },
+                _ => ignored.push(flag.to_string()),
             }
             i += used;
         }
@@ -755,7 +823,7 @@ impl Ctx<'_> {
                 ignored.join(" ")
             ));
         }
-        Ok(())
+        Ok(out)
     }
 
     fn ext(
@@ -812,6 +880,35 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// What `extraargs` asks mkdosfs for.
+#[derive(Default)]
+struct MkdosfsArgs {
+    bits: Option<u8>,
+    opts: crate::fs::FatOptions,
+    label: Option<String>,
+}
+
+/// Splits an argument string as a shell would for plain words and quotes.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut quote = None;
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                cur.get_or_insert_with(String::new);
+            }
+            (None, c) if c.is_whitespace() => out.extend(cur.take()),
+            (None, c) => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    out.extend(cur);
+    out
 }
 
 fn base_name(p: &str) -> String {

@@ -129,9 +129,13 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
         if let Some(kind) = p.fs {
             let want = match kind {
                 FsKind::Fat32 => "fat32",
+                FsKind::Fat16 => "fat16",
+                FsKind::Fat12 => "fat12",
+                FsKind::Fat => "fat",
                 FsKind::Ext4 => "ext4",
             };
-            if found.kind != want {
+            let same = found.kind == want || want == "fat" && found.kind.starts_with("fat");
+            if !same {
                 diffs.push(format!("{at}: {} filesystem, expected {want}", found.kind));
             } else {
                 let label = found.label.as_deref().map(str::trim).unwrap_or_default();
@@ -165,6 +169,13 @@ fn fs_id(dev: &dyn ReadAt, start: u64, kind: FsKind) -> std::io::Result<[u8; 16]
     let mut out = [0u8; 16];
     match kind {
         FsKind::Fat32 => dev.read_exact_at(&mut out[..4], start + 67)?,
+        FsKind::Fat16 | FsKind::Fat12 => dev.read_exact_at(&mut out[..4], start + 39)?,
+        FsKind::Fat => {
+            let mut b = [0u8; 512];
+            dev.read_exact_at(&mut b, start)?;
+            let at = if b[22..24] == [0, 0] { 67 } else { 39 };
+            out[..4].copy_from_slice(&b[at..at + 4]);
+        }
         FsKind::Ext4 => dev.read_exact_at(&mut out, start + 1024 + 104)?,
     }
     Ok(out)

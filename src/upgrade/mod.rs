@@ -114,7 +114,7 @@ impl Keep {
             .layout
             .partitions
             .iter()
-            .find(|d| d.fs == Some(FsKind::Fat32))
+            .find(|d| d.fs.is_some_and(FsKind::is_fat))
             .or(board.layout.partitions.first())
             .map_or_else(|| "boot".to_string(), |d| d.id.clone());
         Ok(Keep {
@@ -268,6 +268,12 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
                     ));
                 }
                 edits.push((i, Edit::Boot(Box::new(e))));
+            }
+            FsKind::Fat16 | FsKind::Fat12 | FsKind::Fat => {
+                return Err(Error::partition(
+                    &p.id,
+                    "is FAT12/16, which upgrade does not edit (it edits FAT32 boot partitions); use flash, or build the board with a boot partition of 512 MiB or more or with fs = \"fat32\"",
+                ));
             }
             FsKind::Ext4 => {
                 if p.id == "boot" && !opts.allow_unsafe_boot {

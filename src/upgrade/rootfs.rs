@@ -332,6 +332,7 @@ impl RootfsEdit {
             tree: &self.tree,
             offset: self.start,
             part: &self.part,
+            fat: Default::default(),
         }
     }
 

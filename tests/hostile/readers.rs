@@ -521,3 +521,157 @@ fn a_squashfs_with_a_bad_magic_or_version_says_so() {
     let err = plan_refused(d.path());
     assert!(err.contains("no squashfs magic"), "{err}");
 }
+
+// --- MBR logical partitions ---------------------------------------------------------------
+
+/// A 64 MiB image: a FAT-typed primary, an extended partition with five logical ones (sfdisk
+/// writes the chain), an ext4 labelled `L7` in logical partition 7.
+fn logical_image(dir: &Path) -> std::path::PathBuf {
+    let img = dir.join("l.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    need("sfdisk", "fdisk");
+    need("mkfs.ext4", "e2fsprogs");
+    let script = "label: dos\nstart=2048, size=16384, type=c\nstart=18432, type=5\n\
+                  size=8192, type=83\nsize=8192, type=83\nsize=8192, type=83\n\
+                  size=8192, type=83\nsize=8192, type=83\n";
+    let out = std::process::Command::new("sfdisk")
+        .args(["-q", img.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(out.success());
+    let p7 = 40960u64 * 512;
+    tool_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-L",
+            "L7",
+            "-E",
+            &format!("offset={p7}"),
+            img.to_str().unwrap(),
+            "4M",
+        ],
+    );
+    img
+}
+
+fn inspect_json(img: &Path) -> serde_json::Value {
+    let out = run(&["inspect", "--json", img.to_str().unwrap()]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "inspect --json: {e}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn inspect_reads_logical_mbr_partitions() {
+    let d = tempfile::tempdir().unwrap();
+    let img = logical_image(d.path());
+    // sfdisk is the reference for where the logical partitions are.
+    let dump: serde_json::Value =
+        serde_json::from_str(&tool_ok("sfdisk", &["-J", img.to_str().unwrap()])).unwrap();
+    let want: Vec<(u64, u64)> = dump["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "83")
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 5);
+    let j = inspect_json(&img);
+    let parts = j["partitions"].as_array().unwrap();
+    let logical: Vec<&serde_json::Value> = parts
+        .iter()
+        .filter(|p| p["number"].as_u64().unwrap() >= 5)
+        .collect();
+    let got: Vec<(u64, u64)> = logical
+        .iter()
+        .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, want, "{j:#}");
+    let numbers: Vec<u64> = logical
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [5, 6, 7, 8, 9]);
+    let p7 = logical[2];
+    assert_eq!(p7["fs"]["kind"], "ext4", "{p7:#}");
+    assert_eq!(p7["fs"]["label"], "L7", "{p7:#}");
+    let problems = j["problems"].to_string();
+    assert!(
+        !problems.contains("partition 2 "),
+        "the container is no problem: {problems}"
+    );
+}
+
+#[test]
+fn inspect_stops_on_a_looping_or_escaping_ebr_chain() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let img = logical_image(d.path());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    // The last logical partition's boot record links back to the first record: relative
+    // start 0, type 0x05.
+    let dump: serde_json::Value =
+        serde_json::from_str(&tool_ok("sfdisk", &["-J", img.to_str().unwrap()])).unwrap();
+    let parts = dump["partitiontable"]["partitions"].as_array().unwrap();
+    let ext_start = parts[1]["start"].as_u64().unwrap() * 512;
+    let last_start = parts[6]["start"].as_u64().unwrap() * 512;
+    // Find the last record: the one whose own entry points at the last partition.
+    let mut rec = None;
+    for k in (0..(last_start - ext_start) / 512).rev() {
+        let s = ext_start + k * 512;
+        let mut b = [0u8; 512];
+        f.read_exact_at(&mut b, s).unwrap();
+        let rel = u64::from(u32::from_le_bytes(b[454..458].try_into().unwrap()));
+        if b[510..512] == [0x55, 0xAA] && b[450] == 0x83 && s + rel * 512 == last_start {
+            rec = Some(s);
+            break;
+        }
+    }
+    let rec = rec.expect("the last boot record");
+    let mut link = [0u8; 16];
+    link[4] = 0x05;
+    link[12..16].copy_from_slice(&1u32.to_le_bytes());
+    f.write_all_at(&link, rec + 462).unwrap();
+    let out = run_timed(&["inspect", "--json", img.to_str().unwrap()], 30);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["problems"].to_string().contains("loops"), "{j:#}");
+    assert_eq!(
+        j["partitions"].as_array().unwrap().len(),
+        7,
+        "the five logical partitions are listed once: {j:#}"
+    );
+    // A link that leaves the extended partition.
+    link[8..12].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    f.write_all_at(&link, rec + 462).unwrap();
+    let j = inspect_json(&img);
+    assert!(
+        j["problems"]
+            .to_string()
+            .contains("outside the extended partition"),
+        "{j:#}"
+    );
+}

@@ -185,7 +185,11 @@ fn table(
     }
 }
 
-fn backup_gpt(dev: &dyn ReadAt, size: u64) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+/// The backup GPT at the end of a disk of `size` bytes: header, then the array it names.
+pub(crate) fn backup_gpt(
+    dev: &dyn ReadAt,
+    size: u64,
+) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
     if size < 34 * SECTOR {
         return Err("disk too small".into());
     }

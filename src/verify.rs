@@ -23,7 +23,8 @@ use crate::inspect;
 use crate::io::{ReadAt, hex, read_full};
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Table};
-use crate::table::read::{gpt_from_head, mbr};
+use crate::table::SECTOR;
+use crate::table::read::{GptHeader, gpt_from_head, mbr};
 use crate::tree::{Node, Source};
 use crate::units::bytes;
 
@@ -292,7 +293,11 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
         Err(e) => return findings.push(Finding::new("table", e)),
     };
     let entries = match &plan.table {
-        Table::Gpt { disk_guid, .. } => match gpt_from_head(&head) {
+        Table::Gpt {
+            disk_guid,
+            no_backup,
+            ..
+        } => match gpt_from_head(&head) {
             Ok((h, e)) => {
                 if h.disk_guid != *disk_guid {
                     findings.push(Finding {
@@ -300,6 +305,9 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
                         found: Some(h.disk_guid.to_string()),
                         ..Finding::new("table", "disk GUID differs")
                     });
+                }
+                if !no_backup {
+                    backup(dev, &h, findings);
                 }
                 e
             }
@@ -365,6 +373,45 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
                 p.partuuid.clone(),
                 e.guid.to_string().to_lowercase(),
             );
+        }
+    }
+}
+
+/// Checks the backup GPT at the disk's end: present, its header and array CRCs good, where
+/// the primary says, and the same table as the primary.
+fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
+    let size = dev.size();
+    let last = (size / SECTOR).saturating_sub(1);
+    if primary.alternate_lba != last {
+        findings.push(Finding {
+            expected: Some(last.to_string()),
+            found: Some(primary.alternate_lba.to_string()),
+            ..Finding::new(
+                "backup GPT",
+                "the primary header does not name the disk's last sector as its backup",
+            )
+        });
+    }
+    match inspect::backup_gpt(dev, size) {
+        Err(e) => findings.push(Finding {
+            offset: Some(last * SECTOR),
+            ..Finding::new("backup GPT", format!("bad: {e}"))
+        }),
+        Ok((b, _)) => {
+            let same = b.disk_guid == primary.disk_guid
+                && b.array_crc == primary.array_crc
+                && b.entries == primary.entries
+                && b.entry_size == primary.entry_size
+                && b.first_usable == primary.first_usable
+                && b.last_usable == primary.last_usable
+                && b.alternate_lba == 1
+                && b.my_lba == last;
+            if !same {
+                findings.push(Finding {
+                    offset: Some(last * SECTOR),
+                    ..Finding::new("backup GPT", "differs from the primary GPT")
+                });
+            }
         }
     }
 }

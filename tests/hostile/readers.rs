@@ -675,3 +675,83 @@ fn inspect_stops_on_a_looping_or_escaping_ebr_chain() {
         "{j:#}"
     );
 }
+
+// --- meaning verify and the backup GPT ----------------------------------------------------
+
+/// A fresh pi/4 image (with its manifest beside it).
+fn built_pi4(dir: &Path) -> std::path::PathBuf {
+    let img = dir.join("pi4.img");
+    ok(&run(&[
+        "build",
+        "--board",
+        "pi/4",
+        "--images",
+        fixtures().to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+    ]));
+    img
+}
+
+/// `verify TARGET --board pi/4 --json`: (exit code, findings as text).
+fn verify_meaning(target: &str) -> (i32, String) {
+    let out = run(&[
+        "verify",
+        target,
+        "--json",
+        "--board",
+        "pi/4",
+        "--images",
+        fixtures().to_str().unwrap(),
+    ]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn xor_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at).unwrap();
+}
+
+#[test]
+fn meaning_verify_reports_a_corrupt_backup_gpt() {
+    let d = tempfile::tempdir().unwrap();
+    let img = built_pi4(d.path());
+    let p = img.to_str().unwrap();
+    let (code, v) = verify_meaning(p);
+    assert_eq!(code, 0, "a fresh image verifies: {v}");
+    let size = std::fs::metadata(&img).unwrap().len();
+    // A byte of the backup header's disk GUID (header CRC breaks), then of the backup entry
+    // array (array CRC breaks).
+    for (at, what) in [
+        (size - 512 + 60, "header"),
+        (size - 33 * 512 + 20, "entry array"),
+    ] {
+        xor_byte(&img, at);
+        if need("sgdisk", "gdisk") {
+            let (_, s) = tool("sgdisk", &["-v", p]);
+            assert!(
+                s.contains("corrupt") || !s.contains("No problems found"),
+                "sgdisk sees the damage: {s}"
+            );
+        }
+        let (code, v) = verify_meaning(p);
+        assert_eq!(
+            code, 1,
+            "corrupt backup {what} must fail meaning verify: {v}"
+        );
+        assert!(v.contains("backup GPT") && v.contains("CRC"), "{what}: {v}");
+        xor_byte(&img, at);
+        assert_eq!(verify_meaning(p).0, 0);
+    }
+}

@@ -20,6 +20,7 @@ pub mod layout;
 pub mod manifest;
 pub mod plan;
 pub mod release;
+pub mod signals;
 pub mod table;
 pub mod target;
 pub mod tree;

@@ -166,12 +166,17 @@ pub fn bytes_image(
     image: &std::path::Path,
     bmap: Option<&std::path::Path>,
 ) -> Result<Verdict> {
-    let mapped = bmap.map(read_bmap).transpose()?.map(|(_, r)| r);
+    let map = bmap.map(read_bmap).transpose()?;
+    let image_size = crate::flash::image_size(image, map.as_ref())?;
+    let mapped = map.map(|(_, r)| r);
     let mut r = open_image(image)?;
     let mut findings = Vec::new();
     let mut checked = 0u64;
     let mut at = 0u64;
     let mut buf = vec![0u8; CHUNK];
+    // Flashing a GPT image onto a larger device moves the backup GPT to the device's end
+    // (and edits the protective MBR and primary header to match): expect those edits.
+    let mut moved: Vec<(u64, Vec<u8>)> = Vec::new();
     loop {
         let n = read_full(&mut r, &mut buf).map_err(|e| Error::BadArtifact {
             path: image.to_path_buf(),
@@ -179,6 +184,14 @@ pub fn bytes_image(
         })?;
         if n == 0 {
             break;
+        }
+        if at == 0
+            && let (_, Some(mut pieces)) = crate::flash::table_of(&buf[..n], dev.size(), image_size)
+        {
+            let (_, head) = pieces.remove(0);
+            let k = head.len().min(n);
+            buf[..k].copy_from_slice(&head[..k]);
+            moved = pieces.split_off(1);
         }
         let parts: Vec<(u64, u64)> = match &mapped {
             Some(m) => crate::flash::mapped_parts(m, at, n as u64),
@@ -212,6 +225,28 @@ pub fn bytes_image(
         at += n as u64;
         if findings.len() > 100 {
             break;
+        }
+    }
+    for (a, want) in moved {
+        checked += want.len() as u64;
+        match read(dev, a, want.len()) {
+            Err(e) => findings.push(Finding {
+                offset: Some(a),
+                ..Finding::new("backup GPT", e)
+            }),
+            Ok(got) if got != want => {
+                let i = got.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(0);
+                findings.push(Finding {
+                    offset: Some(a + i as u64),
+                    expected: Some(hex(&Sha256::digest(&want))),
+                    found: Some(hex(&Sha256::digest(&got))),
+                    ..Finding::new(
+                        "backup GPT",
+                        format!("first difference at byte {}", bytes(a + i as u64)),
+                    )
+                });
+            }
+            Ok(_) => {}
         }
     }
     Ok(Verdict {

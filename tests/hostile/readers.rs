@@ -755,3 +755,150 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
         assert_eq!(verify_meaning(p).0, 0);
     }
 }
+
+// --- flashing images onto larger cards, interrupted flashes --------------------------------
+
+/// A raw pi/4 image with its block map, in `dir`.
+fn built_pi4_bmap(dir: &Path) -> std::path::PathBuf {
+    let img = dir.join("pi4.img");
+    ok(&run(&[
+        "build",
+        "--board",
+        "pi/4",
+        "--images",
+        fixtures().to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--bmap",
+    ]));
+    img
+}
+
+fn flash_cmd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(bin());
+    c.args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("BINARIES_DIR")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
+    if !need("sgdisk", "gdisk") {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let img = built_pi4_bmap(d.path());
+    let image = img.to_str().unwrap();
+    ok(&flash_cmd(
+        &["flash", &card.dev, "--image", image, "--yes"],
+        &[],
+    ));
+    // The backup GPT was moved to the card's end: sgdisk agrees the table is sound.
+    let v = tool_ok("sgdisk", &["-v", &card.dev]);
+    assert!(v.contains("No problems found"), "{v}");
+    for with_bmap in [true, false] {
+        if !with_bmap {
+            // Without a block map every byte of the image is compared.
+            std::fs::rename(d.path().join("pi4.img.bmap"), d.path().join("saved.bmap")).unwrap();
+        }
+        let out = run(&["verify", &card.dev, "--image", image, "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "byte verify after flash (bmap: {with_bmap}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::rename(d.path().join("saved.bmap"), d.path().join("pi4.img.bmap")).unwrap();
+    // A byte of the moved backup header is checked too.
+    let last = std::fs::metadata(&card.backing).unwrap().len() - 512;
+    xor_byte(&card.backing, last + 60);
+    let out = run(&["verify", &card.dev, "--image", image, "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("backup GPT"), "{text}");
+}
+
+/// Flashes the pi/4 image onto a card that holds a valid table, stopping it with `signal`
+/// after `after` device writes; then no partition table may be found.
+fn interrupted_flash_leaves_no_table(signal: &str, after: &str) {
+    if !need("sfdisk", "fdisk") || !need("blkid", "util-linux") {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let img = built_pi4_bmap(d.path());
+    let image = img.to_str().unwrap();
+    // An old, valid card first.
+    ok(&flash_cmd(
+        &["flash", &card.dev, "--image", image, "--yes"],
+        &[],
+    ));
+    assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
+    let out = flash_cmd(
+        &["flash", &card.dev, "--image", image, "--yes"],
+        &[
+            ("SKIFF_FLASH_FAULT_AFTER_WRITES", after),
+            ("SKIFF_FLASH_FAULT_SIGNAL", signal),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fault injected"), "the hook fired: {err}");
+    assert!(!out.status.success(), "{err}");
+    if signal == "KILL" {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+    }
+    // Mid-write: the boot FAT (at 1 MiB) is already on the card...
+    let mut boot = [0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&card.dev).unwrap(),
+        &mut boot,
+        1 << 20,
+    )
+    .unwrap();
+    if signal == "KILL" {
+        assert_eq!(
+            &boot[82..87],
+            b"FAT32",
+            "the kill came after the FAT was written"
+        );
+    }
+    // ...but neither table tool finds a table.
+    let (code, dump) = tool("sfdisk", &["--dump", &card.dev]);
+    assert!(
+        code != 0 || !dump.contains("start="),
+        "a table survived: {dump}"
+    );
+    let (_, probe) = tool("blkid", &["-p", "-o", "export", &card.dev]);
+    assert!(!probe.contains("PTTYPE"), "blkid finds a table: {probe}");
+}
+
+#[test]
+fn a_killed_image_flash_leaves_no_table() {
+    interrupted_flash_leaves_no_table("KILL", "6");
+}
+
+#[test]
+fn an_interrupted_image_flash_wipes_the_table() {
+    interrupted_flash_leaves_no_table("INT", "6");
+}
+
+#[test]
+fn a_terminated_image_flash_wipes_the_table() {
+    interrupted_flash_leaves_no_table("TERM", "3");
+}

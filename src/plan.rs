@@ -364,13 +364,13 @@ fn check_bounds(board: &Board, opts: &Options) -> Result<()> {
             ),
         ))
     };
-    if let Some(s) = opts.size {
-        if s > MAX_BYTES {
-            return Err(Error::Usage(format!(
-                "--size {s} is beyond the largest supported disk ({} bytes)",
-                bytes(MAX_BYTES)
-            )));
-        }
+    if let Some(s) = opts.size
+        && s > MAX_BYTES
+    {
+        return Err(Error::Usage(format!(
+            "--size {s} is beyond the largest supported disk ({} bytes)",
+            bytes(MAX_BYTES)
+        )));
     }
     if layout.table == TableKind::Gpt && layout.partitions.len() as u64 > gpt::ENTRIES {
         return Err(Error::board(

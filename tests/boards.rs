@@ -99,6 +99,23 @@ fn noise(name: &str, len: u64) -> Vec<u8> {
     out
 }
 
+/// Kernels carry their format's magic (skiff-flash checks it): arm64 `Image`, ARM `zImage`,
+/// x86 `bzImage`, U-Boot `uImage`.
+fn with_magic(name: &str, mut b: Vec<u8>) -> Vec<u8> {
+    let (at, magic): (usize, &[u8]) = match name.rsplit('/').next().unwrap_or(name) {
+        "Image" => (0x38, b"ARM\x64"),
+        "zImage" => (0x24, &[0x18, 0x28, 0x6f, 0x01]),
+        "bzImage" => (0x202, b"HdrS"),
+        "uImage" => (0, &[0x27, 0x05, 0x19, 0x56]),
+        _ => return b,
+    };
+    if b.len() < at + magic.len() {
+        b.resize(at + magic.len(), 0);
+    }
+    b[at..at + magic.len()].copy_from_slice(magic);
+    b
+}
+
 fn as_num(v: &Value) -> Option<u64> {
     v.as_u64()
 }
@@ -193,7 +210,7 @@ fn synth_images(board: &Value, full: bool) -> tempfile::TempDir {
             std::fs::write(path.join(&leaf), noise(&leaf, 4096)).unwrap();
         } else {
             let len = raw.get(&name).copied().unwrap_or(BLOB);
-            std::fs::write(&path, noise(&name, len)).unwrap();
+            std::fs::write(&path, with_magic(&name, noise(&name, len))).unwrap();
         }
     }
     std::fs::write(

@@ -186,14 +186,24 @@ fn table(
 }
 
 /// The backup GPT at the end of a disk of `size` bytes: header, then the array it names.
-pub(crate) fn backup_gpt(
-    dev: &dyn ReadAt,
-    size: u64,
-) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+fn backup_gpt(dev: &dyn ReadAt, size: u64) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
     if size < 34 * SECTOR {
         return Err("disk too small".into());
     }
-    let h = gpt_header(&read_some(dev, size - SECTOR, SECTOR as usize))?;
+    gpt_at(dev, size, (size - SECTOR) / SECTOR)
+}
+
+/// The GPT whose header is at `lba`: header, then the array it names.
+pub(crate) fn gpt_at(
+    dev: &dyn ReadAt,
+    size: u64,
+    lba: u64,
+) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+    let hat = lba
+        .checked_mul(SECTOR)
+        .filter(|a| a.saturating_add(SECTOR) <= size)
+        .ok_or("header outside the disk")?;
+    let h = gpt_header(&read_some(dev, hat, SECTOR as usize))?;
     let at = h
         .array_lba
         .checked_mul(SECTOR)

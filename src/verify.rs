@@ -412,24 +412,14 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
     }
 }
 
-/// Checks the backup GPT at the disk's end: present, its header and array CRCs good, where
-/// the primary says, and the same table as the primary.
+/// Checks the backup GPT where the primary header says it is (the disk's last sector once
+/// a card is flashed or grown; the image's last sector on an image copied verbatim onto a
+/// larger card): its header and array CRCs good, and the same table as the primary.
 fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
-    let size = dev.size();
-    let last = (size / SECTOR).saturating_sub(1);
-    if primary.alternate_lba != last {
-        findings.push(Finding {
-            expected: Some(last.to_string()),
-            found: Some(primary.alternate_lba.to_string()),
-            ..Finding::new(
-                "backup GPT",
-                "the primary header does not name the disk's last sector as its backup",
-            )
-        });
-    }
-    match inspect::backup_gpt(dev, size) {
+    let alt = primary.alternate_lba;
+    match inspect::gpt_at(dev, dev.size(), alt) {
         Err(e) => findings.push(Finding {
-            offset: Some(last * SECTOR),
+            offset: Some(alt.saturating_mul(SECTOR)),
             ..Finding::new("backup GPT", format!("bad: {e}"))
         }),
         Ok((b, _)) => {
@@ -440,10 +430,10 @@ fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
                 && b.first_usable == primary.first_usable
                 && b.last_usable == primary.last_usable
                 && b.alternate_lba == 1
-                && b.my_lba == last;
+                && b.my_lba == alt;
             if !same {
                 findings.push(Finding {
-                    offset: Some(last * SECTOR),
+                    offset: Some(alt * SECTOR),
                     ..Finding::new("backup GPT", "differs from the primary GPT")
                 });
             }

@@ -828,9 +828,14 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     assert!(text.contains("backup GPT"), "{text}");
 }
 
-/// Flashes the pi/4 image onto a card that holds a valid table, stopping it with `signal`
-/// after `after` device writes; then no partition table may be found.
+/// Flashes the pi/4 image (or with `board`, the board straight from the images) onto a card
+/// that holds a valid table, stopping it with `signal` after `after` device writes; then no
+/// partition table may be found.
 fn interrupted_flash_leaves_no_table(signal: &str, after: &str) {
+    interrupted_flash(signal, after, false);
+}
+
+fn interrupted_flash(signal: &str, after: &str, board: bool) {
     if !need("sfdisk", "fdisk") || !need("blkid", "util-linux") {
         return;
     }
@@ -846,8 +851,22 @@ fn interrupted_flash_leaves_no_table(signal: &str, after: &str) {
         &[],
     ));
     assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
+    let f = fixtures();
+    let args: Vec<&str> = if board {
+        vec![
+            "flash",
+            &card.dev,
+            "--board",
+            "pi/4",
+            "--images",
+            f.to_str().unwrap(),
+            "--yes",
+        ]
+    } else {
+        vec!["flash", &card.dev, "--image", image, "--yes"]
+    };
     let out = flash_cmd(
-        &["flash", &card.dev, "--image", image, "--yes"],
+        &args,
         &[
             ("SKIFF_FLASH_FAULT_AFTER_WRITES", after),
             ("SKIFF_FLASH_FAULT_SIGNAL", signal),
@@ -901,4 +920,9 @@ fn an_interrupted_image_flash_wipes_the_table() {
 #[test]
 fn a_terminated_image_flash_wipes_the_table() {
     interrupted_flash_leaves_no_table("TERM", "3");
+}
+
+#[test]
+fn a_hung_up_board_flash_wipes_the_table() {
+    interrupted_flash("HUP", "4", true);
 }

@@ -724,10 +724,14 @@ fn device_worker(
 fn table_areas(head: &[u8], image_size: u64) -> Vec<(u64, u64)> {
     let sector = table::SECTOR;
     let mut v = vec![(0, sector)];
-    if let Ok((h, _)) = table::read::gpt_from_head(head) {
+    // The header alone says where the rest is (the first chunk may end before the array).
+    if let Some(h) = head
+        .get(sector as usize..2 * sector as usize)
+        .and_then(|b| table::read::gpt_header(b).ok())
+    {
         let array = h.array_bytes() as u64;
         v.push((sector, sector));
-        v.push((h.array_lba * sector, array));
+        v.push((h.array_lba.saturating_mul(sector), array));
         let backup = array + sector;
         if image_size >= backup + 2 * sector {
             v.push((image_size - backup, backup));
@@ -748,7 +752,7 @@ fn put(
     let end = at + b.len() as u64;
     let mut cur = at;
     for &(h, len) in held {
-        let (hs, he) = (h.max(cur), (h + len).min(end));
+        let (hs, he) = (h.max(cur), h.saturating_add(len).min(end));
         if hs >= he {
             continue;
         }

@@ -90,6 +90,8 @@ struct Placer<'a> {
     fs: FsKind,
     tree: &'a mut Tree,
     ctx: &'a Context<'a>,
+    /// The images directory with every link resolved.
+    images_real: PathBuf,
 }
 
 impl Placer<'_> {
@@ -121,11 +123,25 @@ impl Placer<'_> {
                     gid: 0,
                 });
             }
-            // FAT has no symlinks: place what the link points to.
+            // FAT has no symlinks: place what the link points to, which must stay inside the
+            // images directory (a link to a host file would copy that file onto the card).
             let to = std::fs::metadata(src).map_err(|_| Error::BadArtifact {
                 path: src.to_path_buf(),
                 message: format!("dangling symlink cannot be placed on {} (FAT)", self.part),
             })?;
+            let real = std::fs::canonicalize(src)
+                .map_err(|e| Error::io(format!("resolving link {}", src.display()), e))?;
+            if !real.starts_with(&self.images_real) {
+                return Err(Error::BadArtifact {
+                    path: src.to_path_buf(),
+                    message: format!(
+                        "symlink points outside the images directory (to {}); its content \
+                         would be copied onto {} (FAT)",
+                        real.display(),
+                        self.part
+                    ),
+                });
+            }
             if !to.is_file() {
                 return Err(Error::BadArtifact {
                     path: src.to_path_buf(),
@@ -279,6 +295,8 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
     let tree = trees
         .get_mut(part)
         .ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
+    let images_real = std::fs::canonicalize(images)
+        .map_err(|e| Error::io(format!("resolving {}", images.display()), e))?;
     let mut p = Placer {
         board,
         rule,
@@ -286,6 +304,7 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
         fs,
         tree,
         ctx,
+        images_real,
     };
     let dest_for = |name: &str| -> String {
         if into_dir {
@@ -319,11 +338,26 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
                 continue;
             }
             for (name, path) in matches {
+                if !rule.verbatim {
+                    file_artifact(&path, &name)?;
+                }
                 p.place(&path, &dest_for(&name))?;
             }
             return Ok(());
         }
         match std::fs::symlink_metadata(&src) {
+            Ok(_) if !rule.verbatim && (names_file(from) || rule.check.is_some()) => {
+                let name = Path::new(from)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if rule.check.is_none() {
+                    file_artifact(&src, &name)?;
+                } else {
+                    regular_file(&src)?;
+                }
+                return p.place(&src, &dest_for(&name));
+            }
             Ok(md) if md.is_dir() => {
                 return p.place(&src, if dir.is_empty() { "/" } else { dir });
             }
@@ -402,6 +436,88 @@ fn apply_attrs(board: &Board, trees: &mut Trees) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Kernel names that carry no extension.
+const KERNEL_NAMES: &[&str] = &["Image", "zImage", "bzImage", "uImage", "vmlinuz", "vmlinux"];
+
+/// Whether an images-directory name stands for one file rather than a directory: it has an
+/// extension (`rootfs.squashfs`, `boot.txt`, `*.dtb`) or is a kernel or first-stage loader
+/// name. Directory sources (`boot_part`, `rpi-firmware`, `skiff-init`) have neither.
+fn names_file(from: &str) -> bool {
+    let base = from.rsplit('/').next().unwrap_or(from);
+    base.contains('.') || KERNEL_NAMES.contains(&base) || base == "MLO" || base == "SPL"
+}
+
+/// A file artifact must be a non-empty regular file (or a link to one).
+fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let md =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let what = if md.is_dir() {
+        "a directory"
+    } else if !md.is_file() {
+        "not a regular file"
+    } else if md.len() == 0 {
+        "empty"
+    } else {
+        return Ok(md);
+    };
+    Err(Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: format!("is {what}, expected a non-empty file").replace("is not a", "not a"),
+    })
+}
+
+/// What a kernel or device tree must start with: (offset, magic, description).
+fn magic_for(name: &str) -> Option<(u64, &'static [u8], &'static str)> {
+    Some(match name {
+        "Image" => (
+            0x38,
+            b"ARM\x64",
+            "an arm64 kernel Image (\"ARM\\x64\" at 0x38)",
+        ),
+        "zImage" => (
+            0x24,
+            &[0x18, 0x28, 0x6f, 0x01],
+            "an ARM zImage (magic 0x016f2818 at 0x24)",
+        ),
+        "bzImage" => (0x202, b"HdrS", "an x86 bzImage (\"HdrS\" at 0x202)"),
+        "uImage" => (
+            0,
+            &[0x27, 0x05, 0x19, 0x56],
+            "a U-Boot uImage (magic 0x27051956)",
+        ),
+        n if n.ends_with(".dtb") || n.ends_with(".dtbo") => (
+            0,
+            &[0xd0, 0x0d, 0xfe, 0xed],
+            "a flattened device tree (magic 0xd00dfeed)",
+        ),
+        _ => return None,
+    })
+}
+
+/// Checks a source that names a file (see `names_file`): a non-empty regular file, and for
+/// kernels and device trees, the format's magic.
+fn file_artifact(path: &Path, name: &str) -> Result<()> {
+    if !names_file(name) {
+        return Ok(());
+    }
+    regular_file(path)?;
+    let Some((at, magic, what)) = magic_for(name) else {
+        return Ok(());
+    };
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut got = vec![0u8; magic.len()];
+    let ok = f.read_exact_at(&mut got, at).is_ok() && got == magic;
+    if ok {
+        return Ok(());
+    }
+    Err(Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: format!("not {what}"),
+    })
 }
 
 /// Directory entries sorted by name; names must be UTF-8 (ext4 and FAT names are text).

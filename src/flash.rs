@@ -128,8 +128,43 @@ impl<'a> Recorder<'a> {
     }
 }
 
+/// Test hook: after this many device writes, the process sends itself a signal
+/// (`FAULT_SIGNAL_ENV`: INT, TERM, HUP, or KILL by default), as an interruption would.
+pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
+pub const FAULT_SIGNAL_ENV: &str = "SKIFF_FLASH_FAULT_SIGNAL";
+
+fn fault_hook() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let Some(after) = *AFTER.get_or_init(|| {
+        std::env::var(FAULT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    }) else {
+        return;
+    };
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 != after {
+        return;
+    }
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+    let sig = match std::env::var(FAULT_SIGNAL_ENV).as_deref().map(str::trim) {
+        Ok("INT") => SIGINT,
+        Ok("TERM") => SIGTERM,
+        Ok("HUP") => SIGHUP,
+        _ => SIGKILL,
+    };
+    eprintln!("skiff-flash: fault injected: signal {sig} after write {after} ({FAULT_ENV})");
+    let _ = signal_hook::low_level::raise(sig);
+}
+
 impl Sink for Recorder<'_> {
     fn data(&mut self, offset: u64, b: &[u8]) -> std::io::Result<()> {
+        fault_hook();
+        if crate::signals::interrupted() {
+            return Err(crate::signals::interrupted_error());
+        }
         self.dev.data(offset, b)?;
         self.record(offset, Some(b), b.len() as u64);
         self.written += b.len() as u64;
@@ -138,6 +173,9 @@ impl Sink for Recorder<'_> {
     }
 
     fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        if crate::signals::interrupted() {
+            return Err(crate::signals::interrupted_error());
+        }
         self.dev.zeros(offset, len)?;
         self.record(offset, None, len);
         self.written += len;
@@ -166,6 +204,14 @@ fn wipe_tables(dev: &mut Device) -> Result<()> {
 
 /// After a failure: wipe the table areas and say so.
 fn fail(dev: &mut Device, e: Error) -> Error {
+    let e = if crate::signals::interrupted() {
+        Error::io(
+            format!("{}", dev.path().display()),
+            crate::signals::interrupted_error(),
+        )
+    } else {
+        e
+    };
     match wipe_tables(dev) {
         Ok(()) => Error::io(
             format!("{e}"),
@@ -518,6 +564,12 @@ fn feed(
         for &(start, len) in m {
             let mut at = start;
             while at < start + len {
+                if crate::signals::interrupted() {
+                    return Err(Error::io(
+                        format!("reading {}", image.display()),
+                        crate::signals::interrupted_error(),
+                    ));
+                }
                 let n = (start + len - at).min(MIB) as usize;
                 let mut buf = vec![0u8; n];
                 std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
@@ -532,6 +584,12 @@ fn feed(
     let mut r = open_image(image)?;
     let mut at = 0u64;
     loop {
+        if crate::signals::interrupted() {
+            return Err(Error::io(
+                format!("reading {}", image.display()),
+                crate::signals::interrupted_error(),
+            ));
+        }
         let mut buf = vec![0u8; MIB as usize];
         let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
         if n == 0 {
@@ -601,6 +659,10 @@ fn device_worker(
         rec.progress = Some((cb, total));
         let mut complete = false;
         let mut tail: Vec<(u64, Vec<u8>)> = Vec::new();
+        // The table sectors (both ends) are held back and written after everything else
+        // is on the medium: an interrupted write leaves no table.
+        let mut held: Vec<(u64, u64)> = vec![(0, table::SECTOR)];
+        let mut stash: Pieces = Vec::new();
         for chunk in rx.iter() {
             let Chunk { offset, mut data } = chunk;
             if data.is_empty() {
@@ -608,6 +670,7 @@ fn device_worker(
                 continue;
             }
             if offset == 0 {
+                held = table_areas(&data, size);
                 let (p, moved) = table_of(&data, rec.size(), size);
                 parts = p;
                 if let Some(mut pieces) = moved {
@@ -624,10 +687,11 @@ fn device_worker(
                 Some(m) => {
                     for (a, l) in mapped_parts(m, offset, data.len() as u64) {
                         let i = (a - offset) as usize;
-                        rec.data(a, &data[i..i + l as usize]).map_err(io)?;
+                        put(&mut rec, &held, &mut stash, a, &data[i..i + l as usize])
+                            .map_err(io)?;
                     }
                 }
-                None => write_unmapped(&mut rec, offset, &data).map_err(io)?,
+                None => write_unmapped(&mut rec, &held, &mut stash, offset, &data).map_err(io)?,
             }
         }
         if !complete {
@@ -636,9 +700,17 @@ fn device_worker(
                 bytes(size)
             )));
         }
+        // Everything else is on the medium before any table sector is.
+        rec.dev.sync()?;
         for (o, b) in tail {
             rec.data(o, &b)
                 .map_err(|e| Error::io("writing the backup GPT", e))?;
+        }
+        // The far end first, sector 0 last.
+        stash.sort_by_key(|(o, _)| std::cmp::Reverse(*o));
+        for (o, b) in stash {
+            rec.data(o, &b)
+                .map_err(|e| Error::io("writing the partition table", e))?;
         }
         Ok(rec.finish())
     })();
@@ -646,9 +718,65 @@ fn device_worker(
     finish(info, dev, &parts, segments, written, verify, cb, started)
 }
 
+/// The table areas of an image from its first bytes: sector 0 always; for a GPT also the
+/// primary header, its entry array and the backup array and header at the image's end.
+/// Sorted by offset.
+fn table_areas(head: &[u8], image_size: u64) -> Vec<(u64, u64)> {
+    let sector = table::SECTOR;
+    let mut v = vec![(0, sector)];
+    // The header alone says where the rest is (the first chunk may end before the array).
+    if let Some(h) = head
+        .get(sector as usize..2 * sector as usize)
+        .and_then(|b| table::read::gpt_header(b).ok())
+    {
+        let array = h.array_bytes() as u64;
+        v.push((sector, sector));
+        v.push((h.array_lba.saturating_mul(sector), array));
+        let backup = array + sector;
+        if image_size >= backup + 2 * sector {
+            v.push((image_size - backup, backup));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Writes `b` at `at`, except the parts inside `held` areas (sorted), which go to `stash`.
+fn put(
+    rec: &mut Recorder<'_>,
+    held: &[(u64, u64)],
+    stash: &mut Pieces,
+    at: u64,
+    b: &[u8],
+) -> std::io::Result<()> {
+    let end = at + b.len() as u64;
+    let mut cur = at;
+    for &(h, len) in held {
+        let (hs, he) = (h.max(cur), h.saturating_add(len).min(end));
+        if hs >= he {
+            continue;
+        }
+        if hs > cur {
+            rec.data(cur, &b[(cur - at) as usize..(hs - at) as usize])?;
+        }
+        stash.push((hs, b[(hs - at) as usize..(he - at) as usize].to_vec()));
+        cur = he;
+    }
+    if cur < end {
+        rec.data(cur, &b[(cur - at) as usize..])?;
+    }
+    Ok(())
+}
+
 /// Without a block map: zero blocks become zero ranges (BLKZEROOUT, cheap on most media),
-/// everything else is written.
-fn write_unmapped(rec: &mut Recorder<'_>, offset: u64, data: &[u8]) -> std::io::Result<()> {
+/// everything else is written (table areas held back, see `put`).
+fn write_unmapped(
+    rec: &mut Recorder<'_>,
+    held: &[(u64, u64)],
+    stash: &mut Pieces,
+    offset: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
     const B: usize = 4096;
     let mut i = 0;
     while i < data.len() {
@@ -660,7 +788,7 @@ fn write_unmapped(rec: &mut Recorder<'_>, offset: u64, data: &[u8]) -> std::io::
         if zero {
             rec.zeros(offset + i as u64, (j - i) as u64)?;
         } else {
-            rec.data(offset + i as u64, &data[i..j])?;
+            put(rec, held, stash, offset + i as u64, &data[i..j])?;
         }
         i = j;
     }
@@ -669,7 +797,11 @@ fn write_unmapped(rec: &mut Recorder<'_>, offset: u64, data: &[u8]) -> std::io::
 
 /// The partitions of an image from its first MiB, and for a GPT image on a larger device
 /// the table re-rendered for the device (`sgdisk -e`): the backup at the device's real end.
-fn table_of(head: &[u8], dev_size: u64, image_size: u64) -> (Vec<PlannedPart>, Option<Pieces>) {
+pub(crate) fn table_of(
+    head: &[u8],
+    dev_size: u64,
+    image_size: u64,
+) -> (Vec<PlannedPart>, Option<Pieces>) {
     if let Ok((h, entries)) = table::read::gpt_from_head(head) {
         let parts = entries.iter().map(|(n, e)| (*n, e.start, e.size)).collect();
         let standard = h.entries == 128 && h.entry_size == 128 && h.my_lba == 1;

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::fs::fat_read::FatVolume;
 use crate::io::ReadAt;
-use crate::table::read::{GptHeader, gpt_entries, gpt_from_head, gpt_header, mbr};
+use crate::table::read::{
+    GptHeader, ebr_chain, gpt_entries, gpt_from_head, gpt_header, is_extended as ebr_type, mbr,
+};
 use crate::table::{Guid, SECTOR, TableEntry, gpt_type_name};
 
 /// Everything found.
@@ -55,7 +57,7 @@ pub struct Partition {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Filesystem {
-    /// fat32, ext4, squashfs or unknown.
+    /// fat32, ext4, squashfs, extended (an MBR container of logical partitions) or unknown.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -152,12 +154,30 @@ fn table(
         );
     }
     match m {
-        Some((id, e)) => (
-            Table::Mbr {
-                disk_id: format!("{id:08x}"),
-            },
-            e,
-        ),
+        Some((id, mut e)) => {
+            let extended: Vec<TableEntry> = e
+                .iter()
+                .filter(|(_, p)| p.mbr_type.is_some_and(ebr_type))
+                .map(|(_, p)| p.clone())
+                .collect();
+            for ext in extended.iter().take(1) {
+                let (logical, err) =
+                    ebr_chain(ext, size, &|at| read_some(dev, at, SECTOR as usize));
+                if let Some(err) = err {
+                    problems.push(format!("extended partition: {err}"));
+                }
+                e.extend(logical);
+            }
+            if extended.len() > 1 {
+                problems.push("more than one extended partition".into());
+            }
+            (
+                Table::Mbr {
+                    disk_id: format!("{id:08x}"),
+                },
+                e,
+            )
+        }
         None => {
             problems.push("no partition table (no MBR signature, no GPT)".into());
             (Table::None, Vec::new())
@@ -165,11 +185,25 @@ fn table(
     }
 }
 
+/// The backup GPT at the end of a disk of `size` bytes: header, then the array it names.
 fn backup_gpt(dev: &dyn ReadAt, size: u64) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
     if size < 34 * SECTOR {
         return Err("disk too small".into());
     }
-    let h = gpt_header(&read_some(dev, size - SECTOR, SECTOR as usize))?;
+    gpt_at(dev, size, (size - SECTOR) / SECTOR)
+}
+
+/// The GPT whose header is at `lba`: header, then the array it names.
+pub(crate) fn gpt_at(
+    dev: &dyn ReadAt,
+    size: u64,
+    lba: u64,
+) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+    let hat = lba
+        .checked_mul(SECTOR)
+        .filter(|a| a.saturating_add(SECTOR) <= size)
+        .ok_or("header outside the disk")?;
+    let h = gpt_header(&read_some(dev, hat, SECTOR as usize))?;
     let at = h
         .array_lba
         .checked_mul(SECTOR)
@@ -205,7 +239,18 @@ fn partition(
         Table::None => None,
     };
     let len = e.size.min(disk.saturating_sub(e.start));
-    let fs = filesystem(dev, e.start, len, number, problems);
+    let container = matches!(table, Table::Mbr { .. }) && e.mbr_type.is_some_and(ebr_type);
+    let fs = if container {
+        Filesystem {
+            kind: "extended".into(),
+            label: None,
+            uuid: None,
+            size: None,
+            files: None,
+        }
+    } else {
+        filesystem(dev, e.start, len, number, problems)
+    };
     if fs.kind == "unknown" {
         problems.push(format!(
             "partition {number} ({kind}): no filesystem recognised"

@@ -41,7 +41,7 @@ pub struct Placed {
 
 impl Placed {
     pub fn end(&self) -> u64 {
-        self.start + self.size
+        self.start.saturating_add(self.size)
     }
 }
 
@@ -83,7 +83,7 @@ pub fn align_down(v: u64, a: u64) -> u64 {
 
 /// Whether two half-open byte ranges share a byte.
 pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.0 + b.1 && b.0 < a.0 + a.1 && a.1 > 0 && b.1 > 0
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1) && a.1 > 0 && b.1 > 0
 }
 
 /// Places the partitions in order. With `disk = None` the disk is as small as the rules
@@ -97,7 +97,7 @@ pub fn place(
     let (mut sizes, fill) = sizes(reqs, a)?;
     let start = align_up(geo.first_start, a);
     let (mut placed, mut end, exact_end) = lay(reqs, &sizes, start, a)?;
-    let min_disk = align_up(end + geo.tail, a);
+    let min_disk = align_up(end.saturating_add(geo.tail), a);
     let disk_size = match disk {
         None => min_disk,
         Some(d) => {
@@ -105,7 +105,7 @@ pub fn place(
             // reach the aligned end so the fill can grow to the last boundary.
             let needs = match fill {
                 Some(_) => min_disk,
-                None => align_up(exact_end + geo.tail, 512),
+                None => align_up(exact_end.saturating_add(geo.tail), 512),
             };
             if d < needs {
                 return Err(PlaceError::DiskTooSmall { needs, has: d });
@@ -175,7 +175,9 @@ fn lay(
     let mut at = start;
     let mut exact = start;
     for (r, &size) in reqs.iter().zip(sizes) {
-        let s = r.start.unwrap_or_else(|| align_up(at + r.gap, a));
+        let s = r
+            .start
+            .unwrap_or_else(|| align_up(at.saturating_add(r.gap), a));
         if let Some(q) = placed
             .iter()
             .position(|p| overlaps((s, size), (p.start, p.size)))
@@ -186,8 +188,8 @@ fn lay(
             });
         }
         placed.push(Placed { start: s, size });
-        at = at.max(align_up(s + size, a));
-        exact = exact.max(s + size);
+        at = at.max(align_up(s.saturating_add(size), a));
+        exact = exact.max(s.saturating_add(size));
     }
     Ok((placed, at, exact))
 }

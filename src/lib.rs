@@ -21,6 +21,7 @@ pub mod layout;
 pub mod manifest;
 pub mod plan;
 pub mod release;
+pub mod signals;
 pub mod skiffos;
 pub mod table;
 pub mod target;

@@ -368,6 +368,79 @@ fn vars(board: &Board, ids: &Ids, images: &std::path::Path) -> Vars {
     v
 }
 
+/// The largest disk, offset or size a plan accepts (64 PiB): far beyond any card or disk,
+/// and small enough that sums of a few such values never overflow 64 bits.
+pub const MAX_BYTES: u64 = 1 << 56;
+
+/// Refuses any offset or size of the board, its layout or the options beyond `MAX_BYTES`,
+/// naming the field.
+fn check_bounds(board: &Board, opts: &Options) -> Result<()> {
+    let layout = &board.layout;
+    let too_big = |what: String, v: u64| -> Result<()> {
+        if v <= MAX_BYTES {
+            return Ok(());
+        }
+        Err(Error::board(
+            &board.name,
+            format!(
+                "{what} = {} is beyond the largest supported disk ({} bytes)",
+                v,
+                bytes(MAX_BYTES)
+            ),
+        ))
+    };
+    if let Some(s) = opts.size
+        && s > MAX_BYTES
+    {
+        return Err(Error::Usage(format!(
+            "--size {s} is beyond the largest supported disk ({} bytes)",
+            bytes(MAX_BYTES)
+        )));
+    }
+    if layout.table == TableKind::Gpt && layout.partitions.len() as u64 > gpt::ENTRIES {
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "layout `{}` has {} partitions; a GPT holds at most {}",
+                layout.name,
+                layout.partitions.len(),
+                gpt::ENTRIES
+            ),
+        ));
+    }
+    let l = |f: &str| format!("layout `{}`: `{f}`", layout.name);
+    too_big(l("align"), layout.align.0)?;
+    for (f, v) in [
+        ("start", layout.start),
+        ("size", layout.size),
+        ("gpt_array", layout.gpt_array),
+        ("gpt_first_usable", layout.gpt_first_usable),
+    ] {
+        too_big(l(f), v.map_or(0, |s| s.0))?;
+    }
+    for p in &layout.partitions {
+        let f = |f: &str| format!("layout `{}` partition `{}`: `{f}`", layout.name, p.id);
+        if let SizeSpec::Fixed(n) = p.size {
+            too_big(f("size"), n)?;
+        }
+        if let Some(Headroom::Bytes(n)) = p.headroom {
+            too_big(f("headroom"), n)?;
+        }
+        for (name, v) in [("min", p.min), ("offset", p.offset), ("fs_size", p.fs_size)] {
+            too_big(f(name), v.map_or(0, |s| s.0))?;
+        }
+    }
+    for r in &board.raw {
+        for (name, v) in [("offset", r.offset), ("skip", r.skip), ("length", r.length)] {
+            too_big(
+                format!("raw write `{}`: `{name}`", r.name),
+                v.map_or(0, |s| s.0),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Resolves the board's raw writes against the images directory.
 fn raw_writes(board: &Board, images: &std::path::Path) -> Result<Vec<RawWrite>> {
     let mut out = Vec::new();
@@ -393,14 +466,14 @@ fn raw_writes(board: &Board, images: &std::path::Path) -> Result<Vec<RawWrite>> 
             Some(l) => l.0,
             None => len.saturating_sub(skip),
         };
-        if skip + length > len || length == 0 {
+        if skip.checked_add(length).is_none_or(|end| end > len) || length == 0 {
             return Err(Error::BadArtifact {
                 path,
                 message: format!(
                     "raw write `{}` takes bytes {}..{} but the file has {}",
                     r.name,
                     bytes(skip),
-                    bytes(skip + length),
+                    bytes(skip.saturating_add(length)),
                     bytes(len)
                 ),
             });
@@ -441,7 +514,7 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
             .iter()
             .filter_map(|p| Some((format!("the boot record of {}", p.id), p.ebr?, SECTOR))),
     );
-    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o + l));
+    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o.saturating_add(l)));
     for p in &plan.partitions {
         if let Some((what, o, l)) = taken
             .iter()
@@ -462,7 +535,10 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
         taken.push((format!("partition {}", p.id), p.start, p.size));
     }
     for r in &plan.raw {
-        if r.offset + r.length > plan.disk_size {
+        if r.offset
+            .checked_add(r.length)
+            .is_none_or(|end| end > plan.disk_size)
+        {
             return Err(Error::board(
                 &board.name,
                 format!(
@@ -506,6 +582,7 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         Some(ids) => ids.clone(),
         None => Ids::derive(board, &seed),
     };
+    check_bounds(board, opts)?;
     let vars = vars(board, &ids, &opts.images);
     let ctx = artifacts::Context {
         images: &opts.images,
@@ -522,6 +599,16 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         .map(|(i, p)| content(board, p, ids.fs_uuid[i], opts, &mut trees))
         .collect::<Result<Vec<_>>>()?;
     let (placed, disk_size) = place(board, &ids, &pending, opts)?;
+    if disk_size > MAX_BYTES {
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "the layout needs a {} byte disk, beyond the largest supported ({} bytes)",
+                bytes(disk_size),
+                bytes(MAX_BYTES)
+            ),
+        ));
+    }
     if layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
         return Err(Error::board(
             &board.name,

@@ -23,7 +23,8 @@ use crate::inspect;
 use crate::io::{ReadAt, hex, read_full};
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Table};
-use crate::table::read::{gpt_from_head, mbr};
+use crate::table::SECTOR;
+use crate::table::read::{GptHeader, gpt_from_head, mbr};
 use crate::tree::{Node, Source};
 use crate::units::bytes;
 
@@ -165,12 +166,17 @@ pub fn bytes_image(
     image: &std::path::Path,
     bmap: Option<&std::path::Path>,
 ) -> Result<Verdict> {
-    let mapped = bmap.map(read_bmap).transpose()?.map(|(_, r)| r);
+    let map = bmap.map(read_bmap).transpose()?;
+    let image_size = crate::flash::image_size(image, map.as_ref())?;
+    let mapped = map.map(|(_, r)| r);
     let mut r = open_image(image)?;
     let mut findings = Vec::new();
     let mut checked = 0u64;
     let mut at = 0u64;
     let mut buf = vec![0u8; CHUNK];
+    // Flashing a GPT image onto a larger device moves the backup GPT to the device's end
+    // (and edits the protective MBR and primary header to match): expect those edits.
+    let mut moved: Vec<(u64, Vec<u8>)> = Vec::new();
     loop {
         let n = read_full(&mut r, &mut buf).map_err(|e| Error::BadArtifact {
             path: image.to_path_buf(),
@@ -178,6 +184,14 @@ pub fn bytes_image(
         })?;
         if n == 0 {
             break;
+        }
+        if at == 0
+            && let (_, Some(mut pieces)) = crate::flash::table_of(&buf[..n], dev.size(), image_size)
+        {
+            let (_, head) = pieces.remove(0);
+            let k = head.len().min(n);
+            buf[..k].copy_from_slice(&head[..k]);
+            moved = pieces.split_off(1);
         }
         let parts: Vec<(u64, u64)> = match &mapped {
             Some(m) => crate::flash::mapped_parts(m, at, n as u64),
@@ -211,6 +225,28 @@ pub fn bytes_image(
         at += n as u64;
         if findings.len() > 100 {
             break;
+        }
+    }
+    for (a, want) in moved {
+        checked += want.len() as u64;
+        match read(dev, a, want.len()) {
+            Err(e) => findings.push(Finding {
+                offset: Some(a),
+                ..Finding::new("backup GPT", e)
+            }),
+            Ok(got) if got != want => {
+                let i = got.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(0);
+                findings.push(Finding {
+                    offset: Some(a + i as u64),
+                    expected: Some(hex(&Sha256::digest(&want))),
+                    found: Some(hex(&Sha256::digest(&got))),
+                    ..Finding::new(
+                        "backup GPT",
+                        format!("first difference at byte {}", bytes(a + i as u64)),
+                    )
+                });
+            }
+            Ok(_) => {}
         }
     }
     Ok(Verdict {
@@ -343,7 +379,11 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
         Err(e) => return findings.push(Finding::new("table", e)),
     };
     let entries = match &plan.table {
-        Table::Gpt { disk_guid, .. } => match gpt_from_head(&head) {
+        Table::Gpt {
+            disk_guid,
+            no_backup,
+            ..
+        } => match gpt_from_head(&head) {
             Ok((h, e)) => {
                 if h.disk_guid != *disk_guid {
                     findings.push(Finding {
@@ -351,6 +391,9 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
                         found: Some(h.disk_guid.to_string()),
                         ..Finding::new("table", "disk GUID differs")
                     });
+                }
+                if !no_backup {
+                    backup(dev, &h, findings);
                 }
                 e
             }
@@ -416,6 +459,35 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
                 p.partuuid.clone(),
                 e.guid.to_string().to_lowercase(),
             );
+        }
+    }
+}
+
+/// Checks the backup GPT where the primary header says it is (the disk's last sector once
+/// a card is flashed or grown; the image's last sector on an image copied verbatim onto a
+/// larger card): its header and array CRCs good, and the same table as the primary.
+fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
+    let alt = primary.alternate_lba;
+    match inspect::gpt_at(dev, dev.size(), alt) {
+        Err(e) => findings.push(Finding {
+            offset: Some(alt.saturating_mul(SECTOR)),
+            ..Finding::new("backup GPT", format!("bad: {e}"))
+        }),
+        Ok((b, _)) => {
+            let same = b.disk_guid == primary.disk_guid
+                && b.array_crc == primary.array_crc
+                && b.entries == primary.entries
+                && b.entry_size == primary.entry_size
+                && b.first_usable == primary.first_usable
+                && b.last_usable == primary.last_usable
+                && b.alternate_lba == 1
+                && b.my_lba == alt;
+            if !same {
+                findings.push(Finding {
+                    offset: Some(alt * SECTOR),
+                    ..Finding::new("backup GPT", "differs from the primary GPT")
+                });
+            }
         }
     }
 }

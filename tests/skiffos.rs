@@ -218,7 +218,7 @@ fn a_boot_script_from_resources_is_compiled_into_boot_scr() {
             .env("SKIFF_CONFIG", "odroid/xu,skiff/core")
             .env("SKIFF_CONFIG_PATH", conf.to_str().unwrap())
             .arg("--images")
-            .arg(&images)
+            .arg(images)
             .output()
             .unwrap()
     };

@@ -17,6 +17,13 @@ const EPOCH_B: &str = "1700086400";
 /// Exit status of a run stopped by the fault hook.
 const FAULT_EXIT: i32 = 86;
 
+/// A pseudo-random arm64 kernel: `pseudo` bytes with the Image magic at 0x38.
+fn kernel(len: usize, seed: u8) -> Vec<u8> {
+    let mut k = pseudo(len, seed);
+    k[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    k
+}
+
 fn pseudo(len: usize, seed: u8) -> Vec<u8> {
     let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -33,7 +40,7 @@ fn pseudo(len: usize, seed: u8) -> Vec<u8> {
 fn images_b(dir: &Path) -> PathBuf {
     let b = dir.join("B");
     copy_tree(&fixtures(), &b);
-    std::fs::write(b.join("Image"), pseudo(3_000_000, 7)).unwrap();
+    std::fs::write(b.join("Image"), kernel(3_000_000, 7)).unwrap();
     std::fs::remove_file(b.join("bcm2711-rpi-400.dtb")).unwrap();
     std::fs::write(b.join("boot_part/new-in-b.txt"), b"only in build B\n").unwrap();
     std::fs::write(
@@ -552,7 +559,7 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
 
     // Power loss on the device too: stopped mid-way, then completed.
     let c = images_b(&dir.path().join("C"));
-    std::fs::write(c.join("Image"), pseudo(2_500_000, 21)).unwrap();
+    std::fs::write(c.join("Image"), kernel(2_500_000, 21)).unwrap();
     let out = upgrade(
         &card.dev,
         &c,
@@ -605,7 +612,7 @@ fn refusals_write_nothing() {
     let big = dir.path().join("big");
     copy_tree(&f, &big);
     let (_, boot_len) = part_range(&card.dev, 1);
-    std::fs::write(big.join("Image"), pseudo(boot_len as usize * 99 / 100, 5)).unwrap();
+    std::fs::write(big.join("Image"), kernel(boot_len as usize * 99 / 100, 5)).unwrap();
     let h = card.hash();
     let out = upgrade(&card.dev, &big, &[], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -732,7 +739,7 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
 
     let b = dir.path().join("B");
     copy_tree(&f, &b);
-    std::fs::write(b.join("Image"), pseudo(1_000_000, 4)).unwrap();
+    std::fs::write(b.join("Image"), kernel(1_000_000, 4)).unwrap();
     let out = sf(
         &[
             "upgrade",
@@ -973,7 +980,7 @@ fn ext4_boot_partition_needs_consent() {
         EPOCH,
         &[],
     ));
-    std::fs::write(a.join("Image"), pseudo(500_000, 2)).unwrap();
+    std::fs::write(a.join("Image"), kernel(500_000, 2)).unwrap();
     let before = std::fs::read(&img).unwrap();
     let args = [
         "upgrade",

@@ -118,6 +118,10 @@ pub struct FileRule {
     /// Drops an inherited rule of the same name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove: bool,
+    /// Copies the sources as they are, without the file-kind and format checks (genimage
+    /// inputs, which genimage copies without looking at them).
+    #[serde(skip)]
+    pub verbatim: bool,
 }
 
 /// Conversions applied to a file's content.

@@ -111,6 +111,9 @@ pub fn flash(
     if !a.yes {
         confirm(&infos, &what)?;
     }
+    // From here on a signal stops the writers, which wipe the table areas before exiting.
+    skiff_flash::signals::install_interrupt_flag()
+        .map_err(|e| Error::io("installing the signal handlers", e))?;
     let cb = progress(a.json, quiet, &infos);
     let results: Vec<Result<Report>> = match source {
         Source::Board(plans) => std::thread::scope(|s| {

@@ -34,6 +34,8 @@ const ATTR_DIR: u8 = 0x10;
 const ATTR_ARCHIVE: u8 = 0x20;
 const ATTR_LABEL: u8 = 0x08;
 const ATTR_LFN: u8 = 0x0F;
+/// Entries are addressed by a 16-bit index: a directory holds at most this many slots.
+const MAX_DIR_SLOTS: usize = 65536;
 
 /// A volume's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,15 +151,33 @@ impl<'a> Names<'a> {
             }
             let kids: Vec<&Entry> = tree.children(&it.entry.path).collect();
             let ents = encode_dir(spec, &kids, |p| index[p])?;
-            dirs.push(Dir { item: i, ents });
+            let d = Dir { item: i, ents };
+            let slots = Self::slots(&d);
+            if slots > MAX_DIR_SLOTS {
+                return Err(bad(
+                    spec,
+                    &it.entry.path,
+                    &format!(
+                        "directory has {} entries taking {slots} 32-byte slots with their long \
+                         names; FAT addresses at most {MAX_DIR_SLOTS} slots per directory",
+                        kids.len()
+                    ),
+                ));
+            }
+            dirs.push(d);
         }
         Ok(Names { items, dirs })
     }
 
-    fn dir_bytes(&self, d: &Dir) -> u64 {
+    /// 32-byte slots a directory takes: the volume label (root) or `.` and `..`, then each
+    /// entry's long-name slots and short entry.
+    fn slots(d: &Dir) -> usize {
         let fixed = if d.item == 0 { 1 } else { 2 };
-        let slots: usize = d.ents.iter().map(|e| e.lfn.len() + 1).sum();
-        (fixed + slots) as u64 * 32
+        fixed + d.ents.iter().map(|e| e.lfn.len() + 1).sum::<usize>()
+    }
+
+    fn dir_bytes(&self, d: &Dir) -> u64 {
+        Self::slots(d) as u64 * 32
     }
 
     /// Clusters the content needs with clusters of `cb` bytes.

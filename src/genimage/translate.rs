@@ -924,6 +924,7 @@ fn rule(n: usize, from: String, to: String) -> FileRule {
         to: Some(to),
         from: vec![from],
         required: Some(true),
+        verbatim: true,
         ..FileRule::default()
     }
 }

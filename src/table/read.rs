@@ -179,6 +179,86 @@ pub fn mbr(sector: &[u8]) -> Option<(u32, Vec<(u32, TableEntry)>)> {
     Some((id, out))
 }
 
+/// Whether an MBR partition type is an extended (container) partition.
+pub fn is_extended(mbr_type: u8) -> bool {
+    matches!(mbr_type, 0x05 | 0x0F | 0x85)
+}
+
+/// Logical partitions inside the extended partition `ext` (numbered from 5), read by
+/// following its boot-record chain with `sector(byte offset)`. Every record and partition
+/// must lie inside the extended partition and the disk; a chain that loops, or holds more
+/// than 256 records, is an error. Returns the partitions found before any error too.
+pub fn ebr_chain(
+    ext: &TableEntry,
+    disk: u64,
+    sector: &dyn Fn(u64) -> Vec<u8>,
+) -> (Vec<(u32, TableEntry)>, Option<String>) {
+    const MAX_RECORDS: usize = 256;
+    let mut out = Vec::new();
+    let ext_end = ext.start.saturating_add(ext.size).min(disk);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut at = ext.start;
+    loop {
+        if out.len() >= MAX_RECORDS {
+            return (
+                out,
+                Some(format!("more than {MAX_RECORDS} logical partitions")),
+            );
+        }
+        if !seen.insert(at) {
+            return (
+                out,
+                Some(format!(
+                    "extended boot record chain loops back to byte {at}"
+                )),
+            );
+        }
+        if at.saturating_add(SECTOR) > ext_end {
+            return (
+                out,
+                Some(format!(
+                    "extended boot record at byte {at} lies outside the extended partition"
+                )),
+            );
+        }
+        let s = sector(at);
+        if s.len() < 512 || s[510..512] != [0x55, 0xAA] {
+            return (out, Some(format!("no boot record signature at byte {at}")));
+        }
+        let number = 5 + out.len() as u32;
+        let e = &s[446..462];
+        if e[4] != 0 {
+            let start = at + u64::from(u32_at(e, 8)) * SECTOR;
+            let size = u64::from(u32_at(e, 12)) * SECTOR;
+            if start <= at || start.saturating_add(size) > ext_end {
+                return (
+                    out,
+                    Some(format!(
+                        "logical partition {number} lies outside the extended partition"
+                    )),
+                );
+            }
+            out.push((
+                number,
+                TableEntry {
+                    start,
+                    size,
+                    gpt_type: None,
+                    mbr_type: Some(e[4]),
+                    guid: Guid([0; 16]),
+                    name: String::new(),
+                    bootable: e[0] & 0x80 != 0,
+                },
+            ));
+        }
+        let link = &s[462..478];
+        if link[4] == 0 || !is_extended(link[4]) {
+            return (out, None);
+        }
+        at = ext.start + u64::from(u32_at(link, 8)) * SECTOR;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +295,50 @@ mod tests {
         assert!(gpt_from_head(&bad).is_err());
         assert!(gpt_from_head(&head[..700]).is_err());
         assert!(gpt_from_head(&[0xFF; 2000]).is_err());
+    }
+
+    #[test]
+    fn ebr_chains_are_followed_and_bounded() {
+        let e = |start: u64, size: u64, ty: u8| TableEntry {
+            start,
+            size,
+            gpt_type: None,
+            mbr_type: Some(ty),
+            guid: Guid([0; 16]),
+            name: String::new(),
+            bootable: false,
+        };
+        let parts = [
+            e(1 << 20, 1 << 20, 0x0c),
+            e(3 << 20, 1 << 20, 0x83),
+            e(5 << 20, 1 << 20, 0x83),
+        ];
+        let ebrs = [None, Some((3 << 20) - 512), Some((5 << 20) - 512)];
+        let mut disk = vec![0u8; 8 << 20];
+        for (at, b) in super::super::mbr::pieces(&[0; 440], 7, &parts, &ebrs, 8 << 20) {
+            disk[at as usize..at as usize + b.len()].copy_from_slice(&b);
+        }
+        let (_, primary) = mbr(&disk[..512]).unwrap();
+        let ext = primary
+            .iter()
+            .find(|(_, p)| is_extended(p.mbr_type.unwrap()))
+            .unwrap()
+            .1
+            .clone();
+        let read = |d: &Vec<u8>, at: u64| d[at as usize..at as usize + 512].to_vec();
+        let (got, err) = ebr_chain(&ext, 8 << 20, &|at| read(&disk, at));
+        assert_eq!(err, None);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0, got[0].1.start), (5, 3 << 20));
+        assert_eq!((got[1].0, got[1].1.start), (6, 5 << 20));
+        // A link back to the first record loops.
+        let mut looped = disk.clone();
+        let second = (5 << 20) - 512;
+        looped[second + 462 + 4] = 0x05;
+        looped[second + 462 + 8..second + 462 + 12].copy_from_slice(&0u32.to_le_bytes());
+        let (got, err) = ebr_chain(&ext, 8 << 20, &|at| read(&looped, at));
+        assert_eq!(got.len(), 2);
+        assert!(err.unwrap().contains("loops"));
     }
 
     #[test]

@@ -238,6 +238,35 @@ fn token(what: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Debian packages: kernels, busybox
 
+/// The QEMU binary with the newest machines: scripts/test.sh installs QEMU from
+/// bookworm-backports (raspi4b needs QEMU 9 or later); a `QEMU_NEW_DIR` may point elsewhere.
+fn qemu_new(bin: &str) -> PathBuf {
+    match std::env::var_os("QEMU_NEW_DIR") {
+        Some(d) => Path::new(&d).join(bin),
+        None => PathBuf::from(bin),
+    }
+}
+
+/// Whether QEMU has the raspi4b machine; when not, the test fails saying what to install
+/// (unless SKIFF_FLASH_TEST_ALLOW_MISSING is set).
+fn raspi4b() -> bool {
+    let out = Command::new(qemu_new("qemu-system-aarch64"))
+        .args(["-M", "help"])
+        .output();
+    let has = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("raspi4b"));
+    if has {
+        return true;
+    }
+    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
+        eprintln!("skipping: QEMU has no raspi4b machine");
+        return false;
+    }
+    panic!(
+        "QEMU has no raspi4b machine (QEMU 9 or later): apt-get install -t bookworm-backports \
+         qemu-system-arm qemu-system-x86 (scripts/test.sh does this)"
+    );
+}
+
 /// The cached .deb of `spec` (`name` or `name:arch`), fetched with `apt-get download`.
 fn deb(spec: &str) -> PathBuf {
     let (name, arch) = match spec.split_once(':') {
@@ -758,6 +787,48 @@ fn orangepi_images(dir: &Path) -> Expect {
     }
 }
 
+const PI4_DTB: &str = "bcm2711-rpi-4-b.dtb";
+
+/// For pi/4, shaped as SkiffOS builds it (initramfs root, no squashfs): Debian's arm64
+/// kernel as `Image`, the upstream Pi 4 B device tree, the lz4 initramfs as
+/// `rootfs.cpio.lz4`, and a stand-in rpi-firmware/ (QEMU runs no GPU firmware).
+fn pi4_images(dir: &Path) -> Expect {
+    let k = kernel("linux-image-arm64:arm64");
+    let bb = busybox("arm64");
+    std::fs::create_dir_all(dir).unwrap();
+    place(&k.image(), &dir.join("Image"));
+    let broadcom = k
+        .root
+        .join(format!("usr/lib/linux-image-{}/broadcom", k.kver));
+    place(&broadcom.join(PI4_DTB), &dir.join(PI4_DTB));
+    std::fs::create_dir_all(dir.join("rpi-firmware")).unwrap();
+    std::fs::write(
+        dir.join("rpi-firmware/README"),
+        "QEMU's raspi4b loads the kernel itself; no GPU firmware here.\n",
+    )
+    .unwrap();
+    let conf = "BOOT_LABEL=BOOT\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=persist\nROOT_LABEL=\n";
+    std::fs::write(
+        dir.join("rootfs.cpio.lz4"),
+        initramfs(&k, &bb, conf, PI_MODULES),
+    )
+    .unwrap();
+    let persist = token("persist");
+    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
+    std::fs::write(dir.join("persist_part/skiff-test-token"), &persist).unwrap();
+    std::fs::write(
+        dir.join("skiff-release"),
+        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
+    )
+    .unwrap();
+    Expect {
+        squashfs: "none".into(),
+        persist,
+        root_part: None,
+        sqpath: "-".into(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Build, boot, check
 
@@ -1142,6 +1213,57 @@ fn qemu_orangepi(img: &Path) -> Command {
     c
 }
 
+/// QEMU's raspi4b (QEMU 9 and later), loading what the Pi 4's firmware would: the kernel
+/// and initramfs `config.txt` on the card names (`kernel=`, `initramfs`), the Pi 4 B device
+/// tree, and the card's cmdline.txt with the serial console, all read back from the FAT.
+fn qemu_raspi4b(i: &Image, dir: &Path) -> Command {
+    let start = i.part("boot")["start"].as_u64().unwrap();
+    let fat = format!("{}@@{start}", i.img.display());
+    let from_fat = dir.join("from-fat");
+    std::fs::create_dir_all(&from_fat).unwrap();
+    let get = |f: &str| {
+        let to = from_fat.join(f);
+        sh(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-n", "-i", &fat, &format!("::{f}")])
+            .arg(&to));
+        to
+    };
+    let config = std::fs::read_to_string(get("config.txt")).unwrap();
+    let value = |key: &str| {
+        config.lines().find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix(&format!("{key}="))
+                .or_else(|| l.strip_prefix(&format!("{key} ")))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        })
+    };
+    let kernel = value("kernel").expect("config.txt names the kernel");
+    let initramfs = value("initramfs").expect("config.txt names the initramfs");
+    let cmdline = std::fs::read_to_string(get("cmdline.txt")).unwrap();
+    let mut c = Command::new(qemu_new("qemu-system-aarch64"));
+    c.args([
+        "-M",
+        "raspi4b",
+        "-accel",
+        "tcg,thread=single",
+        "-display",
+        "none",
+    ])
+    .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
+    .arg("-kernel")
+    .arg(get(&kernel))
+    .arg("-dtb")
+    .arg(get(PI4_DTB))
+    .arg("-initrd")
+    .arg(get(&initramfs))
+    .arg("-append")
+    .arg(format!("{} console=ttyAMA0", cmdline.trim()))
+    .arg("-drive")
+    .arg(format!("if=sd,format=raw,file={}", i.img.display()));
+    c
+}
+
 /// Boots, asserts the marker against `want`, then verify and the write to persist.
 fn boot_and_check(
     i: &Image,
@@ -1304,55 +1426,69 @@ fn qemu_boot_orangepi_zero_spl() {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Broken configs fail loudly
-
-/// orangepi/zero with its SPL one sector past 8 KiB: the boot ROM finds no SPL, nothing
-/// boots, and the failure shows the stage (no SPL banner on the serial line).
+/// pi/4 from a SkiffOS-shaped build (initramfs root, no squashfs) on QEMU's raspi4b: the
+/// kernel, initramfs and device tree the card's config.txt names, the card's cmdline.txt;
+/// the guest finds `BOOT` and `persist` through the Pi 4's SD host and writes to persist.
 #[test]
-fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
-    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
+fn qemu_boot_raspi4b_pi4() {
+    if !need(&[ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")) || !raspi4b() {
         return;
     }
     let _serial = serial();
-    let name = "orangepi-zero-spl-moved";
+    let name = "raspi4b-pi4";
     let dir = run_dir(name);
-    orangepi_images(&dir.join("images"));
-    let boards = dir.join("user/boards/test");
-    std::fs::create_dir_all(&boards).unwrap();
+    let want = pi4_images(&dir.join("images"));
+    let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
+    boot_and_check(&i, qemu_raspi4b(&i, &dir), None, &want, "persist");
+}
+
+// ---------------------------------------------------------------------------------------
+// Broken configs fail loudly
+
+/// pi/4 whose config.txt (in the images directory, so on the card) names another
+/// initramfs, one that looks for a persist label the card does not have: the boot follows
+/// config.txt and fails loudly with the guest's own reason.
+#[test]
+fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
+    if !need(&[ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")) || !raspi4b() {
+        return;
+    }
+    let _serial = serial();
+    let name = "raspi4b-pi4-other-initramfs";
+    let dir = run_dir(name);
+    let images = dir.join("images");
+    pi4_images(&images);
+    let k = kernel("linux-image-arm64:arm64");
+    let conf = "BOOT_LABEL=BOOT\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=nolabel\nROOT_LABEL=\n";
+    std::fs::create_dir_all(images.join("boot_part")).unwrap();
     std::fs::write(
-        boards.join("orangepi-zero-spl-moved.toml"),
-        "description = \"orangepi/zero with the SPL one sector late\"\n\
-         inherit = \"orangepi/zero\"\n\n\
-         [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
+        images.join("boot_part/other.cpio.lz4"),
+        initramfs(&k, &busybox("arm64"), conf, PI_MODULES),
     )
     .unwrap();
-    let user = Some(dir.join("user"));
-    let i = Image::build(
-        name,
-        "test/orangepi-zero-spl-moved",
-        &dir,
-        user,
-        &["--size", "512MiB"],
-    );
+    let show = skiff_flash_ok(&["boards", "show", "pi/4", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    let text = show["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "config.txt")
+        .and_then(|r| r["text"].as_str())
+        .unwrap()
+        .replace("initramfs rootfs.cpio.lz4", "initramfs other.cpio.lz4");
+    assert!(text.contains("initramfs other.cpio.lz4"), "{text}");
+    std::fs::write(images.join("config.txt"), text).unwrap();
+    let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
     let log = dir.join("serial.log");
-    let err = match boot(
-        name,
-        qemu_orangepi(&i.img),
-        None,
-        Duration::from_secs(30),
-        &log,
-    ) {
-        Ok(b) => panic!("{name}: booted with the SPL moved: {:?}", b.marker),
+    let err = match boot(name, qemu_raspi4b(&i, &dir), None, BOOT_TIMEOUT, &log) {
+        Ok(b) => panic!(
+            "{name}: booted the initramfs config.txt does not name: {:?}",
+            b.marker
+        ),
         Err(e) => e,
     };
     println!("{err}");
-    assert!(err.contains("no marker"), "{err}");
-    let serial = clean(&std::fs::read(&log).unwrap());
-    assert!(
-        !serial.contains("U-Boot SPL"),
-        "{name}: the boot ROM found an SPL it should not have:\n{serial}"
-    );
+    assert!(err.contains("labels BOOT/nolabel/ not found"), "{err}");
 }
 
 /// A user board (`--board-dir`) inheriting virt/qemu-arm64 whose boot.txt loads a kernel

@@ -334,7 +334,7 @@ fn vars(board: &Board, ids: &Ids, images: &std::path::Path) -> Vars {
             v.set(format!("label:{}", p.id), l.clone());
         }
     }
-    if let Ok(text) = std::fs::read_to_string(images.join("skiff-release"))
+    if let Ok(text) = crate::io::read_small_text(&images.join("skiff-release"), "release file")
         && let Some(version) = release_version(&text)
     {
         v.set("version", version);
@@ -467,7 +467,21 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
 }
 
 /// Makes the plan for `board` from the images directory.
+/// A requested disk size must be whole 512-byte sectors (partition tables count in them).
+pub fn check_size(size: u64) -> Result<()> {
+    if size % 512 != 0 {
+        return Err(Error::Usage(format!(
+            "--size {size} bytes is not a multiple of 512 (disks are counted in 512-byte sectors); try {}",
+            size.div_ceil(512) * 512
+        )));
+    }
+    Ok(())
+}
+
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
+    if let Some(size) = opts.size {
+        check_size(size)?;
+    }
     let seed = opts
         .seed
         .clone()

@@ -389,6 +389,9 @@ fn warn(cli: &Cli, warnings: &[String]) {
 }
 
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
+    if let Some(size) = i.size {
+        plan::check_size(size)?;
+    }
     let board = match (&i.genimage, &i.board) {
         (Some(cfg), _) => load_genimage(cfg, &i.dir.images, i.rootpath.as_deref(), i.size)?,
         (None, Some(name)) => load_board(catalog, name)?,
@@ -408,6 +411,9 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
 
 fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     let started = Instant::now();
+    // Refused before anything is read or written.
+    Format::from_path(&a.output, a.level)?;
+    skiff_flash::output::cleanup_on_signals()?;
     let plan = make_plan(catalog, &a.inputs)?;
     warn(cli, &plan.warnings);
     let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
@@ -429,7 +435,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         bar.set_position(done);
     };
     let opts = skiff_flash::BuildOptions {
-        format: Format::from_path(&a.output, a.level),
+        format: Format::from_path(&a.output, a.level)?,
         bmap: a.bmap,
         checksums: a.checksums,
     };

@@ -165,12 +165,10 @@ fn wipe_tables(dev: &mut Device) -> Result<()> {
 }
 
 /// After a failure: wipe the table areas, make the kernel drop the partitions it still
-/// has for the old table (so their stale /dev nodes go away), and say so.
+/// has (so no stale /dev node of a half-written partition stays usable), and say so.
 fn fail(dev: &mut Device, e: Error) -> Error {
     let wiped = wipe_tables(dev);
-    if wiped.is_ok() {
-        let _ = blockdev::reread_partitions(dev, &[]);
-    }
+    let _ = blockdev::reread_partitions(dev, &[]);
     match wiped {
         Ok(()) => Error::io(
             format!("{e}"),

@@ -85,7 +85,8 @@ pub fn build_image(
     progress: compose::Progress<'_>,
 ) -> Result<BuildReport> {
     let inputs = output::Inputs::of_plan(plan);
-    for (path, what) in build_outputs(output, opts) {
+    // The image first: its refusal is the one to report.
+    for (path, what) in build_outputs(output, opts).iter().rev() {
         output::check_output(&path, what, &inputs)?;
     }
     let old_sums = if opts.checksums {

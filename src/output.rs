@@ -187,7 +187,7 @@ impl Inputs {
         }
         if self.dirs.iter().any(|d| dir.starts_with(d)) {
             return Some(format!(
-                "lies in {}, a directory this build reads from",
+                "lies in {}, a directory of this build's inputs",
                 dir.display()
             ));
         }
@@ -293,5 +293,31 @@ pub fn remove_stale(path: &Path, inputs: &Inputs) -> Result<()> {
         Ok(m) if m.is_file() && inputs.clash(path).is_none() => fs::remove_file(path)
             .map_err(|e| Error::io(format!("removing the stale {}", path.display()), e)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::image::Staged;
+
+    #[test]
+    fn a_failing_commit_removes_what_it_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let mut set = Set::new();
+        set.push(Staged::create(&a).unwrap());
+        set.push(Staged::create(&b).unwrap());
+        // `b` becomes a non-empty directory after the checks: its rename fails.
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("x"), b"x").unwrap();
+        assert!(set.commit(&[], &Inputs::default()).is_err());
+        let mut left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b"]);
+        assert!(with_registry(|p, c| p.is_empty() && c.is_empty()));
     }
 }

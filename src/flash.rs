@@ -498,6 +498,24 @@ pub fn check_bmap(image: &Path, bmap_path: &Path, bmap: &(u64, Vec<(u64, u64)>))
     Ok(())
 }
 
+/// An image to write must be a regular file (or a block device holding one): a character
+/// device or FIFO could be endless, and is refused before anything is read.
+pub fn check_image_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |m: &str| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: m.to_string(),
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(bad("image is empty")),
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_dir() => Err(bad("image is a directory")),
+        Ok(_) => Err(bad("image is not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad("image not found")),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
 /// Opens an image file, decompressing by magic (zstd, gzip, xz) or raw.
 pub fn open_image(path: &Path) -> Result<Box<dyn Read + Send>> {
     let io = |e| Error::io(format!("reading {}", path.display()), e);

@@ -87,7 +87,7 @@ pub fn build_image(
     let inputs = output::Inputs::of_plan(plan);
     // The image first: its refusal is the one to report.
     for (path, what) in build_outputs(output, opts).iter().rev() {
-        output::check_output(&path, what, &inputs)?;
+        output::check_output(path, what, &inputs)?;
     }
     let old_sums = if opts.checksums {
         release::read_sha256sums(&sums_path(output))?

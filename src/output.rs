@@ -204,7 +204,8 @@ pub fn check_output(out: &Path, what: &str, inputs: &Inputs) -> Result<()> {
             out.display()
         )))
     };
-    if out.file_name().is_none() {
+    use std::os::unix::ffi::OsStrExt;
+    if out.file_name().is_none() || out.as_os_str().as_bytes().ends_with(b"/") {
         return refuse("is not a file name".into());
     }
     match fs::metadata(out) {
@@ -226,6 +227,12 @@ pub fn check_output(out: &Path, what: &str, inputs: &Inputs) -> Result<()> {
             return refuse(format!("exists and is {kind}, not a regular file"));
         }
         _ => {}
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent
+        && !dir.is_dir()
+    {
+        return refuse(format!("is in {}, which is not a directory", dir.display()));
     }
     if let Some(why) = inputs.clash(out) {
         return refuse(why);

@@ -416,7 +416,13 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
             .iter()
             .filter_map(|p| Some((format!("the boot record of {}", p.id), p.ebr?, SECTOR))),
     );
-    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o + l));
+    let range = |o: u64, l: u64| {
+        format!(
+            "[{}, {})",
+            bytes(o),
+            o.checked_add(l).map_or_else(|| "2^64+".to_string(), bytes)
+        )
+    };
     for p in &plan.partitions {
         if let Some((what, o, l)) = taken
             .iter()
@@ -437,7 +443,10 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
         taken.push((format!("partition {}", p.id), p.start, p.size));
     }
     for r in &plan.raw {
-        if r.offset + r.length > plan.disk_size {
+        if r.offset
+            .checked_add(r.length)
+            .is_none_or(|end| end > plan.disk_size)
+        {
             return Err(Error::board(
                 &board.name,
                 format!(
@@ -466,18 +475,19 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Makes the plan for `board` from the images directory.
 /// A requested disk size must be whole 512-byte sectors (partition tables count in them).
 pub fn check_size(size: u64) -> Result<()> {
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
+        let up = (size / 512 + 1).checked_mul(512);
         return Err(Error::Usage(format!(
-            "--size {size} bytes is not a multiple of 512 (disks are counted in 512-byte sectors); try {}",
-            size.div_ceil(512) * 512
+            "--size {size} bytes is not a multiple of 512 (disks are counted in 512-byte sectors){}",
+            up.map(|u| format!("; try {u}")).unwrap_or_default()
         )));
     }
     Ok(())
 }
 
+/// Makes the plan for `board` from the images directory.
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     if let Some(size) = opts.size {
         check_size(size)?;

@@ -144,6 +144,7 @@ fn source(
     epoch: i64,
 ) -> Result<(Source, u64, String)> {
     if let Some(image) = &a.image {
+        skiff_flash::flash::check_image_file(image)?;
         let bmap_path = a.bmap.clone().or_else(|| {
             let p = release::bmap_path(image);
             p.is_file().then_some(p)

@@ -76,8 +76,8 @@ fn sums_path(output: &Path) -> std::path::PathBuf {
 /// Writes `plan` to a new image file at `output` (sparse, or compressed by extension) with
 /// its manifest and, as asked, bmap and SHA256SUMS. Every path is checked first (an
 /// existing output must be a regular file and not one of the plan's inputs); the files
-/// appear together only when everything succeeded, and a bmap left by an earlier build of
-/// `output` is removed when this one writes none.
+/// appear together only when everything succeeded, and a bmap beside `output` that does
+/// not describe the new image is removed when this build writes none.
 pub fn build_image(
     plan: &plan::Plan,
     output: &Path,
@@ -124,7 +124,10 @@ pub fn build_image(
         set.push(release::stage(&bmap_path, text.as_bytes())?);
         sums.push((name(&bmap_path), io::sha256(text.as_bytes())));
         extra.push(bmap_path);
-    } else {
+    } else if std::fs::read(&bmap_path).ok() != Some(release::bmap(&written.stream).into_bytes()) {
+        // A bmap beside the image that does not describe it (an older build's) would be
+        // picked up by `flash`; one that does (the same disk built compressed, which shares
+        // the name) stays.
         stale.push(bmap_path);
     }
     if opts.checksums {

@@ -21,7 +21,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  an operation failed (I/O error, verification mismatch)
-  2  bad usage or bad input (unknown board, missing or corrupt artifact, does not fit)";
+  2  bad usage or bad input (unknown board, missing or corrupt artifact, does not fit),
+     or a refusal (output is a device or an input, busy device, bmap of another image)
+  128+N  a build stopped by signal N, its unfinished outputs removed";
 
 #[derive(Parser)]
 #[command(

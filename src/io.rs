@@ -102,10 +102,16 @@ pub fn read_small(path: &Path, what: &str) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         message,
     };
-    let f = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => bad(format!("{what} not found")),
-        _ => Error::io(format!("reading {what} {}", path.display()), e),
-    })?;
+    // Non-blocking, so that opening a FIFO does not wait for a writer; refused below.
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => bad(format!("{what} not found")),
+            _ => Error::io(format!("reading {what} {}", path.display()), e),
+        })?;
     let meta = f
         .metadata()
         .map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))?;

@@ -124,7 +124,9 @@ pub fn build_image(
         set.push(release::stage(&bmap_path, text.as_bytes())?);
         sums.push((name(&bmap_path), io::sha256(text.as_bytes())));
         extra.push(bmap_path);
-    } else if std::fs::read(&bmap_path).ok() != Some(release::bmap(&written.stream).into_bytes()) {
+    } else if io::read_small(&bmap_path, "bmap file").ok()
+        != Some(release::bmap(&written.stream).into_bytes())
+    {
         // A bmap beside the image that does not describe it (an older build's) would be
         // picked up by `flash`; one that does (the same disk built compressed, which shares
         // the name) stays.

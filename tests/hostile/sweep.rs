@@ -640,6 +640,43 @@ fn rows() -> Vec<(String, Setup)> {
         case(a, 2, "y.img.bmap")
     });
 
+    // -- FIFOs where a file is read whole (opening one must not wait for a writer)
+    row!("manifest: a FIFO", |r: &Row, c: &Ctx| {
+        let mut a = verify_manifest(r, c, b"");
+        let f = r.dir.path().join("in/fifo.json");
+        tool_ok("mkfifo", &[&p(&f)]);
+        a[3] = p(&f);
+        case(a, 2, "fifo.json")
+    });
+    row!("genimage: a FIFO", |r: &Row, _: &Ctx| {
+        let mut a = genimage(r, b"");
+        let f = r.dir.path().join("in/fifo.cfg");
+        tool_ok("mkfifo", &[&p(&f)]);
+        a[2] = p(&f);
+        case(a, 2, "fifo.cfg")
+    });
+    row!("bmap: a FIFO", |r: &Row, c: &Ctx| {
+        let mut a = flash_bmap(r, c, b"");
+        let f = r.dir.path().join("in/fifo.bmap");
+        tool_ok("mkfifo", &[&p(&f)]);
+        a[5] = p(&f);
+        case(a, 2, "fifo.bmap")
+    });
+    row!("board file: a FIFO", |r: &Row, _: &Ctx| {
+        let f = r.dir.path().join("in/fifo.toml");
+        tool_ok("mkfifo", &[&p(&f)]);
+        let mut a = build(r, &[]);
+        a[2] = p(&f);
+        case(a, 2, "fifo.toml")
+    });
+    row!(
+        "stale bmap is a FIFO: left alone, build proceeds",
+        |r: &Row, _: &Ctx| {
+            tool_ok("mkfifo", &[&r.out("x.img.bmap")]);
+            case(build(r, &[]), 0, "")
+        }
+    );
+
     // -- images (flash --image, verify, inspect)
     for (name, bytes, names) in [
         ("empty", b"".to_vec(), "i.img"),

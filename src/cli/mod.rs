@@ -203,7 +203,9 @@ struct BuildArgs {
     #[command(flatten)]
     inputs: Inputs,
     /// Image file to write: `.img` is sparse; `.img.zst`, `.img.gz`, `.img.xz` are compressed
-    /// as they are written. Created under a temporary name, renamed when complete.
+    /// as they are written (other compression extensions are refused). Created under a
+    /// temporary name and renamed with its manifest, bmap and SHA256SUMS when all are
+    /// complete. An existing output that is not a regular file, or is an input, is refused.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Also write a bmap file (bmaptool's format) beside the image.

@@ -202,7 +202,8 @@ fn wipe_tables(dev: &mut Device) -> Result<()> {
     dev.sync()
 }
 
-/// After a failure: wipe the table areas and say so.
+/// After a failure: wipe the table areas, make the kernel drop the partitions it still
+/// has (so no stale /dev node of a half-written partition stays usable), and say so.
 fn fail(dev: &mut Device, e: Error) -> Error {
     let e = if crate::signals::interrupted() {
         Error::io(
@@ -212,7 +213,9 @@ fn fail(dev: &mut Device, e: Error) -> Error {
     } else {
         e
     };
-    match wipe_tables(dev) {
+    let wiped = wipe_tables(dev);
+    let _ = blockdev::reread_partitions(dev, &[]);
+    match wiped {
         Ok(()) => Error::io(
             format!("{e}"),
             std::io::Error::other("nothing was left bootable: the partition table was wiped"),
@@ -377,8 +380,7 @@ fn mismatch(dev: &Device, at: u64, len: u64, got: &[u8]) -> Error {
 
 /// The mapped ranges of an image: from its bmap (block ranges) or, without one, everything.
 pub fn read_bmap(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = crate::io::read_small_text(path, "bmap file")?;
     let bad = |m: &str| Error::BadArtifact {
         path: path.to_path_buf(),
         message: format!("not a bmap file: {m}"),
@@ -423,6 +425,141 @@ pub fn read_bmap(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
         ranges.push((start, end - start));
     }
     Ok((size, ranges))
+}
+
+/// The `chksum` of every `<Range>` of a bmap, in order, when its checksum type is SHA-256
+/// (the only type written since bmap 2.0); `None` for older or unchecked bmaps.
+fn bmap_range_sums(path: &Path) -> Result<Option<Vec<String>>> {
+    let text = crate::io::read_small_text(path, "bmap file")?;
+    let kind = text
+        .split_once("<ChecksumType>")
+        .and_then(|(_, r)| r.split_once('<'))
+        .map(|(t, _)| t.trim().to_ascii_lowercase());
+    if kind.as_deref() != Some("sha256") {
+        return Ok(None);
+    }
+    let mut sums = Vec::new();
+    for part in text.split("<Range").skip(1) {
+        let head = part.split_once('>').map(|(h, _)| h).unwrap_or_default();
+        let sum = head
+            .split_once("chksum=\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(v, _)| v.trim().to_ascii_lowercase())
+            .ok_or_else(|| Error::BadArtifact {
+                path: path.to_path_buf(),
+                message: "not a bmap file: a range without a chksum".into(),
+            })?;
+        sums.push(sum);
+    }
+    Ok(Some(sums))
+}
+
+/// Checks that a bmap describes `image` before anything is written with it: the image's
+/// (uncompressed) size is the bmap's, and every mapped range hashes to the bmap's checksum
+/// (as bmaptool checks). A bmap left over from another build, or made for another image,
+/// is refused naming both files.
+pub fn check_bmap(image: &Path, bmap_path: &Path, bmap: &(u64, Vec<(u64, u64)>)) -> Result<()> {
+    let (size, ranges) = bmap;
+    let mismatch = |why: String| Error::BadArtifact {
+        path: bmap_path.to_path_buf(),
+        message: format!(
+            "does not describe {}: {why} (a bmap of another build?); rebuild with --bmap or give the right --bmap",
+            image.display()
+        ),
+    };
+    let sums = bmap_range_sums(bmap_path)?;
+    if let Some(s) = &sums
+        && s.len() != ranges.len()
+    {
+        return Err(mismatch("its checksums do not match its ranges".into()));
+    }
+    let mut hashers: Vec<Sha256> = ranges.iter().map(|_| Sha256::new()).collect();
+    let mut hash = |at: u64, data: &[u8]| {
+        let first = ranges.partition_point(|(s, l)| s + l <= at);
+        for (i, (s, l)) in ranges.iter().enumerate().skip(first) {
+            let end = at + data.len() as u64;
+            if *s >= end {
+                break;
+            }
+            let (a, b) = (at.max(*s), end.min(s + l));
+            if b > a {
+                hashers[i].update(&data[(a - at) as usize..(b - at) as usize]);
+            }
+        }
+    };
+    let actual = if is_raw(image)? {
+        let io = |e| Error::io(format!("reading {}", image.display()), e);
+        let f = std::fs::File::open(image).map_err(io)?;
+        let actual = f.metadata().map_err(io)?.len();
+        if actual == *size && sums.is_some() {
+            let mut buf = vec![0u8; MIB as usize];
+            for &(start, len) in ranges {
+                let mut at = start;
+                while at < start + len {
+                    let n = (start + len - at).min(MIB) as usize;
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..n], at)
+                        .map_err(|e| corrupt(image, at, e))?;
+                    hash(at, &buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+        actual
+    } else {
+        let mut r = open_image(image)?;
+        let mut buf = vec![0u8; MIB as usize];
+        let mut at = 0u64;
+        loop {
+            let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
+            if n == 0 {
+                break;
+            }
+            if sums.is_some() {
+                hash(at, &buf[..n]);
+            }
+            at += n as u64;
+        }
+        at
+    };
+    if actual != *size {
+        return Err(mismatch(format!(
+            "the image holds {} bytes, the bmap says {}",
+            bytes(actual),
+            bytes(*size)
+        )));
+    }
+    if let Some(sums) = sums {
+        for (i, (h, want)) in hashers.into_iter().zip(&sums).enumerate() {
+            if hex(&h.finalize()) != *want {
+                let (s, l) = ranges[i];
+                return Err(mismatch(format!(
+                    "range {} (bytes {}..{}) has a different checksum",
+                    i + 1,
+                    s,
+                    s + l
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An image to write must be a regular file (or a block device holding one): a character
+/// device or FIFO could be endless, and is refused before anything is read.
+pub fn check_image_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |m: &str| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: m.to_string(),
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(bad("image is empty")),
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_dir() => Err(bad("image is a directory")),
+        Ok(_) => Err(bad("image is not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad("image not found")),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
 }
 
 /// Opens an image file, decompressing by magic (zstd, gzip, xz) or raw.

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -87,6 +88,67 @@ pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>
         Source::Bytes(b) => Box::new(&b[..]),
     };
     Ok(HashReader::new(inner))
+}
+
+/// The most a configuration-type input (board, layout, genimage config, manifest, bmap,
+/// checksum list) may hold: real ones are a few KiB, and reading is all in memory.
+pub const CONFIG_LIMIT: u64 = 4 << 20;
+
+/// Reads a small input file whole: refuses anything that is not a regular file (a device,
+/// FIFO or directory could be endless or block) and anything over `CONFIG_LIMIT` bytes.
+/// Refusals are bad input; only a failing read is an I/O error.
+pub fn read_small(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let bad = |message: String| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message,
+    };
+    // Non-blocking, so that opening a FIFO does not wait for a writer; refused below.
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => bad(format!("{what} not found")),
+            _ => Error::io(format!("reading {what} {}", path.display()), e),
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(bad(format!("{what} is not a regular file")));
+    }
+    if meta.len() > CONFIG_LIMIT {
+        return Err(bad(format!(
+            "{what} is {} bytes, more than the {} a {what} may have",
+            crate::units::bytes(meta.len()),
+            crate::units::bytes(CONFIG_LIMIT)
+        )));
+    }
+    let mut out = Vec::new();
+    f.take(CONFIG_LIMIT + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))?;
+    if out.len() as u64 > CONFIG_LIMIT {
+        return Err(bad(format!(
+            "{what} grew past {} bytes while read",
+            CONFIG_LIMIT
+        )));
+    }
+    Ok(out)
+}
+
+/// `read_small` for text: bytes that are not UTF-8 are bad input, located by line.
+pub fn read_small_text(path: &Path, what: &str) -> Result<String> {
+    let bytes = read_small(path, what)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        Error::BadArtifact {
+            path: path.to_path_buf(),
+            message: format!("{what} is not UTF-8 text (line {line}, byte {at})"),
+        }
+    })
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.

@@ -19,6 +19,7 @@ pub mod io;
 pub mod l4t;
 pub mod layout;
 pub mod manifest;
+pub mod output;
 pub mod plan;
 pub mod release;
 pub mod signals;
@@ -53,16 +54,51 @@ pub struct BuildReport {
     pub extra: Vec<std::path::PathBuf>,
 }
 
-/// Writes `plan` to a new image file at `output` (sparse, or compressed by extension); the
-/// file appears only when everything succeeded.
+/// The files a build of `output` writes, in commit order: the manifest, the bmap (when
+/// asked for), SHA256SUMS (when asked for), the image.
+pub fn build_outputs(output: &Path, opts: BuildOptions) -> Vec<(std::path::PathBuf, &'static str)> {
+    let mut v = vec![(manifest::path_for(output), "manifest")];
+    if opts.bmap {
+        v.push((release::bmap_path(output), "bmap"));
+    }
+    if opts.checksums {
+        v.push((sums_path(output), "checksum list"));
+    }
+    v.push((output.to_path_buf(), "image"));
+    v
+}
+
+fn sums_path(output: &Path) -> std::path::PathBuf {
+    output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("SHA256SUMS")
+}
+
+/// Writes `plan` to a new image file at `output` (sparse, or compressed by extension) with
+/// its manifest and, as asked, bmap and SHA256SUMS. Every path is checked first (an
+/// existing output must be a regular file and not one of the plan's inputs); the files
+/// appear together only when everything succeeded, and a bmap beside `output` that does
+/// not describe the new image is removed when this build writes none.
 pub fn build_image(
     plan: &plan::Plan,
     output: &Path,
     opts: BuildOptions,
     progress: compose::Progress<'_>,
 ) -> Result<BuildReport> {
+    let inputs = output::Inputs::of_plan(plan);
+    // The image first: its refusal is the one to report.
+    for (path, what) in build_outputs(output, opts).iter().rev() {
+        output::check_output(path, what, &inputs)?;
+    }
+    let old_sums = if opts.checksums {
+        release::read_sha256sums(&sums_path(output))?
+    } else {
+        None
+    };
     let ranges = manifest::hashed_ranges(plan);
-    let (manifest, written) = target::image::write_file(
+    let (manifest, written, image) = target::image::write_file(
         output,
         plan.disk_size,
         opts.format,
@@ -70,6 +106,7 @@ pub fn build_image(
         &ranges,
         |sink| compose::write(plan, sink, progress),
     )?;
+    let mut set = output::Set::new();
     let mut extra = Vec::new();
     let mut sums = Vec::new();
     let name = |p: &Path| {
@@ -80,26 +117,36 @@ pub fn build_image(
     let record = manifest::make(plan, &plan.images, output, &written, &manifest);
     let mpath = manifest::path_for(output);
     let text = serde_json::to_string_pretty(&record).unwrap_or_default() + "\n";
-    release::write_atomic(&mpath, &text)?;
+    set.push(release::stage(&mpath, text.as_bytes())?);
     sums.push((name(&mpath), io::sha256(text.as_bytes())));
     extra.push(mpath);
+    let bmap_path = release::bmap_path(output);
+    let mut stale = Vec::new();
     if opts.bmap {
-        let path = release::bmap_path(output);
         let text = release::bmap(&written.stream);
-        release::write_atomic(&path, &text)?;
-        sums.push((name(&path), io::sha256(text.as_bytes())));
-        extra.push(path);
+        set.push(release::stage(&bmap_path, text.as_bytes())?);
+        sums.push((name(&bmap_path), io::sha256(text.as_bytes())));
+        extra.push(bmap_path);
+    } else if io::read_small(&bmap_path, "bmap file").ok()
+        != Some(release::bmap(&written.stream).into_bytes())
+    {
+        // A bmap beside the image that does not describe it (an older build's) would be
+        // picked up by `flash`; one that does (the same disk built compressed, which shares
+        // the name) stays.
+        stale.push(bmap_path);
     }
     if opts.checksums {
         if let Some(h) = &written.file_sha256 {
             sums.push((name(output), h.clone()));
         }
-        let dir = output
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        extra.push(release::update_sha256sums(dir, &sums)?);
+        let path = sums_path(output);
+        let text = release::merge_sha256sums(old_sums.as_deref().unwrap_or_default(), &sums);
+        set.push(release::stage(&path, &text)?);
+        extra.push(path);
     }
+    set.push(image);
+    set.commit(&stale, &inputs)?;
+    output::finished();
     Ok(BuildReport {
         manifest,
         written,

@@ -245,8 +245,7 @@ pub fn path_for(image: &Path) -> std::path::PathBuf {
 
 /// Reads a manifest file.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = crate::io::read_small_text(path, "manifest")?;
     let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::BadArtifact {
         path: path.to_path_buf(),
         message: format!("not a skiff-flash manifest: {e}"),

@@ -359,7 +359,7 @@ fn vars(board: &Board, ids: &Ids, images: &std::path::Path) -> Vars {
             v.set(format!("label:{}", p.id), l.clone());
         }
     }
-    if let Ok(text) = std::fs::read_to_string(images.join("skiff-release"))
+    if let Ok(text) = crate::io::read_small_text(&images.join("skiff-release"), "release file")
         && let Some(version) = release_version(&text)
     {
         v.set("version", version);
@@ -514,7 +514,13 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
             .iter()
             .filter_map(|p| Some((format!("the boot record of {}", p.id), p.ebr?, SECTOR))),
     );
-    let range = |o: u64, l: u64| format!("[{}, {})", bytes(o), bytes(o.saturating_add(l)));
+    let range = |o: u64, l: u64| {
+        format!(
+            "[{}, {})",
+            bytes(o),
+            o.checked_add(l).map_or_else(|| "2^64+".to_string(), bytes)
+        )
+    };
     for p in &plan.partitions {
         if let Some((what, o, l)) = taken
             .iter()
@@ -567,8 +573,23 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// A requested disk size must be whole 512-byte sectors (partition tables count in them).
+pub fn check_size(size: u64) -> Result<()> {
+    if !size.is_multiple_of(512) {
+        let up = (size / 512 + 1).checked_mul(512);
+        return Err(Error::Usage(format!(
+            "--size {size} bytes is not a multiple of 512 (disks are counted in 512-byte sectors){}",
+            up.map(|u| format!("; try {u}")).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// Makes the plan for `board` from the images directory.
 pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
+    if let Some(size) = opts.size {
+        check_size(size)?;
+    }
     // A vendor partition list read from the images directory replaces the layout's own.
     let expanded = crate::l4t::expand(board, &opts.images)?;
     let board = expanded.as_ref().unwrap_or(board);

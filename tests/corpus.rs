@@ -16,7 +16,9 @@ use skiff_flash::inspect::inspect;
 use skiff_flash::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
 
 /// The fuzz targets, by corpus directory name.
-const TARGETS: [&str; 5] = ["inspect", "tables", "uimage", "bmap", "manifest"];
+const TARGETS: [&str; 7] = [
+    "inspect", "tables", "uimage", "bmap", "manifest", "genimage", "board",
+];
 
 /// How many mutated inputs to try, and the time they may take at most.
 const MUTATIONS: usize = 2000;
@@ -146,7 +148,50 @@ fn call(target: &str, data: &[u8], scratch: &Path) {
             std::fs::write(scratch, data).expect("writing the scratch file");
             let _ = skiff_flash::manifest::load(scratch);
         }
+        "genimage" => {
+            std::fs::write(scratch, data).expect("writing the scratch file");
+            let images = images_dir(scratch);
+            let opts = skiff_flash::genimage::Options {
+                images: images.clone(),
+                rootpath: None,
+                size: None,
+                defines: Default::default(),
+            };
+            if let Ok(board) = skiff_flash::genimage::load(scratch, &opts) {
+                let _ = skiff_flash::plan::make(&board, &plan_options(images));
+            }
+        }
+        "board" => {
+            std::fs::write(scratch, data).expect("writing the scratch file");
+            let catalog = skiff_flash::board::Catalog::new(&[]);
+            if let Ok(board) = catalog.board_file(scratch) {
+                let _ = serde_json::to_string(&board);
+                let _ = skiff_flash::plan::make(&board, &plan_options(images_dir(scratch)));
+            }
+        }
         other => panic!("no fuzz target {other}"),
+    }
+}
+
+/// An images directory beside the scratch file holding `blob.bin` (64 KiB), which the
+/// genimage and board seeds name.
+fn images_dir(scratch: &Path) -> PathBuf {
+    let d = scratch.with_file_name("images");
+    if !d.join("blob.bin").is_file() {
+        std::fs::create_dir_all(&d).expect("creating the images directory");
+        std::fs::write(d.join("blob.bin"), vec![0x5a; 64 << 10]).expect("writing blob.bin");
+    }
+    d
+}
+
+fn plan_options(images: PathBuf) -> skiff_flash::plan::Options {
+    skiff_flash::plan::Options {
+        images,
+        size: None,
+        epoch: 0,
+        seed: None,
+        ids: None,
+        configs: Vec::new(),
     }
 }
 
@@ -482,7 +527,7 @@ fn mutated_inputs_are_read_without_panicking() {
         };
         let (name, input) = &pool[pick];
         let other = &pool[rng.below(pool.len())].1;
-        let text = matches!(*target, "bmap" | "manifest");
+        let text = matches!(*target, "bmap" | "manifest" | "genimage" | "board");
         let data = mutate(&mut rng, input, other, text);
         ran += 1;
         if let Err(e) = try_call(target, &data, &scratch) {

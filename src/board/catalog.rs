@@ -28,6 +28,13 @@ impl Kind {
             Kind::Layout => "layouts",
         }
     }
+
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Board => "board file",
+            Kind::Layout => "layout file",
+        }
+    }
 }
 
 /// One definition file's text and the name to show in errors.
@@ -62,8 +69,7 @@ impl Catalog {
         for dir in &self.user_dirs {
             let p = dir.join(&rel);
             if p.is_file() {
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+                let text = crate::io::read_small_text(&p, kind.what())?;
                 return Ok(Some(Text {
                     shown_as: p.display().to_string(),
                     text,

@@ -386,8 +386,7 @@ impl Catalog {
     /// Loads a board from a file outside the board directories (its `inherit` still names
     /// boards in the catalog).
     pub fn board_file(&self, path: &std::path::Path) -> Result<Board> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let text = crate::io::read_small_text(path, "board file")?;
         let name = path.display().to_string();
         self.resolve(
             &name,

@@ -63,6 +63,7 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
         verify::meaning(&dev, &plan)
     } else if let Some(image) = &a.image {
+        skiff_flash::flash::check_image_file(image)?;
         let bmap = a.bmap.clone().or_else(|| {
             let p = release::bmap_path(image);
             p.is_file().then_some(p)

@@ -147,11 +147,15 @@ fn source(
     epoch: i64,
 ) -> Result<(Source, u64, String)> {
     if let Some(image) = &a.image {
+        skiff_flash::flash::check_image_file(image)?;
         let bmap_path = a.bmap.clone().or_else(|| {
             let p = release::bmap_path(image);
             p.is_file().then_some(p)
         });
         let bmap = bmap_path.as_deref().map(flash::read_bmap).transpose()?;
+        if let (Some(b), Some(p)) = (&bmap, &bmap_path) {
+            flash::check_bmap(image, p, b)?;
+        }
         let size = flash::image_size(image, bmap.as_ref())?;
         let what = format!("image {} ({})", image.display(), human(size));
         return Ok((
@@ -291,6 +295,8 @@ fn summarize(
     results: Vec<Result<Report>>,
 ) -> Result<()> {
     let mut failed = Vec::new();
+    // Refused devices alone (busy, changed) are bad input: exit 2 unless a write failed.
+    let mut refused_only = true;
     for (info, r) in infos.iter().zip(results) {
         match r {
             Ok(rep) if a.json => println!(
@@ -313,12 +319,18 @@ fn summarize(
                         serde_json::json!({"event": "done", "ok": false, "device": info.path, "error": msg})
                     );
                 }
+                refused_only &= e.exit_code() == 2;
                 failed.push(format!("{}: {msg}", info.path.display()));
             }
         }
     }
     match failed.len() {
         0 => Ok(()),
+        n if refused_only => Err(Error::Usage(format!(
+            "{}: {n} of {} devices refused",
+            failed.join("; "),
+            infos.len()
+        ))),
         _ => Err(Error::io(
             failed.join("; "),
             std::io::Error::other(format!(

@@ -21,7 +21,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  an operation failed (I/O error, verification mismatch)
-  2  bad usage or bad input (unknown board, missing or corrupt artifact, does not fit)";
+  2  bad usage or bad input (unknown board, missing or corrupt artifact, does not fit),
+     or a refusal (output is a device or an input, busy device, bmap of another image)
+  128+N  a build stopped by signal N, its unfinished outputs removed";
 
 #[derive(Parser)]
 #[command(
@@ -243,7 +245,9 @@ struct BuildArgs {
     #[command(flatten)]
     inputs: Inputs,
     /// Image file to write: `.img` is sparse; `.img.zst`, `.img.gz`, `.img.xz` are compressed
-    /// as they are written. Created under a temporary name, renamed when complete.
+    /// as they are written (other compression extensions are refused). Created under a
+    /// temporary name and renamed with its manifest, bmap and SHA256SUMS when all are
+    /// complete. An existing output that is not a regular file, or is an input, is refused.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Also write a bmap file (bmaptool's format) beside the image.
@@ -292,10 +296,17 @@ pub fn run() -> i32 {
     }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One line, like every other error: what clap found wrong, and where to look.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("skiff-flash: error: {first} (see --help)");
+            return 2;
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return code;
+            return 0;
         }
     };
     match dispatch(&cli) {
@@ -463,6 +474,9 @@ fn warn(cli: &Cli, warnings: &[String]) {
 }
 
 fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
+    if let Some(size) = i.size {
+        plan::check_size(size)?;
+    }
     let board = match &i.genimage {
         Some(cfg) => load_genimage(
             cfg,
@@ -484,6 +498,9 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
 
 fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     let started = Instant::now();
+    // Refused before anything is read or written.
+    Format::from_path(&a.output, a.level)?;
+    skiff_flash::output::cleanup_on_signals()?;
     let plan = make_plan(catalog, &a.inputs)?;
     warn(cli, &plan.warnings);
     let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
@@ -505,7 +522,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         bar.set_position(done);
     };
     let opts = skiff_flash::BuildOptions {
-        format: Format::from_path(&a.output, a.level),
+        format: Format::from_path(&a.output, a.level)?,
         bmap: a.bmap,
         checksums: a.checksums,
     };

@@ -190,9 +190,9 @@ impl<'e> Lexer<'e> {
             let pos = from.cloned().unwrap_or_else(|| self.pos());
             return Err(pos.error("includes nested too deeply"));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| match from {
+        let text = crate::io::read_small_text(path, "genimage config").map_err(|e| match from {
             Some(p) => p.error(format!("cannot include {}: {e}", path.display())),
-            None => Error::io(format!("reading genimage config {}", path.display()), e),
+            None => e,
         })?;
         let dir = path.parent().map(Path::to_path_buf);
         let text = fill_templates(path, &text, &self.defines)?;

@@ -409,7 +409,7 @@ fn dir_size(dir: &Path) -> u64 {
 /// What identifiers are derived from: the config's text and the disk's name, so two boards'
 /// `sdcard.img` differ and a config gives the same identifiers wherever it is.
 fn seed(cfg: &Path, image: &str) -> String {
-    let text = std::fs::read(cfg).unwrap_or_default();
+    let text = crate::io::read_small(cfg, "genimage config").unwrap_or_default();
     let hash = crate::io::sha256(&text);
     format!("genimage/{}/{image}", &hash[..16])
 }

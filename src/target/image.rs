@@ -23,14 +23,15 @@ pub enum Format {
 }
 
 impl Format {
-    /// `.zst`, `.gz` and `.xz` compress (at `level`, or each format's default); anything
-    /// else is a raw sparse image.
-    pub fn from_path(p: &Path, level: Option<i32>) -> Format {
+    /// `.zst`, `.gz` and `.xz` compress (at `level`, or each format's default); other
+    /// compression or archive extensions (`.bz2`, `.lz4`, `.zip`, …) are refused rather than
+    /// written raw under a name that says otherwise; anything else is a raw sparse image.
+    pub fn from_path(p: &Path, level: Option<i32>) -> Result<Format> {
         let name = p
             .file_name()
             .map(|n| n.to_string_lossy().to_lowercase())
             .unwrap_or_default();
-        if name.ends_with(".zst") || name.ends_with(".zstd") {
+        Ok(if name.ends_with(".zst") || name.ends_with(".zstd") {
             Format::Zstd {
                 level: level.unwrap_or(3),
             }
@@ -42,15 +43,29 @@ impl Format {
             Format::Xz {
                 level: level.unwrap_or(6).clamp(0, 9) as u32,
             }
+        } else if let Some(ext) = UNSUPPORTED
+            .iter()
+            .find(|e| name.strip_suffix(*e).is_some_and(|b| b.ends_with('.')))
+        {
+            return Err(Error::Usage(format!(
+                "{}: .{ext} compression is not supported; use .img (raw, sparse), .img.zst, .img.gz or .img.xz",
+                p.display()
+            )));
         } else {
             Format::Raw
-        }
+        })
     }
 
     pub fn is_compressed(self) -> bool {
         self != Format::Raw
     }
 }
+
+/// Compression and archive extensions that are not written: an output named so is refused.
+const UNSUPPORTED: &[&str] = &[
+    "bz2", "bzip2", "tbz", "tbz2", "lz4", "lzma", "lz", "lzo", "zip", "7z", "rar", "tar", "tgz",
+    "txz", "tzst", "br", "sz", "z", "zpaq", "cpio", "lrz",
+];
 
 /// A file under a temporary name until `commit`.
 pub struct Staged {
@@ -61,25 +76,25 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Creates `.NAME.partial-PID` beside `dest`.
+    /// Creates `.NAME.partial-PID` beside `dest` (after removing ones of processes that no
+    /// longer run), registered so that a signal removes it.
     pub fn create(dest: &Path) -> Result<Self> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{} is not a file name", dest.display())))?;
         if dest.is_dir() {
             return Err(Error::Usage(format!("{} is a directory", dest.display())));
         }
-        let tmp = dest.with_file_name(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let tmp = crate::output::partial_name(dest, std::process::id())
+            .ok_or_else(|| Error::Usage(format!("{} is not a file name", dest.display())))?;
+        crate::output::remove_stale_partials(dest);
+        let file = crate::output::with_registry(|partials, _| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+            partials.push(tmp.clone());
+            Ok::<_, Error>(f)
+        })?;
         Ok(Staged {
             file,
             tmp,
@@ -88,19 +103,43 @@ impl Staged {
         })
     }
 
+    /// The final name.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// Moves the file to its final name.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::io(format!("renaming to {}", self.dest.display()), e))?;
-        self.committed = true;
-        Ok(())
+    pub fn commit(self) -> Result<()> {
+        self.rename(false).map(|_| ())
+    }
+
+    /// Moves the file to its final name as part of an `output::Set`: until the set is
+    /// finished, a signal removes it again.
+    pub(crate) fn commit_in_set(self) -> Result<PathBuf> {
+        self.rename(true)
+    }
+
+    fn rename(mut self, in_set: bool) -> Result<PathBuf> {
+        crate::output::with_registry(|partials, committed| {
+            std::fs::rename(&self.tmp, &self.dest)
+                .map_err(|e| Error::io(format!("renaming to {}", self.dest.display()), e))?;
+            partials.retain(|p| *p != self.tmp);
+            if in_set {
+                committed.push(self.dest.clone());
+            }
+            self.committed = true;
+            Ok(self.dest.clone())
+        })
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
+            crate::output::with_registry(|partials, _| {
+                let _ = std::fs::remove_file(&self.tmp);
+                partials.retain(|p| *p != self.tmp);
+            });
         }
     }
 }
@@ -184,7 +223,8 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
 }
 
 /// Streams an image of `size` bytes into `dest` through `fill`, which writes it into the
-/// sink it is given. The file appears at `dest` only if everything succeeded.
+/// sink it is given. The file stays under its temporary name until the returned `Staged`
+/// is committed (with the files written beside it).
 pub fn write_file<T>(
     dest: &Path,
     size: u64,
@@ -192,7 +232,7 @@ pub fn write_file<T>(
     hash_all: bool,
     hash_ranges: &[(u64, u64)],
     fill: impl FnOnce(&mut dyn super::Sink) -> Result<T>,
-) -> Result<(T, Written)> {
+) -> Result<(T, Written, Staged)> {
     let staged = Staged::create(dest)?;
     let io_err = |e| Error::io(format!("writing {}", dest.display()), e);
     let (value, written) = if format.is_compressed() {
@@ -223,6 +263,5 @@ pub fn write_file<T>(
         };
         (value, written)
     };
-    staged.commit()?;
-    Ok((value, written))
+    Ok((value, written, staged))
 }

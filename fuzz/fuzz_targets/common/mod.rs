@@ -52,3 +52,13 @@ pub fn scratch(name: &str, data: &[u8]) -> std::path::PathBuf {
     std::fs::write(&p, data).expect("writing the scratch file");
     p
 }
+
+/// A per-process images directory holding `blob.bin` (64 KiB), for configs that name files.
+pub fn images_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("skiff-flash-fuzz-images-{}", std::process::id()));
+    if !d.join("blob.bin").is_file() {
+        std::fs::create_dir_all(&d).expect("creating the images directory");
+        std::fs::write(d.join("blob.bin"), vec![0x5a; 64 << 10]).expect("writing blob.bin");
+    }
+    d
+}

@@ -601,7 +601,7 @@ pub fn fill_templates(path: &Path, text: &str, defines: &[(String, String)]) -> 
     let body = text.trim();
     if !body.is_empty()
         && !body.contains(char::is_whitespace)
-        && !body.contains(['{', '}', '='])
+        && !body.contains(['{', '}', '=', '(', '"'])
         && (body.contains('/') || body.ends_with(".cfg"))
     {
         let target = path.parent().unwrap_or(Path::new("")).join(body);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian/Ubuntu machine: installs the tools the tests
 # use as oracles (and the loop-device utilities), and QEMU with the firmware the boot tests
-# use (plus the arm64 dpkg architecture, for their arm64 kernel), when they are missing;
+# use (plus the arm64 and armhf dpkg architectures, for their kernels, and QEMU from
+# bookworm-backports where bookworm's lacks the raspi4b machine), when they are missing;
 # then `cargo test`, then the QEMU boot tests in a release build
 # (`cargo test --release --test boot`).
 # Extra arguments go to one `cargo test` instead (e.g. `scripts/test.sh --test build_pi4`).
@@ -56,6 +57,25 @@ if ((${#missing[@]})); then
   # Without this, refind's postinst installs rEFInd to this machine's ESP.
   echo 'refind refind/install_to_esp boolean false' | "${sudo[@]}" debconf-set-selections
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# QEMU's raspi4b machine (the pi/4 boot test) needs QEMU 9 or later. Debian bookworm ships
+# 7.2; its backports suite has QEMU 10, which then runs every boot test.
+if ! qemu-system-aarch64 -M help 2>/dev/null | grep -q '^raspi4b'; then
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "$codename" = bookworm ]; then
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      echo "adding the bookworm-backports suite"
+      printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+        'Suites: bookworm-backports' 'Components: main' \
+        'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+        "${sudo[@]}" tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+    fi
+    "${sudo[@]}" apt-get update -qq
+    echo "installing QEMU from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports qemu-system-arm qemu-system-x86
+  fi
 fi
 
 # Loop devices back the block-device tests.

@@ -104,8 +104,8 @@ impl Images {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, b).unwrap();
         };
-        w("Image", &pattern("kernel", 3 * MIB as usize + 17));
-        w(DTB, &pattern("dtb", 40000));
+        w("Image", &arm64_image(3 * MIB + 17));
+        w(DTB, &fdt("nvidia,p3449-0000-b00+p3448-0000-b00"));
         w("rootfs.cpio.uboot", &pattern("initramfs", 2 * MIB as usize));
         w("u-boot-dtb.bin", &pattern("u-boot", 500000));
         w("rootfs_part/modules.squashfs", &pattern("modules", 70000));

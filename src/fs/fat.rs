@@ -440,7 +440,16 @@ fn fat_table(names: &Names<'_>, next: u32) -> Vec<u8> {
 
 fn dir_bytes(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp, g: &Geometry) -> Vec<u8> {
     let me = &names.items[d.item];
-    let mut out = Vec::with_capacity((u64::from(me.clusters) * g.cluster_bytes()) as usize);
+    let mut out = dir_entries(names, d, label, stamp);
+    out.resize((u64::from(me.clusters) * g.cluster_bytes()) as usize, 0);
+    out
+}
+
+/// A directory's entries as bytes, unpadded: the volume label in the root, `.` and `..`
+/// elsewhere, then each child's long-name slots and short entry.
+fn dir_entries(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp) -> Vec<u8> {
+    let me = &names.items[d.item];
+    let mut out = Vec::new();
     if d.item == 0 {
         out.extend_from_slice(&short_entry(label, ATTR_LABEL, 0, 0, 0, stamp));
     } else {
@@ -471,7 +480,6 @@ fn dir_bytes(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp, g: &Ge
         };
         out.extend_from_slice(&short_entry(&e.short, attr, e.case, it.first, size, stamp));
     }
-    out.resize((u64::from(me.clusters) * g.cluster_bytes()) as usize, 0);
     out
 }
 

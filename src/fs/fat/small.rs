@@ -7,15 +7,12 @@
 //! other directories and files are contiguous cluster runs, directories first. Only metadata
 //! and file data are written.
 
-use super::{
-    ATTR_ARCHIVE, ATTR_DIR, ATTR_LABEL, Fat32, Names, Stamp, bad, label_bytes, put16, put32,
-    short_entry,
-};
+use super::{Fat32, Names, Stamp, bad, label_bytes, put16, put32};
 use crate::error::{Error, Result};
 use crate::fs::{FatOptions, FileRecord, FsSpec, FsWriter, Measure};
 use crate::io::{open, read_full};
 use crate::target::Sink;
-use crate::tree::{Node, parent_of};
+use crate::tree::Node;
 
 /// Where `mkfs.fat` switches to FAT32 when no type is asked for.
 pub const FAT32_FROM: u64 = 512 << 20;
@@ -468,40 +465,7 @@ fn fat_table(names: &Names<'_>, next: u32, g: &SmallGeometry) -> Vec<u8> {
 /// A directory's entries, unpadded; the root (index 0) starts with the label, others with
 /// `.` and `..` (`..` is 0 for a parent that is the root).
 fn dir_entries(names: &Names<'_>, d: usize, label: &[u8; 11], stamp: &Stamp) -> Vec<u8> {
-    let dir = &names.dirs[d];
-    let me = &names.items[dir.item];
-    let mut out = Vec::new();
-    if d == 0 {
-        out.extend_from_slice(&short_entry(label, ATTR_LABEL, 0, 0, 0, stamp));
-    } else {
-        let parent = parent_of(&me.entry.path);
-        let up = names
-            .items
-            .iter()
-            .find(|i| i.entry.path == parent)
-            .map_or(0, |i| if i.entry.path == "/" { 0 } else { i.first });
-        out.extend_from_slice(&short_entry(
-            b".          ",
-            ATTR_DIR,
-            0,
-            me.first,
-            0,
-            stamp,
-        ));
-        out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, stamp));
-    }
-    for e in &dir.ents {
-        for slot in &e.lfn {
-            out.extend_from_slice(slot);
-        }
-        let it = &names.items[e.item];
-        let (attr, size) = match it.entry.node {
-            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
-            _ => (ATTR_DIR, 0),
-        };
-        out.extend_from_slice(&short_entry(&e.short, attr, e.case, it.first, size, stamp));
-    }
-    out
+    super::dir_entries(names, &names.dirs[d], label, stamp)
 }
 
 #[cfg(test)]

@@ -1530,6 +1530,54 @@ fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
     assert!(err.contains("labels BOOT/nolabel/ not found"), "{err}");
 }
 
+/// orangepi/zero with its SPL one sector past 8 KiB: the boot ROM finds no SPL, nothing
+/// boots, and the failure shows the stage (no SPL banner on the serial line).
+#[test]
+fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
+    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
+        return;
+    }
+    let _serial = serial();
+    let name = "orangepi-zero-spl-moved";
+    let dir = run_dir(name);
+    orangepi_images(&dir.join("images"));
+    let boards = dir.join("user/boards/test");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::write(
+        boards.join("orangepi-zero-spl-moved.toml"),
+        "description = \"orangepi/zero with the SPL one sector late\"\n\
+         inherit = \"orangepi/zero\"\n\n\
+         [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
+    )
+    .unwrap();
+    let user = Some(dir.join("user"));
+    let i = Image::build(
+        name,
+        "test/orangepi-zero-spl-moved",
+        &dir,
+        user,
+        &["--size", "512MiB"],
+    );
+    let log = dir.join("serial.log");
+    let err = match boot(
+        name,
+        qemu_orangepi(&i.img),
+        None,
+        Duration::from_secs(30),
+        &log,
+    ) {
+        Ok(b) => panic!("{name}: booted with the SPL moved: {:?}", b.marker),
+        Err(e) => e,
+    };
+    println!("{err}");
+    assert!(err.contains("no marker"), "{err}");
+    let serial = clean(&std::fs::read(&log).unwrap());
+    assert!(
+        !serial.contains("U-Boot SPL"),
+        "{name}: the boot ROM found an SPL it should not have:\n{serial}"
+    );
+}
+
 /// A user board (`--board-dir`) inheriting virt/qemu-arm64 whose boot.txt loads a kernel
 /// name that is not on the disk: no marker, and the serial tail shows U-Boot's error.
 #[test]

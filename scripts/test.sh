@@ -44,12 +44,17 @@ for arch in arm64 armhf; do
   fi
 done
 if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+# A mirror caught mid-sync fails one index (exit 100) while the others are fine: go on with
+# the lists apt has; an install that really lacks a package still fails below.
+apt_update() {
+  "${sudo[@]}" apt-get update -qq || echo "warning: apt-get update reported errors; using the package lists it has"
+}
 if ((${#missing[@]})) || ((${#add_arches[@]})); then
   for arch in "${add_arches[@]}"; do
     echo "adding the $arch dpkg architecture"
     "${sudo[@]}" dpkg --add-architecture "$arch"
   done
-  "${sudo[@]}" apt-get update -qq
+  apt_update
 fi
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -71,7 +76,7 @@ if ! qemu-system-aarch64 -M help 2>/dev/null | grep -q '^raspi4b'; then
         'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
         "${sudo[@]}" tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
     fi
-    "${sudo[@]}" apt-get update -qq
+    apt_update
     echo "installing QEMU from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
       -t bookworm-backports qemu-system-arm qemu-system-x86

@@ -615,6 +615,19 @@ struct Expect {
     sqpath: String,
 }
 
+/// A token in `persist_part/` (returned) and the `skiff-release` every SkiffOS build has.
+fn persist_and_release(dir: &Path) -> String {
+    let pe = token("persist");
+    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
+    std::fs::write(dir.join("persist_part/skiff-test-token"), &pe).unwrap();
+    std::fs::write(
+        dir.join("skiff-release"),
+        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
+    )
+    .unwrap();
+    pe
+}
+
 /// The parts every images directory has: initramfs, squashfs, persist token, release.
 fn common_images(
     dir: &Path,
@@ -627,15 +640,8 @@ fn common_images(
     let cpio = initramfs(k, busybox, conf, extra_modules);
     std::fs::write(dir.join("rootfs.cpio.lz4"), cpio).unwrap();
     let sq = token("squashfs");
-    let pe = token("persist");
     squashfs(&dir.join("rootfs.squashfs"), &sq);
-    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
-    std::fs::write(dir.join("persist_part/skiff-test-token"), &pe).unwrap();
-    std::fs::write(
-        dir.join("skiff-release"),
-        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
-    )
-    .unwrap();
+    let pe = persist_and_release(dir);
     (sq, pe)
 }
 
@@ -771,14 +777,7 @@ fn orangepi_images(dir: &Path) -> Expect {
         .arg(&lz4)
         .arg(dir.join("rootfs.cpio.uboot")));
     std::fs::remove_file(&lz4).unwrap();
-    let persist = token("persist");
-    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
-    std::fs::write(dir.join("persist_part/skiff-test-token"), &persist).unwrap();
-    std::fs::write(
-        dir.join("skiff-release"),
-        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
-    )
-    .unwrap();
+    let persist = persist_and_release(dir);
     Expect {
         squashfs: "none".into(),
         persist,
@@ -844,14 +843,7 @@ fn pi4_images(dir: &Path) -> Expect {
         initramfs(&k, &bb, conf, PI_MODULES),
     )
     .unwrap();
-    let persist = token("persist");
-    std::fs::create_dir_all(dir.join("persist_part")).unwrap();
-    std::fs::write(dir.join("persist_part/skiff-test-token"), &persist).unwrap();
-    std::fs::write(
-        dir.join("skiff-release"),
-        format!("NAME=SkiffOS\nVERSION={VERSION}\nID=skiff\n"),
-    )
-    .unwrap();
+    let persist = persist_and_release(dir);
     Expect {
         squashfs: "none".into(),
         persist,
@@ -1185,19 +1177,31 @@ fn qemu_x86_64(img: &Path, dir: &Path) -> Command {
     c
 }
 
+/// Reads files from the image's FAT `boot` into `DIR/from-fat/`, as a Pi's firmware reads
+/// them from the card; returns where each one went.
+fn from_fat(i: &Image, dir: &Path) -> impl Fn(&str) -> PathBuf {
+    let start = i.part("boot")["start"].as_u64().unwrap();
+    let fat = format!("{}@@{start}", i.img.display());
+    let to_dir = dir.join("from-fat");
+    std::fs::create_dir_all(&to_dir).unwrap();
+    move |f: &str| {
+        let to = to_dir.join(f);
+        sh(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-n", "-i", &fat, &format!("::{f}")])
+            .arg(&to));
+        to
+    }
+}
+
 /// QEMU's raspi3b: no GPU firmware, so QEMU loads what the firmware would — the kernel,
 /// device tree and initramfs, read back from the image's FAT — and the command line is
 /// the image's cmdline.txt with the serial console (`serial0` is a firmware alias).
 fn qemu_raspi3b(i: &Image, dir: &Path) -> Command {
-    let start = i.part("boot")["start"].as_u64().unwrap();
-    let fat = format!("{}@@{start}", i.img.display());
+    let get = from_fat(i, dir);
     let from_fat = dir.join("from-fat");
-    std::fs::create_dir_all(&from_fat).unwrap();
     for f in ["Image", PI3_DTB, "rootfs.cpio.lz4", "cmdline.txt"] {
-        sh(Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-n", "-i", &fat, &format!("::{f}")])
-            .arg(from_fat.join(f)));
+        get(f);
     }
     let cmdline = std::fs::read_to_string(from_fat.join("cmdline.txt")).unwrap();
     let mut c = Command::new("qemu-system-aarch64");
@@ -1248,18 +1252,7 @@ fn qemu_orangepi(img: &Path) -> Command {
 /// and initramfs `config.txt` on the card names (`kernel=`, `initramfs`), the Pi 4 B device
 /// tree, and the card's cmdline.txt with the serial console, all read back from the FAT.
 fn qemu_raspi4b(i: &Image, dir: &Path) -> Command {
-    let start = i.part("boot")["start"].as_u64().unwrap();
-    let fat = format!("{}@@{start}", i.img.display());
-    let from_fat = dir.join("from-fat");
-    std::fs::create_dir_all(&from_fat).unwrap();
-    let get = |f: &str| {
-        let to = from_fat.join(f);
-        sh(Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-n", "-i", &fat, &format!("::{f}")])
-            .arg(&to));
-        to
-    };
+    let get = from_fat(i, dir);
     let config = std::fs::read_to_string(get("config.txt")).unwrap();
     let value = |key: &str| {
         config.lines().find_map(|l| {

@@ -39,7 +39,7 @@ const PROMPT_IDLE: Duration = Duration::from_secs(3);
 const UBOOT_PROMPT: &str = "\n=> ";
 const MARKER: &str = "SKIFF-TEST-MARKER";
 /// What a guest that cannot power off prints when it stops (the Orange Pi's U-Boot PSCI has
-/// no system-off): after the marker, the end of the boot.
+/// no system-off): the end of the boot, as QEMU exiting is for the others.
 const HALTED: &str = "reboot: System halted";
 
 const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
@@ -1076,7 +1076,7 @@ fn boot(
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
         }
-        if marker.is_some() && String::from_utf8_lossy(&buf.lock().unwrap()).contains(HALTED) {
+        if String::from_utf8_lossy(&buf.lock().unwrap()).contains(HALTED) {
             let _ = child.kill();
             let _ = child.wait();
             halted = true;
@@ -1109,6 +1109,9 @@ fn boot(
         )),
         (None, Some(s)) => Some(format!(
             "QEMU exited ({s}) after {to_exit:.1} s without the marker"
+        )),
+        (None, None) if halted => Some(format!(
+            "the guest halted after {to_exit:.1} s without the marker"
         )),
         (None, None) if at_prompt => Some(format!(
             "no marker: the bootloader gave up at its prompt `{}` after {to_exit:.1} s",

@@ -40,14 +40,15 @@ for a in $(cat /proc/cmdline); do
 done
 
 label() { findfs "LABEL=$1" 2>/dev/null; }
-# Devices may take a while to appear; give up after 20 s of guest time (not a count of
-# tries: each scan reads every block device, slow under emulation).
+# Devices may take a while to appear (an emulated SD card's partition scan alone can take
+# 15 s on a loaded host); give up after 60 s of guest time, not a count of tries: each scan
+# reads every block device, slow under emulation.
 uptime_s() { cut -d. -f1 /proc/uptime; }
 since=$(uptime_s)
 while :; do
   BOOTDEV=$(label "$BOOT_LABEL") && PERSISTDEV=$(label "$PERSIST_LABEL") &&
     { [ -z "$ROOT_LABEL" ] || ROOTDEV=$(label "$ROOT_LABEL"); } && break
-  [ $(($(uptime_s) - since)) -gt 20 ] && fail "labels $BOOT_LABEL/$PERSIST_LABEL/$ROOT_LABEL not found"
+  [ $(($(uptime_s) - since)) -gt 60 ] && fail "labels $BOOT_LABEL/$PERSIST_LABEL/$ROOT_LABEL not found"
   sleep 0.1
 done
 echo "TESTINIT: boot=$BOOTDEV persist=$PERSISTDEV root=$ROOTDEV"

@@ -160,12 +160,16 @@ pub(super) struct ImagesDir {
     /// that has a file wins). Default inside SkiffOS: `SKIFF_CONFIG_PATH`.
     #[arg(long = "skiff-conf", value_name = "DIR")]
     skiff_conf: Vec<PathBuf>,
+    /// The SkiffOS configuration, read once.
+    #[arg(skip)]
+    skiff: std::sync::OnceLock<skiffos::Env>,
 }
 
 impl ImagesDir {
     /// The SkiffOS configuration in effect (empty outside SkiffOS).
-    pub(super) fn skiff(&self) -> skiffos::Env {
-        skiffos::Env::detect(&self.skiff_conf)
+    pub(super) fn skiff(&self) -> &skiffos::Env {
+        self.skiff
+            .get_or_init(|| skiffos::Env::detect(&self.skiff_conf))
     }
 
     /// The images directory: as given, else SkiffOS's workspace, else `output/images`.
@@ -198,7 +202,7 @@ impl ImagesDir {
             epoch,
             seed,
             ids: None,
-            configs: self.skiff().dirs,
+            configs: self.skiff().dirs.clone(),
         }
     }
 }

@@ -86,7 +86,7 @@ pub fn upgrade(
     let board = load(a.board.as_deref().unwrap_or_default())?;
     let opts = upgrade::Options {
         images: a.dir.images(),
-        configs: a.dir.skiff().dirs,
+        configs: a.dir.skiff().dirs.clone(),
         epoch,
         keep: a.keep.clone(),
         force_config: a.force_config,

@@ -311,41 +311,56 @@ impl FsWriter for Fat32 {
             sink.data(g.cluster_offset(it.first), &bytes).map_err(io)?;
         }
 
-        let mut records = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for it in &names.items {
-            let Node::File { source, size } = &it.entry.node else {
-                continue;
-            };
-            let mut r = open(source, *size)?;
-            let mut at = if *size > 0 {
-                g.cluster_offset(it.first)
-            } else {
-                0
-            };
-            loop {
-                let n = read_full(&mut r, &mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                sink.data(at, &buf[..n]).map_err(io)?;
-                at += n as u64;
-            }
-            if r.count() != *size {
-                return Err(bad(spec, &it.entry.path, "source shrank while building"));
-            }
-            let slack = u64::from(it.clusters) * g.cluster_bytes() - size;
-            if slack > 0 {
-                sink.zeros(at, slack).map_err(io)?;
-            }
-            records.push(FileRecord {
-                path: it.entry.path.clone(),
-                size: *size,
-                sha256: r.finish(),
-            });
-        }
-        Ok(records)
+        write_files(
+            spec,
+            &names,
+            sink,
+            |c| g.cluster_offset(c),
+            g.cluster_bytes(),
+        )
     }
+}
+
+/// Writes every file's data at its first cluster (`at` gives a cluster's byte offset) and
+/// zeros the rest of its last cluster; returns each file's size and SHA-256.
+fn write_files(
+    spec: &FsSpec<'_>,
+    names: &Names<'_>,
+    sink: &mut dyn Sink,
+    at: impl Fn(u32) -> u64,
+    cluster_bytes: u64,
+) -> Result<Vec<FileRecord>> {
+    let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for it in &names.items {
+        let Node::File { source, size } = &it.entry.node else {
+            continue;
+        };
+        let mut r = open(source, *size)?;
+        let mut pos = if *size > 0 { at(it.first) } else { 0 };
+        loop {
+            let n = read_full(&mut r, &mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            sink.data(pos, &buf[..n]).map_err(io)?;
+            pos += n as u64;
+        }
+        if r.count() != *size {
+            return Err(bad(spec, &it.entry.path, "source shrank while building"));
+        }
+        let slack = u64::from(it.clusters) * cluster_bytes - size;
+        if slack > 0 {
+            sink.zeros(pos, slack).map_err(io)?;
+        }
+        records.push(FileRecord {
+            path: it.entry.path.clone(),
+            size: *size,
+            sha256: r.finish(),
+        });
+    }
+    Ok(records)
 }
 
 fn bad(spec: &FsSpec<'_>, path: &str, msg: &str) -> Error {

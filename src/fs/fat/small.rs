@@ -10,7 +10,6 @@
 use super::{Fat32, Names, Stamp, bad, label_bytes, put16, put32};
 use crate::error::{Error, Result};
 use crate::fs::{FatOptions, FileRecord, FsSpec, FsWriter, Measure};
-use crate::io::{open, read_full};
 use crate::target::Sink;
 use crate::tree::Node;
 
@@ -351,40 +350,7 @@ impl FsWriter for FatSmall {
             }
         }
 
-        let mut records = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for it in &names.items {
-            let Node::File { source, size } = &it.entry.node else {
-                continue;
-            };
-            let mut r = open(source, *size)?;
-            let mut at = if *size > 0 {
-                g.cluster_offset(it.first)
-            } else {
-                0
-            };
-            loop {
-                let n = read_full(&mut r, &mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                sink.data(at, &buf[..n]).map_err(io)?;
-                at += n as u64;
-            }
-            if r.count() != *size {
-                return Err(bad(spec, &it.entry.path, "source shrank while building"));
-            }
-            let slack = u64::from(it.clusters) * cb - size;
-            if slack > 0 {
-                sink.zeros(at, slack).map_err(io)?;
-            }
-            records.push(FileRecord {
-                path: it.entry.path.clone(),
-                size: *size,
-                sha256: r.finish(),
-            });
-        }
-        Ok(records)
+        super::write_files(spec, &names, sink, |c| g.cluster_offset(c), cb)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::common::*;
+use crate::outputs::{refused_with, run_limited};
 
 /// A copy of the pi4 fixture's images directory.
 /// A copy of the pi/4 fixture with a squashfs added (pi/4 copies one when present).
@@ -23,8 +24,8 @@ fn board_dir(name: &str, board: &str, layouts: &[(&str, &str)]) -> tempfile::Tem
 }
 
 /// Runs `build` of `board` into an empty directory as `out_name`; asserts exit 2, one
-/// `skiff-flash: error:` line holding every `expect` fragment, and nothing left behind.
-/// Returns the error line.
+/// `skiff-flash: error:` line holding every `expect` fragment, no panic, and nothing left
+/// behind; a run over 120 s is killed.
 fn build_refused(images: &Path, board: &str, extra: &[&str], out_name: &str, expect: &[&str]) {
     let out_dir = tempfile::tempdir().unwrap();
     let img = out_dir.path().join(out_name);
@@ -38,45 +39,9 @@ fn build_refused(images: &Path, board: &str, extra: &[&str], out_name: &str, exp
         img.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = run_timed(&args, 120);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit 2 expected; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("skiff-flash: error: "), "{err}");
-    for e in expect {
-        assert!(err.contains(e), "`{e}` not in: {err}");
-    }
+    refused_with(&run_limited(120, &args), 2, expect);
     let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
     assert!(left.is_empty(), "output directory not empty: {left:?}");
-}
-
-/// `run`, killed after `secs` seconds (a hang is a failure, not a stuck test run).
-fn run_timed(args: &[&str], secs: u64) -> std::process::Output {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .env_remove("SKIFF_FLASH_BOARD_PATH")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed().as_secs() > secs {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "skiff-flash {args:?} still running after {secs} s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 // --- file artifacts ------------------------------------------------------------------------
@@ -655,7 +620,7 @@ fn inspect_stops_on_a_looping_or_escaping_ebr_chain() {
     link[4] = 0x05;
     link[12..16].copy_from_slice(&1u32.to_le_bytes());
     f.write_all_at(&link, rec + 462).unwrap();
-    let out = run_timed(&["inspect", "--json", img.to_str().unwrap()], 30);
+    let out = run_limited(30, &["inspect", "--json", img.to_str().unwrap()]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["problems"].to_string().contains("loops"), "{j:#}");
     assert_eq!(

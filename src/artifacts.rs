@@ -314,12 +314,7 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
         }
     };
     if let Some(src) = resource(rule, ctx.configs) {
-        let bytes = read_resource(&src).map_err(|e| {
-            Error::board(
-                &board.name,
-                format!("file rule `{}`: {}: {e}", rule.name, src.display()),
-            )
-        })?;
+        let bytes = crate::io::read_small(&src, "SkiffOS resource")?;
         return p.generated(&dest_for(&rule.name), bytes, 0o644);
     }
     let mut looked_in = Vec::new();
@@ -394,22 +389,6 @@ fn resource(rule: &FileRule, configs: &[PathBuf]) -> Option<PathBuf> {
             .map(|r| dir.join("resources").join(r))
             .find(|p| p.is_file())
     })
-}
-
-/// Reads a resource file (a boot script or config: small text).
-fn read_resource(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_EDITED + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_EDITED {
-        return Err(std::io::Error::other(format!(
-            "larger than {} MiB: not a boot configuration",
-            MAX_EDITED >> 20
-        )));
-    }
-    Ok(bytes)
 }
 
 fn apply_attrs(board: &Board, trees: &mut Trees) -> Result<()> {

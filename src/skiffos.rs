@@ -81,7 +81,9 @@ impl Env {
             .iter()
             .filter_map(|d| {
                 let name = config_name(d)?;
-                let text = std::fs::read_to_string(d.join("metadata/dependencies")).ok()?;
+                let text =
+                    crate::io::read_small_text(&d.join("metadata/dependencies"), "dependency list")
+                        .ok()?;
                 let list = text
                     .split([',', ' ', '\n'])
                     .map(str::trim)

@@ -9,11 +9,11 @@ use std::io::{Read, Seek, SeekFrom};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::fs::{self, FileRecord};
+use crate::format::table::{gpt, mbr};
+use crate::format::{self, FileRecord};
 use crate::io::{HashReader, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
-use crate::table::{gpt, mbr};
-use crate::target::{Sink, Window};
+use crate::sink::{Sink, Window};
 
 /// What was written where.
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +156,7 @@ fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<Pa
             let size = p.fs.as_ref().map_or(p.size, |f| f.size);
             let mut w = Window::new(sink, p.start, size)
                 .map_err(|e| Error::io(format!("partition {}", p.id), e))?;
-            fs::writer(kind).write(&spec, size, &mut w)?
+            format::writer(kind).write(&spec, size, &mut w)?
         }
         (None, Some(image)) => vec![write_image(p, image, sink)?],
         (None, None) => Vec::new(),

@@ -10,7 +10,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::tree::Source;
+use crate::plan::tree::Source;
 
 /// Hashes (SHA-256) and counts everything read through it.
 pub struct HashReader<R> {

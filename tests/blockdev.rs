@@ -10,10 +10,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::{is_root, losetup, need, tool, tool_ok};
-use skiff_flash::target::Sink;
-use skiff_flash::target::blockdev::{
-    self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect,
-};
+use skiff_flash::device::{self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect};
+use skiff_flash::sink::Sink;
 
 const MIB: u64 = 1 << 20;
 
@@ -159,7 +157,7 @@ fn inspect_reports_size_sectors_and_loop_transport() {
     assert!(info.partitions.is_empty() && info.mountpoints.is_empty() && info.holders.is_empty());
     check(&info, &card_policy(64 * MIB)).unwrap();
 
-    let listed = blockdev::list().unwrap();
+    let listed = device::list().unwrap();
     let mine = listed.iter().find(|d| d.name == lo.name).expect("listed");
     assert_eq!(mine.size, 64 * MIB);
     let names: Vec<&str> = listed.iter().map(|d| d.name.as_str()).collect();
@@ -181,7 +179,7 @@ fn the_running_system_disk_is_refused() {
         eprintln!("SKIPPED: / is not on a block device here");
         return;
     }
-    let root = blockdev::list()
+    let root = device::list()
         .unwrap()
         .into_iter()
         .find(|d| d.is_system)
@@ -406,7 +404,7 @@ fn reread_makes_partitions_appear(losetup_args: &[&str]) {
     gpt(&file);
     let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
 
-    let outcome = blockdev::reread_partitions(&dev, &PLAN).unwrap();
+    let outcome = device::reread_partitions(&dev, &PLAN).unwrap();
     eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev());
     assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
     assert_eq!(outcome.nodes, [lo.part(1), lo.part(2)]);
@@ -417,12 +415,12 @@ fn reread_makes_partitions_appear(losetup_args: &[&str]) {
 
     tool_ok("partx", &["-d", lo.dev()]);
     assert!(!lo.sys_part(1).exists());
-    blockdev::reread_partitions(&dev, &PLAN).unwrap();
+    device::reread_partitions(&dev, &PLAN).unwrap();
     assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
 
     // A plan the kernel cannot find in the table: only BLKPG can make it so.
     let other = [(1, 4 * MIB, 8 * MIB)];
-    let outcome = blockdev::reread_partitions(&dev, &other).unwrap();
+    let outcome = device::reread_partitions(&dev, &other).unwrap();
     assert_eq!(outcome.method, RereadMethod::Blkpg);
     assert!(lo.sys_part(1).exists() && !lo.sys_part(2).exists());
     let start = fs::read_to_string(lo.sys_part(1).join("start")).unwrap();
@@ -451,8 +449,8 @@ fn reread_partitions_rejects_a_misaligned_plan() {
     let dir = tempfile::tempdir().unwrap();
     let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
     let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
-    let err = blockdev::reread_partitions(&dev, &[(1, 1000, MIB)]).unwrap_err();
+    let err = device::reread_partitions(&dev, &[(1, 1000, MIB)]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    let err = blockdev::reread_partitions(&dev, &[(1, MIB, 8 * MIB)]).unwrap_err();
+    let err = device::reread_partitions(&dev, &[(1, MIB, 8 * MIB)]).unwrap_err();
     assert!(err.to_string().contains("not a valid partition"), "{err}");
 }

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use skiff_flash::bootcfg::uimage;
-use skiff_flash::fs::fat_read::FatVolume;
-use skiff_flash::inspect::inspect;
-use skiff_flash::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
+use skiff_flash::format::bootcfg::uimage;
+use skiff_flash::format::fat::read::FatVolume;
+use skiff_flash::format::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
+use skiff_flash::ops::inspect::inspect;
 
 /// The fuzz targets, by corpus directory name.
 const TARGETS: [&str; 7] = [
@@ -142,28 +142,28 @@ fn call(target: &str, data: &[u8], scratch: &Path) {
         }
         "bmap" => {
             std::fs::write(scratch, data).expect("writing the scratch file");
-            let _ = skiff_flash::flash::read_bmap(scratch);
+            let _ = skiff_flash::ops::flash::read_bmap(scratch);
         }
         "manifest" => {
             std::fs::write(scratch, data).expect("writing the scratch file");
-            let _ = skiff_flash::manifest::load(scratch);
+            let _ = skiff_flash::image::manifest::load(scratch);
         }
         "genimage" => {
             std::fs::write(scratch, data).expect("writing the scratch file");
             let images = images_dir(scratch);
-            let opts = skiff_flash::genimage::Options {
+            let opts = skiff_flash::define::genimage::Options {
                 images: images.clone(),
                 rootpath: None,
                 size: None,
                 defines: Default::default(),
             };
-            if let Ok(board) = skiff_flash::genimage::load(scratch, &opts) {
+            if let Ok(board) = skiff_flash::define::genimage::load(scratch, &opts) {
                 let _ = skiff_flash::plan::make(&board, &plan_options(images));
             }
         }
         "board" => {
             std::fs::write(scratch, data).expect("writing the scratch file");
-            let catalog = skiff_flash::board::Catalog::new(&[]);
+            let catalog = skiff_flash::define::board::Catalog::new(&[]);
             if let Ok(board) = catalog.board_file(scratch) {
                 let _ = serde_json::to_string(&board);
                 let _ = skiff_flash::plan::make(&board, &plan_options(images_dir(scratch)));

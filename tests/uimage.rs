@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{EPOCH, need};
-use skiff_flash::bootcfg::uimage::{self, Arch};
+use skiff_flash::format::bootcfg::uimage::{self, Arch};
 
 const CRLF_BOOT_TXT: &str = "# SkiffOS boot script\r\n\
     setenv condev \"console=ttyS2,1500000n8 console=tty0\"\r\n\

@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let p = common::scratch("bmap", data);
-    let _ = skiff_flash::flash::read_bmap(&p);
+    let _ = skiff_flash::ops::flash::read_bmap(&p);
 });

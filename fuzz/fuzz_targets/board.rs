@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let file = common::scratch("board.toml", data);
-    let catalog = skiff_flash::board::Catalog::new(&[]);
+    let catalog = skiff_flash::define::board::Catalog::new(&[]);
     if let Ok(board) = catalog.board_file(&file) {
         let _ = serde_json::to_string(&board);
         let _ = skiff_flash::plan::make(

@@ -9,13 +9,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let cfg = common::scratch("genimage.cfg", data);
     let images = common::images_dir();
-    let opts = skiff_flash::genimage::Options {
+    let opts = skiff_flash::define::genimage::Options {
         images: images.clone(),
         rootpath: None,
         size: None,
         defines: Default::default(),
     };
-    if let Ok(board) = skiff_flash::genimage::load(&cfg, &opts) {
+    if let Ok(board) = skiff_flash::define::genimage::load(&cfg, &opts) {
         let _ = skiff_flash::plan::make(
             &board,
             &skiff_flash::plan::Options {

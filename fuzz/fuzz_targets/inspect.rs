@@ -6,8 +6,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use skiff_flash::fs::fat_read::FatVolume;
-use skiff_flash::inspect::inspect;
+use skiff_flash::format::fat::read::FatVolume;
+use skiff_flash::ops::inspect::inspect;
 
 fn fat(disk: &Vec<u8>, base: u64, len: u64) {
     let Ok(v) = FatVolume::open(disk, base, len) else {

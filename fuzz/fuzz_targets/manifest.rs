@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let p = common::scratch("manifest", data);
-    let _ = skiff_flash::manifest::load(&p);
+    let _ = skiff_flash::image::manifest::load(&p);
 });

@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use skiff_flash::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
+use skiff_flash::format::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
 
 fn run(data: &[u8]) {
     let _ = mbr(data);

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skiff_flash::bootcfg::uimage::parse;
+use skiff_flash::format::bootcfg::uimage::parse;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse(data);

@@ -6,10 +6,12 @@ use clap::Args;
 
 use super::ImagesDir;
 
-use skiff_flash::board::Board;
+use skiff_flash::define::board::Board;
+use skiff_flash::image::{manifest, release};
+use skiff_flash::ops::inspect as insp;
+use skiff_flash::ops::verify::{self, Verdict};
 use skiff_flash::units::{bytes, human};
-use skiff_flash::verify::{self, Verdict};
-use skiff_flash::{Error, Result, inspect as insp, manifest, plan, release};
+use skiff_flash::{Error, Result, plan};
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -63,7 +65,7 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
         verify::meaning(&dev, &plan)
     } else if let Some(image) = &a.image {
-        skiff_flash::flash::check_image_file(image)?;
+        skiff_flash::ops::flash::check_image_file(image)?;
         let bmap = a.bmap.clone().or_else(|| {
             let p = release::bmap_path(image);
             p.is_file().then_some(p)

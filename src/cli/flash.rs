@@ -8,11 +8,12 @@ use clap::Args;
 
 use super::ImagesDir;
 
-use skiff_flash::board::Board;
-use skiff_flash::flash::{self, OnProgress, Progress, Report};
-use skiff_flash::target::blockdev::{self, DeviceInfo, SafetyPolicy};
+use skiff_flash::define::board::Board;
+use skiff_flash::device::{self, DeviceInfo, SafetyPolicy};
+use skiff_flash::image::release;
+use skiff_flash::ops::flash::{self, OnProgress, Progress, Report};
 use skiff_flash::units::{bytes, human};
-use skiff_flash::{Error, Result, plan, release};
+use skiff_flash::{Error, Result, plan};
 
 #[derive(Args)]
 pub struct FlashArgs {
@@ -87,7 +88,7 @@ pub fn flash(
     let infos = a
         .devices
         .iter()
-        .map(|d| blockdev::inspect(d))
+        .map(|d| device::inspect(d))
         .collect::<Result<Vec<_>>>()?;
     for (i, info) in infos.iter().enumerate() {
         if infos[..i]
@@ -106,7 +107,7 @@ pub fn flash(
         min_size,
     };
     for info in &infos {
-        blockdev::check(info, &policy)?;
+        device::check(info, &policy)?;
     }
     if !a.yes {
         confirm(&infos, &what)?;
@@ -147,7 +148,7 @@ fn source(
     epoch: i64,
 ) -> Result<(Source, u64, String)> {
     if let Some(image) = &a.image {
-        skiff_flash::flash::check_image_file(image)?;
+        skiff_flash::ops::flash::check_image_file(image)?;
         let bmap_path = a.bmap.clone().or_else(|| {
             let p = release::bmap_path(image);
             p.is_file().then_some(p)
@@ -343,7 +344,7 @@ fn summarize(
 }
 
 pub fn devices(a: &DevicesArgs) -> Result<()> {
-    let list: Vec<DeviceInfo> = blockdev::list()?
+    let list: Vec<DeviceInfo> = device::list()?
         .into_iter()
         .filter(|d| a.all || d.is_card_like())
         .filter(|d| d.size > 0)

@@ -12,10 +12,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
-use skiff_flash::board::Catalog;
-use skiff_flash::target::image::Format;
+use skiff_flash::define::board::Catalog;
+use skiff_flash::define::skiffos;
+use skiff_flash::image::file::Format;
 use skiff_flash::units::parse_size;
-use skiff_flash::{Error, Result, plan, skiffos};
+use skiff_flash::{Error, Result, plan};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -404,7 +405,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
 }
 
 /// A board by name, or from a .toml file path.
-fn load_board(catalog: &Catalog, name: &str) -> Result<skiff_flash::board::Board> {
+fn load_board(catalog: &Catalog, name: &str) -> Result<skiff_flash::define::board::Board> {
     let path = std::path::Path::new(name);
     if name.ends_with(".toml") && path.is_file() {
         return catalog.board_file(path);
@@ -417,7 +418,7 @@ fn board_or_skiff(
     catalog: &Catalog,
     dir: &ImagesDir,
     name: &str,
-) -> Result<skiff_flash::board::Board> {
+) -> Result<skiff_flash::define::board::Board> {
     let given = Some(name).filter(|n| !n.is_empty());
     load_board(catalog, &dir.board(given, catalog)?)
 }
@@ -442,10 +443,10 @@ fn load_genimage(
     rootpath: Option<&std::path::Path>,
     size: Option<u64>,
     defines: &[(String, String)],
-) -> Result<skiff_flash::board::Board> {
-    skiff_flash::genimage::load(
+) -> Result<skiff_flash::define::board::Board> {
+    skiff_flash::define::genimage::load(
         cfg,
-        &skiff_flash::genimage::Options {
+        &skiff_flash::define::genimage::Options {
             images: images.to_path_buf(),
             rootpath: rootpath.map(std::path::Path::to_path_buf),
             size,
@@ -504,7 +505,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     let started = Instant::now();
     // Refused before anything is read or written.
     Format::from_path(&a.output, a.level)?;
-    skiff_flash::output::cleanup_on_signals()?;
+    skiff_flash::image::output::cleanup_on_signals()?;
     let plan = make_plan(catalog, &a.inputs)?;
     warn(cli, &plan.warnings);
     let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
@@ -525,12 +526,12 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let opts = skiff_flash::BuildOptions {
+    let opts = skiff_flash::ops::build::BuildOptions {
         format: Format::from_path(&a.output, a.level)?,
         bmap: a.bmap,
         checksums: a.checksums,
     };
-    let result = skiff_flash::build_image(&plan, &a.output, opts, &mut progress);
+    let result = skiff_flash::ops::build::build_image(&plan, &a.output, opts, &mut progress);
     bar.finish_and_clear();
     let report = result?;
     let elapsed = started.elapsed();
@@ -543,7 +544,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
                 "file_size": report.written.file_size,
                 "file_sha256": report.written.file_sha256,
                 "image_sha256": report.written.stream.sha256,
-                "mapped_bytes": report.written.stream.mapped_blocks * skiff_flash::target::stream::BLOCK,
+                "mapped_bytes": report.written.stream.mapped_blocks * skiff_flash::image::stream::BLOCK,
                 "extra_files": report.extra,
                 "seconds": elapsed.as_secs_f64(),
                 "plan": plan,

@@ -4,10 +4,10 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use skiff_flash::board::{Board, Summary};
+use skiff_flash::define::board::{Board, Summary};
+use skiff_flash::format::table::gpt_type_name;
+use skiff_flash::plan::tree::Node;
 use skiff_flash::plan::{Plan, Table};
-use skiff_flash::table::gpt_type_name;
-use skiff_flash::tree::Node;
 use skiff_flash::units::{bytes, human};
 
 pub fn json<T: serde::Serialize>(v: &T) -> String {
@@ -122,8 +122,13 @@ pub fn board(b: &Board) -> String {
     o
 }
 
-pub fn built(p: &Plan, out: &Path, r: &skiff_flash::BuildReport, took: Duration) -> String {
-    let mapped = r.written.stream.mapped_blocks * skiff_flash::target::stream::BLOCK;
+pub fn built(
+    p: &Plan,
+    out: &Path,
+    r: &skiff_flash::ops::build::BuildReport,
+    took: Duration,
+) -> String {
+    let mapped = r.written.stream.mapped_blocks * skiff_flash::image::stream::BLOCK;
     let mut o = format!(
         "{}: {} bytes ({}), {} partitions, {} mapped, board {} in {:.2} s",
         out.display(),

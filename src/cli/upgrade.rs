@@ -8,10 +8,10 @@ use clap::Args;
 
 use super::ImagesDir;
 
-use skiff_flash::board::Board;
-use skiff_flash::target::blockdev::{self, SafetyPolicy};
+use skiff_flash::define::board::Board;
+use skiff_flash::device::{self, SafetyPolicy};
+use skiff_flash::ops::upgrade::{self, Action, Report, disk::Disk};
 use skiff_flash::units::human;
-use skiff_flash::upgrade::{self, Action, Report, disk::Disk};
 use skiff_flash::{Error, Result};
 
 use super::render;
@@ -95,8 +95,8 @@ pub fn upgrade(
     let meta = std::fs::metadata(&a.target)
         .map_err(|e| Error::Usage(format!("{}: {e}", a.target.display())))?;
     let (mut disk, device) = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-        let info = blockdev::inspect(&a.target)?;
-        blockdev::check(
+        let info = device::inspect(&a.target)?;
+        device::check(
             &info,
             &SafetyPolicy {
                 allow_fixed: a.allow_fixed_disk,
@@ -111,7 +111,7 @@ pub fn upgrade(
                 Some((info, None)),
             )
         } else {
-            let dev = blockdev::Device::open_exclusive(&info)?;
+            let dev = device::Device::open_exclusive(&info)?;
             dev.drop_caches()?;
             let mut disk = Disk::new(dev.try_clone_file()?, &a.target, info.size, false);
             if !a.no_verify {
@@ -166,7 +166,7 @@ pub fn upgrade(
             verified = true;
         }
         drop(disk);
-        blockdev::drop_partition_caches(&info);
+        device::drop_partition_caches(&info);
     }
     print(a, quiet, verbose, &report, started, verified)
 }
@@ -174,7 +174,7 @@ pub fn upgrade(
 /// Reads the writes back from the medium (O_DIRECT, past the page cache) and compares:
 /// the last write to each place (an earlier one that a later one overlaps is not expected
 /// to read back).
-fn read_back(dev: &blockdev::Device, disk: &Disk) -> Result<()> {
+fn read_back(dev: &device::Device, disk: &Disk) -> Result<()> {
     use sha2::Digest;
     // Disjoint ranges already checked (later writes), start -> end.
     let mut later: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();

@@ -1,0 +1,260 @@
+//! The manifest written beside every image (`IMAGE.manifest.json`): what was built from what,
+//! and what a correct copy holds. Format `skiff-flash-manifest/1`:
+//!
+//! - `tool`, `board`, `layout`, `epoch`;
+//! - `image`: `size`, `file` (name), `file_size`, `file_sha256` (the file as written,
+//!   compressed or not), `image_sha256` (uncompressed, when `--checksums`), `block_size` and
+//!   `mapped` — the blocks a device must hold, each range with its SHA-256 (bmaptool's model);
+//! - `inputs`: every file read from the images directory with its size and SHA-256 (for raw
+//!   blobs, of the range used);
+//! - `table`: kind and identifiers; `partitions`: number, id, start, size, type, PARTUUID,
+//!   filesystem kind, label and UUID, `sha256` of the whole partition (not for a partition
+//!   that grows to the card: it holds user data), and every file with size and SHA-256;
+//! - `raw`: bootloader blobs with offset, length and SHA-256.
+//!
+//! Not for checking: that is `verify`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compose;
+use crate::error::{Error, Result};
+use crate::format::FileRecord;
+use crate::image::file::Written;
+use crate::plan::tree::{Node, Source};
+use crate::plan::{Plan, Table};
+
+pub const FORMAT: &str = "skiff-flash-manifest/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub tool: String,
+    pub board: String,
+    pub layout: String,
+    pub epoch: i64,
+    pub image: Image,
+    pub inputs: Vec<Input>,
+    pub table: serde_json::Value,
+    pub partitions: Vec<Partition>,
+    pub raw: Vec<Raw>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub size: u64,
+    pub file: String,
+    pub file_size: u64,
+    pub file_sha256: Option<String>,
+    pub image_sha256: Option<String>,
+    pub block_size: u64,
+    pub mapped: Vec<MappedRange>,
+}
+
+/// Blocks `first..=last`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MappedRange {
+    pub first: u64,
+    pub last: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Partition {
+    pub number: u32,
+    pub id: String,
+    pub start: u64,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub partuuid: String,
+    pub grows: bool,
+    pub fs: Option<String>,
+    pub label: Option<String>,
+    pub uuid: Option<String>,
+    pub sha256: Option<String>,
+    pub files: Vec<FileRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Raw {
+    pub name: String,
+    pub offset: u64,
+    pub length: u64,
+    pub sha256: String,
+}
+
+/// Ranges to hash as partitions while the image streams: every partition that does not
+/// grow to the card.
+pub fn hashed_ranges(plan: &Plan) -> Vec<(u64, u64)> {
+    plan.partitions
+        .iter()
+        .filter(|p| !p.grows)
+        .map(|p| (p.start, p.size))
+        .collect()
+}
+
+/// The manifest of a finished build.
+pub fn make(
+    plan: &Plan,
+    images: &Path,
+    out: &Path,
+    written: &Written,
+    m: &compose::Manifest,
+) -> Manifest {
+    let part_sha: BTreeMap<u64, &str> = written
+        .stream
+        .range_sha256
+        .iter()
+        .map(|(s, _, h)| (*s, h.as_str()))
+        .collect();
+    let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
+    let mut partitions = Vec::new();
+    for (p, rec) in plan.partitions.iter().zip(&m.partitions) {
+        let hashes: BTreeMap<&str, &FileRecord> =
+            rec.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        if let Some(fs) = &p.fs {
+            for e in fs.entries.iter() {
+                if let (
+                    Node::File {
+                        source: Source::Path(src),
+                        size,
+                    },
+                    Some(f),
+                ) = (&e.node, hashes.get(e.path.as_str()))
+                {
+                    let name = src
+                        .strip_prefix(images)
+                        .unwrap_or(src)
+                        .display()
+                        .to_string();
+                    inputs.insert(
+                        name.clone(),
+                        Input {
+                            name,
+                            size: *size,
+                            sha256: f.sha256.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        partitions.push(Partition {
+            number: p.number,
+            id: p.id.clone(),
+            start: p.start,
+            size: p.size,
+            kind: p
+                .gpt_type
+                .map(|g| g.to_string())
+                .or(p.mbr_type.clone())
+                .unwrap_or_default(),
+            partuuid: p.partuuid.clone(),
+            grows: p.grows,
+            fs: p
+                .fs
+                .as_ref()
+                .map(|f| format!("{:?}", f.kind).to_lowercase()),
+            label: p.fs.as_ref().and_then(|f| f.label.clone()),
+            uuid: p.fs.as_ref().map(|f| f.uuid.clone()),
+            sha256: part_sha.get(&p.start).map(|h| h.to_string()),
+            files: rec.files.clone(),
+        });
+    }
+    for (r, rec) in plan.raw.iter().zip(&m.raw) {
+        let name = r
+            .source
+            .strip_prefix(images)
+            .unwrap_or(&r.source)
+            .display()
+            .to_string();
+        inputs.insert(
+            name.clone(),
+            Input {
+                name,
+                size: r.length,
+                sha256: rec.sha256.clone(),
+            },
+        );
+    }
+    let table = match &plan.table {
+        t @ Table::Gpt { .. } | t @ Table::Mbr { .. } => {
+            serde_json::to_value(t).unwrap_or_default()
+        }
+    };
+    Manifest {
+        format: FORMAT.into(),
+        tool: format!("skiff-flash {}", env!("CARGO_PKG_VERSION")),
+        board: plan.board.clone(),
+        layout: plan.layout.clone(),
+        epoch: plan.epoch,
+        image: Image {
+            size: plan.disk_size,
+            file: out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            file_size: written.file_size,
+            file_sha256: written.file_sha256.clone(),
+            image_sha256: written.stream.sha256.clone(),
+            block_size: crate::image::stream::BLOCK,
+            mapped: written
+                .stream
+                .ranges
+                .iter()
+                .map(|r| MappedRange {
+                    first: r.first,
+                    last: r.last,
+                    sha256: r.sha256.clone(),
+                })
+                .collect(),
+        },
+        inputs: inputs.into_values().collect(),
+        table,
+        partitions,
+        raw: m
+            .raw
+            .iter()
+            .map(|r| Raw {
+                name: r.name.clone(),
+                offset: r.offset,
+                length: r.length,
+                sha256: r.sha256.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// `IMAGE.manifest.json` for an output path.
+pub fn path_for(image: &Path) -> std::path::PathBuf {
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    image.with_file_name(format!("{name}.manifest.json"))
+}
+
+/// Reads a manifest file.
+pub fn load(path: &Path) -> Result<Manifest> {
+    let text = crate::io::read_small_text(path, "manifest")?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: format!("not a skiff-flash manifest: {e}"),
+    })?;
+    if m.format != FORMAT {
+        return Err(Error::BadArtifact {
+            path: path.to_path_buf(),
+            message: format!("manifest format `{}`, expected `{FORMAT}`", m.format),
+        });
+    }
+    Ok(m)
+}

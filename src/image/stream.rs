@@ -1,0 +1,442 @@
+//! Images as one ascending byte stream: for compressed release files (the image never exists
+//! uncompressed) and for sparse files whose block map is computed on the way.
+//!
+//! `Sequencer` is a `Sink` that turns the writers' positioned writes into the stream: writes
+//! must ascend, except while a writer holds (ext4 metadata), when they are kept in memory
+//! and released in order as the stream reaches them. Gaps are zeros. It maps which 4 KiB
+//! blocks must be written to a device — data, and zeros a writer declared necessary (a
+//! FAT's free entries) — and hashes each mapped range (bmaptool's model); gaps are "don't
+//! care". It can also hash the whole stream for SHA256SUMS.
+//!
+//! Not for random-access targets (block devices): those take positioned writes directly.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::io::hex;
+use crate::sink::Sink;
+
+/// Block size of the map (bmaptool's default).
+pub const BLOCK: u64 = 4096;
+
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Where the stream goes.
+pub trait Emit {
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `len` zero bytes; a sparse file skips them, a compressor compresses them.
+    fn zeros(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// A mapped range of blocks (inclusive) and the SHA-256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub first: u64,
+    pub last: u64,
+    pub sha256: String,
+}
+
+/// Which blocks of the stream hold data, found as the stream passes.
+#[derive(Default)]
+struct Mapper {
+    ranges: Vec<Range>,
+    open: Option<(u64, Sha256)>,
+    /// First block after the open range.
+    end_block: u64,
+    /// Bytes up to here are in the open range's hash.
+    hashed_to: u64,
+}
+
+impl Mapper {
+    fn zeros_into(h: &mut Sha256, mut len: u64) {
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..n]);
+            len -= n as u64;
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((first, mut h)) = self.open.take() {
+            Self::zeros_into(&mut h, self.end_block * BLOCK - self.hashed_to);
+            self.ranges.push(Range {
+                first,
+                last: self.end_block - 1,
+                sha256: hex(&h.finalize()),
+            });
+        }
+    }
+
+    fn data(&mut self, at: u64, bytes: &[u8]) {
+        self.mapped(at, bytes.len() as u64, |h| h.update(bytes));
+    }
+
+    fn zeros(&mut self, at: u64, len: u64) {
+        self.mapped(at, len, |h| Self::zeros_into(h, len));
+    }
+
+    /// Maps `[at, at+len)`; `feed` hashes its bytes.
+    fn mapped(&mut self, at: u64, len: u64, feed: impl FnOnce(&mut Sha256)) {
+        if len == 0 {
+            return;
+        }
+        let block = at / BLOCK;
+        let contiguous = self.open.is_some() && block <= self.end_block;
+        if !contiguous {
+            self.close();
+            self.open = Some((block, Sha256::new()));
+            self.hashed_to = block * BLOCK;
+        }
+        let gap = at - self.hashed_to;
+        if let Some((_, h)) = self.open.as_mut() {
+            Self::zeros_into(h, gap);
+            feed(h);
+        }
+        let end = at + len;
+        self.hashed_to = end;
+        self.end_block = self.end_block.max(end.div_ceil(BLOCK));
+    }
+
+    fn finish(&mut self, size: u64) -> Vec<Range> {
+        if let Some((_, h)) = self.open.as_mut() {
+            // The image may end inside its last block: hash only what exists.
+            let end = (self.end_block * BLOCK).min(size);
+            Self::zeros_into(h, end.saturating_sub(self.hashed_to));
+            self.hashed_to = self.end_block * BLOCK;
+        }
+        self.close();
+        std::mem::take(&mut self.ranges)
+    }
+}
+
+/// What a finished stream reports.
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    pub size: u64,
+    /// Mapped block ranges with their hashes.
+    pub ranges: Vec<Range>,
+    pub mapped_blocks: u64,
+    /// SHA-256 of the whole image, when asked for.
+    pub sha256: Option<String>,
+    /// The separately hashed ranges: (start, len, SHA-256).
+    pub range_sha256: Vec<(u64, u64, String)>,
+}
+
+/// Positioned writes in, one ascending stream out.
+/// A write kept while the writer holds.
+enum Held {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+pub struct Sequencer<E: Emit> {
+    out: E,
+    size: u64,
+    cursor: u64,
+    held: BTreeMap<u64, Held>,
+    holding: bool,
+    map: Mapper,
+    hash: Option<Sha256>,
+    /// Byte ranges hashed on their own (partitions), with their hashers.
+    ranges: Vec<(u64, u64, Sha256)>,
+}
+
+impl<E: Emit> Sequencer<E> {
+    /// A stream of `size` bytes; `hash_all` also hashes every byte (zeros included).
+    pub fn new(out: E, size: u64, hash_all: bool) -> Self {
+        Sequencer {
+            out,
+            size,
+            cursor: 0,
+            held: BTreeMap::new(),
+            holding: false,
+            map: Mapper::default(),
+            hash: hash_all.then(Sha256::new),
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Also hashes each `(start, len)` range of the stream on its own.
+    pub fn hash_ranges(&mut self, ranges: &[(u64, u64)]) {
+        self.ranges = ranges.iter().map(|&(s, l)| (s, l, Sha256::new())).collect();
+    }
+
+    /// Feeds `[at, at+len)` (`bytes`, or zeros) to the range hashers it overlaps.
+    fn feed_ranges(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
+        for (s, l, h) in &mut self.ranges {
+            let a = at.max(*s);
+            let b = (at + len).min(*s + *l);
+            if a >= b {
+                continue;
+            }
+            match bytes {
+                Some(d) => h.update(&d[(a - at) as usize..(b - at) as usize]),
+                None => Mapper::zeros_into(h, b - a),
+            }
+        }
+    }
+
+    fn gap(&mut self, to: u64) -> io::Result<()> {
+        let len = to - self.cursor;
+        if len > 0 {
+            if let Some(h) = self.hash.as_mut() {
+                Mapper::zeros_into(h, len);
+            }
+            self.feed_ranges(self.cursor, None, len);
+            self.out.zeros(len)?;
+            self.cursor = to;
+        }
+        Ok(())
+    }
+
+    fn behind(&self, at: u64) -> io::Result<()> {
+        if at < self.cursor {
+            return Err(io::Error::other(format!(
+                "write at {at} behind the stream at {} (writer out of order)",
+                self.cursor
+            )));
+        }
+        Ok(())
+    }
+
+    /// Zeros that must be written (mapped), unlike gaps.
+    fn emit_zeros(&mut self, at: u64, len: u64) -> io::Result<()> {
+        // Zeros declared over bytes already streamed add nothing.
+        let start = at.max(self.cursor);
+        let end = at + len;
+        if end <= start {
+            return Ok(());
+        }
+        self.gap(start)?;
+        let len = end - start;
+        if let Some(h) = self.hash.as_mut() {
+            Mapper::zeros_into(h, len);
+        }
+        self.feed_ranges(start, None, len);
+        self.map.zeros(start, len);
+        self.out.zeros(len)?;
+        self.cursor = end;
+        Ok(())
+    }
+
+    fn emit(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.behind(at)?;
+        self.gap(at)?;
+        if let Some(h) = self.hash.as_mut() {
+            h.update(bytes);
+        }
+        self.feed_ranges(at, Some(bytes), bytes.len() as u64);
+        self.map.data(at, bytes);
+        self.out.data(bytes)?;
+        self.cursor += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Emits every held write that starts before `at`.
+    fn release_below(&mut self, at: u64) -> io::Result<()> {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() >= at {
+                break;
+            }
+            match entry.remove_entry() {
+                (o, Held::Data(b)) => self.emit(o, &b)?,
+                (o, Held::Zeros(n)) => self.emit_zeros(o, n)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits what is left and the zeros to the end; returns the emitter and the summary.
+    pub fn finish(mut self) -> io::Result<(E, StreamSummary)> {
+        self.release_below(u64::MAX)?;
+        self.gap(self.size)?;
+        let ranges = self.map.finish(self.size);
+        let mapped_blocks = ranges.iter().map(|r| r.last - r.first + 1).sum();
+        let sha256 = self.hash.take().map(|h| hex(&h.finalize()));
+        let range_sha256 = std::mem::take(&mut self.ranges)
+            .into_iter()
+            .map(|(s, l, h)| (s, l, hex(&h.finalize())))
+            .collect();
+        Ok((
+            self.out,
+            StreamSummary {
+                size: self.size,
+                ranges,
+                mapped_blocks,
+                sha256,
+                range_sha256,
+            },
+        ))
+    }
+}
+
+impl<E: Emit> Sink for Sequencer<E> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset + bytes.len() as u64 > self.size {
+            return Err(io::Error::other("write past the end of the image"));
+        }
+        if self.holding {
+            self.held.insert(offset, Held::Data(bytes.to_vec()));
+            return Ok(());
+        }
+        self.release_below(offset)?;
+        self.emit(offset, bytes)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if offset + len > self.size {
+            return Err(io::Error::other("zeros past the end of the image"));
+        }
+        if self.holding {
+            self.held.insert(offset, Held::Zeros(len));
+            return Ok(());
+        }
+        self.release_below(offset)?;
+        self.emit_zeros(offset, len)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn sequential(&self) -> bool {
+        true
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        self.holding = on;
+        Ok(())
+    }
+}
+
+/// A sparse file written front to back: data is written, zeros are skipped (holes).
+pub struct SparseFile<'a> {
+    pub file: &'a std::fs::File,
+    at: u64,
+}
+
+impl<'a> SparseFile<'a> {
+    pub fn new(file: &'a std::fs::File) -> Self {
+        SparseFile { file, at: 0 }
+    }
+}
+
+impl Emit for SparseFile<'_> {
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.at)?;
+        self.at += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        self.at += len;
+        Ok(())
+    }
+}
+
+/// Any `Write` (a compressor): zeros are written as zeros.
+pub struct Stream<W: Write>(pub W);
+
+impl<W: Write> Emit for Stream<W> {
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn zeros(&mut self, mut len: u64) -> io::Result<()> {
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.0.write_all(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Mem(Vec<u8>);
+
+    impl Emit for Mem {
+        fn data(&mut self, b: &[u8]) -> io::Result<()> {
+            self.0.extend_from_slice(b);
+            Ok(())
+        }
+        fn zeros(&mut self, len: u64) -> io::Result<()> {
+            self.0.resize(self.0.len() + len as usize, 0);
+            Ok(())
+        }
+    }
+
+    fn sha(b: &[u8]) -> String {
+        hex(&Sha256::digest(b))
+    }
+
+    #[test]
+    fn held_writes_are_released_in_order() {
+        let mut s = Sequencer::new(Mem::default(), 64 << 10, true);
+        s.data(0, b"head").unwrap();
+        s.hold(true).unwrap();
+        s.data(40_000, b"meta2").unwrap();
+        s.data(9_000, b"meta1").unwrap();
+        s.hold(false).unwrap();
+        s.data(20_000, b"data").unwrap();
+        s.data(50_000, b"tail").unwrap();
+        let (out, sum) = s.finish().unwrap();
+        let mut want = vec![0u8; 64 << 10];
+        for (o, b) in [
+            (0, &b"head"[..]),
+            (9_000, b"meta1"),
+            (20_000, b"data"),
+            (40_000, b"meta2"),
+            (50_000, b"tail"),
+        ] {
+            want[o..o + b.len()].copy_from_slice(b);
+        }
+        assert!(out.0 == want);
+        assert_eq!(sum.sha256, Some(sha(&want)));
+        let blocks: Vec<(u64, u64)> = sum.ranges.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(blocks, [(0, 0), (2, 2), (4, 4), (9, 9), (12, 12)]);
+        for r in &sum.ranges {
+            let a = (r.first * BLOCK) as usize;
+            let b = ((r.last + 1) * BLOCK) as usize;
+            assert_eq!(r.sha256, sha(&want[a..b]));
+        }
+    }
+
+    #[test]
+    fn adjacent_blocks_form_one_range() {
+        let mut s = Sequencer::new(Mem::default(), 5 * BLOCK, false);
+        s.data(100, &[1; 10]).unwrap();
+        s.data(BLOCK + 5, &[2; 10]).unwrap();
+        s.data(3 * BLOCK, &[3; 10]).unwrap();
+        let (out, sum) = s.finish().unwrap();
+        let blocks: Vec<(u64, u64)> = sum.ranges.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(blocks, [(0, 1), (3, 3)]);
+        assert_eq!(sum.ranges[0].sha256, sha(&out.0[..2 * BLOCK as usize]));
+        assert_eq!(sum.mapped_blocks, 3);
+    }
+
+    #[test]
+    fn declared_zeros_are_mapped_gaps_are_not() {
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, false);
+        s.data(0, &[1; 10]).unwrap();
+        s.zeros(2 * BLOCK, 2 * BLOCK).unwrap();
+        let (_, sum) = s.finish().unwrap();
+        let blocks: Vec<(u64, u64)> = sum.ranges.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(blocks, [(0, 0), (2, 3)]);
+        assert_eq!(sum.ranges[1].sha256, sha(&[0; 2 * BLOCK as usize]));
+    }
+
+    #[test]
+    fn out_of_order_writes_are_an_error_not_corruption() {
+        let mut s = Sequencer::new(Mem::default(), 8192, false);
+        s.data(5000, b"x").unwrap();
+        assert!(s.data(100, b"y").is_err());
+    }
+}

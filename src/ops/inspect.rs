@@ -1,0 +1,376 @@
+//! What is on a disk or image, read-only: the partition table (GPT, MBR, hybrid), and for
+//! each partition its filesystem (FAT32, ext4, squashfs, unknown) with label, UUID and
+//! size, and for FAT the file list.
+//!
+//! Takes any bytes: a truncated image, a GPT with a bad CRC or a FAT whose chains loop are
+//! reported as problems and inspection carries on. Never writes, never panics.
+
+use serde::Serialize;
+
+use crate::format::fat::read::FatVolume;
+use crate::format::table::read::{
+    GptHeader, ebr_chain, gpt_entries, gpt_from_head, gpt_header, is_extended as ebr_type, mbr,
+};
+use crate::format::table::{Guid, SECTOR, TableEntry, gpt_type_name};
+use crate::io::ReadAt;
+
+/// Everything found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub size: u64,
+    pub table: Table,
+    pub partitions: Vec<Partition>,
+    /// What is wrong, in words.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Table {
+    Gpt {
+        disk_guid: Guid,
+        primary_ok: bool,
+        backup_ok: bool,
+        /// The MBR also lists partitions besides the protective one.
+        hybrid: bool,
+    },
+    Mbr {
+        disk_id: String,
+    },
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    pub number: u32,
+    pub start: u64,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    pub bootable: bool,
+    pub fs: Filesystem,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Filesystem {
+    /// fat32, ext4, squashfs, extended (an MBR container of logical partitions) or unknown.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// FAT only: every file and directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileInfo>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+    pub dir: bool,
+}
+
+/// Reads `len` bytes at `at`, or as many as exist (zero-filled past the end).
+fn read_some(dev: &dyn ReadAt, at: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let size = dev.size();
+    if at >= size {
+        return buf;
+    }
+    let n = ((size - at) as usize).min(len);
+    if dev.read_exact_at(&mut buf[..n], at).is_err() {
+        buf.fill(0);
+    }
+    buf
+}
+
+/// Inspects a disk or image.
+pub fn inspect(dev: &dyn ReadAt) -> Inspection {
+    let size = dev.size();
+    let mut problems = Vec::new();
+    if size < 2 * SECTOR {
+        problems.push(format!(
+            "only {size} bytes: too small to hold a partition table"
+        ));
+    }
+    let head = read_some(dev, 0, 1 << 20);
+    let (table, entries) = table(dev, &head, size, &mut problems);
+    let partitions = entries
+        .into_iter()
+        .map(|(n, e)| partition(dev, n, e, size, &table, &mut problems))
+        .collect();
+    Inspection {
+        size,
+        table,
+        partitions,
+        problems,
+    }
+}
+
+fn table(
+    dev: &dyn ReadAt,
+    head: &[u8],
+    size: u64,
+    problems: &mut Vec<String>,
+) -> (Table, Vec<(u32, TableEntry)>) {
+    let m = mbr(&head[..512]);
+    let protective = m
+        .as_ref()
+        .is_some_and(|(_, e)| e.iter().any(|(_, x)| x.mbr_type == Some(0xEE)));
+    let primary = gpt_from_head(head);
+    let backup = backup_gpt(dev, size);
+    if protective || primary.is_ok() {
+        let hybrid = m
+            .as_ref()
+            .is_some_and(|(_, e)| e.iter().any(|(_, x)| x.mbr_type != Some(0xEE)));
+        if let Err(e) = &primary {
+            problems.push(format!("primary GPT: {e}"));
+        }
+        if let Err(e) = &backup {
+            problems.push(format!("backup GPT: {e}"));
+        }
+        let chosen = primary.as_ref().ok().or(backup.as_ref().ok());
+        let Some((h, entries)) = chosen else {
+            return (Table::None, Vec::new());
+        };
+        if primary.is_err() {
+            problems.push("using the backup GPT".into());
+        }
+        return (
+            Table::Gpt {
+                disk_guid: h.disk_guid,
+                primary_ok: primary.is_ok(),
+                backup_ok: backup.is_ok(),
+                hybrid,
+            },
+            entries.clone(),
+        );
+    }
+    match m {
+        Some((id, mut e)) => {
+            let extended: Vec<TableEntry> = e
+                .iter()
+                .filter(|(_, p)| p.mbr_type.is_some_and(ebr_type))
+                .map(|(_, p)| p.clone())
+                .collect();
+            for ext in extended.iter().take(1) {
+                let (logical, err) =
+                    ebr_chain(ext, size, &|at| read_some(dev, at, SECTOR as usize));
+                if let Some(err) = err {
+                    problems.push(format!("extended partition: {err}"));
+                }
+                e.extend(logical);
+            }
+            if extended.len() > 1 {
+                problems.push("more than one extended partition".into());
+            }
+            (
+                Table::Mbr {
+                    disk_id: format!("{id:08x}"),
+                },
+                e,
+            )
+        }
+        None => {
+            problems.push("no partition table (no MBR signature, no GPT)".into());
+            (Table::None, Vec::new())
+        }
+    }
+}
+
+/// The backup GPT at the end of a disk of `size` bytes: header, then the array it names.
+fn backup_gpt(dev: &dyn ReadAt, size: u64) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+    if size < 34 * SECTOR {
+        return Err("disk too small".into());
+    }
+    gpt_at(dev, size, (size - SECTOR) / SECTOR)
+}
+
+/// The GPT whose header is at `lba`: header, then the array it names.
+pub(crate) fn gpt_at(
+    dev: &dyn ReadAt,
+    size: u64,
+    lba: u64,
+) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+    let hat = lba
+        .checked_mul(SECTOR)
+        .filter(|a| a.saturating_add(SECTOR) <= size)
+        .ok_or("header outside the disk")?;
+    let h = gpt_header(&read_some(dev, hat, SECTOR as usize))?;
+    let at = h
+        .array_lba
+        .checked_mul(SECTOR)
+        .filter(|a| *a < size)
+        .ok_or("array outside the disk")?;
+    let array = read_some(dev, at, h.array_bytes());
+    let e = gpt_entries(&h, &array)?;
+    Ok((h, e))
+}
+
+fn partition(
+    dev: &dyn ReadAt,
+    number: u32,
+    e: TableEntry,
+    disk: u64,
+    table: &Table,
+    problems: &mut Vec<String>,
+) -> Partition {
+    let end = e.start.saturating_add(e.size);
+    if end > disk {
+        problems.push(format!(
+            "partition {number} ends at byte {end} beyond the disk's {disk}"
+        ));
+    }
+    let kind = match (e.gpt_type, e.mbr_type) {
+        (Some(g), _) => gpt_type_name(g).map_or(g.to_string(), str::to_string),
+        (_, Some(b)) => format!("0x{b:02x}"),
+        _ => "unknown".into(),
+    };
+    let partuuid = match table {
+        Table::Gpt { .. } => Some(e.guid.to_string().to_lowercase()),
+        Table::Mbr { disk_id } => Some(format!("{disk_id}-{number:02x}")),
+        Table::None => None,
+    };
+    let len = e.size.min(disk.saturating_sub(e.start));
+    let container = matches!(table, Table::Mbr { .. }) && e.mbr_type.is_some_and(ebr_type);
+    let fs = if container {
+        Filesystem {
+            kind: "extended".into(),
+            label: None,
+            uuid: None,
+            size: None,
+            files: None,
+        }
+    } else {
+        filesystem(dev, e.start, len, number, problems)
+    };
+    if fs.kind == "unknown" {
+        problems.push(format!(
+            "partition {number} ({kind}): no filesystem recognised"
+        ));
+    }
+    Partition {
+        number,
+        start: e.start,
+        size: e.size,
+        kind,
+        name: e.name,
+        partuuid,
+        bootable: e.bootable,
+        fs,
+    }
+}
+
+/// Identifies the filesystem at `[start, start+len)`.
+pub fn filesystem(
+    dev: &dyn ReadAt,
+    start: u64,
+    len: u64,
+    n: u32,
+    problems: &mut Vec<String>,
+) -> Filesystem {
+    let head = read_some(dev, start, 4096.min(len as usize));
+    let mut fs = Filesystem {
+        kind: "unknown".into(),
+        label: None,
+        uuid: None,
+        size: None,
+        files: None,
+    };
+    if head.len() >= 1024 + 136 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
+        let sb = &head[1024..];
+        let blocks = u64::from(u32::from_le_bytes([sb[4], sb[5], sb[6], sb[7]]));
+        let log = u32::from_le_bytes([sb[24], sb[25], sb[26], sb[27]]);
+        fs.kind = "ext4".into();
+        fs.label = Some(
+            String::from_utf8_lossy(&sb[120..136])
+                .trim_end_matches('\0')
+                .to_string(),
+        );
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&sb[104..120]);
+        fs.uuid = Some(Guid(u).to_string().to_lowercase());
+        if log < 8 {
+            fs.size = Some(blocks * (1024 << log));
+        }
+        return fs;
+    }
+    if head.len() >= 4 && &head[..4] == b"hsqs" {
+        fs.kind = "squashfs".into();
+        // A partition cut short by the end of the disk may not hold the whole superblock.
+        fs.size = head
+            .get(40..48)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
+        return fs;
+    }
+    let fat_sig = head.len() >= 512
+        && head[510..512] == [0x55, 0xAA]
+        && (&head[82..87] == b"FAT32" || &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16");
+    if fat_sig {
+        fs.kind = if &head[82..87] == b"FAT32" {
+            "fat32"
+        } else {
+            "fat16"
+        }
+        .into();
+        match FatVolume::open(dev, start, len) {
+            Ok(v) => {
+                fs.kind = v.fat_type.to_lowercase();
+                fs.label = Some(v.label.clone());
+                fs.uuid = Some(format!(
+                    "{:04X}-{:04X}",
+                    v.volume_id >> 16,
+                    v.volume_id & 0xFFFF
+                ));
+                fs.size = Some(u64::from(v.clusters()) * v.cluster_bytes());
+                match v.list() {
+                    Ok(list) => {
+                        fs.files = Some(
+                            list.into_iter()
+                                .map(|e| FileInfo {
+                                    path: e.path,
+                                    size: e.size,
+                                    dir: e.is_dir,
+                                })
+                                .collect(),
+                        )
+                    }
+                    Err(e) => problems.push(format!("partition {n} (FAT): {e}")),
+                }
+            }
+            Err(e) => problems.push(format!("partition {n} (FAT): {e}")),
+        }
+    }
+    fs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x = 7u64;
+        for len in [0usize, 1, 511, 512, 4096, 70_000, 1 << 20] {
+            let mut v = vec![0u8; len];
+            for b in v.iter_mut() {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                *b = (x >> 33) as u8;
+            }
+            if len >= 512 {
+                v[510] = 0x55;
+                v[511] = 0xAA;
+            }
+            let i = inspect(&v);
+            assert_eq!(i.size, len as u64);
+        }
+    }
+}

@@ -1,0 +1,743 @@
+//! Upgrading a FAT32 boot partition in place so that, at every instant, the card holds
+//! either the complete old boot set or the complete new one.
+//!
+//! The switch is the root directory. A FAT32 volume names the first cluster of its root
+//! directory in one 4-byte field of its boot sector. The new set is written beside the old
+//! one: every new or changed file, and a fresh copy of every directory (the root included),
+//! go into clusters the old tree does not use, and their chains into FAT entries that are
+//! free in the old tree. Files that did not change are not copied: the new directories
+//! point at their existing clusters. Until the switch the old tree is untouched (the new
+//! chains are, to it, unreferenced clusters). Then:
+//!
+//! 1. flush; 2. rewrite sector 0 with the new root cluster (one sector: the switch);
+//! 3. flush; 4. the backup boot sector; 5. flush; 6. free the clusters only the old tree
+//!    used, and any other unreferenced chain; update FSInfo; 7. flush.
+//!
+//! Interrupted before step 2, the card boots the old set and a re-run starts over, reusing
+//! the unreferenced clusters. Interrupted after it, the card boots the new set and a re-run
+//! finds nothing to copy and finishes steps 4–7. If the new files and directories do not
+//! fit in the clusters the old set leaves free, nothing is written.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::format::FsSpec;
+use crate::format::fat::read::{FatEntry, FatVolume};
+use crate::format::fat::{Child, encode_directory, stamp_of};
+use crate::io::read_full;
+use crate::plan::tree::{Entry, Node, Source, Tree, parent_of};
+use crate::units::bytes;
+
+use super::disk::Disk;
+use super::{Action, Change, Keep};
+
+const BAD: u32 = 0x0FFF_FFF7;
+const EOC: u32 = 0x0FFF_FFFF;
+const UIMAGE_MAGIC: [u8; 4] = [0x27, 0x05, 0x19, 0x56];
+
+/// Files at the root that users edit on the card: kept when edited unless forced.
+const USER_CONFIGS: &[&str] = &["config.txt", "cmdline.txt", "usercfg.txt"];
+
+/// The volume's shape, from its boot sector.
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    reserved: u64,
+    nfats: u64,
+    fat_sectors: u64,
+    cluster_bytes: u64,
+    clusters: u32,
+    /// FSInfo and backup boot sector numbers, when inside the reserved area.
+    fsinfo: Option<u64>,
+    backup: Option<u64>,
+}
+
+const SECTOR: u64 = 512;
+
+impl Geo {
+    /// The geometry as the reader (`FatVolume::open`) takes it, with the same checks, for a
+    /// volume in a partition of `len` bytes.
+    fn read(bs: &[u8], len: u64) -> std::result::Result<Geo, String> {
+        let u16_at = |i: usize| u64::from(u16::from_le_bytes([bs[i], bs[i + 1]]));
+        let u32_at =
+            |i: usize| u64::from(u32::from_le_bytes([bs[i], bs[i + 1], bs[i + 2], bs[i + 3]]));
+        if u16_at(11) != SECTOR {
+            return Err(format!("{}-byte sectors (only 512 is edited)", u16_at(11)));
+        }
+        if u16_at(40) & 0x80 != 0 {
+            return Err("FAT mirroring is off (one active FAT): not edited".into());
+        }
+        let reserved = u16_at(14);
+        let nfats = u64::from(bs[16]);
+        let fat_sectors = u32_at(36);
+        let spc = u64::from(bs[13]);
+        let total = match u16_at(19) {
+            0 => u32_at(32),
+            n => n,
+        };
+        if total * SECTOR > len {
+            return Err("boot sector: volume larger than its partition".into());
+        }
+        let clusters = total
+            .checked_sub(reserved + nfats * fat_sectors)
+            .filter(|_| spc > 0 && nfats > 0 && reserved > 0)
+            .ok_or("boot sector: FATs larger than the volume")?
+            / spc;
+        if clusters + 2 > fat_sectors * SECTOR / 4 {
+            return Err("boot sector: FAT too small for the clusters".into());
+        }
+        // Sectors outside the reserved area are not what their fields claim: leave them.
+        let inside = |s: u64| (1..reserved).contains(&s).then_some(s);
+        Ok(Geo {
+            reserved,
+            nfats,
+            fat_sectors,
+            cluster_bytes: spc * SECTOR,
+            clusters: clusters as u32,
+            fsinfo: inside(u16_at(48)),
+            backup: inside(u16_at(50)),
+        })
+    }
+}
+
+/// What is written before the switch.
+enum Payload {
+    File {
+        source: Source,
+        size: u64,
+        path: String,
+    },
+    Bytes(Vec<u8>),
+}
+
+struct Put {
+    clusters: Vec<u32>,
+    payload: Payload,
+}
+
+/// Everything decided about one boot partition's upgrade, before any write.
+pub struct BootEdit {
+    pub part: String,
+    start: u64,
+    geo: Geo,
+    boot_sector: Vec<u8>,
+    /// Each FAT copy as found.
+    fats_old: Vec<Vec<u8>>,
+    fat_staged: Vec<u8>,
+    fat_final: Vec<u8>,
+    puts: Vec<Put>,
+    new_root: Option<u32>,
+    backup_differs: bool,
+    fsinfo: Option<[u8; 512]>,
+    fsinfo_backup: Option<[u8; 512]>,
+    fsinfo_backup_sector: Option<u64>,
+    fsinfo_final: Option<[u8; 512]>,
+    pub changes: Vec<Change>,
+    /// Bytes of clusters the new set needs beside the old one, and bytes free for it.
+    pub needs: u64,
+    pub free: u64,
+    /// Clusters allocated but used by no file (left by an interrupted upgrade).
+    pub lost_clusters: u64,
+}
+
+/// One file or directory on the card.
+struct Old {
+    e: FatEntry,
+    chain: Vec<u32>,
+}
+
+impl BootEdit {
+    /// Whether anything will be written.
+    pub fn writes_anything(&self) -> bool {
+        self.new_root.is_some()
+            || self.backup_differs
+            || self.fats_old.iter().any(|f| *f != self.fat_final)
+            || self.fsinfo_final != self.fsinfo
+            || (self.fsinfo_backup.is_some() && self.fsinfo_final != self.fsinfo_backup)
+    }
+
+    /// Reads the partition and decides the edit; writes nothing.
+    pub fn plan(
+        disk: &Disk,
+        spec: &FsSpec<'_>,
+        start: u64,
+        len: u64,
+        keep: &Keep,
+        force_config: bool,
+    ) -> Result<BootEdit> {
+        let part = spec.part.to_string();
+        let damaged = |m: String| {
+            Error::partition(
+                &part,
+                format!(
+                    "{m}; the FAT is damaged: repair it (fsck.fat) or start over with --reformat"
+                ),
+            )
+        };
+        let vol = FatVolume::open(disk, start, len).map_err(damaged)?;
+        let mut boot_sector = vec![0u8; 512];
+        disk.read_at(start, &mut boot_sector)?;
+        let geo = Geo::read(&boot_sector, len).map_err(damaged)?;
+        let cb = geo.cluster_bytes;
+        let sector_at = |n: Option<u64>| -> Result<Option<[u8; 512]>> {
+            let Some(n) = n else { return Ok(None) };
+            let mut b = [0u8; 512];
+            disk.read_at(start + n * SECTOR, &mut b)?;
+            Ok(Some(b))
+        };
+        let fsinfo_backup_sector = geo
+            .backup
+            .zip(geo.fsinfo)
+            .map(|(b, f)| b + f)
+            .filter(|s| *s < geo.reserved);
+        let backup = sector_at(geo.backup)?;
+        let fsinfo = sector_at(geo.fsinfo)?;
+        let fsinfo_backup = sector_at(fsinfo_backup_sector)?;
+        // Every FAT copy as it is: an interrupted run may have left them different.
+        let fat_len = (geo.clusters as usize + 2) * 4;
+        let mut fats_old = Vec::new();
+        for copy in 0..geo.nfats {
+            let mut f = vec![0u8; fat_len];
+            disk.read_at(
+                start + (geo.reserved + copy * geo.fat_sectors) * SECTOR,
+                &mut f,
+            )?;
+            fats_old.push(f);
+        }
+        let fat_old = fats_old[0].clone();
+
+        // The old tree and every cluster it uses.
+        let listed = vol.list().map_err(damaged)?;
+        let mut used: HashSet<u32> = HashSet::new();
+        let root_chain = vol
+            .chain(vol.root_cluster(), u64::from(geo.clusters))
+            .map_err(damaged)?;
+        used.extend(&root_chain);
+        let mut old = Vec::with_capacity(listed.len());
+        for mut e in listed {
+            if !e.is_dir && e.size == 0 {
+                // An empty file owns no cluster, whatever its entry says.
+                e.first_cluster = 0;
+            }
+            let chain = if e.is_dir {
+                vol.chain(e.first_cluster, u64::from(geo.clusters))
+                    .map_err(damaged)?
+            } else if e.size > 0 {
+                let c = vol
+                    .chain(e.first_cluster, e.size.div_ceil(cb))
+                    .map_err(damaged)?;
+                if (c.len() as u64) < e.size.div_ceil(cb) {
+                    return Err(damaged(format!(
+                        "{}: cluster chain shorter than the file",
+                        e.path
+                    )));
+                }
+                c
+            } else {
+                Vec::new()
+            };
+            for c in &chain {
+                if !used.insert(*c) {
+                    return Err(damaged(format!(
+                        "{}: cluster {c} belongs to two files",
+                        e.path
+                    )));
+                }
+            }
+            old.push(Old { e, chain });
+        }
+        let by_path: HashMap<String, usize> = old
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.e.path.to_lowercase(), i))
+            .collect();
+        // The stamp the last install gave its files: the most common one.
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for o in old.iter().filter(|o| !o.e.is_dir) {
+            *counts.entry(o.e.stamp).or_default() += 1;
+        }
+        let installed = counts
+            .into_iter()
+            .max_by_key(|(s, n)| (*n, *s))
+            .map(|(s, _)| s);
+
+        // The new tree: the build, what is kept, what did not change.
+        let mut tree = Tree::new();
+        let mut reuse: HashMap<String, (u32, Vec<u32>, Option<u32>)> = HashMap::new();
+        let mut changes = Vec::new();
+        let mut claimed: HashSet<usize> = HashSet::new();
+        let new_stamp = stamp_of(spec.epoch);
+        let mut new_dirs = false;
+        for e in spec.tree.iter().skip(1) {
+            let found = by_path.get(&e.path.to_lowercase()).copied();
+            let Node::File { source, size } = &e.node else {
+                insert(&mut tree, e.clone(), &part)?;
+                match found.filter(|i| old[*i].e.is_dir) {
+                    Some(i) => {
+                        claimed.insert(i);
+                    }
+                    None => new_dirs = true,
+                }
+                continue;
+            };
+            let change = |action, old_size: Option<u64>, note: Option<String>| Change {
+                partition: part.clone(),
+                path: e.path.clone(),
+                action,
+                old_size,
+                new_size: Some(*size),
+                note,
+            };
+            match found.filter(|i| !old[*i].e.is_dir) {
+                Some(i) => {
+                    claimed.insert(i);
+                    let o = &old[i];
+                    if o.e.size == *size && same(&vol, &o.e, source)? {
+                        reuse.insert(e.path.clone(), (o.e.first_cluster, o.chain.clone(), None));
+                        insert(&mut tree, e.clone(), &part)?;
+                        changes.push(change(Action::Unchanged, Some(o.e.size), None));
+                        continue;
+                    }
+                    let edited = Some(o.e.stamp) != installed;
+                    if USER_CONFIGS
+                        .contains(&e.path.trim_start_matches('/').to_lowercase().as_str())
+                        && edited
+                        && !force_config
+                    {
+                        reuse.insert(
+                            e.path.clone(),
+                            (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)),
+                        );
+                        insert(
+                            &mut tree,
+                            Entry {
+                                node: Node::File {
+                                    source: Source::Text(String::new()),
+                                    size: o.e.size,
+                                },
+                                ..e.clone()
+                            },
+                            &part,
+                        )?;
+                        changes.push(Change {
+                            new_size: Some(o.e.size),
+                            ..change(
+                                Action::Kept,
+                                Some(o.e.size),
+                                Some("edited on the card; differs from the build (--force-config replaces it)".into()),
+                            )
+                        });
+                        continue;
+                    }
+                    insert(&mut tree, e.clone(), &part)?;
+                    changes.push(change(Action::Replaced, Some(o.e.size), None));
+                }
+                None => {
+                    insert(&mut tree, e.clone(), &part)?;
+                    changes.push(change(Action::Added, None, None));
+                }
+            }
+        }
+        for (i, o) in old.iter().enumerate() {
+            if claimed.contains(&i) || o.e.is_dir {
+                continue;
+            }
+            let change = |action, note: Option<String>| Change {
+                partition: part.clone(),
+                path: o.e.path.clone(),
+                action,
+                old_size: Some(o.e.size),
+                new_size: (action == Action::Kept).then_some(o.e.size),
+                note,
+            };
+            if keep.matches(&part, &o.e.path) {
+                // Under the directories the tree already has, as the tree spells them.
+                let path = canonical(&tree, &o.e.path);
+                let e = Entry {
+                    path: path.clone(),
+                    node: Node::File {
+                        source: Source::Text(String::new()),
+                        size: o.e.size,
+                    },
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                };
+                if let Err(m) = tree.insert(e) {
+                    return Err(Error::Usage(format!("--keep {}: {}", o.e.path, m.0)));
+                }
+                reuse.insert(path, (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)));
+                changes.push(change(Action::Kept, Some("kept (--keep)".into())));
+            } else {
+                changes.push(change(Action::Removed, None));
+            }
+        }
+
+        let anything = new_dirs
+            || changes
+                .iter()
+                .any(|c| c.action != Action::Unchanged && c.action != Action::Kept)
+            || old
+                .iter()
+                .any(|o| o.e.is_dir && tree_lookup(&tree, &o.e.path).is_none());
+
+        // Clusters the old tree leaves: free, or lost (allocated but used by nothing).
+        let fat_at = |f: &[u8], c: u32| {
+            let i = c as usize * 4;
+            u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]) & 0x0FFF_FFFF
+        };
+        let free: Vec<u32> = (2..geo.clusters + 2)
+            .filter(|c| !used.contains(c) && fat_at(&fat_old, *c) != BAD)
+            .collect();
+        let lost = free.iter().filter(|c| fat_at(&fat_old, **c) != 0).count() as u64;
+
+        let mut fat_staged = fat_old.clone();
+        let mut puts = Vec::new();
+        let mut new_root = None;
+        let mut needs = 0u64;
+        let mut keep_clusters: HashSet<u32> = used.clone();
+        if anything {
+            keep_clusters = HashSet::new();
+            let mut next = free.iter().copied();
+            let mut take = |n: u64, needs: &mut u64| -> Vec<u32> {
+                *needs += n * cb;
+                (0..n).filter_map(|_| next.next()).collect()
+            };
+            // Files first, then directories (their entries name the files' clusters).
+            let mut first: HashMap<String, u32> = HashMap::new();
+            for e in tree.iter() {
+                let Node::File { source, size } = &e.node else {
+                    continue;
+                };
+                if let Some((f, chain, _)) = reuse.get(&e.path) {
+                    first.insert(e.path.clone(), *f);
+                    keep_clusters.extend(chain);
+                    continue;
+                }
+                let clusters = take(size.div_ceil(cb), &mut needs);
+                first.insert(e.path.clone(), clusters.first().copied().unwrap_or(0));
+                puts.push(Put {
+                    clusters,
+                    payload: Payload::File {
+                        source: source.clone(),
+                        size: *size,
+                        path: e.path.clone(),
+                    },
+                });
+            }
+            let dirs: Vec<&Entry> = tree.iter().filter(|e| e.node == Node::Dir).collect();
+            // Sizes do not depend on cluster numbers: encode once to size, once for real.
+            let mut dir_clusters: HashMap<String, Vec<u32>> = HashMap::new();
+            for d in &dirs {
+                let n = dir_bytes(spec, &tree, d, &first, &reuse, 0, new_stamp)?.len() as u64;
+                let c = take(n.div_ceil(cb).max(1), &mut needs);
+                first.insert(d.path.clone(), c.first().copied().unwrap_or(0));
+                dir_clusters.insert(d.path.clone(), c);
+            }
+            let have = free.len() as u64 * cb;
+            if needs > have {
+                return Err(Error::partition(
+                    &part,
+                    format!(
+                        "no room to write the new boot set beside the old one: it needs {} of new files and directories, {} is free ({} missing); free space on the card (--keep less) or start over with --reformat",
+                        bytes(needs),
+                        bytes(have),
+                        bytes(needs - have)
+                    ),
+                ));
+            }
+            for d in &dirs {
+                let up = if d.path == "/" {
+                    0
+                } else {
+                    let p = parent_of(&d.path);
+                    if p == "/" { 0 } else { first[p] }
+                };
+                let mut b = dir_bytes(spec, &tree, d, &first, &reuse, up, new_stamp)?;
+                let c = dir_clusters.remove(&d.path).unwrap_or_default();
+                b.resize(c.len() * cb as usize, 0);
+                puts.push(Put {
+                    clusters: c,
+                    payload: Payload::Bytes(b),
+                });
+            }
+            for p in &puts {
+                for (k, c) in p.clusters.iter().enumerate() {
+                    let v = p.clusters.get(k + 1).copied().unwrap_or(EOC);
+                    set(&mut fat_staged, *c, v);
+                    keep_clusters.insert(*c);
+                }
+            }
+            new_root = Some(first["/"]);
+        }
+
+        // After the switch (or as a repair): every cluster no file uses is free.
+        let mut fat_final = fat_staged.clone();
+        let mut free_final = 0u64;
+        let mut hint = 0xFFFF_FFFFu32;
+        for c in 2..geo.clusters + 2 {
+            let v = fat_at(&fat_final, c);
+            if v == BAD {
+                continue;
+            }
+            if !keep_clusters.contains(&c) {
+                if v != 0 {
+                    set(&mut fat_final, c, 0);
+                }
+                free_final += 1;
+                if hint == 0xFFFF_FFFF {
+                    hint = c;
+                }
+            }
+        }
+        // FSInfo is only a hint; a sector without its signature is left alone.
+        let fsinfo = fsinfo.filter(|f| f[0..4] == 0x4161_5252u32.to_le_bytes());
+        let fsinfo_final = fsinfo.map(|f| {
+            let mut f = f;
+            f[488..492].copy_from_slice(&(free_final as u32).to_le_bytes());
+            f[492..496].copy_from_slice(&hint.to_le_bytes());
+            f
+        });
+        let mut boot_new = boot_sector.clone();
+        if let Some(r) = new_root {
+            boot_new[44..48].copy_from_slice(&r.to_le_bytes());
+        }
+        let backup_differs = backup.is_some_and(|b| b[..] != boot_new[..]);
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(BootEdit {
+            part,
+            start,
+            geo,
+            boot_sector: boot_new,
+            fats_old,
+            fat_staged,
+            fat_final,
+            puts,
+            new_root,
+            backup_differs,
+            fsinfo,
+            fsinfo_backup: fsinfo_backup.filter(|_| fsinfo.is_some()),
+            fsinfo_backup_sector,
+            fsinfo_final,
+            changes,
+            needs,
+            free: free.len() as u64 * cb,
+            lost_clusters: lost,
+        })
+    }
+
+    /// Stages the new set, switches to it, frees the old one (see the module comment).
+    pub fn apply(&self, disk: &mut Disk) -> Result<()> {
+        let cb = self.geo.cluster_bytes;
+        let data_start = (self.geo.reserved + self.geo.nfats * self.geo.fat_sectors) * SECTOR;
+        let at = |c: u32| self.start + data_start + u64::from(c - 2) * cb;
+        let mut buf = vec![0u8; 1 << 20];
+        for p in &self.puts {
+            match &p.payload {
+                Payload::Bytes(b) => {
+                    for (run, k) in runs(&p.clusters) {
+                        let from = k * cb as usize;
+                        let to = from + run.1 as usize * cb as usize;
+                        disk.write_at(at(run.0), &b[from..to])?;
+                    }
+                }
+                Payload::File { source, size, path } => {
+                    let mut r = crate::io::open(source, *size)?;
+                    for (run, _) in runs(&p.clusters) {
+                        let mut left = u64::from(run.1) * cb;
+                        let mut off = at(run.0);
+                        while left > 0 {
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = read_full(&mut r, &mut buf[..want])
+                                .map_err(|e| Error::io(format!("reading {path}"), e))?;
+                            if n == 0 {
+                                break;
+                            }
+                            disk.write_at(off, &buf[..n])?;
+                            off += n as u64;
+                            left -= n as u64;
+                        }
+                    }
+                    if r.count() != *size {
+                        return Err(Error::partition(
+                            &self.part,
+                            format!("{path}: source changed size while upgrading"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (copy, old) in self.fats_old.iter().enumerate() {
+            self.write_fat(disk, copy as u64, old, &self.fat_staged)?;
+        }
+        disk.sync()?;
+        if self.new_root.is_some() {
+            // The switch: one sector.
+            disk.write_at(self.start, &self.boot_sector)?;
+            disk.sync()?;
+        }
+        if let Some(b) = self.geo.backup.filter(|_| self.backup_differs) {
+            disk.write_at(self.start + b * SECTOR, &self.boot_sector)?;
+            disk.sync()?;
+        }
+        for copy in 0..self.geo.nfats {
+            self.write_fat(disk, copy, &self.fat_staged, &self.fat_final)?;
+        }
+        if let (Some(f), Some(n)) = (&self.fsinfo_final, self.geo.fsinfo) {
+            if self.fsinfo.as_ref() != Some(f) {
+                disk.write_at(self.start + n * SECTOR, f)?;
+            }
+            if let Some(b) = self.fsinfo_backup_sector
+                && self.fsinfo_backup.as_ref() != Some(f)
+            {
+                disk.write_at(self.start + b * SECTOR, f)?;
+            }
+        }
+        disk.sync()
+    }
+
+    /// Writes the sectors of FAT copy `copy` that differ between `from` and `to`.
+    fn write_fat(&self, disk: &mut Disk, copy: u64, from: &[u8], to: &[u8]) -> Result<()> {
+        let s = SECTOR as usize;
+        {
+            let base = self.start + (self.geo.reserved + copy * self.geo.fat_sectors) * SECTOR;
+            let mut i = 0;
+            while i < to.len() {
+                let end = (i + s).min(to.len());
+                if from[i..end] != to[i..end] {
+                    // Extend over the following differing sectors: one write per run.
+                    let mut j = end;
+                    while j < to.len()
+                        && from[j..(j + s).min(to.len())] != to[j..(j + s).min(to.len())]
+                    {
+                        j = (j + s).min(to.len());
+                    }
+                    disk.write_at(base + i as u64, &to[i..j])?;
+                    i = j;
+                } else {
+                    i = end;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert(tree: &mut Tree, e: Entry, part: &str) -> Result<()> {
+    tree.insert(e).map_err(|c| Error::partition(part, c.0))
+}
+
+/// `path` with each existing directory spelled as the tree spells it (FAT ignores case).
+fn canonical(tree: &Tree, path: &str) -> String {
+    let mut out = String::new();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        let want = format!("{out}/{comp}");
+        match tree_lookup(tree, &want) {
+            Some(e) => out = e.path.clone(),
+            None => out = want,
+        }
+    }
+    out
+}
+
+fn tree_lookup<'a>(tree: &'a Tree, path: &str) -> Option<&'a Entry> {
+    let want = path.to_lowercase();
+    tree.iter().find(|e| e.path.to_lowercase() == want)
+}
+
+fn set(fat: &mut [u8], c: u32, v: u32) {
+    let i = c as usize * 4;
+    let old = u32::from_le_bytes([fat[i], fat[i + 1], fat[i + 2], fat[i + 3]]);
+    let v = (old & 0xF000_0000) | (v & 0x0FFF_FFFF);
+    fat[i..i + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Contiguous runs of a cluster list: ((first, count), index of first in the list).
+fn runs(clusters: &[u32]) -> Vec<((u32, u32), usize)> {
+    let mut out: Vec<((u32, u32), usize)> = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        match out.last_mut() {
+            Some(((f, n), _)) if *f + *n == *c => *n += 1,
+            _ => out.push(((*c, 1), i)),
+        }
+    }
+    out
+}
+
+fn dir_bytes(
+    spec: &FsSpec<'_>,
+    tree: &Tree,
+    d: &Entry,
+    first: &HashMap<String, u32>,
+    reuse: &HashMap<String, (u32, Vec<u32>, Option<u32>)>,
+    up: u32,
+    stamp: u32,
+) -> Result<Vec<u8>> {
+    let kids: Vec<Child<'_>> = tree
+        .children(&d.path)
+        .map(|k| Child {
+            entry: k,
+            first: first.get(&k.path).copied().unwrap_or(0),
+            stamp: reuse.get(&k.path).and_then(|r| r.2).or(Some(stamp)),
+        })
+        .collect();
+    let me = first.get(&d.path).copied().unwrap_or(0);
+    encode_directory(spec, me, (d.path != "/").then_some(up), &kids)
+}
+
+/// Whether a file on the card holds what `source` holds (compared as it streams, stopping
+/// at the first difference). A U-Boot image's header time and header CRC are the build's
+/// clock, not content.
+fn same(vol: &FatVolume<'_>, e: &FatEntry, source: &Source) -> Result<bool> {
+    let mask = matches!(source, Source::Bytes(b) if b.starts_with(&UIMAGE_MAGIC));
+    let mut r = crate::io::open(source, e.size)?;
+    let mut want = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    let mut equal = true;
+    let mut failed = None;
+    let read = vol.read_file_while(e, &mut |got: &[u8]| {
+        let w = &mut want[..got.len()];
+        match read_full(&mut r, w) {
+            Ok(n) if n == got.len() => {}
+            Ok(_) => {
+                equal = false;
+                return false;
+            }
+            Err(x) => {
+                failed = Some(x);
+                return false;
+            }
+        }
+        let differs = if mask && at < 12 {
+            got.iter()
+                .zip(w.iter())
+                .enumerate()
+                .any(|(i, (a, b))| a != b && !(4..12).contains(&(at + i as u64)))
+        } else {
+            got != &w[..]
+        };
+        at += got.len() as u64;
+        if differs {
+            equal = false;
+        }
+        !differs
+    });
+    if let Some(x) = failed {
+        return Err(Error::io(format!("reading the build's {}", e.path), x));
+    }
+    // Unreadable on the card: replace it.
+    Ok(read.is_ok() && equal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_coalesce_contiguous_clusters() {
+        assert_eq!(
+            runs(&[5, 6, 7, 10, 11, 3]),
+            vec![((5, 3), 0), ((10, 2), 3), ((3, 1), 5)]
+        );
+        assert!(runs(&[]).is_empty());
+    }
+}

@@ -1,0 +1,397 @@
+//! Upgrading an ext4 partition the build owns (SkiffOS's `rootfs`: `rootfs_part/`, e.g.
+//! `modules.squashfs`). Its files are compared with the build; when they match nothing is
+//! written. Otherwise the filesystem is written again in place, with the card's UUID and
+//! label, holding the build's files and those kept with `--keep`, and only the blocks
+//! that differ from what the card holds are written. The old journal's body is zeroed so
+//! no stale transaction can ever be replayed.
+//!
+//! Not atomic: interrupted, this partition is unreadable until a re-run writes it again.
+//! A FAT boot partition's switch happens after it, so such a card still boots its old set;
+//! an ext4 boot partition (odroid/m1's layout) is only rewritten when the user accepts that.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::format::{FsSpec, FsWriter, ext4::Ext4};
+use crate::io::{PartReader, read_full};
+use crate::plan::tree::{Entry, Node, Source, Tree};
+
+use super::disk::{DiffSink, Disk};
+use super::{Action, Change, Keep};
+
+const S_IFMT: u16 = 0o170_000;
+const S_IFDIR: u16 = 0o040_000;
+const S_IFREG: u16 = 0o100_000;
+const S_IFLNK: u16 = 0o120_000;
+const BLOCK: u64 = 4096;
+const JOURNAL_INO: u32 = 8;
+
+/// A file, directory or symlink found on the card.
+struct Found {
+    kind: u16,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    target: Option<Vec<u8>>,
+    ino: u32,
+}
+
+pub struct RootfsEdit {
+    pub part: String,
+    start: u64,
+    /// Bytes the filesystem spans (as found, else the partition).
+    size: u64,
+    label: Option<String>,
+    uuid: [u8; 16],
+    epoch: i64,
+    tree: Tree,
+    pub changes: Vec<Change>,
+    pub rebuild: bool,
+    /// Why the old filesystem could not be read (then it is written again).
+    pub unreadable: Option<String>,
+    /// Blocks left as they were / bytes written, after `apply`.
+    pub skipped: u64,
+}
+
+fn walk(
+    ext: &mkext4::reader::Fs<PartReader<'_>>,
+    ino: u32,
+    prefix: &str,
+    out: &mut HashMap<String, Found>,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    if depth > 64 || out.len() > 1_000_000 {
+        return Err("directories nested too deep or too many entries".into());
+    }
+    let entries = ext.read_dir(ino).map_err(|e| e.to_string())?;
+    for d in entries {
+        if d.name == b"." || d.name == b".." {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&d.name).into_owned();
+        if prefix.is_empty() && name == "lost+found" {
+            continue;
+        }
+        let path = format!("{prefix}/{name}");
+        let inode = ext.inode(d.inode).map_err(|e| format!("{path}: {e}"))?;
+        let kind = inode.mode & S_IFMT;
+        let mut f = Found {
+            kind,
+            mode: u32::from(inode.mode & 0o7777),
+            uid: inode.uid,
+            gid: inode.gid,
+            size: inode.size,
+            target: None,
+            ino: d.inode,
+        };
+        if kind == S_IFLNK {
+            f.target = Some(
+                ext.symlink_target(d.inode)
+                    .map_err(|e| format!("{path}: {e}"))?,
+            );
+        }
+        let is_dir = kind == S_IFDIR;
+        out.insert(path.clone(), f);
+        if is_dir {
+            walk(ext, d.inode, &path, out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether inode `ino` holds what `source` holds (streamed, stopping at a difference).
+fn same_file(
+    ext: &mkext4::reader::Fs<PartReader<'_>>,
+    ino: u32,
+    source: &Source,
+    size: u64,
+) -> Result<bool> {
+    let Ok(inode) = ext.inode(ino) else {
+        return Ok(false);
+    };
+    let Ok(extents) = ext.extents(ino, &inode) else {
+        return Ok(false);
+    };
+    let mut r = crate::io::open(source, size)?;
+    let mut got = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let Ok(n) = ext.read_file_at(&inode, &extents, off, &mut got) else {
+            return Ok(false);
+        };
+        if n == 0 {
+            return Ok(off == size);
+        }
+        let m =
+            read_full(&mut r, &mut want[..n]).map_err(|e| Error::io("reading a build file", e))?;
+        if m != n || got[..n] != want[..n] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+}
+
+impl RootfsEdit {
+    /// Reads the partition and decides whether it is written again; writes nothing.
+    pub fn plan(
+        disk: &Disk,
+        spec: &FsSpec<'_>,
+        start: u64,
+        len: u64,
+        keep: &Keep,
+    ) -> Result<RootfsEdit> {
+        let part = spec.part.to_string();
+        let reader = PartReader {
+            dev: disk,
+            base: start,
+            len,
+        };
+        let mut found = HashMap::new();
+        let mut size = len / BLOCK * BLOCK;
+        let mut unreadable = None;
+        let ext = match mkext4::reader::Fs::open(reader) {
+            Ok(ext) => {
+                let blocks = ext.superblock().blocks_count;
+                if blocks * BLOCK <= len {
+                    size = blocks * BLOCK;
+                }
+                if let Err(m) = walk(&ext, 2, "", &mut found, 0) {
+                    unreadable = Some(m);
+                }
+                Some(ext)
+            }
+            Err(e) => {
+                unreadable = Some(e.to_string());
+                None
+            }
+        };
+        if let Some(why) = &unreadable
+            && keep.names(&part)
+        {
+            return Err(Error::partition(
+                &part,
+                format!(
+                    "the filesystem on the card cannot be read ({why}), so the files --keep names on it cannot be kept; drop those --keep patterns to write it again without them"
+                ),
+            ));
+        }
+        let mut tree = spec.tree.clone();
+        let mut changes = Vec::new();
+        let mut differs = unreadable.is_some();
+        let mut seen = HashSet::new();
+        for e in spec.tree.iter().skip(1) {
+            seen.insert(e.path.clone());
+            let old = found.get(&e.path);
+            let same_meta = |o: &Found, kind| {
+                o.kind == kind && o.mode == e.mode && o.uid == e.uid && o.gid == e.gid
+            };
+            let (action, old_size, new_size) = match &e.node {
+                Node::Dir => {
+                    if !old.is_some_and(|o| same_meta(o, S_IFDIR)) {
+                        differs = true;
+                    }
+                    continue;
+                }
+                Node::File { source, size } => match old {
+                    Some(o)
+                        if same_meta(o, S_IFREG)
+                            && o.size == *size
+                            && match &ext {
+                                Some(x) => same_file(x, o.ino, source, *size)?,
+                                None => false,
+                            } =>
+                    {
+                        (Action::Unchanged, Some(o.size), Some(*size))
+                    }
+                    Some(o) => (Action::Replaced, Some(o.size), Some(*size)),
+                    None => (Action::Added, None, Some(*size)),
+                },
+                Node::Symlink { target } => match old {
+                    Some(o)
+                        if same_meta(o, S_IFLNK)
+                            && o.target.as_deref() == Some(target.as_bytes()) =>
+                    {
+                        (Action::Unchanged, Some(o.size), Some(target.len() as u64))
+                    }
+                    Some(o) => (Action::Replaced, Some(o.size), Some(target.len() as u64)),
+                    None => (Action::Added, None, Some(target.len() as u64)),
+                },
+            };
+            if action != Action::Unchanged {
+                differs = true;
+            }
+            changes.push(Change {
+                partition: part.clone(),
+                path: e.path.clone(),
+                action,
+                old_size,
+                new_size,
+                note: None,
+            });
+        }
+        let mut extra: Vec<&String> = found.keys().filter(|p| !seen.contains(*p)).collect();
+        extra.sort();
+        for path in extra {
+            let o = &found[path];
+            let kept = keep.matches(&part, path);
+            if !kept {
+                if o.kind != S_IFDIR {
+                    changes.push(Change {
+                        partition: part.clone(),
+                        path: path.clone(),
+                        action: Action::Removed,
+                        old_size: Some(o.size),
+                        new_size: None,
+                        note: None,
+                    });
+                }
+                differs = true;
+                continue;
+            }
+            let node = match o.kind {
+                S_IFDIR => Node::Dir,
+                S_IFLNK => Node::Symlink {
+                    target: String::from_utf8_lossy(o.target.as_deref().unwrap_or_default())
+                        .into_owned(),
+                },
+                S_IFREG => {
+                    // Kept files go back into the rewritten filesystem: read them now.
+                    // (Found on the card, so the filesystem opened above.)
+                    let Some(ext) = &ext else {
+                        return Err(Error::partition(&part, "ext4: not readable"));
+                    };
+                    let bytes = ext
+                        .read_file(o.ino)
+                        .map_err(|e| Error::partition(&part, format!("{path}: {e}")))?;
+                    Node::File {
+                        size: bytes.len() as u64,
+                        source: Source::Bytes(bytes),
+                    }
+                }
+                _ => {
+                    return Err(Error::partition(
+                        &part,
+                        format!("--keep {path}: a device node, fifo or socket cannot be kept"),
+                    ));
+                }
+            };
+            if o.kind != S_IFDIR {
+                changes.push(Change {
+                    partition: part.clone(),
+                    path: path.clone(),
+                    action: Action::Kept,
+                    old_size: Some(o.size),
+                    new_size: Some(o.size),
+                    note: Some("kept (--keep)".into()),
+                });
+            }
+            tree.insert(Entry {
+                path: path.clone(),
+                node,
+                mode: o.mode,
+                uid: o.uid,
+                gid: o.gid,
+            })
+            .map_err(|c| Error::Usage(format!("--keep {path}: {}", c.0)))?;
+        }
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        let edit = RootfsEdit {
+            part,
+            start,
+            size,
+            label: spec.label.map(str::to_string),
+            uuid: spec.uuid,
+            epoch: spec.epoch,
+            tree,
+            changes,
+            rebuild: differs,
+            unreadable,
+            skipped: 0,
+        };
+        if edit.rebuild {
+            let spec = edit.spec();
+            let m = Ext4.measure(&spec)?;
+            if !m.fits(edit.size) {
+                return Err(Error::DoesNotFit {
+                    partition: format!("partition {} (ext4, upgraded in place)", edit.part),
+                    needs: m.min_size(),
+                    has: edit.size,
+                });
+            }
+        }
+        Ok(edit)
+    }
+
+    fn spec(&self) -> FsSpec<'_> {
+        FsSpec {
+            label: self.label.as_deref(),
+            uuid: self.uuid,
+            epoch: self.epoch,
+            tree: &self.tree,
+            offset: self.start,
+            part: &self.part,
+            fat: Default::default(),
+        }
+    }
+
+    /// Writes the filesystem again where it differs, then zeroes the journal's body.
+    pub fn apply(&mut self, disk: &mut Disk) -> Result<()> {
+        if !self.rebuild {
+            return Ok(());
+        }
+        let spec = self.spec();
+        let mut sink = DiffSink {
+            disk,
+            base: self.start,
+            len: self.size,
+            skipped: 0,
+            error: None,
+        };
+        let written = Ext4.write(&spec, self.size, &mut sink);
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        written?;
+        if sink.disk.is_dry() {
+            self.skipped = sink.skipped;
+            return Ok(());
+        }
+        // The journal: everything but its superblock must read as zero.
+        let ranges: Vec<(u64, u64)> = {
+            let ext = mkext4::reader::Fs::open(PartReader {
+                dev: &*sink.disk,
+                base: self.start,
+                len: self.size,
+            })
+            .map_err(|e| Error::partition(&self.part, format!("ext4 after writing: {e}")))?;
+            let inode = ext
+                .inode(JOURNAL_INO)
+                .map_err(|e| Error::partition(&self.part, format!("journal: {e}")))?;
+            let extents = ext
+                .extents(JOURNAL_INO, &inode)
+                .map_err(|e| Error::partition(&self.part, format!("journal: {e}")))?;
+            extents
+                .iter()
+                .map(|x| {
+                    let skip = u64::from(x.logical == 0);
+                    (
+                        (x.physical + skip) * BLOCK,
+                        (u64::from(x.len) - skip) * BLOCK,
+                    )
+                })
+                .filter(|(_, l)| *l > 0)
+                .collect()
+        };
+        for (o, l) in ranges {
+            crate::sink::Sink::zeros(&mut sink, o, l).map_err(|e| {
+                sink.error.take().unwrap_or_else(|| {
+                    Error::io(format!("zeroing the journal of {}", self.part), e)
+                })
+            })?;
+        }
+        self.skipped = sink.skipped;
+        sink.disk.sync()
+    }
+}

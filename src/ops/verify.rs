@@ -1,0 +1,697 @@
+//! Is this card (or image) what a build wrote? Two ways to answer:
+//!
+//! - **bytes**: every mapped range of the reference (a manifest's or bmap's ranges, or an
+//!   image file itself) equals the target; reads only mapped ranges.
+//! - **meaning**, against a board and its images directory: the partition table matches
+//!   the plan (the partition that grows may be larger), every file of the fixed
+//!   filesystems matches its source, raw blobs match at their offsets; the growing
+//!   partition (persist, the user's data) is only checked to be the right filesystem with
+//!   the right label. A card that has booted and written to persist still verifies.
+//!
+//! Findings name the region, the file, the byte offset of the first difference and both
+//! hashes. Never writes.
+
+use std::io::Read;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::format::fat::read::FatVolume;
+use crate::format::table::SECTOR;
+use crate::format::table::read::{GptHeader, gpt_from_head, mbr};
+use crate::image::manifest::Manifest;
+use crate::io::{ReadAt, hex, read_full};
+use crate::ops::flash::{open_image, read_bmap};
+use crate::ops::inspect;
+use crate::plan::tree::{Node, Source};
+use crate::plan::{Plan, Table};
+use crate::units::bytes;
+
+/// One difference.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    /// "table", "partition boot", "raw u-boot", "image".
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Byte offset of the first difference (on the disk, or in the file when `path` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(region: impl Into<String>, message: impl Into<String>) -> Self {
+        Finding {
+            region: region.into(),
+            path: None,
+            offset: None,
+            expected: None,
+            found: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome: no findings means the target matches.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub mode: &'static str,
+    /// Bytes compared.
+    pub bytes_checked: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Verdict {
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+const CHUNK: usize = 4 << 20;
+
+fn read(dev: &dyn ReadAt, at: u64, len: usize) -> std::result::Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; len];
+    dev.read_exact_at(&mut buf, at).map_err(|e| {
+        format!(
+            "cannot read {} bytes at {}: {e}",
+            bytes(len as u64),
+            bytes(at)
+        )
+    })?;
+    Ok(buf)
+}
+
+/// Names the region of a byte offset, from the manifest's partitions.
+fn region_of(m: &Manifest, at: u64) -> String {
+    m.partitions
+        .iter()
+        .find(|p| at >= p.start && at < p.start + p.size)
+        .map(|p| format!("partition {}", p.id))
+        .or_else(|| {
+            m.raw
+                .iter()
+                .find(|r| at >= r.offset && at < r.offset + r.length)
+                .map(|r| format!("raw {}", r.name))
+        })
+        .unwrap_or_else(|| "table".into())
+}
+
+/// Bytes: the manifest's mapped ranges against the target, by hash.
+pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
+    let mut findings = Vec::new();
+    let mut checked = 0;
+    if dev.size() < m.image.size {
+        findings.push(Finding::new(
+            "image",
+            format!(
+                "target has {} bytes, image {}",
+                bytes(dev.size()),
+                bytes(m.image.size)
+            ),
+        ));
+    }
+    for r in &m.image.mapped {
+        let at = r.first * m.image.block_size;
+        let len = ((r.last + 1) * m.image.block_size).min(m.image.size) - at;
+        let mut h = Sha256::new();
+        let mut off = 0;
+        let mut failed = None;
+        while off < len {
+            let n = (len - off).min(CHUNK as u64) as usize;
+            match read(dev, at + off, n) {
+                Ok(b) => h.update(&b),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            off += n as u64;
+        }
+        checked += off;
+        let found = hex(&h.finalize());
+        if let Some(e) = failed {
+            findings.push(Finding {
+                offset: Some(at + off),
+                ..Finding::new(region_of(m, at), e)
+            });
+        } else if found != r.sha256 {
+            findings.push(Finding {
+                offset: Some(at),
+                expected: Some(r.sha256.clone()),
+                found: Some(found),
+                ..Finding::new(
+                    region_of(m, at),
+                    format!("bytes {}..{} differ", bytes(at), bytes(at + len)),
+                )
+            });
+        }
+    }
+    Verdict {
+        mode: "bytes",
+        bytes_checked: checked,
+        findings,
+    }
+}
+
+/// Bytes: an image file (raw or compressed) against the target, over the image's mapped
+/// ranges (its bmap), or over every byte when there is no bmap.
+pub fn bytes_image(
+    dev: &dyn ReadAt,
+    image: &std::path::Path,
+    bmap: Option<&std::path::Path>,
+) -> Result<Verdict> {
+    let map = bmap.map(read_bmap).transpose()?;
+    let image_size = crate::ops::flash::image_size(image, map.as_ref())?;
+    let mapped = map.map(|(_, r)| r);
+    let mut r = open_image(image)?;
+    let mut findings = Vec::new();
+    let mut checked = 0u64;
+    let mut at = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    // Flashing a GPT image onto a larger device moves the backup GPT to the device's end
+    // (and edits the protective MBR and primary header to match): expect those edits.
+    let mut moved: Vec<(u64, Vec<u8>)> = Vec::new();
+    loop {
+        let n = read_full(&mut r, &mut buf).map_err(|e| Error::BadArtifact {
+            path: image.to_path_buf(),
+            message: format!("corrupt or truncated after {} bytes: {e}", bytes(at)),
+        })?;
+        if n == 0 {
+            break;
+        }
+        if at == 0
+            && let (_, Some(mut pieces)) =
+                crate::ops::flash::table_of(&buf[..n], dev.size(), image_size)
+        {
+            let (_, head) = pieces.remove(0);
+            let k = head.len().min(n);
+            buf[..k].copy_from_slice(&head[..k]);
+            moved = pieces.split_off(1);
+        }
+        let parts: Vec<(u64, u64)> = match &mapped {
+            Some(m) => crate::ops::flash::mapped_parts(m, at, n as u64),
+            // Without a block map every byte counts: zeros may be required (a FAT's free
+            // entries), so the whole image is compared.
+            None => vec![(at, n as u64)],
+        };
+        for (a, l) in parts {
+            let want = &buf[(a - at) as usize..(a - at + l) as usize];
+            checked += l;
+            match read(dev, a, l as usize) {
+                Err(e) => findings.push(Finding {
+                    offset: Some(a),
+                    ..Finding::new("image", e)
+                }),
+                Ok(got) if got != want => {
+                    let i = got.iter().zip(want).position(|(x, y)| x != y).unwrap_or(0);
+                    findings.push(Finding {
+                        offset: Some(a + i as u64),
+                        expected: Some(hex(&Sha256::digest(want))),
+                        found: Some(hex(&Sha256::digest(&got))),
+                        ..Finding::new(
+                            "image",
+                            format!("first difference at byte {}", bytes(a + i as u64)),
+                        )
+                    });
+                }
+                Ok(_) => {}
+            }
+        }
+        at += n as u64;
+        if findings.len() > 100 {
+            break;
+        }
+    }
+    for (a, want) in moved {
+        checked += want.len() as u64;
+        match read(dev, a, want.len()) {
+            Err(e) => findings.push(Finding {
+                offset: Some(a),
+                ..Finding::new("backup GPT", e)
+            }),
+            Ok(got) if got != want => {
+                let i = got.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(0);
+                findings.push(Finding {
+                    offset: Some(a + i as u64),
+                    expected: Some(hex(&Sha256::digest(&want))),
+                    found: Some(hex(&Sha256::digest(&got))),
+                    ..Finding::new(
+                        "backup GPT",
+                        format!("first difference at byte {}", bytes(a + i as u64)),
+                    )
+                });
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(Verdict {
+        mode: "bytes",
+        bytes_checked: checked,
+        findings,
+    })
+}
+
+/// Meaning: the target against a plan (made with the board's minimum size).
+pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
+    let mut v = Verdict {
+        mode: "meaning",
+        bytes_checked: 0,
+        findings: Vec::new(),
+    };
+    table(dev, plan, &mut v.findings);
+    for p in &plan.partitions {
+        if let Some(image) = &p.image {
+            prebuilt(dev, p, image, &mut v);
+        }
+        let Some(fs) = &p.fs else { continue };
+        let region = format!("partition {}", p.id);
+        let found = inspect::filesystem(dev, p.start, p.size, p.number, &mut Vec::new());
+        let kind = format!("{:?}", fs.kind).to_lowercase();
+        if found.kind != kind {
+            v.findings.push(Finding {
+                expected: Some(kind.clone()),
+                found: Some(found.kind.clone()),
+                ..Finding::new(&region, "filesystem kind differs")
+            });
+            continue;
+        }
+        if found.label.as_deref().map(str::trim) != fs.label.as_deref() {
+            v.findings.push(Finding {
+                expected: fs.label.clone(),
+                found: found.label.clone(),
+                ..Finding::new(&region, "filesystem label differs")
+            });
+        }
+        if p.grows {
+            // The user's data: only its kind and label are the build's.
+            continue;
+        }
+        match fs.kind {
+            crate::define::board::FsKind::Ext4 => ext4_files(dev, p, &region, &mut v),
+            _ => fat_files(dev, p, &region, &mut v),
+        }
+    }
+    for r in &plan.raw {
+        let region = format!("raw {}", r.name);
+        let want = std::fs::File::open(&r.source).and_then(|f| {
+            let mut b = vec![0u8; r.length as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, r.skip)?;
+            Ok(b)
+        });
+        match (want, read(dev, r.offset, r.length as usize)) {
+            (Err(e), _) => v.findings.push(Finding::new(
+                &region,
+                format!("reading {}: {e}", r.source.display()),
+            )),
+            (_, Err(e)) => v.findings.push(Finding::new(&region, e)),
+            (Ok(w), Ok(g)) => {
+                v.bytes_checked += r.length;
+                if let Some(i) = g.iter().zip(&w).position(|(a, b)| a != b) {
+                    v.findings.push(Finding {
+                        offset: Some(r.offset + i as u64),
+                        expected: Some(hex(&Sha256::digest(&w))),
+                        found: Some(hex(&Sha256::digest(&g))),
+                        ..Finding::new(&region, "bootloader blob differs")
+                    });
+                }
+            }
+        }
+    }
+    v
+}
+
+/// A partition filled from a file holds that file's bytes at its start.
+fn prebuilt(
+    dev: &dyn ReadAt,
+    p: &crate::plan::Partition,
+    image: &crate::plan::Prebuilt,
+    v: &mut Verdict,
+) {
+    let region = format!("partition {}", p.id);
+    let file = match std::fs::File::open(&image.source) {
+        Ok(f) => f,
+        Err(e) => {
+            return v.findings.push(Finding::new(
+                &region,
+                format!("reading {}: {e}", image.source.display()),
+            ));
+        }
+    };
+    let mut at = 0u64;
+    while at < image.size {
+        let n = (image.size - at).min(1 << 20);
+        let mut want = vec![0u8; n as usize];
+        if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&file, &mut want, at) {
+            return v.findings.push(Finding::new(
+                &region,
+                format!("reading {}: {e}", image.source.display()),
+            ));
+        }
+        let got = match read(dev, p.start + at, n as usize) {
+            Ok(g) => g,
+            Err(e) => return v.findings.push(Finding::new(&region, e)),
+        };
+        v.bytes_checked += n;
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            return v.findings.push(Finding {
+                offset: Some(p.start + at + i as u64),
+                expected: Some(format!("the bytes of {}", image.source.display())),
+                found: Some(format!(
+                    "0x{:02x} at partition byte {}",
+                    got[i],
+                    bytes(at + i as u64)
+                )),
+                ..Finding::new(&region, "partition content differs from its file")
+            });
+        }
+        at += n;
+    }
+}
+
+fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
+    let head = match read(dev, 0, (1 << 20).min(dev.size()) as usize) {
+        Ok(h) => h,
+        Err(e) => return findings.push(Finding::new("table", e)),
+    };
+    let entries = match &plan.table {
+        Table::Gpt {
+            disk_guid,
+            no_backup,
+            ..
+        } => match gpt_from_head(&head) {
+            Ok((h, e)) => {
+                if h.disk_guid != *disk_guid {
+                    findings.push(Finding {
+                        expected: Some(disk_guid.to_string()),
+                        found: Some(h.disk_guid.to_string()),
+                        ..Finding::new("table", "disk GUID differs")
+                    });
+                }
+                if !no_backup {
+                    backup(dev, &h, findings);
+                }
+                e
+            }
+            Err(e) => return findings.push(Finding::new("table", format!("expected a GPT: {e}"))),
+        },
+        Table::Mbr { .. } => match head.get(..512).and_then(mbr) {
+            Some((_, e)) => e,
+            None => {
+                return findings.push(Finding::new("table", "expected an MBR: no partition table"));
+            }
+        },
+    };
+    if entries.len() != plan.partitions.len() {
+        findings.push(Finding::new(
+            "table",
+            format!(
+                "{} partitions, expected {}",
+                entries.len(),
+                plan.partitions.len()
+            ),
+        ));
+    }
+    for (p, (_, e)) in plan.partitions.iter().zip(&entries) {
+        let region = format!("partition {}", p.id);
+        let mut differ = |what: &str, want: String, got: String| {
+            if want != got {
+                findings.push(Finding {
+                    offset: Some(p.start),
+                    expected: Some(want),
+                    found: Some(got),
+                    ..Finding::new(&region, format!("{what} differs"))
+                });
+            }
+        };
+        differ("start", p.start.to_string(), e.start.to_string());
+        if !(p.grows && e.size >= p.size) {
+            differ("size", p.size.to_string(), e.size.to_string());
+        }
+        differ(
+            "type",
+            format!(
+                "{:?}",
+                p.gpt_type.map(|g| g.to_string()).or(p.mbr_type.clone())
+            ),
+            format!(
+                "{:?}",
+                e.gpt_type
+                    .map(|g| g.to_string())
+                    .or(e.mbr_type.map(|b| format!("0x{b:02x}")))
+            ),
+        );
+        differ(
+            "bootable flag",
+            p.bootable.to_string(),
+            e.bootable.to_string(),
+        );
+        if let Some(n) = &p.name {
+            differ("GPT name", n.clone(), e.name.clone());
+        }
+        if p.gpt_type.is_some() {
+            differ(
+                "PARTUUID",
+                p.partuuid.clone(),
+                e.guid.to_string().to_lowercase(),
+            );
+        }
+    }
+}
+
+/// Checks the backup GPT where the primary header says it is (the disk's last sector once
+/// a card is flashed or grown; the image's last sector on an image copied verbatim onto a
+/// larger card): its header and array CRCs good, and the same table as the primary.
+fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
+    let alt = primary.alternate_lba;
+    match inspect::gpt_at(dev, dev.size(), alt) {
+        Err(e) => findings.push(Finding {
+            offset: Some(alt.saturating_mul(SECTOR)),
+            ..Finding::new("backup GPT", format!("bad: {e}"))
+        }),
+        Ok((b, _)) => {
+            let same = b.disk_guid == primary.disk_guid
+                && b.array_crc == primary.array_crc
+                && b.entries == primary.entries
+                && b.entry_size == primary.entry_size
+                && b.first_usable == primary.first_usable
+                && b.last_usable == primary.last_usable
+                && b.alternate_lba == 1
+                && b.my_lba == alt;
+            if !same {
+                findings.push(Finding {
+                    offset: Some(alt * SECTOR),
+                    ..Finding::new("backup GPT", "differs from the primary GPT")
+                });
+            }
+        }
+    }
+}
+
+/// Reads an expected file's bytes from its source.
+fn expected(source: &Source) -> std::result::Result<Box<dyn Read + '_>, String> {
+    Ok(match source {
+        Source::Path(p) => {
+            Box::new(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?)
+        }
+        Source::Text(t) => Box::new(t.as_bytes()),
+        Source::Bytes(b) => Box::new(&b[..]),
+    })
+}
+
+/// Compares a stream of found bytes with the expected source; returns the first
+/// difference offset and both hashes, or None when equal.
+struct Compare<'a> {
+    want: Box<dyn Read + 'a>,
+    at: u64,
+    diff: Option<u64>,
+    hw: Sha256,
+    hg: Sha256,
+    buf: Vec<u8>,
+    /// A U-Boot image: its header time (and so the header CRC) is the build's clock, not
+    /// content; differences there are not findings.
+    stamp_free: bool,
+}
+
+impl<'a> Compare<'a> {
+    fn new(source: &'a Source) -> std::result::Result<Self, String> {
+        let magic = [0x27, 0x05, 0x19, 0x56];
+        let stamp_free = matches!(source, Source::Bytes(b) if b.starts_with(&magic));
+        Ok(Compare {
+            want: expected(source)?,
+            at: 0,
+            diff: None,
+            hw: Sha256::new(),
+            hg: Sha256::new(),
+            buf: Vec::new(),
+            stamp_free,
+        })
+    }
+
+    fn feed(&mut self, got: &[u8]) {
+        self.hg.update(got);
+        self.buf.resize(got.len(), 0);
+        let n = read_full(&mut self.want, &mut self.buf).unwrap_or(0);
+        self.hw.update(&self.buf[..n]);
+        if self.diff.is_none() {
+            let (at, stamp_free) = (self.at, self.stamp_free);
+            let stamp = |k: usize| stamp_free && (4..12).contains(&(at + k as u64));
+            let i = got[..n]
+                .iter()
+                .zip(&self.buf[..n])
+                .enumerate()
+                .position(|(k, (a, b))| a != b && !stamp(k));
+            if let Some(i) = i {
+                self.diff = Some(self.at + i as u64);
+            } else if n < got.len() {
+                self.diff = Some(self.at + n as u64);
+            }
+        }
+        self.at += got.len() as u64;
+    }
+
+    fn finish(mut self) -> Option<(u64, String, String)> {
+        let mut rest = Vec::new();
+        let _ = self.want.read_to_end(&mut rest);
+        if !rest.is_empty() {
+            self.hw.update(&rest);
+            self.diff.get_or_insert(self.at);
+        }
+        let (w, g) = (hex(&self.hw.finalize()), hex(&self.hg.finalize()));
+        self.diff.map(|d| (d, w, g))
+    }
+}
+
+fn fat_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
+    let Some(fs) = &p.fs else { return };
+    let vol = match FatVolume::open(dev, p.start, p.size) {
+        Ok(vol) => vol,
+        Err(e) => return v.findings.push(Finding::new(region, e)),
+    };
+    let list = match vol.list() {
+        Ok(l) => l,
+        Err(e) => return v.findings.push(Finding::new(region, e)),
+    };
+    for e in fs.entries.iter() {
+        let Node::File { source, size } = &e.node else {
+            continue;
+        };
+        let found = list
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case(&e.path) || f.path == e.path);
+        let Some(found) = found else {
+            v.findings.push(Finding {
+                path: Some(e.path.clone()),
+                ..Finding::new(region, "file is missing")
+            });
+            continue;
+        };
+        let mut cmp = match Compare::new(source) {
+            Ok(c) => c,
+            Err(m) => {
+                v.findings.push(Finding {
+                    path: Some(e.path.clone()),
+                    ..Finding::new(region, m)
+                });
+                continue;
+            }
+        };
+        if let Err(m) = vol.read_file(found, &mut |b| cmp.feed(b)) {
+            v.findings.push(Finding {
+                path: Some(e.path.clone()),
+                ..Finding::new(region, m)
+            });
+            continue;
+        }
+        v.bytes_checked += size;
+        if let Some((at, w, g)) = cmp.finish() {
+            v.findings.push(Finding {
+                path: Some(e.path.clone()),
+                offset: Some(at),
+                expected: Some(w),
+                found: Some(g),
+                ..Finding::new(region, format!("content differs from byte {}", bytes(at)))
+            });
+        }
+    }
+}
+
+/// mkext4's reader over one partition of the target.
+fn ext4_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
+    let Some(fs) = &p.fs else { return };
+    let r = crate::io::PartReader {
+        dev,
+        base: p.start,
+        len: p.size,
+    };
+    let ext = match mkext4::reader::Fs::open(r) {
+        Ok(x) => x,
+        Err(e) => return v.findings.push(Finding::new(region, format!("ext4: {e}"))),
+    };
+    for e in fs.entries.iter().skip(1) {
+        let finding = |m: String| Finding {
+            path: Some(e.path.clone()),
+            ..Finding::new(region, m)
+        };
+        let ino = match ext.resolve(&e.path) {
+            Ok(i) => i,
+            Err(_) => {
+                v.findings.push(finding("missing".into()));
+                continue;
+            }
+        };
+        match &e.node {
+            Node::Dir => {}
+            Node::Symlink { target } => match ext.symlink_target(ino) {
+                Ok(t) if t == target.as_bytes() => {}
+                Ok(t) => v.findings.push(Finding {
+                    expected: Some(target.clone()),
+                    found: Some(String::from_utf8_lossy(&t).into_owned()),
+                    ..finding("symlink target differs".into())
+                }),
+                Err(err) => v.findings.push(finding(format!("symlink: {err}"))),
+            },
+            Node::File { source, size } => {
+                let mut cmp = match Compare::new(source) {
+                    Ok(c) => c,
+                    Err(m) => {
+                        v.findings.push(finding(m));
+                        continue;
+                    }
+                };
+                let read = ext.inode(ino).and_then(|inode| {
+                    let extents = ext.extents(ino, &inode)?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut off = 0;
+                    loop {
+                        let n = ext.read_file_at(&inode, &extents, off, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        cmp.feed(&buf[..n]);
+                        off += n as u64;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = read {
+                    v.findings.push(finding(format!("ext4: {err}")));
+                    continue;
+                }
+                v.bytes_checked += size;
+                if let Some((at, w, g)) = cmp.finish() {
+                    v.findings.push(Finding {
+                        offset: Some(at),
+                        expected: Some(w),
+                        found: Some(g),
+                        ..finding(format!("content differs from byte {}", bytes(at)))
+                    });
+                }
+            }
+        }
+    }
+}

@@ -67,6 +67,20 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// What is on a card or image differs from what it must hold (a read-back after a
+    /// write, or `verify`). `at` is the disk offset where the difference starts, if known.
+    #[error("{target}: {what}{}", at_offset(*.at))]
+    Mismatch {
+        target: String,
+        what: String,
+        at: Option<u64>,
+    },
+
+    /// A failure inside the tool itself (a worker thread that died), not the input's or the
+    /// device's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// Reading or writing failed.
     #[error("{context}: {source}")]
     Io {
@@ -80,7 +94,7 @@ impl Error {
     /// 2 when the input was bad (usage, board, artifacts, sizes), 1 when an operation failed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. } => 1,
+            Error::Io { .. } | Error::Mismatch { .. } | Error::Internal(_) => 1,
             _ => 2,
         }
     }
@@ -122,6 +136,11 @@ fn suggest(names: &[String]) -> String {
                 .join(", ")
         ),
     }
+}
+
+fn at_offset(at: Option<u64>) -> String {
+    at.map(|o| format!(" (disk offset {})", bytes(o)))
+        .unwrap_or_default()
 }
 
 fn list(paths: &[PathBuf]) -> String {

@@ -109,14 +109,11 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
     if verdict.ok() {
         Ok(())
     } else {
-        Err(Error::io(
-            format!(
-                "{}: {} difference(s)",
-                a.target.display(),
-                verdict.findings.len()
-            ),
-            std::io::Error::other("verification failed"),
-        ))
+        Err(Error::Mismatch {
+            target: a.target.display().to_string(),
+            what: format!("{} difference(s)", verdict.findings.len()),
+            at: None,
+        })
     }
 }
 

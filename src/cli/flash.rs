@@ -130,7 +130,7 @@ pub fn flash(
                 .into_iter()
                 .map(|h| {
                     h.join()
-                        .unwrap_or_else(|_| Err(Error::Usage("device thread panicked".into())))
+                        .unwrap_or_else(|_| Err(Error::Internal("a device thread panicked".into())))
                 })
                 .collect()
         }),

@@ -356,26 +356,28 @@ fn mismatch(dev: &Device, at: u64, len: u64, got: &[u8]) -> Error {
             if let Ok(low) = dev.read_direct(at - k, len as usize)
                 && low == got
             {
-                return Error::io(
-                    format!(
-                        "{path}: the device is smaller than it claims: data at byte {} reads back from byte {} (fake capacity?)",
+                return Error::Mismatch {
+                    target: path.to_string(),
+                    what: format!(
+                        "the device is smaller than it claims: data at byte {} reads back from byte {} (fake capacity?)",
                         bytes(at),
                         bytes(at - k)
                     ),
-                    std::io::Error::other("verification failed"),
-                );
+                    at: Some(at),
+                };
             }
             k <<= 1;
         }
     }
-    Error::io(
-        format!(
-            "{path}: the device returned different data in bytes {}..{}",
+    Error::Mismatch {
+        target: path.to_string(),
+        what: format!(
+            "the device returned different data in bytes {}..{}",
             bytes(at),
             bytes(at + len)
         ),
-        std::io::Error::other("verification failed"),
-    )
+        at: None,
+    }
 }
 
 /// The mapped ranges of an image: from its bmap (block ranges) or, without one, everything.
@@ -660,7 +662,7 @@ pub fn flash_image(
                 .into_inner()
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| Err(Error::Usage("device thread failed".into())));
+                .unwrap_or_else(|| Err(Error::Internal("a device thread stopped".into())));
             match (&read, r) {
                 // A bad image is the cause of every device's failure: say so first.
                 (Err(e), Err(d)) => Err(Error::io(

@@ -61,6 +61,24 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// A byte range of a disk or image: `len` bytes from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Extent {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Extent {
+    pub const fn new(start: u64, len: u64) -> Self {
+        Extent { start, len }
+    }
+
+    /// The first byte after the range.
+    pub const fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
 /// A size in a definition file: a number of bytes or a string with a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);

@@ -142,7 +142,7 @@ fn call(target: &str, data: &[u8], scratch: &Path) {
         }
         "bmap" => {
             std::fs::write(scratch, data).expect("writing the scratch file");
-            let _ = skiff_flash::ops::flash::read_bmap(scratch);
+            let _ = skiff_flash::image::bmap::read(scratch);
         }
         "manifest" => {
             std::fs::write(scratch, data).expect("writing the scratch file");

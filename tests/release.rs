@@ -31,7 +31,7 @@ fn build_in(dir: &Path, images: &Path, out: &str, extra: &[&str]) {
 }
 
 fn sha(p: &Path) -> String {
-    skiff_flash::image::release::sha256_file(p).unwrap()
+    skiff_flash::image::sums::sha256_file(p).unwrap()
 }
 
 #[test]

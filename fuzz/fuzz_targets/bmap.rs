@@ -1,4 +1,4 @@
-//! Arbitrary bytes as a bmap file: `flash::read_bmap`.
+//! Arbitrary bytes as a bmap file: `image::bmap::read`.
 #![no_main]
 
 mod common;
@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let p = common::scratch("bmap", data);
-    let _ = skiff_flash::ops::flash::read_bmap(&p);
+    let _ = skiff_flash::image::bmap::read(&p);
 });

@@ -7,7 +7,7 @@ use clap::Args;
 use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
-use skiff_flash::image::{manifest, release};
+use skiff_flash::image::manifest;
 use skiff_flash::ops::inspect as insp;
 use skiff_flash::ops::verify::{self, Verdict};
 use skiff_flash::units::{bytes, human};
@@ -65,11 +65,8 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
         verify::meaning(&dev, &plan)
     } else if let Some(image) = &a.image {
-        skiff_flash::ops::flash::check_image_file(image)?;
-        let bmap = a.bmap.clone().or_else(|| {
-            let p = release::bmap_path(image);
-            p.is_file().then_some(p)
-        });
+        skiff_flash::image::read::check_image_file(image)?;
+        let bmap = skiff_flash::image::bmap::find(image, a.bmap.as_deref());
         verify::bytes_image(&dev, image, bmap.as_deref())?
     } else if let Some(m) = &a.manifest {
         verify::bytes_manifest(&dev, &manifest::load(m)?)

@@ -10,7 +10,8 @@ use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
 use skiff_flash::device::{self, DeviceInfo, SafetyPolicy};
-use skiff_flash::image::release;
+use skiff_flash::image::bmap::Bmap;
+use skiff_flash::image::read::ImageSource;
 use skiff_flash::ops::flash::{self, OnProgress, Progress, Report};
 use skiff_flash::units::{bytes, human};
 use skiff_flash::{Error, Result, plan};
@@ -73,7 +74,7 @@ enum Source {
     Board(Vec<plan::Plan>),
     Image {
         path: PathBuf,
-        bmap: Option<(u64, Vec<(u64, u64)>)>,
+        bmap: Option<Bmap>,
         size: u64,
     },
 }
@@ -148,16 +149,7 @@ fn source(
     epoch: i64,
 ) -> Result<(Source, u64, String)> {
     if let Some(image) = &a.image {
-        skiff_flash::ops::flash::check_image_file(image)?;
-        let bmap_path = a.bmap.clone().or_else(|| {
-            let p = release::bmap_path(image);
-            p.is_file().then_some(p)
-        });
-        let bmap = bmap_path.as_deref().map(flash::read_bmap).transpose()?;
-        if let (Some(b), Some(p)) = (&bmap, &bmap_path) {
-            flash::check_bmap(image, p, b)?;
-        }
-        let size = flash::image_size(image, bmap.as_ref())?;
+        let ImageSource { bmap, size, .. } = ImageSource::open(image, a.bmap.as_deref())?;
         let what = format!("image {} ({})", image.display(), human(size));
         return Ok((
             Source::Image {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::codec::{self, Codec};
 use super::stream::{Sequencer, SparseFile, Stream, StreamSummary};
 use crate::error::{Error, Result};
 use crate::io::hex;
@@ -17,55 +18,38 @@ use crate::io::hex;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Raw,
-    Zstd { level: i32 },
-    Gzip { level: u32 },
-    Xz { level: u32 },
+    Compressed { codec: Codec, level: i32 },
 }
 
 impl Format {
-    /// `.zst`, `.gz` and `.xz` compress (at `level`, or each format's default); other
-    /// compression or archive extensions (`.bz2`, `.lz4`, `.zip`, …) are refused rather than
-    /// written raw under a name that says otherwise; anything else is a raw sparse image.
+    /// A compression extension (`.zst`, `.gz`, `.xz`) compresses at `level` or the format's
+    /// default; other compression or archive extensions (`.bz2`, `.lz4`, `.zip`, …) are
+    /// refused rather than written raw under a name that says otherwise; anything else is a
+    /// raw sparse image.
     pub fn from_path(p: &Path, level: Option<i32>) -> Result<Format> {
         let name = p
             .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
+            .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(if name.ends_with(".zst") || name.ends_with(".zstd") {
-            Format::Zstd {
-                level: level.unwrap_or(3),
-            }
-        } else if name.ends_with(".gz") {
-            Format::Gzip {
-                level: level.unwrap_or(6).clamp(0, 9) as u32,
-            }
-        } else if name.ends_with(".xz") {
-            Format::Xz {
-                level: level.unwrap_or(6).clamp(0, 9) as u32,
-            }
-        } else if let Some(ext) = UNSUPPORTED
-            .iter()
-            .find(|e| name.strip_suffix(*e).is_some_and(|b| b.ends_with('.')))
-        {
+        if let Some(codec) = Codec::from_name(&name) {
+            return Ok(Format::Compressed {
+                codec,
+                level: codec.level(level),
+            });
+        }
+        if let Some(ext) = codec::unsupported_extension(&name) {
             return Err(Error::Usage(format!(
                 "{}: .{ext} compression is not supported; use .img (raw, sparse), .img.zst, .img.gz or .img.xz",
                 p.display()
             )));
-        } else {
-            Format::Raw
-        })
+        }
+        Ok(Format::Raw)
     }
 
     pub fn is_compressed(self) -> bool {
         self != Format::Raw
     }
 }
-
-/// Compression and archive extensions that are not written: an output named so is refused.
-const UNSUPPORTED: &[&str] = &[
-    "bz2", "bzip2", "tbz", "tbz2", "lz4", "lzma", "lz", "lzo", "zip", "7z", "rar", "tar", "tgz",
-    "txz", "tzst", "br", "sz", "z", "zpaq", "cpio", "lrz",
-];
 
 /// A file under a temporary name until `commit`.
 pub struct Staged {
@@ -204,8 +188,11 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
         count: 0,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    Ok(match format {
-        Format::Zstd { level } => {
+    let Format::Compressed { codec, level } = format else {
+        return Err(io::Error::other("not a compressed format"));
+    };
+    Ok(match codec {
+        Codec::Zstd => {
             let mut e = zstd::stream::write::Encoder::new(w, level)?;
             // Worker count changes speed, not bytes (zstd's multithreaded format is fixed
             // by the level), so images are reproducible on any machine.
@@ -213,13 +200,28 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
             e.include_checksum(true)?;
             Box::new(e)
         }
-        Format::Gzip { level } => Box::new(flate2::write::GzEncoder::new(
+        Codec::Gzip => Box::new(flate2::write::GzEncoder::new(
             w,
-            flate2::Compression::new(level),
+            flate2::Compression::new(level as u32),
         )),
-        Format::Xz { level } => Box::new(liblzma::write::XzEncoder::new(w, level)),
-        Format::Raw => return Err(io::Error::other("not a compressed format")),
+        Codec::Xz => Box::new(liblzma::write::XzEncoder::new(w, level as u32)),
     })
+}
+
+/// Writes `bytes` under `path`'s temporary name; it appears at `path` when committed.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged> {
+    use std::io::Write;
+    let mut f = Staged::create(path)?;
+    f.file
+        .write_all(bytes)
+        .and_then(|()| f.file.sync_data())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    Ok(f)
+}
+
+/// Writes `text` to `path` atomically.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    stage(path, text.as_bytes())?.commit()
 }
 
 /// Streams an image of `size` bytes into `dest` through `fill`, which writes it into the

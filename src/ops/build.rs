@@ -29,7 +29,7 @@ pub struct BuildReport {
 pub fn build_outputs(output: &Path, opts: BuildOptions) -> Vec<(std::path::PathBuf, &'static str)> {
     let mut v = vec![(crate::image::manifest::path_for(output), "manifest")];
     if opts.bmap {
-        v.push((crate::image::release::bmap_path(output), "bmap"));
+        v.push((crate::image::bmap::bmap_path(output), "bmap"));
     }
     if opts.checksums {
         v.push((sums_path(output), "checksum list"));
@@ -63,7 +63,7 @@ pub fn build_image(
         crate::image::output::check_output(path, what, &inputs)?;
     }
     let old_sums = if opts.checksums {
-        crate::image::release::read_sha256sums(&sums_path(output))?
+        crate::image::sums::read_sha256sums(&sums_path(output))?
     } else {
         None
     };
@@ -87,18 +87,18 @@ pub fn build_image(
     let record = crate::image::manifest::make(plan, &plan.images, output, &written, &manifest);
     let mpath = crate::image::manifest::path_for(output);
     let text = serde_json::to_string_pretty(&record).unwrap_or_default() + "\n";
-    set.push(crate::image::release::stage(&mpath, text.as_bytes())?);
+    set.push(crate::image::file::stage(&mpath, text.as_bytes())?);
     sums.push((name(&mpath), crate::io::sha256(text.as_bytes())));
     extra.push(mpath);
-    let bmap_path = crate::image::release::bmap_path(output);
+    let bmap_path = crate::image::bmap::bmap_path(output);
     let mut stale = Vec::new();
     if opts.bmap {
-        let text = crate::image::release::bmap(&written.stream);
-        set.push(crate::image::release::stage(&bmap_path, text.as_bytes())?);
+        let text = crate::image::bmap::render(&written.stream);
+        set.push(crate::image::file::stage(&bmap_path, text.as_bytes())?);
         sums.push((name(&bmap_path), crate::io::sha256(text.as_bytes())));
         extra.push(bmap_path);
     } else if crate::io::read_small(&bmap_path, "bmap file").ok()
-        != Some(crate::image::release::bmap(&written.stream).into_bytes())
+        != Some(crate::image::bmap::render(&written.stream).into_bytes())
     {
         // A bmap beside the image that does not describe it (an older build's) would be
         // picked up by `flash`; one that does (the same disk built compressed, which shares
@@ -111,8 +111,8 @@ pub fn build_image(
         }
         let path = sums_path(output);
         let text =
-            crate::image::release::merge_sha256sums(old_sums.as_deref().unwrap_or_default(), &sums);
-        set.push(crate::image::release::stage(&path, &text)?);
+            crate::image::sums::merge_sha256sums(old_sums.as_deref().unwrap_or_default(), &sums);
+        set.push(crate::image::file::stage(&path, &text)?);
         extra.push(path);
     }
     set.push(image);

@@ -10,7 +10,6 @@
 //! Not for deciding content (the plan does) or device policy (blockdev does).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -22,10 +21,12 @@ use sha2::{Digest, Sha256};
 use crate::device::{self, Device, DeviceInfo, PlannedPart};
 use crate::error::{Error, Result};
 use crate::format::table::{self, gpt};
+use crate::image::bmap::{Bmap, mapped_parts};
+use crate::image::read::{codec_of, corrupt, open_image};
 use crate::io::{hex, read_full};
 use crate::plan::Plan;
 use crate::sink::Sink;
-use crate::units::bytes;
+use crate::units::{Extent, bytes};
 
 const MIB: u64 = 1 << 20;
 
@@ -380,240 +381,6 @@ fn mismatch(dev: &Device, at: u64, len: u64, got: &[u8]) -> Error {
     }
 }
 
-/// The mapped ranges of an image: from its bmap (block ranges) or, without one, everything.
-pub fn read_bmap(path: &Path) -> Result<(u64, Vec<(u64, u64)>)> {
-    let text = crate::io::read_small_text(path, "bmap file")?;
-    let bad = |m: &str| Error::BadArtifact {
-        path: path.to_path_buf(),
-        message: format!("not a bmap file: {m}"),
-    };
-    let tag = |name: &str| -> Option<u64> {
-        let open = format!("<{name}>");
-        let i = text.find(&open)? + open.len();
-        let j = text[i..].find('<')?;
-        text[i..i + j].trim().parse().ok()
-    };
-    let size = tag("ImageSize").ok_or_else(|| bad("no ImageSize"))?;
-    let block = tag("BlockSize")
-        .filter(|b| *b > 0)
-        .ok_or_else(|| bad("no BlockSize"))?;
-    let mut ranges = Vec::new();
-    for part in text.split("<Range").skip(1) {
-        let body = part.split_once('>').map(|(_, b)| b).unwrap_or_default();
-        let body = body.split('<').next().unwrap_or_default().trim();
-        let (a, b) = match body.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (body, body),
-        };
-        let (a, b): (u64, u64) = (
-            a.parse().map_err(|_| bad("bad range"))?,
-            b.parse().map_err(|_| bad("bad range"))?,
-        );
-        let start = a
-            .checked_mul(block)
-            .ok_or_else(|| bad("range outside the image"))?;
-        let end = b
-            .checked_add(1)
-            .and_then(|n| n.checked_mul(block))
-            .ok_or_else(|| bad("range outside the image"))?
-            .min(size);
-        if start >= end
-            || ranges
-                .last()
-                .is_some_and(|(s, l): &(u64, u64)| s + l > start)
-        {
-            return Err(bad("ranges outside the image or out of order"));
-        }
-        ranges.push((start, end - start));
-    }
-    Ok((size, ranges))
-}
-
-/// The `chksum` of every `<Range>` of a bmap, in order, when its checksum type is SHA-256
-/// (the only type written since bmap 2.0); `None` for older or unchecked bmaps.
-fn bmap_range_sums(path: &Path) -> Result<Option<Vec<String>>> {
-    let text = crate::io::read_small_text(path, "bmap file")?;
-    let kind = text
-        .split_once("<ChecksumType>")
-        .and_then(|(_, r)| r.split_once('<'))
-        .map(|(t, _)| t.trim().to_ascii_lowercase());
-    if kind.as_deref() != Some("sha256") {
-        return Ok(None);
-    }
-    let mut sums = Vec::new();
-    for part in text.split("<Range").skip(1) {
-        let head = part.split_once('>').map(|(h, _)| h).unwrap_or_default();
-        let sum = head
-            .split_once("chksum=\"")
-            .and_then(|(_, r)| r.split_once('"'))
-            .map(|(v, _)| v.trim().to_ascii_lowercase())
-            .ok_or_else(|| Error::BadArtifact {
-                path: path.to_path_buf(),
-                message: "not a bmap file: a range without a chksum".into(),
-            })?;
-        sums.push(sum);
-    }
-    Ok(Some(sums))
-}
-
-/// Checks that a bmap describes `image` before anything is written with it: the image's
-/// (uncompressed) size is the bmap's, and every mapped range hashes to the bmap's checksum
-/// (as bmaptool checks). A bmap left over from another build, or made for another image,
-/// is refused naming both files.
-pub fn check_bmap(image: &Path, bmap_path: &Path, bmap: &(u64, Vec<(u64, u64)>)) -> Result<()> {
-    let (size, ranges) = bmap;
-    let mismatch = |why: String| Error::BadArtifact {
-        path: bmap_path.to_path_buf(),
-        message: format!(
-            "does not describe {}: {why} (a bmap of another build?); rebuild with --bmap or give the right --bmap",
-            image.display()
-        ),
-    };
-    let sums = bmap_range_sums(bmap_path)?;
-    if let Some(s) = &sums
-        && s.len() != ranges.len()
-    {
-        return Err(mismatch("its checksums do not match its ranges".into()));
-    }
-    let mut hashers: Vec<Sha256> = ranges.iter().map(|_| Sha256::new()).collect();
-    let mut hash = |at: u64, data: &[u8]| {
-        let first = ranges.partition_point(|(s, l)| s + l <= at);
-        for (i, (s, l)) in ranges.iter().enumerate().skip(first) {
-            let end = at + data.len() as u64;
-            if *s >= end {
-                break;
-            }
-            let (a, b) = (at.max(*s), end.min(s + l));
-            if b > a {
-                hashers[i].update(&data[(a - at) as usize..(b - at) as usize]);
-            }
-        }
-    };
-    let actual = if is_raw(image)? {
-        let io = |e| Error::io(format!("reading {}", image.display()), e);
-        let f = std::fs::File::open(image).map_err(io)?;
-        let actual = f.metadata().map_err(io)?.len();
-        if actual == *size && sums.is_some() {
-            let mut buf = vec![0u8; MIB as usize];
-            for &(start, len) in ranges {
-                let mut at = start;
-                while at < start + len {
-                    let n = (start + len - at).min(MIB) as usize;
-                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..n], at)
-                        .map_err(|e| corrupt(image, at, e))?;
-                    hash(at, &buf[..n]);
-                    at += n as u64;
-                }
-            }
-        }
-        actual
-    } else {
-        let mut r = open_image(image)?;
-        let mut buf = vec![0u8; MIB as usize];
-        let mut at = 0u64;
-        loop {
-            let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
-            if n == 0 {
-                break;
-            }
-            if sums.is_some() {
-                hash(at, &buf[..n]);
-            }
-            at += n as u64;
-        }
-        at
-    };
-    if actual != *size {
-        return Err(mismatch(format!(
-            "the image holds {} bytes, the bmap says {}",
-            bytes(actual),
-            bytes(*size)
-        )));
-    }
-    if let Some(sums) = sums {
-        for (i, (h, want)) in hashers.into_iter().zip(&sums).enumerate() {
-            if hex(&h.finalize()) != *want {
-                let (s, l) = ranges[i];
-                return Err(mismatch(format!(
-                    "range {} (bytes {}..{}) has a different checksum",
-                    i + 1,
-                    s,
-                    s + l
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// An image to write must be a regular file (or a block device holding one): a character
-/// device or FIFO could be endless, and is refused before anything is read.
-pub fn check_image_file(path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let bad = |m: &str| Error::BadArtifact {
-        path: path.to_path_buf(),
-        message: m.to_string(),
-    };
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && m.len() == 0 => Err(bad("image is empty")),
-        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
-        Ok(m) if m.is_dir() => Err(bad("image is a directory")),
-        Ok(_) => Err(bad("image is not a regular file")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad("image not found")),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-    }
-}
-
-/// Opens an image file, decompressing by magic (zstd, gzip, xz) or raw.
-pub fn open_image(path: &Path) -> Result<Box<dyn Read + Send>> {
-    let io = |e| Error::io(format!("reading {}", path.display()), e);
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut magic = [0u8; 6];
-    let n = read_full(&mut f, &mut magic).map_err(io)?;
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-    let f = std::io::BufReader::with_capacity(MIB as usize, f);
-    Ok(match &magic[..n] {
-        [0x28, 0xB5, 0x2F, 0xFD, ..] => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(io)?)
-        }
-        [0x1F, 0x8B, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(f)),
-        [0xFD, b'7', b'z', b'X', b'Z', 0x00] => {
-            Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(f))
-        }
-        _ => Box::new(f),
-    })
-}
-
-/// The uncompressed size of an image: its bmap says, else the file size (raw), else it is
-/// decompressed once to count (so no device is touched before the size is known).
-pub fn image_size(path: &Path, bmap: Option<&(u64, Vec<(u64, u64)>)>) -> Result<u64> {
-    if let Some((size, _)) = bmap {
-        return Ok(*size);
-    }
-    let mut r = open_image(path)?;
-    let mut buf = vec![0u8; MIB as usize];
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, total, e))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    Ok(total)
-}
-
-fn corrupt(path: &Path, at: u64, e: std::io::Error) -> Error {
-    Error::BadArtifact {
-        path: path.to_path_buf(),
-        message: format!(
-            "corrupt or truncated after {} uncompressed bytes: {e}",
-            bytes(at)
-        ),
-    }
-}
-
 /// A decoded piece of the image, shared by every device.
 struct Chunk {
     offset: u64,
@@ -625,15 +392,15 @@ struct Chunk {
 pub fn flash_image(
     infos: &[DeviceInfo],
     image: &Path,
-    bmap: Option<(u64, Vec<(u64, u64)>)>,
+    bmap: Option<Bmap>,
     size: u64,
     verify: bool,
     cb: OnProgress,
 ) -> Vec<Result<Report>> {
-    let mapped: Option<Vec<(u64, u64)>> = bmap.map(|(_, r)| r);
+    let mapped: Option<Vec<Extent>> = bmap.map(|b| b.ranges);
     let total: u64 = mapped
         .as_ref()
-        .map_or(size, |r| r.iter().map(|x| x.1).sum());
+        .map_or(size, |r| r.iter().map(|x| x.len).sum());
     let slots: Vec<Mutex<Option<Result<Report>>>> =
         infos.iter().map(|_| Mutex::new(None)).collect();
     let read = std::thread::scope(|s| {
@@ -679,7 +446,7 @@ pub fn flash_image(
 fn feed(
     image: &Path,
     size: u64,
-    mapped: Option<&[(u64, u64)]>,
+    mapped: Option<&[Extent]>,
     senders: &mut [Option<SyncSender<Chunk>>],
 ) -> Result<()> {
     let mut send = |offset: u64, data: Arc<Vec<u8>>| {
@@ -696,11 +463,11 @@ fn feed(
             }
         }
     };
-    if let (Some(m), true) = (mapped, is_raw(image)?) {
+    if let (Some(m), None) = (mapped, codec_of(image)?) {
         // A raw image with a block map: read only the mapped ranges.
         let io = |e| Error::io(format!("reading {}", image.display()), e);
         let f = std::fs::File::open(image).map_err(io)?;
-        for &(start, len) in m {
+        for &Extent { start, len } in m {
             let mut at = start;
             while at < start + len {
                 if crate::signals::interrupted() {
@@ -752,36 +519,11 @@ fn feed(
     Ok(())
 }
 
-/// Whether the file is an uncompressed image (no zstd, gzip or xz magic).
-fn is_raw(path: &Path) -> Result<bool> {
-    let io = |e| Error::io(format!("reading {}", path.display()), e);
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut magic = [0u8; 6];
-    let n = read_full(&mut f, &mut magic).map_err(io)?;
-    Ok(!matches!(
-        &magic[..n],
-        [0x28, 0xB5, 0x2F, 0xFD, ..] | [0x1F, 0x8B, ..] | [0xFD, b'7', b'z', b'X', b'Z', 0x00]
-    ))
-}
-
-/// The part of `[o, o+len)` covered by mapped ranges (sorted, non-overlapping).
-pub fn mapped_parts(mapped: &[(u64, u64)], o: u64, len: u64) -> Vec<(u64, u64)> {
-    let end = o + len;
-    let first = mapped.partition_point(|(s, l)| s + l <= o);
-    mapped[first..]
-        .iter()
-        .take_while(|(s, _)| *s < end)
-        .map(|(s, l)| (o.max(*s), end.min(s + l)))
-        .filter(|(a, b)| b > a)
-        .map(|(a, b)| (a, b - a))
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn device_worker(
     info: &DeviceInfo,
     rx: Receiver<Chunk>,
-    mapped: Option<Vec<(u64, u64)>>,
+    mapped: Option<Vec<Extent>>,
     size: u64,
     total: u64,
     verify: bool,
@@ -824,7 +566,7 @@ fn device_worker(
             let io = |e| Error::io(format!("writing {}", info.path.display()), e);
             match &mapped {
                 Some(m) => {
-                    for (a, l) in mapped_parts(m, offset, data.len() as u64) {
+                    for Extent { start: a, len: l } in mapped_parts(m, offset, data.len() as u64) {
                         let i = (a - offset) as usize;
                         put(&mut rec, &held, &mut stash, a, &data[i..i + l as usize])
                             .map_err(io)?;
@@ -957,17 +699,4 @@ pub(crate) fn table_of(
         .map(|(_, e)| e.into_iter().map(|(n, e)| (n, e.start, e.size)).collect())
         .unwrap_or_default();
     (parts, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mapped_parts_clip_to_the_chunk() {
-        let m = [(0, 10), (20, 10), (100, 50)];
-        assert_eq!(mapped_parts(&m, 5, 20), [(5, 5), (20, 5)]);
-        assert_eq!(mapped_parts(&m, 30, 70), Vec::<(u64, u64)>::new());
-        assert_eq!(mapped_parts(&m, 120, 100), [(120, 30)]);
-    }
 }

@@ -20,12 +20,14 @@ use crate::error::{Error, Result};
 use crate::format::fat::read::FatVolume;
 use crate::format::table::SECTOR;
 use crate::format::table::read::{GptHeader, gpt_from_head, mbr};
+use crate::image::bmap::{self, mapped_parts};
 use crate::image::manifest::Manifest;
+use crate::image::read::{image_size, open_image};
 use crate::io::{ReadAt, hex, read_full};
-use crate::ops::flash::{open_image, read_bmap};
 use crate::ops::inspect;
 use crate::plan::tree::{Node, Source};
 use crate::plan::{Plan, Table};
+use crate::units::Extent;
 use crate::units::bytes;
 
 /// One difference.
@@ -166,9 +168,9 @@ pub fn bytes_image(
     image: &std::path::Path,
     bmap: Option<&std::path::Path>,
 ) -> Result<Verdict> {
-    let map = bmap.map(read_bmap).transpose()?;
-    let image_size = crate::ops::flash::image_size(image, map.as_ref())?;
-    let mapped = map.map(|(_, r)| r);
+    let map = bmap.map(bmap::read).transpose()?;
+    let image_size = image_size(image, map.as_ref().map(|b| b.size))?;
+    let mapped = map.map(|b| b.ranges);
     let mut r = open_image(image)?;
     let mut findings = Vec::new();
     let mut checked = 0u64;
@@ -194,13 +196,13 @@ pub fn bytes_image(
             buf[..k].copy_from_slice(&head[..k]);
             moved = pieces.split_off(1);
         }
-        let parts: Vec<(u64, u64)> = match &mapped {
-            Some(m) => crate::ops::flash::mapped_parts(m, at, n as u64),
+        let parts: Vec<Extent> = match &mapped {
+            Some(m) => mapped_parts(m, at, n as u64),
             // Without a block map every byte counts: zeros may be required (a FAT's free
             // entries), so the whole image is compared.
-            None => vec![(at, n as u64)],
+            None => vec![Extent::new(at, n as u64)],
         };
-        for (a, l) in parts {
+        for Extent { start: a, len: l } in parts {
             let want = &buf[(a - at) as usize..(a - at + l) as usize];
             checked += l;
             match read(dev, a, l as usize) {

@@ -294,7 +294,7 @@ impl Card {
     }
 
     pub fn hash(&self) -> String {
-        skiff_flash::image::release::sha256_file(&self.backing).unwrap()
+        skiff_flash::image::sums::sha256_file(&self.backing).unwrap()
     }
 }
 

@@ -1,104 +1,9 @@
-//! Release artifacts beside an image: the block map in bmaptool's XML format (so
-//! `bmaptool copy` and `skiff-flash flash` write only mapped blocks) and `SHA256SUMS` in
-//! coreutils' format.
-//!
-//! Not for writing images: that is `target::image`.
+//! `SHA256SUMS` in coreutils' format: read, merged (our lines replaced, every other line kept
+//! byte for byte), and the SHA-256 of a file for it.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::image::file::Staged;
-use crate::image::stream::{BLOCK, StreamSummary};
-use crate::io::hex;
-use crate::units::human;
-
-/// The bmap file name for an image: compression suffixes dropped, `.bmap` added
-/// (`pi4.img.zst` → `pi4.img.bmap`), where bmaptool looks for it.
-pub fn bmap_path(image: &Path) -> PathBuf {
-    let name = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let base = [".zst", ".zstd", ".gz", ".xz"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(&name);
-    image.with_file_name(format!("{base}.bmap"))
-}
-
-/// The bmap document (format 2.0) for a streamed image, with its own checksum filled in.
-pub fn bmap(summary: &StreamSummary) -> String {
-    let blocks = summary.size.div_ceil(BLOCK);
-    let pct = if blocks == 0 {
-        0.0
-    } else {
-        summary.mapped_blocks as f64 * 100.0 / blocks as f64
-    };
-    let mut x = String::new();
-    let _ = write!(
-        x,
-        "<?xml version=\"1.0\" ?>\n\
-         <!-- Block map of a disk image: the blocks that hold data (tables, filesystem\n     \
-         metadata, files). Only these need to be written to a device. -->\n\
-         <bmap version=\"2.0\">\n    \
-         <!-- Image size in bytes: {} -->\n    \
-         <ImageSize> {} </ImageSize>\n\n    \
-         <!-- Size of a block in bytes -->\n    \
-         <BlockSize> {BLOCK} </BlockSize>\n\n    \
-         <!-- Count of blocks in the image file -->\n    \
-         <BlocksCount> {blocks} </BlocksCount>\n\n    \
-         <!-- Count of mapped blocks: {} or {pct:.1}% -->\n    \
-         <MappedBlocksCount> {} </MappedBlocksCount>\n\n    \
-         <!-- Type of checksum used in this file -->\n    \
-         <ChecksumType> sha256 </ChecksumType>\n\n    \
-         <!-- The checksum of this bmap file. When it is calculated, the value of\n         \
-         the checksum has be zero (all ASCII \"0\" symbols).  -->\n    \
-         <BmapFileChecksum> {} </BmapFileChecksum>\n\n    \
-         <BlockMap>\n",
-        human(summary.size),
-        summary.size,
-        human(summary.mapped_blocks * BLOCK),
-        summary.mapped_blocks,
-        "0".repeat(64),
-    );
-    for r in &summary.ranges {
-        if r.first == r.last {
-            let _ = writeln!(
-                x,
-                "        <Range chksum=\"{}\"> {} </Range>",
-                r.sha256, r.first
-            );
-        } else {
-            let _ = writeln!(
-                x,
-                "        <Range chksum=\"{}\"> {}-{} </Range>",
-                r.sha256, r.first, r.last
-            );
-        }
-    }
-    x.push_str("    </BlockMap>\n</bmap>\n");
-    let sum = hex(&Sha256::digest(x.as_bytes()));
-    x.replacen(&"0".repeat(64), &sum, 1)
-}
-
-/// Writes `bytes` under `path`'s temporary name; it appears at `path` when committed.
-pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged> {
-    use std::io::Write;
-    let mut f = Staged::create(path)?;
-    f.file
-        .write_all(bytes)
-        .and_then(|()| f.file.sync_data())
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    Ok(f)
-}
-
-/// Writes `text` to `path` atomically.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    stage(path, text.as_bytes())?.commit()
-}
 
 /// The current content of a checksum list, if there is one: refused (not rewritten) when
 /// it cannot be read whole.
@@ -242,14 +147,5 @@ mod tests {
         assert_eq!(sums_line_name(b"SHA256 (t) = dd"), Some(b"t".to_vec()));
         assert_eq!(sums_line_name(b"\\ab  a\\nb"), Some(b"a\nb".to_vec()));
         assert_eq!(sums_line("a\nb", "ab"), b"\\ab  a\\nb\n");
-    }
-
-    #[test]
-    fn bmap_names_drop_compression() {
-        assert_eq!(
-            bmap_path(Path::new("/o/pi4.img.zst")),
-            Path::new("/o/pi4.img.bmap")
-        );
-        assert_eq!(bmap_path(Path::new("pi4.img")), Path::new("pi4.img.bmap"));
     }
 }

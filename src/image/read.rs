@@ -1,0 +1,114 @@
+//! Reading an image file to write or compare it: refusing what cannot be an image (a
+//! directory, an empty file, a FIFO), decoding it by its magic (every format in `codec`),
+//! and learning its uncompressed size before any device is touched.
+//!
+//! Not for block maps (`bmap`) or for what is inside the image (`format`).
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::bmap::{self, Bmap};
+use super::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::io::read_full;
+use crate::units::bytes;
+
+const MIB: usize = 1 << 20;
+
+/// An image file ready to be written or compared: checked, its bmap (given or found beside
+/// it) read and checked against it, its uncompressed size known.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    pub path: PathBuf,
+    pub bmap: Option<Bmap>,
+    pub size: u64,
+}
+
+impl ImageSource {
+    /// Refuses what cannot be an image, a bmap that does not describe it, and a compressed
+    /// stream that is corrupt, before any device is touched.
+    pub fn open(path: &Path, bmap: Option<&Path>) -> Result<ImageSource> {
+        check_image_file(path)?;
+        let bmap_path = bmap::find(path, bmap);
+        let map = bmap_path.as_deref().map(bmap::read).transpose()?;
+        if let (Some(b), Some(p)) = (&map, &bmap_path) {
+            bmap::check(path, p, b)?;
+        }
+        let size = image_size(path, map.as_ref().map(|b| b.size))?;
+        Ok(ImageSource {
+            path: path.to_path_buf(),
+            bmap: map,
+            size,
+        })
+    }
+}
+
+/// An image to write must be a regular file (or a block device holding one): a character
+/// device or FIFO could be endless, and is refused before anything is read.
+pub fn check_image_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |m: &str| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: m.to_string(),
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(bad("image is empty")),
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_dir() => Err(bad("image is a directory")),
+        Ok(_) => Err(bad("image is not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad("image not found")),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// The compression an image file is in, by its magic; `None` for a raw image.
+pub fn codec_of(path: &Path) -> Result<Option<Codec>> {
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; codec::MAGIC_LEN];
+    let n = read_full(&mut f, &mut magic).map_err(io)?;
+    Ok(Codec::sniff(&magic[..n]))
+}
+
+/// Opens an image file, decompressing by magic, or raw.
+pub fn open_image(path: &Path) -> Result<Box<dyn Read + Send>> {
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let codec = codec_of(path)?;
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    let f = BufReader::with_capacity(MIB, f);
+    Ok(match codec {
+        Some(c) => c.decoder(f).map_err(io)?,
+        None => Box::new(f),
+    })
+}
+
+/// The uncompressed size of an image: `known` (a bmap's) when given, else it is read once
+/// to the end to count (so no device is touched before the size is known).
+pub fn image_size(path: &Path, known: Option<u64>) -> Result<u64> {
+    if let Some(size) = known {
+        return Ok(size);
+    }
+    let mut r = open_image(path)?;
+    let mut buf = vec![0u8; MIB];
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, total, e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// A compressed image whose stream ends or breaks after `at` uncompressed bytes.
+pub fn corrupt(path: &Path, at: u64, e: std::io::Error) -> Error {
+    Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: format!(
+            "corrupt or truncated after {} uncompressed bytes: {e}",
+            bytes(at)
+        ),
+    }
+}

@@ -171,6 +171,21 @@ pub trait ReadAt: Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     /// Total size in bytes.
     fn size(&self) -> u64;
+
+    /// `len` bytes at `at`, as many as exist and zeros for the rest (all zeros when the
+    /// read fails): for readers that must carry on over any bytes.
+    fn read_padded(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        let size = self.size();
+        if at >= size {
+            return buf;
+        }
+        let n = ((size - at) as usize).min(len);
+        if self.read_exact_at(&mut buf[..n], at).is_err() {
+            buf.fill(0);
+        }
+        buf
+    }
 }
 
 impl ReadAt for std::fs::File {

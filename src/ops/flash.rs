@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::device::{self, Device, DeviceInfo, PlannedPart};
 use crate::error::{Error, Result};
+use crate::format::table::read::{DiskTable, Scheme};
 use crate::format::table::{self, gpt};
 use crate::image::bmap::{Bmap, mapped_parts};
 use crate::image::read::{codec_of, corrupt, open_image};
@@ -683,20 +684,23 @@ pub(crate) fn table_of(
     dev_size: u64,
     image_size: u64,
 ) -> (Vec<PlannedPart>, Option<Pieces>) {
-    if let Ok((h, entries)) = table::read::gpt_from_head(head) {
-        let parts = entries.iter().map(|(n, e)| (*n, e.start, e.size)).collect();
-        let standard = h.entries == 128 && h.entry_size == 128 && h.my_lba == 1;
-        if dev_size <= image_size || !standard {
-            return (parts, None);
-        }
-        let mut code = [0u8; 440];
-        code.copy_from_slice(&head[..440]);
-        let list: Vec<_> = entries.into_iter().map(|(_, e)| e).collect();
-        let pieces = gpt::pieces(dev_size, &code, h.disk_guid, h.array_lba, &list);
-        return (parts, Some(pieces));
+    let Ok(found) = DiskTable::parse(head) else {
+        return (Vec::new(), None);
+    };
+    let parts = found
+        .entries
+        .iter()
+        .map(|e| (e.number, e.start, e.size))
+        .collect();
+    let Scheme::Gpt(h) = &found.scheme else {
+        return (parts, None);
+    };
+    let standard = h.entries == 128 && h.entry_size == 128 && h.my_lba == 1;
+    if dev_size <= image_size || !standard {
+        return (parts, None);
     }
-    let parts = table::read::mbr(head)
-        .map(|(_, e)| e.into_iter().map(|(n, e)| (n, e.start, e.size)).collect())
-        .unwrap_or_default();
-    (parts, None)
+    let mut code = [0u8; 440];
+    code.copy_from_slice(&head[..440]);
+    let pieces = gpt::pieces(dev_size, &code, h.disk_guid, h.array_lba, &found.entries);
+    (parts, Some(pieces))
 }

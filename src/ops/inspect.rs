@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::format::fat::read::FatVolume;
 use crate::format::table::read::{
-    GptHeader, ebr_chain, gpt_entries, gpt_from_head, gpt_header, is_extended as ebr_type, mbr,
+    DiskTable, Scheme, ebr_chain, is_extended as ebr_type, mbr as mbr_entries,
 };
 use crate::format::table::{Guid, SECTOR, TableEntry, gpt_type_name};
 use crate::io::ReadAt;
@@ -77,20 +77,6 @@ pub struct FileInfo {
     pub dir: bool,
 }
 
-/// Reads `len` bytes at `at`, or as many as exist (zero-filled past the end).
-fn read_some(dev: &dyn ReadAt, at: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let size = dev.size();
-    if at >= size {
-        return buf;
-    }
-    let n = ((size - at) as usize).min(len);
-    if dev.read_exact_at(&mut buf[..n], at).is_err() {
-        buf.fill(0);
-    }
-    buf
-}
-
 /// Inspects a disk or image.
 pub fn inspect(dev: &dyn ReadAt) -> Inspection {
     let size = dev.size();
@@ -100,11 +86,11 @@ pub fn inspect(dev: &dyn ReadAt) -> Inspection {
             "only {size} bytes: too small to hold a partition table"
         ));
     }
-    let head = read_some(dev, 0, 1 << 20);
+    let head = dev.read_padded(0, DiskTable::HEAD as usize);
     let (table, entries) = table(dev, &head, size, &mut problems);
     let partitions = entries
         .into_iter()
-        .map(|(n, e)| partition(dev, n, e, size, &table, &mut problems))
+        .map(|e| partition(dev, e, size, &table, &mut problems))
         .collect();
     Inspection {
         size,
@@ -119,109 +105,103 @@ fn table(
     head: &[u8],
     size: u64,
     problems: &mut Vec<String>,
-) -> (Table, Vec<(u32, TableEntry)>) {
-    let m = mbr(&head[..512]);
-    let protective = m
-        .as_ref()
-        .is_some_and(|(_, e)| e.iter().any(|(_, x)| x.mbr_type == Some(0xEE)));
-    let primary = gpt_from_head(head);
-    let backup = backup_gpt(dev, size);
-    if protective || primary.is_ok() {
-        let hybrid = m
-            .as_ref()
-            .is_some_and(|(_, e)| e.iter().any(|(_, x)| x.mbr_type != Some(0xEE)));
-        if let Err(e) = &primary {
-            problems.push(format!("primary GPT: {e}"));
+) -> (Table, Vec<TableEntry>) {
+    let found = DiskTable::parse(head);
+    match found {
+        Ok(t) if matches!(t.scheme, Scheme::Gpt(_)) || t.is_protective() => {
+            gpt(dev, head, t, problems)
         }
-        if let Err(e) = &backup {
-            problems.push(format!("backup GPT: {e}"));
-        }
-        let chosen = primary.as_ref().ok().or(backup.as_ref().ok());
-        let Some((h, entries)) = chosen else {
-            return (Table::None, Vec::new());
-        };
-        if primary.is_err() {
-            problems.push("using the backup GPT".into());
-        }
-        return (
-            Table::Gpt {
-                disk_guid: h.disk_guid,
-                primary_ok: primary.is_ok(),
-                backup_ok: backup.is_ok(),
-                hybrid,
-            },
-            entries.clone(),
-        );
-    }
-    match m {
-        Some((id, mut e)) => {
-            let extended: Vec<TableEntry> = e
-                .iter()
-                .filter(|(_, p)| p.mbr_type.is_some_and(ebr_type))
-                .map(|(_, p)| p.clone())
-                .collect();
-            for ext in extended.iter().take(1) {
-                let (logical, err) =
-                    ebr_chain(ext, size, &|at| read_some(dev, at, SECTOR as usize));
-                if let Some(err) = err {
-                    problems.push(format!("extended partition: {err}"));
-                }
-                e.extend(logical);
-            }
-            if extended.len() > 1 {
-                problems.push("more than one extended partition".into());
-            }
+        Ok(t) => {
+            let Scheme::Mbr { disk_id } = t.scheme else {
+                return (Table::None, Vec::new());
+            };
+            let entries = with_logical(dev, t.entries, size, problems);
             (
                 Table::Mbr {
-                    disk_id: format!("{id:08x}"),
+                    disk_id: format!("{disk_id:08x}"),
                 },
-                e,
+                entries,
             )
         }
-        None => {
+        Err(_) => {
             problems.push("no partition table (no MBR signature, no GPT)".into());
             (Table::None, Vec::new())
         }
     }
 }
 
-/// The backup GPT at the end of a disk of `size` bytes: header, then the array it names.
-fn backup_gpt(dev: &dyn ReadAt, size: u64) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
-    if size < 34 * SECTOR {
-        return Err("disk too small".into());
+/// A GPT disk: the primary table when it checks out, else the backup; both judged.
+fn gpt(
+    dev: &dyn ReadAt,
+    head: &[u8],
+    found: DiskTable,
+    problems: &mut Vec<String>,
+) -> (Table, Vec<TableEntry>) {
+    let backup = DiskTable::backup_gpt(dev);
+    // Hybrid: the MBR lists partitions besides the protective one.
+    let hybrid =
+        mbr_entries(&head[..512]).is_some_and(|(_, e)| e.iter().any(|x| x.mbr_type != Some(0xEE)));
+    let primary = match &found.scheme {
+        Scheme::Gpt(h) => Ok((h.clone(), found.entries.clone())),
+        Scheme::Mbr { .. } => Err(found.gpt_problem.clone().unwrap_or_else(|| "no GPT".into())),
+    };
+    if let Err(e) = &primary {
+        problems.push(format!("primary GPT: {e}"));
     }
-    gpt_at(dev, size, (size - SECTOR) / SECTOR)
+    if let Err(e) = &backup {
+        problems.push(format!("backup GPT: {e}"));
+    }
+    let chosen = primary.as_ref().ok().or(backup.as_ref().ok());
+    let Some((h, entries)) = chosen else {
+        return (Table::None, Vec::new());
+    };
+    if primary.is_err() {
+        problems.push("using the backup GPT".into());
+    }
+    (
+        Table::Gpt {
+            disk_guid: h.disk_guid,
+            primary_ok: primary.is_ok(),
+            backup_ok: backup.is_ok(),
+            hybrid,
+        },
+        entries.clone(),
+    )
 }
 
-/// The GPT whose header is at `lba`: header, then the array it names.
-pub(crate) fn gpt_at(
+/// An MBR's primary partitions followed by the logical ones of its (first) extended one.
+fn with_logical(
     dev: &dyn ReadAt,
+    mut entries: Vec<TableEntry>,
     size: u64,
-    lba: u64,
-) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
-    let hat = lba
-        .checked_mul(SECTOR)
-        .filter(|a| a.saturating_add(SECTOR) <= size)
-        .ok_or("header outside the disk")?;
-    let h = gpt_header(&read_some(dev, hat, SECTOR as usize))?;
-    let at = h
-        .array_lba
-        .checked_mul(SECTOR)
-        .filter(|a| *a < size)
-        .ok_or("array outside the disk")?;
-    let array = read_some(dev, at, h.array_bytes());
-    let e = gpt_entries(&h, &array)?;
-    Ok((h, e))
+    problems: &mut Vec<String>,
+) -> Vec<TableEntry> {
+    let extended: Vec<TableEntry> = entries
+        .iter()
+        .filter(|p| p.mbr_type.is_some_and(ebr_type))
+        .cloned()
+        .collect();
+    for ext in extended.iter().take(1) {
+        let (logical, err) = ebr_chain(ext, size, &|at| dev.read_padded(at, SECTOR as usize));
+        if let Some(err) = err {
+            problems.push(format!("extended partition: {err}"));
+        }
+        entries.extend(logical);
+    }
+    if extended.len() > 1 {
+        problems.push("more than one extended partition".into());
+    }
+    entries
 }
 
 fn partition(
     dev: &dyn ReadAt,
-    number: u32,
     e: TableEntry,
     disk: u64,
     table: &Table,
     problems: &mut Vec<String>,
 ) -> Partition {
+    let number = e.number;
     let end = e.start.saturating_add(e.size);
     if end > disk {
         problems.push(format!(
@@ -276,7 +256,7 @@ pub fn filesystem(
     n: u32,
     problems: &mut Vec<String>,
 ) -> Filesystem {
-    let head = read_some(dev, start, 4096.min(len as usize));
+    let head = dev.read_padded(start, 4096.min(len as usize));
     let mut fs = Filesystem {
         kind: "unknown".into(),
         label: None,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::format::fat::read::FatVolume;
 use crate::format::table::SECTOR;
-use crate::format::table::read::{GptHeader, gpt_from_head, mbr};
+use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
 use crate::image::bmap::{self, mapped_parts};
 use crate::image::manifest::Manifest;
 use crate::image::read::{image_size, open_image};
@@ -377,32 +377,45 @@ fn prebuilt(
 }
 
 fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
-    let head = match read(dev, 0, (1 << 20).min(dev.size()) as usize) {
-        Ok(h) => h,
-        Err(e) => return findings.push(Finding::new("table", e)),
+    let found = match DiskTable::read(dev) {
+        Ok(t) => Ok(t),
+        Err(TableError::Io(e)) => return findings.push(Finding::new("table", e.to_string())),
+        Err(TableError::Missing(e)) => Err(e),
     };
-    let entries = match &plan.table {
-        Table::Gpt {
-            disk_guid,
-            no_backup,
-            ..
-        } => match gpt_from_head(&head) {
-            Ok((h, e)) => {
-                if h.disk_guid != *disk_guid {
-                    findings.push(Finding {
-                        expected: Some(disk_guid.to_string()),
-                        found: Some(h.disk_guid.to_string()),
-                        ..Finding::new("table", "disk GUID differs")
-                    });
-                }
-                if !no_backup {
-                    backup(dev, &h, findings);
-                }
-                e
+    let entries = match (&plan.table, found) {
+        (
+            Table::Gpt {
+                disk_guid,
+                no_backup,
+                ..
+            },
+            Ok(DiskTable {
+                scheme: Scheme::Gpt(h),
+                entries,
+                ..
+            }),
+        ) => {
+            if h.disk_guid != *disk_guid {
+                findings.push(Finding {
+                    expected: Some(disk_guid.to_string()),
+                    found: Some(h.disk_guid.to_string()),
+                    ..Finding::new("table", "disk GUID differs")
+                });
             }
-            Err(e) => return findings.push(Finding::new("table", format!("expected a GPT: {e}"))),
-        },
-        Table::Mbr { .. } => match head.get(..512).and_then(mbr) {
+            if !no_backup {
+                backup(dev, &h, findings);
+            }
+            entries
+        }
+        (Table::Gpt { .. }, Ok(DiskTable { gpt_problem, .. })) => {
+            let e = gpt_problem.unwrap_or_else(|| "no GPT".into());
+            return findings.push(Finding::new("table", format!("expected a GPT: {e}")));
+        }
+        (Table::Gpt { .. }, Err(e)) => {
+            return findings.push(Finding::new("table", format!("expected a GPT: {e}")));
+        }
+        // An MBR reader sees the first sector's entries whatever else the disk holds.
+        (Table::Mbr { .. }, _) => match mbr(&dev.read_padded(0, 512)) {
             Some((_, e)) => e,
             None => {
                 return findings.push(Finding::new("table", "expected an MBR: no partition table"));
@@ -419,7 +432,7 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
             ),
         ));
     }
-    for (p, (_, e)) in plan.partitions.iter().zip(&entries) {
+    for (p, e) in plan.partitions.iter().zip(&entries) {
         let region = format!("partition {}", p.id);
         let mut differ = |what: &str, want: String, got: String| {
             if want != got {
@@ -471,7 +484,7 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
 /// larger card): its header and array CRCs good, and the same table as the primary.
 fn backup(dev: &dyn ReadAt, primary: &GptHeader, findings: &mut Vec<Finding>) {
     let alt = primary.alternate_lba;
-    match inspect::gpt_at(dev, dev.size(), alt) {
+    match DiskTable::gpt_at(dev, alt) {
         Err(e) => findings.push(Finding {
             offset: Some(alt.saturating_mul(SECTOR)),
             ..Finding::new("backup GPT", format!("bad: {e}"))

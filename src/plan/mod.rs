@@ -178,7 +178,9 @@ impl Plan {
     pub fn table_entries(&self) -> Vec<TableEntry> {
         self.partitions
             .iter()
-            .map(|p| TableEntry {
+            .zip(1..)
+            .map(|(p, number)| TableEntry {
+                number,
                 start: p.start,
                 size: p.size,
                 gpt_type: p.gpt_type,

@@ -139,6 +139,7 @@ mod tests {
 
     fn entry(start: u64, size: u64, ty: u8) -> TableEntry {
         TableEntry {
+            number: 0,
             start,
             size,
             gpt_type: None,

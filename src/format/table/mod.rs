@@ -140,6 +140,8 @@ impl<T> Pipe for T {}
 /// One partition as the table records it.
 #[derive(Debug, Clone)]
 pub struct TableEntry {
+    /// The partition's number (1-based; MBR logical partitions from 5).
+    pub number: u32,
     pub start: u64,
     pub size: u64,
     pub gpt_type: Option<Guid>,

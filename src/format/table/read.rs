@@ -1,9 +1,136 @@
 //! Reading partition tables back: MBR and GPT (header and entry-array CRCs checked), from
 //! bytes that may be anything. Never panics on garbage; says what is wrong instead.
 //!
-//! Used to relocate a GPT to a device's end after flashing an image, and by inspection.
+//! `DiskTable` is what every reader of a disk's table starts from (upgrade, verify,
+//! inspect, flashing an image onto a larger device); the pieces it is made of are public
+//! for inspection's finer reports (backup GPT, extended partitions).
+
+use std::fmt;
 
 use super::{Guid, SECTOR, TableEntry};
+use crate::io::ReadAt;
+
+/// What is wrong with a table's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTable(pub String);
+
+impl fmt::Display for BadTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for BadTable {
+    fn from(s: &str) -> Self {
+        BadTable(s.to_string())
+    }
+}
+
+impl From<String> for BadTable {
+    fn from(s: String) -> Self {
+        BadTable(s)
+    }
+}
+
+impl BadTable {
+    pub fn contains(&self, s: &str) -> bool {
+        self.0.contains(s)
+    }
+}
+
+/// Which kind of table a disk holds, with what identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    Gpt(GptHeader),
+    Mbr { disk_id: u32 },
+}
+
+/// A disk's partition table as found: a GPT whose primary header and array check out, else
+/// an MBR (which may be a GPT's protective MBR when the GPT is damaged: `gpt_problem` says
+/// what was wrong with it).
+#[derive(Debug, Clone)]
+pub struct DiskTable {
+    pub scheme: Scheme,
+    /// The primary partitions (for an MBR, not the logical ones inside an extended one).
+    pub entries: Vec<TableEntry>,
+    pub gpt_problem: Option<BadTable>,
+}
+
+/// Why no table could be read.
+#[derive(Debug)]
+pub enum TableError {
+    Io(std::io::Error),
+    /// No GPT and no MBR signature; says what was wrong with the GPT.
+    Missing(BadTable),
+}
+
+impl DiskTable {
+    /// How many bytes from the disk's start hold every table this reads.
+    pub const HEAD: u64 = 1 << 20;
+
+    /// The table in a disk's first bytes (`HEAD`, or all of a smaller disk).
+    pub fn parse(head: &[u8]) -> Result<DiskTable, BadTable> {
+        let gpt_problem = match gpt_from_head(head) {
+            Ok((h, entries)) => {
+                return Ok(DiskTable {
+                    scheme: Scheme::Gpt(h),
+                    entries,
+                    gpt_problem: None,
+                });
+            }
+            Err(e) => e,
+        };
+        match head.get(..512).and_then(mbr) {
+            Some((disk_id, entries)) => Ok(DiskTable {
+                scheme: Scheme::Mbr { disk_id },
+                entries,
+                gpt_problem: Some(gpt_problem),
+            }),
+            None => Err(gpt_problem),
+        }
+    }
+
+    /// Reads the first bytes of `dev` and parses its table.
+    pub fn read(dev: &dyn ReadAt) -> Result<DiskTable, TableError> {
+        let mut head = vec![0u8; Self::HEAD.min(dev.size()) as usize];
+        dev.read_exact_at(&mut head, 0).map_err(TableError::Io)?;
+        Self::parse(&head).map_err(TableError::Missing)
+    }
+
+    /// The GPT whose header is at `lba` of `dev` (the backup's, or one a primary header names):
+    /// header, then the array it names.
+    pub fn gpt_at(dev: &dyn ReadAt, lba: u64) -> Result<(GptHeader, Vec<TableEntry>), BadTable> {
+        let size = dev.size();
+        let hat = lba
+            .checked_mul(SECTOR)
+            .filter(|a| a.saturating_add(SECTOR) <= size)
+            .ok_or("header outside the disk")?;
+        let h = gpt_header(&dev.read_padded(hat, SECTOR as usize))?;
+        let at = h
+            .array_lba
+            .checked_mul(SECTOR)
+            .filter(|a| *a < size)
+            .ok_or("array outside the disk")?;
+        let array = dev.read_padded(at, h.array_bytes());
+        let e = gpt_entries(&h, &array)?;
+        Ok((h, e))
+    }
+
+    /// The backup GPT in the last sector of `dev`.
+    pub fn backup_gpt(dev: &dyn ReadAt) -> Result<(GptHeader, Vec<TableEntry>), BadTable> {
+        let size = dev.size();
+        if size < 34 * SECTOR {
+            return Err("disk too small".into());
+        }
+        Self::gpt_at(dev, (size - SECTOR) / SECTOR)
+    }
+
+    /// Whether an MBR found is a GPT's protective one (an entry of type 0xEE).
+    pub fn is_protective(&self) -> bool {
+        matches!(self.scheme, Scheme::Mbr { .. })
+            && self.entries.iter().any(|e| e.mbr_type == Some(0xEE))
+    }
+}
 
 /// A GPT header as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +157,7 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 }
 
 /// Parses and checks a GPT header sector.
-pub fn gpt_header(sector: &[u8]) -> Result<GptHeader, String> {
+pub fn gpt_header(sector: &[u8]) -> Result<GptHeader, BadTable> {
     if sector.len() < 92 {
         return Err("GPT header: truncated".into());
     }
@@ -39,7 +166,7 @@ pub fn gpt_header(sector: &[u8]) -> Result<GptHeader, String> {
     }
     let size = u32_at(sector, 12) as usize;
     if !(92..=sector.len()).contains(&size) {
-        return Err(format!("GPT header: bad header size {size}"));
+        return Err(format!("GPT header: bad header size {size}").into());
     }
     let mut h = sector[..size].to_vec();
     let stored = u32_at(&h, 16);
@@ -64,7 +191,8 @@ pub fn gpt_header(sector: &[u8]) -> Result<GptHeader, String> {
         return Err(format!(
             "GPT header: implausible entry array ({} entries of {} bytes)",
             hdr.entries, hdr.entry_size
-        ));
+        )
+        .into());
     }
     Ok(hdr)
 }
@@ -77,7 +205,7 @@ impl GptHeader {
 }
 
 /// Parses a GPT entry array (checked against the header's CRC); unused entries are skipped.
-pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>, String> {
+pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<TableEntry>, BadTable> {
     let need = h.array_bytes();
     if array.len() < need {
         return Err("GPT entry array: truncated".into());
@@ -98,7 +226,7 @@ pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>
         let first = u64_at(e, 32);
         let last = u64_at(e, 40);
         if last < first {
-            return Err(format!("GPT entry {}: ends before it starts", i + 1));
+            return Err(format!("GPT entry {}: ends before it starts", i + 1).into());
         }
         // LBAs from a damaged disk can be anything: keep byte offsets representable.
         let (Some(start), Some(size)) = (
@@ -107,34 +235,32 @@ pub fn gpt_entries(h: &GptHeader, array: &[u8]) -> Result<Vec<(u32, TableEntry)>
                 .checked_add(1)
                 .and_then(|n| n.checked_mul(SECTOR)),
         ) else {
-            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1));
+            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1).into());
         };
         if start.checked_add(size).is_none() {
-            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1));
+            return Err(format!("GPT entry {}: LBAs beyond any disk", i + 1).into());
         }
         let units: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|u| *u != 0)
             .collect();
-        out.push((
-            i as u32 + 1,
-            TableEntry {
-                start,
-                size,
-                gpt_type: Some(Guid::from_disk(ty)),
-                mbr_type: None,
-                guid: Guid::from_disk(id),
-                name: String::from_utf16_lossy(&units),
-                bootable: u64_at(e, 48) & (1 << 2) != 0,
-            },
-        ));
+        out.push(TableEntry {
+            number: i as u32 + 1,
+            start,
+            size,
+            gpt_type: Some(Guid::from_disk(ty)),
+            mbr_type: None,
+            guid: Guid::from_disk(id),
+            name: String::from_utf16_lossy(&units),
+            bootable: u64_at(e, 48) & (1 << 2) != 0,
+        });
     }
     Ok(out)
 }
 
 /// A GPT read from the first bytes of a disk: header at LBA 1, the array where it says.
-pub fn gpt_from_head(head: &[u8]) -> Result<(GptHeader, Vec<(u32, TableEntry)>), String> {
+pub fn gpt_from_head(head: &[u8]) -> Result<(GptHeader, Vec<TableEntry>), BadTable> {
     let h = gpt_header(head.get(512..1024).ok_or("GPT header: truncated")?)?;
     let start = h
         .array_lba
@@ -152,7 +278,7 @@ pub fn gpt_from_head(head: &[u8]) -> Result<(GptHeader, Vec<(u32, TableEntry)>),
 }
 
 /// MBR entries (type, bootable, start, size) and disk id; `None` without the 0x55AA mark.
-pub fn mbr(sector: &[u8]) -> Option<(u32, Vec<(u32, TableEntry)>)> {
+pub fn mbr(sector: &[u8]) -> Option<(u32, Vec<TableEntry>)> {
     if sector.len() < 512 || sector[510..512] != [0x55, 0xAA] {
         return None;
     }
@@ -163,18 +289,16 @@ pub fn mbr(sector: &[u8]) -> Option<(u32, Vec<(u32, TableEntry)>)> {
         if e[4] == 0 {
             continue;
         }
-        out.push((
-            i as u32 + 1,
-            TableEntry {
-                start: u64::from(u32_at(e, 8)) * SECTOR,
-                size: u64::from(u32_at(e, 12)) * SECTOR,
-                gpt_type: None,
-                mbr_type: Some(e[4]),
-                guid: Guid([0; 16]),
-                name: String::new(),
-                bootable: e[0] & 0x80 != 0,
-            },
-        ));
+        out.push(TableEntry {
+            number: i as u32 + 1,
+            start: u64::from(u32_at(e, 8)) * SECTOR,
+            size: u64::from(u32_at(e, 12)) * SECTOR,
+            gpt_type: None,
+            mbr_type: Some(e[4]),
+            guid: Guid([0; 16]),
+            name: String::new(),
+            bootable: e[0] & 0x80 != 0,
+        });
     }
     Some((id, out))
 }
@@ -192,7 +316,7 @@ pub fn ebr_chain(
     ext: &TableEntry,
     disk: u64,
     sector: &dyn Fn(u64) -> Vec<u8>,
-) -> (Vec<(u32, TableEntry)>, Option<String>) {
+) -> (Vec<TableEntry>, Option<String>) {
     const MAX_RECORDS: usize = 256;
     let mut out = Vec::new();
     let ext_end = ext.start.saturating_add(ext.size).min(disk);
@@ -238,18 +362,16 @@ pub fn ebr_chain(
                     )),
                 );
             }
-            out.push((
+            out.push(TableEntry {
                 number,
-                TableEntry {
-                    start,
-                    size,
-                    gpt_type: None,
-                    mbr_type: Some(e[4]),
-                    guid: Guid([0; 16]),
-                    name: String::new(),
-                    bootable: e[0] & 0x80 != 0,
-                },
-            ));
+                start,
+                size,
+                gpt_type: None,
+                mbr_type: Some(e[4]),
+                guid: Guid([0; 16]),
+                name: String::new(),
+                bootable: e[0] & 0x80 != 0,
+            });
         }
         let link = &s[462..478];
         if link[4] == 0 || !is_extended(link[4]) {
@@ -265,6 +387,7 @@ mod tests {
 
     fn entries() -> Vec<TableEntry> {
         vec![TableEntry {
+            number: 1,
             start: 1 << 20,
             size: 8 << 20,
             gpt_type: super::super::gpt_type("linux"),
@@ -284,9 +407,9 @@ mod tests {
         let (h, got) = gpt_from_head(&head).unwrap();
         assert_eq!(h.disk_guid, Guid([1; 16]));
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1.name, "persist");
-        assert_eq!(got[0].1.start, 1 << 20);
-        assert!(got[0].1.bootable);
+        assert_eq!(got[0].name, "persist");
+        assert_eq!(got[0].start, 1 << 20);
+        assert!(got[0].bootable);
         let mut bad = head.clone();
         bad[1024 + 40] ^= 1;
         assert!(gpt_from_head(&bad).unwrap_err().contains("CRC"));
@@ -300,6 +423,7 @@ mod tests {
     #[test]
     fn ebr_chains_are_followed_and_bounded() {
         let e = |start: u64, size: u64, ty: u8| TableEntry {
+            number: 0,
             start,
             size,
             gpt_type: None,
@@ -321,16 +445,15 @@ mod tests {
         let (_, primary) = mbr(&disk[..512]).unwrap();
         let ext = primary
             .iter()
-            .find(|(_, p)| is_extended(p.mbr_type.unwrap()))
+            .find(|p| is_extended(p.mbr_type.unwrap()))
             .unwrap()
-            .1
             .clone();
         let read = |d: &Vec<u8>, at: u64| d[at as usize..at as usize + 512].to_vec();
         let (got, err) = ebr_chain(&ext, 8 << 20, &|at| read(&disk, at));
         assert_eq!(err, None);
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].0, got[0].1.start), (5, 3 << 20));
-        assert_eq!((got[1].0, got[1].1.start), (6, 5 << 20));
+        assert_eq!((got[0].number, got[0].start), (5, 3 << 20));
+        assert_eq!((got[1].number, got[1].start), (6, 5 << 20));
         // A link back to the first record loops.
         let mut looped = disk.clone();
         let second = (5 << 20) - 512;
@@ -348,7 +471,7 @@ mod tests {
         let s = super::super::mbr::sector(&[0; 440], 0x1234, &e);
         let (id, got) = mbr(&s).unwrap();
         assert_eq!(id, 0x1234);
-        assert_eq!(got[0].1.mbr_type, Some(0x0c));
+        assert_eq!(got[0].mbr_type, Some(0x0c));
         assert!(mbr(&[0; 512]).is_none());
     }
 }

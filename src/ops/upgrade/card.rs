@@ -5,7 +5,7 @@
 use crate::define::board::{Board, FsKind, TableKind};
 use crate::error::{Error, Result};
 use crate::format::table;
-use crate::format::table::read::{gpt_from_head, mbr};
+use crate::format::table::read::{DiskTable, Scheme, TableError};
 use crate::io::ReadAt;
 use crate::ops::inspect;
 use crate::plan::{Ids, Table};
@@ -22,10 +22,6 @@ pub struct Card {
 /// difference.
 pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
     let layout = &board.layout;
-    let head_len = (1u64 << 20).min(dev.size()) as usize;
-    let mut head = vec![0u8; head_len];
-    dev.read_exact_at(&mut head, 0)
-        .map_err(|e| Error::io(format!("reading {what}"), e))?;
     let refuse = |diffs: Vec<String>| {
         Error::Usage(format!(
             "{what} does not hold board {}'s layout ({}): {}; `--reformat` starts over (a full flash: persist is erased)",
@@ -34,9 +30,15 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
             diffs.join("; ")
         ))
     };
-    let gpt = gpt_from_head(&head);
-    let (ids_table, entries, disk_id) = match (layout.table, gpt, head.get(..512).and_then(mbr)) {
-        (TableKind::Gpt, Ok((h, e)), _) => (
+    let found = match DiskTable::read(dev) {
+        Ok(t) => t,
+        Err(TableError::Io(e)) => return Err(Error::io(format!("reading {what}"), e)),
+        Err(TableError::Missing(e)) => {
+            return Err(refuse(vec![format!("no partition table found ({e})")]));
+        }
+    };
+    let (ids_table, disk_id) = match (layout.table, &found.scheme) {
+        (TableKind::Gpt, Scheme::Gpt(h)) => (
             Table::Gpt {
                 disk_guid: h.disk_guid,
                 array_lba: h.array_lba,
@@ -45,32 +47,29 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
                 hybrid: layout.hybrid_mbr,
                 mbr_id: None,
             },
-            e,
             0,
         ),
-        (TableKind::Mbr, Err(_), Some((id, e))) => (
+        (TableKind::Mbr, Scheme::Mbr { disk_id }) => (
             Table::Mbr {
-                disk_id: format!("{id:08x}"),
+                disk_id: format!("{disk_id:08x}"),
             },
-            e,
-            id,
+            *disk_id,
         ),
-        (TableKind::Gpt, Err(_), Some(_)) => {
+        (TableKind::Gpt, Scheme::Mbr { .. }) => {
             return Err(refuse(vec![
                 "the card has an MBR partition table, the layout a GPT".into(),
             ]));
         }
-        (TableKind::Mbr, Ok(_), _) => {
+        (TableKind::Mbr, Scheme::Gpt(_)) => {
             return Err(refuse(vec!["the card has a GPT, the layout an MBR".into()]));
         }
-        (_, Err(e), None) => {
-            return Err(refuse(vec![format!("no partition table found ({e})")]));
-        }
     };
+    let entries = found.entries;
     let mut diffs = Vec::new();
     // A table that overlaps itself or leaves the disk cannot bound any write.
     let size = dev.size();
-    for (i, (n, e)) in entries.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
+        let n = e.number;
         if e.start == 0 || e.start.saturating_add(e.size) > size {
             return Err(refuse(vec![format!(
                 "partition {n} [{}, {}) lies outside the {size}-byte disk",
@@ -78,8 +77,9 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
                 e.start.saturating_add(e.size)
             )]));
         }
-        for (m, f) in &entries[..i] {
+        for f in &entries[..i] {
             if e.start < f.start + f.size && f.start < e.start + e.size {
+                let m = f.number;
                 return Err(refuse(vec![format!("partitions {m} and {n} overlap")]));
             }
         }
@@ -94,7 +94,8 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
     let mut parts = Vec::new();
     let mut partuuid = Vec::new();
     let mut fs_uuid = Vec::new();
-    for (p, (n, e)) in layout.partitions.iter().zip(&entries) {
+    for (p, e) in layout.partitions.iter().zip(&entries) {
+        let n = &e.number;
         let at = format!("partition {n} ({})", p.id);
         match layout.table {
             TableKind::Gpt => {

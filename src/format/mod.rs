@@ -7,6 +7,7 @@
 pub mod bootcfg;
 pub mod ext4;
 pub mod fat;
+pub mod probe;
 pub mod squashfs;
 pub mod table;
 

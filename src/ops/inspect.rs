@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use crate::format::fat::read::FatVolume;
+use crate::format::probe::{Kind, probe};
 use crate::format::table::read::{
     DiskTable, Scheme, ebr_chain, is_extended as ebr_type, mbr as mbr_entries,
 };
@@ -248,7 +249,7 @@ fn partition(
     }
 }
 
-/// Identifies the filesystem at `[start, start+len)`.
+/// Identifies the filesystem at `[start, start+len)`, with a FAT's file list.
 pub fn filesystem(
     dev: &dyn ReadAt,
     start: u64,
@@ -256,75 +257,36 @@ pub fn filesystem(
     n: u32,
     problems: &mut Vec<String>,
 ) -> Filesystem {
-    let head = dev.read_padded(start, 4096.min(len as usize));
+    let p = probe(dev, start, len);
     let mut fs = Filesystem {
-        kind: "unknown".into(),
-        label: None,
+        kind: p.kind.as_str().into(),
+        label: p.label,
         uuid: None,
-        size: None,
+        size: p.size,
         files: None,
     };
-    if head.len() >= 1024 + 136 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
-        let sb = &head[1024..];
-        let blocks = u64::from(u32::from_le_bytes([sb[4], sb[5], sb[6], sb[7]]));
-        let log = u32::from_le_bytes([sb[24], sb[25], sb[26], sb[27]]);
-        fs.kind = "ext4".into();
-        fs.label = Some(
-            String::from_utf8_lossy(&sb[120..136])
-                .trim_end_matches('\0')
-                .to_string(),
-        );
-        let mut u = [0u8; 16];
-        u.copy_from_slice(&sb[104..120]);
-        fs.uuid = Some(Guid(u).to_string().to_lowercase());
-        if log < 8 {
-            fs.size = Some(blocks * (1024 << log));
+    match (p.kind, p.id) {
+        (Kind::Ext4, Some(id)) => fs.uuid = Some(Guid(id).to_string().to_lowercase()),
+        (k, Some(id)) if k.is_fat() && p.problem.is_none() => {
+            let v = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+            fs.uuid = Some(format!("{:04X}-{:04X}", v >> 16, v & 0xFFFF));
         }
-        return fs;
+        _ => {}
     }
-    if head.len() >= 4 && &head[..4] == b"hsqs" {
-        fs.kind = "squashfs".into();
-        // A partition cut short by the end of the disk may not hold the whole superblock.
-        fs.size = head
-            .get(40..48)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes);
-        return fs;
-    }
-    let fat_sig = head.len() >= 512
-        && head[510..512] == [0x55, 0xAA]
-        && (&head[82..87] == b"FAT32" || &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16");
-    if fat_sig {
-        fs.kind = if &head[82..87] == b"FAT32" {
-            "fat32"
-        } else {
-            "fat16"
-        }
-        .into();
-        match FatVolume::open(dev, start, len) {
-            Ok(v) => {
-                fs.kind = v.fat_type.to_lowercase();
-                fs.label = Some(v.label.clone());
-                fs.uuid = Some(format!(
-                    "{:04X}-{:04X}",
-                    v.volume_id >> 16,
-                    v.volume_id & 0xFFFF
-                ));
-                fs.size = Some(u64::from(v.clusters()) * v.cluster_bytes());
-                match v.list() {
-                    Ok(list) => {
-                        fs.files = Some(
-                            list.into_iter()
-                                .map(|e| FileInfo {
-                                    path: e.path,
-                                    size: e.size,
-                                    dir: e.is_dir,
-                                })
-                                .collect(),
-                        )
-                    }
-                    Err(e) => problems.push(format!("partition {n} (FAT): {e}")),
-                }
+    if let Some(e) = p.problem {
+        problems.push(format!("partition {n} (FAT): {e}"));
+    } else if p.kind.is_fat() {
+        match FatVolume::open(dev, start, len).and_then(|v| v.list()) {
+            Ok(list) => {
+                fs.files = Some(
+                    list.into_iter()
+                        .map(|e| FileInfo {
+                            path: e.path,
+                            size: e.size,
+                            dir: e.is_dir,
+                        })
+                        .collect(),
+                )
             }
             Err(e) => problems.push(format!("partition {n} (FAT): {e}")),
         }

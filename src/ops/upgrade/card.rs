@@ -4,10 +4,10 @@
 
 use crate::define::board::{Board, FsKind, TableKind};
 use crate::error::{Error, Result};
+use crate::format::probe::probe;
 use crate::format::table;
 use crate::format::table::read::{DiskTable, Scheme, TableError};
 use crate::io::ReadAt;
-use crate::ops::inspect;
 use crate::plan::{Ids, Table};
 
 /// A card whose layout matches the board's.
@@ -125,7 +125,7 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
                 partuuid.push(format!("{disk_id:08x}-{n:02x}"));
             }
         }
-        let found = inspect::filesystem(dev, e.start, e.size, *n, &mut Vec::new());
+        let found = probe(dev, e.start, e.size);
         let mut uuid = [0u8; 16];
         if let Some(kind) = p.fs {
             let want = match kind {
@@ -135,9 +135,10 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
                 FsKind::Fat => "fat",
                 FsKind::Ext4 => "ext4",
             };
-            let same = found.kind == want || want == "fat" && found.kind.starts_with("fat");
+            let found_kind = found.kind.as_str();
+            let same = found_kind == want || want == "fat" && found.kind.is_fat();
             if !same {
-                diffs.push(format!("{at}: {} filesystem, expected {want}", found.kind));
+                diffs.push(format!("{at}: {found_kind} filesystem, expected {want}"));
             } else {
                 let label = found.label.as_deref().map(str::trim).unwrap_or_default();
                 if let Some(l) = &p.label
@@ -145,8 +146,15 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
                 {
                     diffs.push(format!("{at}: label `{label}`, expected `{l}`"));
                 }
-                uuid = fs_id(dev, e.start, kind)
-                    .map_err(|err| Error::io(format!("reading {what} {at}"), err))?;
+                uuid = found.id.ok_or_else(|| {
+                    Error::partition(
+                        &p.id,
+                        format!(
+                            "{what} {at}: {}",
+                            found.problem.as_deref().unwrap_or("unreadable filesystem")
+                        ),
+                    )
+                })?;
             }
         }
         fs_uuid.push(uuid);
@@ -163,21 +171,4 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
         },
         parts,
     })
-}
-
-/// The filesystem's own identifier as the writer takes it.
-fn fs_id(dev: &dyn ReadAt, start: u64, kind: FsKind) -> std::io::Result<[u8; 16]> {
-    let mut out = [0u8; 16];
-    match kind {
-        FsKind::Fat32 => dev.read_exact_at(&mut out[..4], start + 67)?,
-        FsKind::Fat16 | FsKind::Fat12 => dev.read_exact_at(&mut out[..4], start + 39)?,
-        FsKind::Fat => {
-            let mut b = [0u8; 512];
-            dev.read_exact_at(&mut b, start)?;
-            let at = if b[22..24] == [0, 0] { 67 } else { 39 };
-            out[..4].copy_from_slice(&b[at..at + 4]);
-        }
-        FsKind::Ext4 => dev.read_exact_at(&mut out, start + 1024 + 104)?,
-    }
-    Ok(out)
 }

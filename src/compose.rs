@@ -17,7 +17,7 @@ use crate::sink::{Sink, Window};
 
 /// What was written where.
 #[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
+pub struct Composed {
     pub board: String,
     pub disk_size: u64,
     pub partitions: Vec<PartitionRecord>,
@@ -79,7 +79,7 @@ impl Sink for Counting<'_, '_> {
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`.
-pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result<Manifest> {
+pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result<Composed> {
     if sink.size() < plan.disk_size {
         return Err(Error::TooSmall {
             what: format!("board {}", plan.board),
@@ -122,7 +122,7 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result
                 .map_err(|e| Error::io("writing the partition table", e))?,
         }
     }
-    Ok(Manifest {
+    Ok(Composed {
         board: plan.board.clone(),
         disk_size: plan.disk_size,
         partitions: records,

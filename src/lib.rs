@@ -3,7 +3,7 @@
 //! without privileges.
 //!
 //! The pipeline: `board` (definitions) → `plan::make` (every byte range decided, no writes)
-//! → `compose::write` onto a `target::Sink` → a `compose::Manifest`. The library never
+//! → `compose::write` onto a `sink::Sink` → a `compose::Composed` record (what was written where). The library never
 //! prints and never exits; the binary renders.
 
 pub mod compose;

@@ -37,7 +37,7 @@ pub struct Manifest {
     pub epoch: i64,
     pub image: Image,
     pub inputs: Vec<Input>,
-    pub table: serde_json::Value,
+    pub table: Table,
     pub partitions: Vec<Partition>,
     pub raw: Vec<Raw>,
 }
@@ -109,7 +109,7 @@ pub fn make(
     images: &Path,
     out: &Path,
     written: &Written,
-    m: &compose::Manifest,
+    m: &compose::Composed,
 ) -> Manifest {
     let part_sha: BTreeMap<u64, &str> = written
         .stream
@@ -186,11 +186,7 @@ pub fn make(
             },
         );
     }
-    let table = match &plan.table {
-        t @ Table::Gpt { .. } | t @ Table::Mbr { .. } => {
-            serde_json::to_value(t).unwrap_or_default()
-        }
-    };
+    let table = plan.table.clone();
     Manifest {
         format: FORMAT.into(),
         tool: format!("skiff-flash {}", env!("CARGO_PKG_VERSION")),

@@ -18,7 +18,7 @@ pub struct BuildOptions {
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct BuildReport {
-    pub manifest: crate::compose::Manifest,
+    pub manifest: crate::compose::Composed,
     pub written: crate::image::file::Written,
     /// Files written beside the image (bmap, SHA256SUMS).
     pub extra: Vec<std::path::PathBuf>,

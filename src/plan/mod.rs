@@ -73,7 +73,7 @@ pub struct RawWrite {
 }
 
 /// The partition table and its identifiers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Table {
     Gpt {
@@ -83,10 +83,10 @@ pub enum Table {
         #[serde(skip_serializing_if = "Option::is_none")]
         first_lba: Option<u64>,
         /// No backup GPT is written.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         no_backup: bool,
         /// Sector 0 is a hybrid MBR (partitions with an `mbr_type`, then 0xEE).
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hybrid: bool,
         /// The disk signature in sector 0's MBR, when not 0.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,10 +20,11 @@ const FAULT_EXIT: i32 = 86;
 /// The fault hook exists only in a binary built with the `fault-injection` feature: a test
 /// that needs it fails (never skips) without it.
 fn need_fault_injection() {
-    assert!(
-        cfg!(feature = "fault-injection"),
-        "this test simulates power loss: run it with `cargo test --features fault-injection`"
-    );
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test simulates power loss: run it with `cargo test --features fault-injection`"
+        );
+    }
 }
 
 /// A pseudo-random arm64 kernel: `pseudo` bytes with the Image magic at 0x38.

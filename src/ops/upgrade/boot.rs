@@ -312,20 +312,18 @@ struct NewTree {
     new_dirs: bool,
 }
 
-/// How the new tree is decided.
-struct Rules<'a> {
+/// What the new tree is decided from, besides the build.
+struct Inputs<'a> {
     part: &'a str,
     keep: &'a Keep,
     force_config: bool,
+    vol: &'a FatVolume<'a>,
+    old: &'a OldTree,
 }
 
 impl NewTree {
-    fn build(
-        spec: &FsSpec<'_>,
-        old: &OldTree,
-        vol: &FatVolume<'_>,
-        rules: &Rules<'_>,
-    ) -> Result<NewTree> {
+    fn build(spec: &FsSpec<'_>, cx: &Inputs<'_>) -> Result<NewTree> {
+        let old = cx.old;
         let mut t = NewTree {
             tree: Tree::new(),
             reuse: HashMap::new(),
@@ -336,7 +334,7 @@ impl NewTree {
         for e in spec.tree.iter().skip(1) {
             let found = old.find(&e.path);
             let Node::File { source, size } = &e.node else {
-                insert(&mut t.tree, e.clone(), rules.part)?;
+                insert(&mut t.tree, e.clone(), cx.part)?;
                 match found.filter(|i| old.files[*i].e.is_dir) {
                     Some(i) => {
                         t.claimed.insert(i);
@@ -348,57 +346,41 @@ impl NewTree {
             match found.filter(|i| !old.files[*i].e.is_dir) {
                 Some(i) => {
                     t.claimed.insert(i);
-                    t.file_on_card(e, source, *size, old, i, vol, rules)?;
+                    t.file_on_card(e, source, *size, &old.files[i], cx)?;
                 }
                 None => {
-                    insert(&mut t.tree, e.clone(), rules.part)?;
+                    insert(&mut t.tree, e.clone(), cx.part)?;
                     t.changes
-                        .push(change(rules.part, e, Action::Added, None, *size, None));
+                        .push(change(cx.part, e, Action::Added, None, *size, None));
                 }
             }
         }
-        t.leftovers(old, rules)?;
+        t.leftovers(cx)?;
         t.changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(t)
     }
 
-    /// A build file the card has (old entry `i`): unchanged, kept as edited, or replaced.
-    #[allow(clippy::too_many_arguments)]
+    /// A build file the card has as `o`: unchanged, kept as edited, or replaced.
     fn file_on_card(
         &mut self,
         e: &Entry,
         source: &Source,
         size: u64,
-        old: &OldTree,
-        i: usize,
-        vol: &FatVolume<'_>,
-        rules: &Rules<'_>,
+        o: &Old,
+        cx: &Inputs<'_>,
     ) -> Result<()> {
-        let part = rules.part;
-        let o = &old.files[i];
         let reused = |stamp| Reused {
             first: o.e.first_cluster,
             chain: o.chain.clone(),
             stamp,
         };
-        if o.e.size == size && same(vol, &o.e, source)? {
+        let user_config =
+            USER_CONFIGS.contains(&e.path.trim_start_matches('/').to_lowercase().as_str());
+        let edited = Some(o.e.stamp) != cx.old.installed;
+        let (entry, action, new_size, note) = if o.e.size == size && same(cx.vol, &o.e, source)? {
             self.reuse.insert(e.path.clone(), reused(None));
-            insert(&mut self.tree, e.clone(), part)?;
-            self.changes.push(change(
-                part,
-                e,
-                Action::Unchanged,
-                Some(o.e.size),
-                size,
-                None,
-            ));
-            return Ok(());
-        }
-        let edited = Some(o.e.stamp) != old.installed;
-        if USER_CONFIGS.contains(&e.path.trim_start_matches('/').to_lowercase().as_str())
-            && edited
-            && !rules.force_config
-        {
+            (e.clone(), Action::Unchanged, size, None)
+        } else if user_config && edited && !cx.force_config {
             self.reuse.insert(e.path.clone(), reused(Some(o.e.stamp)));
             let as_found = Entry {
                 node: Node::File {
@@ -407,36 +389,21 @@ impl NewTree {
                 },
                 ..e.clone()
             };
-            insert(&mut self.tree, as_found, part)?;
-            self.changes.push(change(
-                part,
-                e,
-                Action::Kept,
-                Some(o.e.size),
-                o.e.size,
-                Some(
-                    "edited on the card; differs from the build (--force-config replaces it)"
-                        .into(),
-                ),
-            ));
-            return Ok(());
-        }
-        insert(&mut self.tree, e.clone(), part)?;
-        self.changes.push(change(
-            part,
-            e,
-            Action::Replaced,
-            Some(o.e.size),
-            size,
-            None,
-        ));
+            let note = "edited on the card; differs from the build (--force-config replaces it)";
+            (as_found, Action::Kept, o.e.size, Some(note.into()))
+        } else {
+            (e.clone(), Action::Replaced, size, None)
+        };
+        insert(&mut self.tree, entry, cx.part)?;
+        self.changes
+            .push(change(cx.part, e, action, Some(o.e.size), new_size, note));
         Ok(())
     }
 
     /// Files on the card the build does not have: kept (`--keep`) or removed.
-    fn leftovers(&mut self, old: &OldTree, rules: &Rules<'_>) -> Result<()> {
-        let part = rules.part;
-        for (i, o) in old.files.iter().enumerate() {
+    fn leftovers(&mut self, cx: &Inputs<'_>) -> Result<()> {
+        let part = cx.part;
+        for (i, o) in cx.old.files.iter().enumerate() {
             if self.claimed.contains(&i) || o.e.is_dir {
                 continue;
             }
@@ -448,7 +415,7 @@ impl NewTree {
                 new_size: (action == Action::Kept).then_some(o.e.size),
                 note,
             };
-            if !rules.keep.matches(part, &o.e.path) {
+            if !cx.keep.matches(part, &o.e.path) {
                 self.changes.push(change(Action::Removed, None));
                 continue;
             }
@@ -528,42 +495,46 @@ struct Staging {
     needs: u64,
     /// Every cluster a file of the new tree uses.
     in_use: HashSet<u32>,
+    /// The clusters the old tree leaves free, and how many of them are taken.
+    free: Vec<u32>,
+    taken: usize,
+    cluster_bytes: u64,
 }
 
 impl Staging {
-    /// Nothing to write: the old tree stays as it is.
-    fn none(fat_old: &[u8], used: &HashSet<u32>) -> Staging {
+    fn new(fat_old: &[u8], free: &[u32], geo: &Geo) -> Staging {
         Staging {
             fat: fat_old.to_vec(),
             puts: Vec::new(),
             new_root: None,
             needs: 0,
-            in_use: used.clone(),
+            in_use: HashSet::new(),
+            free: free.to_vec(),
+            taken: 0,
+            cluster_bytes: geo.cluster_bytes,
         }
     }
 
-    /// Places the new tree's new files and every directory in `free` clusters.
-    fn place(
-        spec: &FsSpec<'_>,
-        geo: &Geo,
-        t: &NewTree,
-        free: &[u32],
-        fat_old: &[u8],
-        part: &str,
-    ) -> Result<Staging> {
-        let cb = geo.cluster_bytes;
-        let mut s = Staging {
-            fat: fat_old.to_vec(),
-            puts: Vec::new(),
-            new_root: None,
-            needs: 0,
-            in_use: HashSet::new(),
-        };
-        let mut next = free.iter().copied();
-        let mut take = |n: u64, needs: &mut u64| -> Vec<u32> {
-            *needs += n * cb;
-            (0..n).filter_map(|_| next.next()).collect()
-        };
+    /// Nothing to write: the old tree stays as it is.
+    fn none(fat_old: &[u8], free: &[u32], geo: &Geo, used: &HashSet<u32>) -> Staging {
+        Staging {
+            in_use: used.clone(),
+            ..Staging::new(fat_old, free, geo)
+        }
+    }
+
+    /// The next `n` free clusters (fewer when they run out: `needs` still counts `n`).
+    fn take(&mut self, n: u64) -> Vec<u32> {
+        self.needs += n * self.cluster_bytes;
+        let end = (self.taken + n as usize).min(self.free.len());
+        let c = self.free[self.taken..end].to_vec();
+        self.taken = end;
+        c
+    }
+
+    /// Places the new tree's new files and every directory in free clusters.
+    fn place(&mut self, spec: &FsSpec<'_>, t: &NewTree, part: &str) -> Result<()> {
+        let cb = self.cluster_bytes;
         // Files first, then directories (their entries name the files' clusters).
         let mut first: HashMap<String, u32> = HashMap::new();
         for e in t.tree.iter() {
@@ -572,12 +543,12 @@ impl Staging {
             };
             if let Some(r) = t.reuse.get(&e.path) {
                 first.insert(e.path.clone(), r.first);
-                s.in_use.extend(&r.chain);
+                self.in_use.extend(&r.chain);
                 continue;
             }
-            let clusters = take(size.div_ceil(cb), &mut s.needs);
+            let clusters = self.take(size.div_ceil(cb));
             first.insert(e.path.clone(), clusters.first().copied().unwrap_or(0));
-            s.puts.push(Put {
+            self.puts.push(Put {
                 clusters,
                 payload: Payload::File {
                     source: source.clone(),
@@ -586,19 +557,40 @@ impl Staging {
                 },
             });
         }
+        self.place_dirs(spec, t, &mut first, part)?;
+        for p in &self.puts {
+            for (k, c) in p.clusters.iter().enumerate() {
+                let v = p.clusters.get(k + 1).copied().unwrap_or(EOC);
+                set(&mut self.fat, *c, v);
+                self.in_use.insert(*c);
+            }
+        }
+        self.new_root = Some(first["/"]);
+        Ok(())
+    }
+
+    /// Places every directory: sized first, then, when the whole set fits, encoded for real.
+    fn place_dirs(
+        &mut self,
+        spec: &FsSpec<'_>,
+        t: &NewTree,
+        first: &mut HashMap<String, u32>,
+        part: &str,
+    ) -> Result<()> {
+        let cb = self.cluster_bytes;
         let dirs: Vec<&Entry> = t.tree.iter().filter(|e| e.node == Node::Dir).collect();
         // Sizes do not depend on cluster numbers: encode once to size, once for real.
         let stamp = stamp_of(spec.epoch);
         let mut dir_clusters: HashMap<String, Vec<u32>> = HashMap::new();
         for d in &dirs {
-            let n = dir_bytes(spec, t, d, &first, 0, stamp)?.len() as u64;
-            let c = take(n.div_ceil(cb).max(1), &mut s.needs);
+            let n = dir_bytes(spec, t, d, first, 0, stamp)?.len() as u64;
+            let c = self.take(n.div_ceil(cb).max(1));
             first.insert(d.path.clone(), c.first().copied().unwrap_or(0));
             dir_clusters.insert(d.path.clone(), c);
         }
-        let have = free.len() as u64 * cb;
-        if s.needs > have {
-            return Err(no_room(part, s.needs, have));
+        let have = self.free.len() as u64 * cb;
+        if self.needs > have {
+            return Err(no_room(part, self.needs, have));
         }
         for d in &dirs {
             let up = if d.path == "/" {
@@ -607,23 +599,15 @@ impl Staging {
                 let p = parent_of(&d.path);
                 if p == "/" { 0 } else { first[p] }
             };
-            let mut b = dir_bytes(spec, t, d, &first, up, stamp)?;
+            let mut b = dir_bytes(spec, t, d, first, up, stamp)?;
             let c = dir_clusters.remove(&d.path).unwrap_or_default();
             b.resize(c.len() * cb as usize, 0);
-            s.puts.push(Put {
+            self.puts.push(Put {
                 clusters: c,
                 payload: Payload::Bytes(b),
             });
         }
-        for p in &s.puts {
-            for (k, c) in p.clusters.iter().enumerate() {
-                let v = p.clusters.get(k + 1).copied().unwrap_or(EOC);
-                set(&mut s.fat, *c, v);
-                s.in_use.insert(*c);
-            }
-        }
-        s.new_root = Some(first["/"]);
-        Ok(s)
+        Ok(())
     }
 }
 
@@ -689,12 +673,16 @@ impl BootEdit {
         let card = OnCard::read(disk, span, &part)?;
         let geo = card.geo;
         let old = OldTree::read(&vol, &geo, &part)?;
-        let rules = Rules {
-            part: &part,
-            keep,
-            force_config,
-        };
-        let mut new = NewTree::build(spec, &old, &vol, &rules)?;
+        let mut new = NewTree::build(
+            spec,
+            &Inputs {
+                part: &part,
+                keep,
+                force_config,
+                vol: &vol,
+                old: &old,
+            },
+        )?;
 
         // Clusters the old tree leaves: free, or lost (allocated but used by nothing).
         let fat_old = &card.fats[0];
@@ -703,9 +691,11 @@ impl BootEdit {
             .collect();
         let lost = free.iter().filter(|c| fat_at(fat_old, **c) != 0).count() as u64;
         let staged = if new.differs(&old) {
-            Staging::place(spec, &geo, &new, &free, fat_old, &part)?
+            let mut s = Staging::new(fat_old, &free, &geo);
+            s.place(spec, &new, &part)?;
+            s
         } else {
-            Staging::none(fat_old, &old.used)
+            Staging::none(fat_old, &free, &geo, &old.used)
         };
         // FSInfo is only a hint; a sector without its signature is left alone.
         let fsinfo = card

@@ -17,6 +17,16 @@ const EPOCH_B: &str = "1700086400";
 /// Exit status of a run stopped by the fault hook.
 const FAULT_EXIT: i32 = 86;
 
+/// The fault hook exists only in a binary built with the `fault-injection` feature: a test
+/// that needs it fails (never skips) without it.
+fn need_fault_injection() {
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test simulates power loss: run it with `cargo test --features fault-injection`"
+        );
+    }
+}
+
 /// A pseudo-random arm64 kernel: `pseudo` bytes with the Image magic at 0x38.
 fn kernel(len: usize, seed: u8) -> Vec<u8> {
     let mut k = pseudo(len, seed);
@@ -379,6 +389,7 @@ fn edited_config_and_user_files_are_kept_as_asked() {
 
 #[test]
 fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
+    need_fault_injection();
     if !needs_oracles() {
         return;
     }
@@ -558,6 +569,7 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
     verify_ok(&card.dev, "pi/4", b.to_str().unwrap(), &[]);
 
     // Power loss on the device too: stopped mid-way, then completed.
+    need_fault_injection();
     let c = images_b(&dir.path().join("C"));
     std::fs::write(c.join("Image"), kernel(2_500_000, 21)).unwrap();
     let out = upgrade(

@@ -28,8 +28,8 @@ use crate::io::read_full;
 use crate::plan::tree::{Entry, Node, Source, Tree, parent_of};
 use crate::units::bytes;
 
-use super::disk::Disk;
-use super::{Action, Change, Keep};
+use super::disk::GuardedDisk;
+use super::{Action, Change, Keep, PartSpan};
 
 const BAD: u32 = 0x0FFF_FFF7;
 const EOC: u32 = 0x0FFF_FFFF;
@@ -56,15 +56,19 @@ const SECTOR: u64 = 512;
 impl Geo {
     /// The geometry as the reader (`FatVolume::open`) takes it, with the same checks, for a
     /// volume in a partition of `len` bytes.
-    fn read(bs: &[u8], len: u64) -> std::result::Result<Geo, String> {
+    fn read(bs: &[u8], len: u64, part: &str) -> Result<Geo> {
+        let damaged = |m: &str| damaged(part, m);
         let u16_at = |i: usize| u64::from(u16::from_le_bytes([bs[i], bs[i + 1]]));
         let u32_at =
             |i: usize| u64::from(u32::from_le_bytes([bs[i], bs[i + 1], bs[i + 2], bs[i + 3]]));
         if u16_at(11) != SECTOR {
-            return Err(format!("{}-byte sectors (only 512 is edited)", u16_at(11)));
+            return Err(damaged(&format!(
+                "{}-byte sectors (only 512 is edited)",
+                u16_at(11)
+            )));
         }
         if u16_at(40) & 0x80 != 0 {
-            return Err("FAT mirroring is off (one active FAT): not edited".into());
+            return Err(damaged("FAT mirroring is off (one active FAT): not edited"));
         }
         let reserved = u16_at(14);
         let nfats = u64::from(bs[16]);
@@ -75,15 +79,15 @@ impl Geo {
             n => n,
         };
         if total * SECTOR > len {
-            return Err("boot sector: volume larger than its partition".into());
+            return Err(damaged("boot sector: volume larger than its partition"));
         }
         let clusters = total
             .checked_sub(reserved + nfats * fat_sectors)
             .filter(|_| spc > 0 && nfats > 0 && reserved > 0)
-            .ok_or("boot sector: FATs larger than the volume")?
+            .ok_or_else(|| damaged("boot sector: FATs larger than the volume"))?
             / spc;
         if clusters + 2 > fat_sectors * SECTOR / 4 {
-            return Err("boot sector: FAT too small for the clusters".into());
+            return Err(damaged("boot sector: FAT too small for the clusters"));
         }
         // Sectors outside the reserved area are not what their fields claim: leave them.
         let inside = |s: u64| (1..reserved).contains(&s).then_some(s);
@@ -117,7 +121,7 @@ struct Put {
 /// Everything decided about one boot partition's upgrade, before any write.
 pub struct BootEdit {
     pub part: String,
-    start: u64,
+    pub span: PartSpan,
     geo: Geo,
     boot_sector: Vec<u8>,
     /// Each FAT copy as found.
@@ -145,6 +149,507 @@ struct Old {
     chain: Vec<u32>,
 }
 
+/// The error for a volume that cannot be edited as it is.
+fn damaged(part: &str, m: impl std::fmt::Display) -> Error {
+    Error::partition(
+        part,
+        format!("{m}; the FAT is damaged: repair it (fsck.fat) or start over with --reformat"),
+    )
+}
+
+/// The volume's reserved sectors and FATs as found on the card.
+struct OnCard {
+    geo: Geo,
+    boot_sector: Vec<u8>,
+    backup: Option<[u8; 512]>,
+    fsinfo: Option<[u8; 512]>,
+    fsinfo_backup: Option<[u8; 512]>,
+    fsinfo_backup_sector: Option<u64>,
+    /// Every FAT copy as it is: an interrupted run may have left them different.
+    fats: Vec<Vec<u8>>,
+}
+
+impl OnCard {
+    fn read(disk: &GuardedDisk, span: PartSpan, part: &str) -> Result<OnCard> {
+        let start = span.start;
+        let mut boot_sector = vec![0u8; 512];
+        disk.read_at(start, &mut boot_sector)?;
+        let geo = Geo::read(&boot_sector, span.size, part)?;
+        let sector_at = |n: Option<u64>| -> Result<Option<[u8; 512]>> {
+            let Some(n) = n else { return Ok(None) };
+            let mut b = [0u8; 512];
+            disk.read_at(start + n * SECTOR, &mut b)?;
+            Ok(Some(b))
+        };
+        let fsinfo_backup_sector = geo
+            .backup
+            .zip(geo.fsinfo)
+            .map(|(b, f)| b + f)
+            .filter(|s| *s < geo.reserved);
+        let fat_len = (geo.clusters as usize + 2) * 4;
+        let mut fats = Vec::new();
+        for copy in 0..geo.nfats {
+            let mut f = vec![0u8; fat_len];
+            disk.read_at(
+                start + (geo.reserved + copy * geo.fat_sectors) * SECTOR,
+                &mut f,
+            )?;
+            fats.push(f);
+        }
+        Ok(OnCard {
+            backup: sector_at(geo.backup)?,
+            fsinfo: sector_at(geo.fsinfo)?,
+            fsinfo_backup: sector_at(fsinfo_backup_sector)?,
+            geo,
+            boot_sector,
+            fsinfo_backup_sector,
+            fats,
+        })
+    }
+}
+
+/// The old tree and every cluster it uses.
+struct OldTree {
+    files: Vec<Old>,
+    used: HashSet<u32>,
+    /// Index in `files` by lower-case path.
+    by_path: HashMap<String, usize>,
+    /// The stamp the last install gave its files: the most common one.
+    installed: Option<u32>,
+}
+
+impl OldTree {
+    fn read(vol: &FatVolume<'_>, geo: &Geo, part: &str) -> Result<OldTree> {
+        let damaged = |m: String| damaged(part, m);
+        let listed = vol.list().map_err(damaged)?;
+        let mut used: HashSet<u32> = HashSet::new();
+        let root_chain = vol
+            .chain(vol.root_cluster(), u64::from(geo.clusters))
+            .map_err(damaged)?;
+        used.extend(&root_chain);
+        let mut files = Vec::with_capacity(listed.len());
+        for mut e in listed {
+            if !e.is_dir && e.size == 0 {
+                // An empty file owns no cluster, whatever its entry says.
+                e.first_cluster = 0;
+            }
+            let chain = Self::chain_of(vol, geo, &e, part)?;
+            for c in &chain {
+                if !used.insert(*c) {
+                    return Err(damaged(format!(
+                        "{}: cluster {c} belongs to two files",
+                        e.path
+                    )));
+                }
+            }
+            files.push(Old { e, chain });
+        }
+        let by_path = files
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.e.path.to_lowercase(), i))
+            .collect();
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for o in files.iter().filter(|o| !o.e.is_dir) {
+            *counts.entry(o.e.stamp).or_default() += 1;
+        }
+        let installed = counts
+            .into_iter()
+            .max_by_key(|(s, n)| (*n, *s))
+            .map(|(s, _)| s);
+        Ok(OldTree {
+            files,
+            used,
+            by_path,
+            installed,
+        })
+    }
+
+    /// The clusters entry `e` uses.
+    fn chain_of(vol: &FatVolume<'_>, geo: &Geo, e: &FatEntry, part: &str) -> Result<Vec<u32>> {
+        if e.is_dir {
+            return vol
+                .chain(e.first_cluster, u64::from(geo.clusters))
+                .map_err(|m| damaged(part, m));
+        }
+        if e.size == 0 {
+            return Ok(Vec::new());
+        }
+        let clusters = e.size.div_ceil(geo.cluster_bytes);
+        let c = vol
+            .chain(e.first_cluster, clusters)
+            .map_err(|m| damaged(part, m))?;
+        if (c.len() as u64) < clusters {
+            return Err(damaged(
+                part,
+                format!("{}: cluster chain shorter than the file", e.path),
+            ));
+        }
+        Ok(c)
+    }
+
+    fn find(&self, path: &str) -> Option<usize> {
+        self.by_path.get(&path.to_lowercase()).copied()
+    }
+}
+
+/// A file already on the card that the new tree points at instead of copying.
+#[derive(Debug, Clone)]
+struct Reused {
+    first: u32,
+    chain: Vec<u32>,
+    /// The stamp its entry keeps (`None`: the new one).
+    stamp: Option<u32>,
+}
+
+/// The new tree: the build, what is kept, what did not change.
+struct NewTree {
+    tree: Tree,
+    reuse: HashMap<String, Reused>,
+    changes: Vec<Change>,
+    /// Old entries the new tree claims (by index in the old tree).
+    claimed: HashSet<usize>,
+    new_dirs: bool,
+}
+
+/// What the new tree is decided from, besides the build.
+struct Inputs<'a> {
+    part: &'a str,
+    keep: &'a Keep,
+    force_config: bool,
+    vol: &'a FatVolume<'a>,
+    old: &'a OldTree,
+}
+
+impl NewTree {
+    fn build(spec: &FsSpec<'_>, cx: &Inputs<'_>) -> Result<NewTree> {
+        let old = cx.old;
+        let mut t = NewTree {
+            tree: Tree::new(),
+            reuse: HashMap::new(),
+            changes: Vec::new(),
+            claimed: HashSet::new(),
+            new_dirs: false,
+        };
+        for e in spec.tree.iter().skip(1) {
+            let found = old.find(&e.path);
+            let Node::File { source, size } = &e.node else {
+                insert(&mut t.tree, e.clone(), cx.part)?;
+                match found.filter(|i| old.files[*i].e.is_dir) {
+                    Some(i) => {
+                        t.claimed.insert(i);
+                    }
+                    None => t.new_dirs = true,
+                }
+                continue;
+            };
+            match found.filter(|i| !old.files[*i].e.is_dir) {
+                Some(i) => {
+                    t.claimed.insert(i);
+                    t.file_on_card(e, source, *size, &old.files[i], cx)?;
+                }
+                None => {
+                    insert(&mut t.tree, e.clone(), cx.part)?;
+                    t.changes
+                        .push(change(cx.part, e, Action::Added, None, *size, None));
+                }
+            }
+        }
+        t.leftovers(cx)?;
+        t.changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(t)
+    }
+
+    /// A build file the card has as `o`: unchanged, kept as edited, or replaced.
+    fn file_on_card(
+        &mut self,
+        e: &Entry,
+        source: &Source,
+        size: u64,
+        o: &Old,
+        cx: &Inputs<'_>,
+    ) -> Result<()> {
+        let reused = |stamp| Reused {
+            first: o.e.first_cluster,
+            chain: o.chain.clone(),
+            stamp,
+        };
+        let user_config =
+            USER_CONFIGS.contains(&e.path.trim_start_matches('/').to_lowercase().as_str());
+        let edited = Some(o.e.stamp) != cx.old.installed;
+        let (entry, action, new_size, note) = if o.e.size == size && same(cx.vol, &o.e, source)? {
+            self.reuse.insert(e.path.clone(), reused(None));
+            (e.clone(), Action::Unchanged, size, None)
+        } else if user_config && edited && !cx.force_config {
+            self.reuse.insert(e.path.clone(), reused(Some(o.e.stamp)));
+            let as_found = Entry {
+                node: Node::File {
+                    source: Source::Text(String::new()),
+                    size: o.e.size,
+                },
+                ..e.clone()
+            };
+            let note = "edited on the card; differs from the build (--force-config replaces it)";
+            (as_found, Action::Kept, o.e.size, Some(note.into()))
+        } else {
+            (e.clone(), Action::Replaced, size, None)
+        };
+        insert(&mut self.tree, entry, cx.part)?;
+        self.changes
+            .push(change(cx.part, e, action, Some(o.e.size), new_size, note));
+        Ok(())
+    }
+
+    /// Files on the card the build does not have: kept (`--keep`) or removed.
+    fn leftovers(&mut self, cx: &Inputs<'_>) -> Result<()> {
+        let part = cx.part;
+        for (i, o) in cx.old.files.iter().enumerate() {
+            if self.claimed.contains(&i) || o.e.is_dir {
+                continue;
+            }
+            let change = |action, note: Option<String>| Change {
+                partition: part.to_string(),
+                path: o.e.path.clone(),
+                action,
+                old_size: Some(o.e.size),
+                new_size: (action == Action::Kept).then_some(o.e.size),
+                note,
+            };
+            if !cx.keep.matches(part, &o.e.path) {
+                self.changes.push(change(Action::Removed, None));
+                continue;
+            }
+            // Under the directories the tree already has, as the tree spells them.
+            let path = canonical(&self.tree, &o.e.path);
+            let e = Entry {
+                path: path.clone(),
+                node: Node::File {
+                    source: Source::Text(String::new()),
+                    size: o.e.size,
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            if let Err(m) = self.tree.insert(e) {
+                return Err(Error::Usage(format!("--keep {}: {}", o.e.path, m.0)));
+            }
+            self.reuse.insert(
+                path,
+                Reused {
+                    first: o.e.first_cluster,
+                    chain: o.chain.clone(),
+                    stamp: Some(o.e.stamp),
+                },
+            );
+            self.changes
+                .push(change(Action::Kept, Some("kept (--keep)".into())));
+        }
+        Ok(())
+    }
+
+    /// Whether the new tree differs from the old one at all.
+    fn differs(&self, old: &OldTree) -> bool {
+        self.new_dirs
+            || self
+                .changes
+                .iter()
+                .any(|c| c.action != Action::Unchanged && c.action != Action::Kept)
+            || old
+                .files
+                .iter()
+                .any(|o| o.e.is_dir && tree_lookup(&self.tree, &o.e.path).is_none())
+    }
+}
+
+/// A build file's change.
+fn change(
+    part: &str,
+    e: &Entry,
+    action: Action,
+    old_size: Option<u64>,
+    new_size: u64,
+    note: Option<String>,
+) -> Change {
+    Change {
+        partition: part.to_string(),
+        path: e.path.clone(),
+        action,
+        old_size,
+        new_size: Some(new_size),
+        note,
+    }
+}
+
+fn fat_at(f: &[u8], c: u32) -> u32 {
+    let i = c as usize * 4;
+    u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]) & 0x0FFF_FFFF
+}
+
+/// The new set placed in clusters the old tree leaves free.
+struct Staging {
+    fat: Vec<u8>,
+    puts: Vec<Put>,
+    new_root: Option<u32>,
+    /// Bytes of clusters the new set takes.
+    needs: u64,
+    /// Every cluster a file of the new tree uses.
+    in_use: HashSet<u32>,
+    /// The clusters the old tree leaves free, and how many of them are taken.
+    free: Vec<u32>,
+    taken: usize,
+    cluster_bytes: u64,
+}
+
+impl Staging {
+    fn new(fat_old: &[u8], free: &[u32], geo: &Geo) -> Staging {
+        Staging {
+            fat: fat_old.to_vec(),
+            puts: Vec::new(),
+            new_root: None,
+            needs: 0,
+            in_use: HashSet::new(),
+            free: free.to_vec(),
+            taken: 0,
+            cluster_bytes: geo.cluster_bytes,
+        }
+    }
+
+    /// Nothing to write: the old tree stays as it is.
+    fn none(fat_old: &[u8], free: &[u32], geo: &Geo, used: &HashSet<u32>) -> Staging {
+        Staging {
+            in_use: used.clone(),
+            ..Staging::new(fat_old, free, geo)
+        }
+    }
+
+    /// The next `n` free clusters (fewer when they run out: `needs` still counts `n`).
+    fn take(&mut self, n: u64) -> Vec<u32> {
+        self.needs += n * self.cluster_bytes;
+        let end = (self.taken + n as usize).min(self.free.len());
+        let c = self.free[self.taken..end].to_vec();
+        self.taken = end;
+        c
+    }
+
+    /// Places the new tree's new files and every directory in free clusters.
+    fn place(&mut self, spec: &FsSpec<'_>, t: &NewTree, part: &str) -> Result<()> {
+        let cb = self.cluster_bytes;
+        // Files first, then directories (their entries name the files' clusters).
+        let mut first: HashMap<String, u32> = HashMap::new();
+        for e in t.tree.iter() {
+            let Node::File { source, size } = &e.node else {
+                continue;
+            };
+            if let Some(r) = t.reuse.get(&e.path) {
+                first.insert(e.path.clone(), r.first);
+                self.in_use.extend(&r.chain);
+                continue;
+            }
+            let clusters = self.take(size.div_ceil(cb));
+            first.insert(e.path.clone(), clusters.first().copied().unwrap_or(0));
+            self.puts.push(Put {
+                clusters,
+                payload: Payload::File {
+                    source: source.clone(),
+                    size: *size,
+                    path: e.path.clone(),
+                },
+            });
+        }
+        self.place_dirs(spec, t, &mut first, part)?;
+        for p in &self.puts {
+            for (k, c) in p.clusters.iter().enumerate() {
+                let v = p.clusters.get(k + 1).copied().unwrap_or(EOC);
+                set(&mut self.fat, *c, v);
+                self.in_use.insert(*c);
+            }
+        }
+        self.new_root = Some(first["/"]);
+        Ok(())
+    }
+
+    /// Places every directory: sized first, then, when the whole set fits, encoded for real.
+    fn place_dirs(
+        &mut self,
+        spec: &FsSpec<'_>,
+        t: &NewTree,
+        first: &mut HashMap<String, u32>,
+        part: &str,
+    ) -> Result<()> {
+        let cb = self.cluster_bytes;
+        let dirs: Vec<&Entry> = t.tree.iter().filter(|e| e.node == Node::Dir).collect();
+        // Sizes do not depend on cluster numbers: encode once to size, once for real.
+        let stamp = stamp_of(spec.epoch);
+        let mut dir_clusters: HashMap<String, Vec<u32>> = HashMap::new();
+        for d in &dirs {
+            let n = dir_bytes(spec, t, d, first, 0, stamp)?.len() as u64;
+            let c = self.take(n.div_ceil(cb).max(1));
+            first.insert(d.path.clone(), c.first().copied().unwrap_or(0));
+            dir_clusters.insert(d.path.clone(), c);
+        }
+        let have = self.free.len() as u64 * cb;
+        if self.needs > have {
+            return Err(no_room(part, self.needs, have));
+        }
+        for d in &dirs {
+            let up = if d.path == "/" {
+                0
+            } else {
+                let p = parent_of(&d.path);
+                if p == "/" { 0 } else { first[p] }
+            };
+            let mut b = dir_bytes(spec, t, d, first, up, stamp)?;
+            let c = dir_clusters.remove(&d.path).unwrap_or_default();
+            b.resize(c.len() * cb as usize, 0);
+            self.puts.push(Put {
+                clusters: c,
+                payload: Payload::Bytes(b),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn no_room(part: &str, needs: u64, have: u64) -> Error {
+    Error::partition(
+        part,
+        format!(
+            "no room to write the new boot set beside the old one: it needs {} of new files and directories, {} is free ({} missing); free space on the card (--keep less) or start over with --reformat",
+            bytes(needs),
+            bytes(have),
+            bytes(needs - have)
+        ),
+    )
+}
+
+/// After the switch (or as a repair): every cluster no file uses is free. Returns the
+/// final FAT and FSInfo.
+fn freed(geo: &Geo, staged: &Staging, fsinfo: Option<[u8; 512]>) -> (Vec<u8>, Option<[u8; 512]>) {
+    let mut fat = staged.fat.clone();
+    let mut free = 0u64;
+    let mut hint = 0xFFFF_FFFFu32;
+    for c in 2..geo.clusters + 2 {
+        let v = fat_at(&fat, c);
+        if v == BAD || staged.in_use.contains(&c) {
+            continue;
+        }
+        if v != 0 {
+            set(&mut fat, c, 0);
+        }
+        free += 1;
+        if hint == 0xFFFF_FFFF {
+            hint = c;
+        }
+    }
+    let fsinfo = fsinfo.map(|mut f| {
+        f[488..492].copy_from_slice(&(free as u32).to_le_bytes());
+        f[492..496].copy_from_slice(&hint.to_le_bytes());
+        f
+    });
+    (fat, fsinfo)
+}
+
 impl BootEdit {
     /// Whether anything will be written.
     pub fn writes_anything(&self) -> bool {
@@ -157,394 +662,92 @@ impl BootEdit {
 
     /// Reads the partition and decides the edit; writes nothing.
     pub fn plan(
-        disk: &Disk,
+        disk: &GuardedDisk,
         spec: &FsSpec<'_>,
-        start: u64,
-        len: u64,
+        span: PartSpan,
         keep: &Keep,
         force_config: bool,
     ) -> Result<BootEdit> {
         let part = spec.part.to_string();
-        let damaged = |m: String| {
-            Error::partition(
-                &part,
-                format!(
-                    "{m}; the FAT is damaged: repair it (fsck.fat) or start over with --reformat"
-                ),
-            )
-        };
-        let vol = FatVolume::open(disk, start, len).map_err(damaged)?;
-        let mut boot_sector = vec![0u8; 512];
-        disk.read_at(start, &mut boot_sector)?;
-        let geo = Geo::read(&boot_sector, len).map_err(damaged)?;
-        let cb = geo.cluster_bytes;
-        let sector_at = |n: Option<u64>| -> Result<Option<[u8; 512]>> {
-            let Some(n) = n else { return Ok(None) };
-            let mut b = [0u8; 512];
-            disk.read_at(start + n * SECTOR, &mut b)?;
-            Ok(Some(b))
-        };
-        let fsinfo_backup_sector = geo
-            .backup
-            .zip(geo.fsinfo)
-            .map(|(b, f)| b + f)
-            .filter(|s| *s < geo.reserved);
-        let backup = sector_at(geo.backup)?;
-        let fsinfo = sector_at(geo.fsinfo)?;
-        let fsinfo_backup = sector_at(fsinfo_backup_sector)?;
-        // Every FAT copy as it is: an interrupted run may have left them different.
-        let fat_len = (geo.clusters as usize + 2) * 4;
-        let mut fats_old = Vec::new();
-        for copy in 0..geo.nfats {
-            let mut f = vec![0u8; fat_len];
-            disk.read_at(
-                start + (geo.reserved + copy * geo.fat_sectors) * SECTOR,
-                &mut f,
-            )?;
-            fats_old.push(f);
-        }
-        let fat_old = fats_old[0].clone();
-
-        // The old tree and every cluster it uses.
-        let listed = vol.list().map_err(damaged)?;
-        let mut used: HashSet<u32> = HashSet::new();
-        let root_chain = vol
-            .chain(vol.root_cluster(), u64::from(geo.clusters))
-            .map_err(damaged)?;
-        used.extend(&root_chain);
-        let mut old = Vec::with_capacity(listed.len());
-        for mut e in listed {
-            if !e.is_dir && e.size == 0 {
-                // An empty file owns no cluster, whatever its entry says.
-                e.first_cluster = 0;
-            }
-            let chain = if e.is_dir {
-                vol.chain(e.first_cluster, u64::from(geo.clusters))
-                    .map_err(damaged)?
-            } else if e.size > 0 {
-                let c = vol
-                    .chain(e.first_cluster, e.size.div_ceil(cb))
-                    .map_err(damaged)?;
-                if (c.len() as u64) < e.size.div_ceil(cb) {
-                    return Err(damaged(format!(
-                        "{}: cluster chain shorter than the file",
-                        e.path
-                    )));
-                }
-                c
-            } else {
-                Vec::new()
-            };
-            for c in &chain {
-                if !used.insert(*c) {
-                    return Err(damaged(format!(
-                        "{}: cluster {c} belongs to two files",
-                        e.path
-                    )));
-                }
-            }
-            old.push(Old { e, chain });
-        }
-        let by_path: HashMap<String, usize> = old
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (o.e.path.to_lowercase(), i))
-            .collect();
-        // The stamp the last install gave its files: the most common one.
-        let mut counts: HashMap<u32, usize> = HashMap::new();
-        for o in old.iter().filter(|o| !o.e.is_dir) {
-            *counts.entry(o.e.stamp).or_default() += 1;
-        }
-        let installed = counts
-            .into_iter()
-            .max_by_key(|(s, n)| (*n, *s))
-            .map(|(s, _)| s);
-
-        // The new tree: the build, what is kept, what did not change.
-        let mut tree = Tree::new();
-        let mut reuse: HashMap<String, (u32, Vec<u32>, Option<u32>)> = HashMap::new();
-        let mut changes = Vec::new();
-        let mut claimed: HashSet<usize> = HashSet::new();
-        let new_stamp = stamp_of(spec.epoch);
-        let mut new_dirs = false;
-        for e in spec.tree.iter().skip(1) {
-            let found = by_path.get(&e.path.to_lowercase()).copied();
-            let Node::File { source, size } = &e.node else {
-                insert(&mut tree, e.clone(), &part)?;
-                match found.filter(|i| old[*i].e.is_dir) {
-                    Some(i) => {
-                        claimed.insert(i);
-                    }
-                    None => new_dirs = true,
-                }
-                continue;
-            };
-            let change = |action, old_size: Option<u64>, note: Option<String>| Change {
-                partition: part.clone(),
-                path: e.path.clone(),
-                action,
-                old_size,
-                new_size: Some(*size),
-                note,
-            };
-            match found.filter(|i| !old[*i].e.is_dir) {
-                Some(i) => {
-                    claimed.insert(i);
-                    let o = &old[i];
-                    if o.e.size == *size && same(&vol, &o.e, source)? {
-                        reuse.insert(e.path.clone(), (o.e.first_cluster, o.chain.clone(), None));
-                        insert(&mut tree, e.clone(), &part)?;
-                        changes.push(change(Action::Unchanged, Some(o.e.size), None));
-                        continue;
-                    }
-                    let edited = Some(o.e.stamp) != installed;
-                    if USER_CONFIGS
-                        .contains(&e.path.trim_start_matches('/').to_lowercase().as_str())
-                        && edited
-                        && !force_config
-                    {
-                        reuse.insert(
-                            e.path.clone(),
-                            (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)),
-                        );
-                        insert(
-                            &mut tree,
-                            Entry {
-                                node: Node::File {
-                                    source: Source::Text(String::new()),
-                                    size: o.e.size,
-                                },
-                                ..e.clone()
-                            },
-                            &part,
-                        )?;
-                        changes.push(Change {
-                            new_size: Some(o.e.size),
-                            ..change(
-                                Action::Kept,
-                                Some(o.e.size),
-                                Some("edited on the card; differs from the build (--force-config replaces it)".into()),
-                            )
-                        });
-                        continue;
-                    }
-                    insert(&mut tree, e.clone(), &part)?;
-                    changes.push(change(Action::Replaced, Some(o.e.size), None));
-                }
-                None => {
-                    insert(&mut tree, e.clone(), &part)?;
-                    changes.push(change(Action::Added, None, None));
-                }
-            }
-        }
-        for (i, o) in old.iter().enumerate() {
-            if claimed.contains(&i) || o.e.is_dir {
-                continue;
-            }
-            let change = |action, note: Option<String>| Change {
-                partition: part.clone(),
-                path: o.e.path.clone(),
-                action,
-                old_size: Some(o.e.size),
-                new_size: (action == Action::Kept).then_some(o.e.size),
-                note,
-            };
-            if keep.matches(&part, &o.e.path) {
-                // Under the directories the tree already has, as the tree spells them.
-                let path = canonical(&tree, &o.e.path);
-                let e = Entry {
-                    path: path.clone(),
-                    node: Node::File {
-                        source: Source::Text(String::new()),
-                        size: o.e.size,
-                    },
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                };
-                if let Err(m) = tree.insert(e) {
-                    return Err(Error::Usage(format!("--keep {}: {}", o.e.path, m.0)));
-                }
-                reuse.insert(path, (o.e.first_cluster, o.chain.clone(), Some(o.e.stamp)));
-                changes.push(change(Action::Kept, Some("kept (--keep)".into())));
-            } else {
-                changes.push(change(Action::Removed, None));
-            }
-        }
-
-        let anything = new_dirs
-            || changes
-                .iter()
-                .any(|c| c.action != Action::Unchanged && c.action != Action::Kept)
-            || old
-                .iter()
-                .any(|o| o.e.is_dir && tree_lookup(&tree, &o.e.path).is_none());
+        let vol = FatVolume::open(disk, span.start, span.size).map_err(|e| damaged(&part, e))?;
+        let card = OnCard::read(disk, span, &part)?;
+        let geo = card.geo;
+        let old = OldTree::read(&vol, &geo, &part)?;
+        let mut new = NewTree::build(
+            spec,
+            &Inputs {
+                part: &part,
+                keep,
+                force_config,
+                vol: &vol,
+                old: &old,
+            },
+        )?;
 
         // Clusters the old tree leaves: free, or lost (allocated but used by nothing).
-        let fat_at = |f: &[u8], c: u32| {
-            let i = c as usize * 4;
-            u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]) & 0x0FFF_FFFF
-        };
+        let fat_old = &card.fats[0];
         let free: Vec<u32> = (2..geo.clusters + 2)
-            .filter(|c| !used.contains(c) && fat_at(&fat_old, *c) != BAD)
+            .filter(|c| !old.used.contains(c) && fat_at(fat_old, *c) != BAD)
             .collect();
-        let lost = free.iter().filter(|c| fat_at(&fat_old, **c) != 0).count() as u64;
-
-        let mut fat_staged = fat_old.clone();
-        let mut puts = Vec::new();
-        let mut new_root = None;
-        let mut needs = 0u64;
-        let mut keep_clusters: HashSet<u32> = used.clone();
-        if anything {
-            keep_clusters = HashSet::new();
-            let mut next = free.iter().copied();
-            let mut take = |n: u64, needs: &mut u64| -> Vec<u32> {
-                *needs += n * cb;
-                (0..n).filter_map(|_| next.next()).collect()
-            };
-            // Files first, then directories (their entries name the files' clusters).
-            let mut first: HashMap<String, u32> = HashMap::new();
-            for e in tree.iter() {
-                let Node::File { source, size } = &e.node else {
-                    continue;
-                };
-                if let Some((f, chain, _)) = reuse.get(&e.path) {
-                    first.insert(e.path.clone(), *f);
-                    keep_clusters.extend(chain);
-                    continue;
-                }
-                let clusters = take(size.div_ceil(cb), &mut needs);
-                first.insert(e.path.clone(), clusters.first().copied().unwrap_or(0));
-                puts.push(Put {
-                    clusters,
-                    payload: Payload::File {
-                        source: source.clone(),
-                        size: *size,
-                        path: e.path.clone(),
-                    },
-                });
-            }
-            let dirs: Vec<&Entry> = tree.iter().filter(|e| e.node == Node::Dir).collect();
-            // Sizes do not depend on cluster numbers: encode once to size, once for real.
-            let mut dir_clusters: HashMap<String, Vec<u32>> = HashMap::new();
-            for d in &dirs {
-                let n = dir_bytes(spec, &tree, d, &first, &reuse, 0, new_stamp)?.len() as u64;
-                let c = take(n.div_ceil(cb).max(1), &mut needs);
-                first.insert(d.path.clone(), c.first().copied().unwrap_or(0));
-                dir_clusters.insert(d.path.clone(), c);
-            }
-            let have = free.len() as u64 * cb;
-            if needs > have {
-                return Err(Error::partition(
-                    &part,
-                    format!(
-                        "no room to write the new boot set beside the old one: it needs {} of new files and directories, {} is free ({} missing); free space on the card (--keep less) or start over with --reformat",
-                        bytes(needs),
-                        bytes(have),
-                        bytes(needs - have)
-                    ),
-                ));
-            }
-            for d in &dirs {
-                let up = if d.path == "/" {
-                    0
-                } else {
-                    let p = parent_of(&d.path);
-                    if p == "/" { 0 } else { first[p] }
-                };
-                let mut b = dir_bytes(spec, &tree, d, &first, &reuse, up, new_stamp)?;
-                let c = dir_clusters.remove(&d.path).unwrap_or_default();
-                b.resize(c.len() * cb as usize, 0);
-                puts.push(Put {
-                    clusters: c,
-                    payload: Payload::Bytes(b),
-                });
-            }
-            for p in &puts {
-                for (k, c) in p.clusters.iter().enumerate() {
-                    let v = p.clusters.get(k + 1).copied().unwrap_or(EOC);
-                    set(&mut fat_staged, *c, v);
-                    keep_clusters.insert(*c);
-                }
-            }
-            new_root = Some(first["/"]);
-        }
-
-        // After the switch (or as a repair): every cluster no file uses is free.
-        let mut fat_final = fat_staged.clone();
-        let mut free_final = 0u64;
-        let mut hint = 0xFFFF_FFFFu32;
-        for c in 2..geo.clusters + 2 {
-            let v = fat_at(&fat_final, c);
-            if v == BAD {
-                continue;
-            }
-            if !keep_clusters.contains(&c) {
-                if v != 0 {
-                    set(&mut fat_final, c, 0);
-                }
-                free_final += 1;
-                if hint == 0xFFFF_FFFF {
-                    hint = c;
-                }
-            }
-        }
+        let lost = free.iter().filter(|c| fat_at(fat_old, **c) != 0).count() as u64;
+        let staged = if new.differs(&old) {
+            let mut s = Staging::new(fat_old, &free, &geo);
+            s.place(spec, &new, &part)?;
+            s
+        } else {
+            Staging::none(fat_old, &free, &geo, &old.used)
+        };
         // FSInfo is only a hint; a sector without its signature is left alone.
-        let fsinfo = fsinfo.filter(|f| f[0..4] == 0x4161_5252u32.to_le_bytes());
-        let fsinfo_final = fsinfo.map(|f| {
-            let mut f = f;
-            f[488..492].copy_from_slice(&(free_final as u32).to_le_bytes());
-            f[492..496].copy_from_slice(&hint.to_le_bytes());
-            f
-        });
-        let mut boot_new = boot_sector.clone();
-        if let Some(r) = new_root {
+        let fsinfo = card
+            .fsinfo
+            .filter(|f| f[0..4] == 0x4161_5252u32.to_le_bytes());
+        let (fat_final, fsinfo_final) = freed(&geo, &staged, fsinfo);
+        let mut boot_new = card.boot_sector.clone();
+        if let Some(r) = staged.new_root {
             boot_new[44..48].copy_from_slice(&r.to_le_bytes());
         }
-        let backup_differs = backup.is_some_and(|b| b[..] != boot_new[..]);
-        changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(BootEdit {
             part,
-            start,
+            span,
             geo,
+            backup_differs: card.backup.is_some_and(|b| b[..] != boot_new[..]),
             boot_sector: boot_new,
-            fats_old,
-            fat_staged,
+            fats_old: card.fats,
+            fat_staged: staged.fat,
             fat_final,
-            puts,
-            new_root,
-            backup_differs,
+            puts: staged.puts,
+            new_root: staged.new_root,
             fsinfo,
-            fsinfo_backup: fsinfo_backup.filter(|_| fsinfo.is_some()),
-            fsinfo_backup_sector,
+            fsinfo_backup: card.fsinfo_backup.filter(|_| fsinfo.is_some()),
+            fsinfo_backup_sector: card.fsinfo_backup_sector,
             fsinfo_final,
-            changes,
-            needs,
-            free: free.len() as u64 * cb,
+            changes: std::mem::take(&mut new.changes),
+            needs: staged.needs,
+            free: free.len() as u64 * geo.cluster_bytes,
             lost_clusters: lost,
         })
     }
 
     /// Stages the new set, switches to it, frees the old one (see the module comment).
-    pub fn apply(&self, disk: &mut Disk) -> Result<()> {
+    pub fn apply(&self, disk: &mut GuardedDisk) -> Result<()> {
         let cb = self.geo.cluster_bytes;
         let data_start = (self.geo.reserved + self.geo.nfats * self.geo.fat_sectors) * SECTOR;
-        let at = |c: u32| self.start + data_start + u64::from(c - 2) * cb;
+        let at = |c: u32| self.span.start + data_start + u64::from(c - 2) * cb;
         let mut buf = vec![0u8; 1 << 20];
         for p in &self.puts {
             match &p.payload {
                 Payload::Bytes(b) => {
-                    for (run, k) in runs(&p.clusters) {
-                        let from = k * cb as usize;
-                        let to = from + run.1 as usize * cb as usize;
-                        disk.write_at(at(run.0), &b[from..to])?;
+                    for run in runs(&p.clusters) {
+                        let from = run.index * cb as usize;
+                        let to = from + run.count as usize * cb as usize;
+                        disk.write_at(at(run.first), &b[from..to])?;
                     }
                 }
                 Payload::File { source, size, path } => {
                     let mut r = crate::io::open(source, *size)?;
-                    for (run, _) in runs(&p.clusters) {
-                        let mut left = u64::from(run.1) * cb;
-                        let mut off = at(run.0);
+                    for run in runs(&p.clusters) {
+                        let mut left = u64::from(run.count) * cb;
+                        let mut off = at(run.first);
                         while left > 0 {
                             let want = left.min(buf.len() as u64) as usize;
                             let n = read_full(&mut r, &mut buf[..want])
@@ -572,11 +775,11 @@ impl BootEdit {
         disk.sync()?;
         if self.new_root.is_some() {
             // The switch: one sector.
-            disk.write_at(self.start, &self.boot_sector)?;
+            disk.write_at(self.span.start, &self.boot_sector)?;
             disk.sync()?;
         }
         if let Some(b) = self.geo.backup.filter(|_| self.backup_differs) {
-            disk.write_at(self.start + b * SECTOR, &self.boot_sector)?;
+            disk.write_at(self.span.start + b * SECTOR, &self.boot_sector)?;
             disk.sync()?;
         }
         for copy in 0..self.geo.nfats {
@@ -584,22 +787,22 @@ impl BootEdit {
         }
         if let (Some(f), Some(n)) = (&self.fsinfo_final, self.geo.fsinfo) {
             if self.fsinfo.as_ref() != Some(f) {
-                disk.write_at(self.start + n * SECTOR, f)?;
+                disk.write_at(self.span.start + n * SECTOR, f)?;
             }
             if let Some(b) = self.fsinfo_backup_sector
                 && self.fsinfo_backup.as_ref() != Some(f)
             {
-                disk.write_at(self.start + b * SECTOR, f)?;
+                disk.write_at(self.span.start + b * SECTOR, f)?;
             }
         }
         disk.sync()
     }
 
     /// Writes the sectors of FAT copy `copy` that differ between `from` and `to`.
-    fn write_fat(&self, disk: &mut Disk, copy: u64, from: &[u8], to: &[u8]) -> Result<()> {
+    fn write_fat(&self, disk: &mut GuardedDisk, copy: u64, from: &[u8], to: &[u8]) -> Result<()> {
         let s = SECTOR as usize;
         {
-            let base = self.start + (self.geo.reserved + copy * self.geo.fat_sectors) * SECTOR;
+            let base = self.span.start + (self.geo.reserved + copy * self.geo.fat_sectors) * SECTOR;
             let mut i = 0;
             while i < to.len() {
                 let end = (i + s).min(to.len());
@@ -651,33 +854,48 @@ fn set(fat: &mut [u8], c: u32, v: u32) {
     fat[i..i + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Contiguous runs of a cluster list: ((first, count), index of first in the list).
-fn runs(clusters: &[u32]) -> Vec<((u32, u32), usize)> {
-    let mut out: Vec<((u32, u32), usize)> = Vec::new();
+/// Contiguous clusters of a cluster list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first: u32,
+    count: u32,
+    /// Where `first` stands in the list.
+    index: usize,
+}
+
+/// The contiguous runs of a cluster list.
+fn runs(clusters: &[u32]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         match out.last_mut() {
-            Some(((f, n), _)) if *f + *n == *c => *n += 1,
-            _ => out.push(((*c, 1), i)),
+            Some(r) if r.first + r.count == *c => r.count += 1,
+            _ => out.push(Run {
+                first: *c,
+                count: 1,
+                index: i,
+            }),
         }
     }
     out
 }
 
+/// Directory `d` of the new tree, encoded: its children start at `first`, its parent at
+/// `up`; entries without a stamp of their own get `stamp`.
 fn dir_bytes(
     spec: &FsSpec<'_>,
-    tree: &Tree,
+    t: &NewTree,
     d: &Entry,
     first: &HashMap<String, u32>,
-    reuse: &HashMap<String, (u32, Vec<u32>, Option<u32>)>,
     up: u32,
     stamp: u32,
 ) -> Result<Vec<u8>> {
-    let kids: Vec<Child<'_>> = tree
+    let kids: Vec<Child<'_>> = t
+        .tree
         .children(&d.path)
         .map(|k| Child {
             entry: k,
             first: first.get(&k.path).copied().unwrap_or(0),
-            stamp: reuse.get(&k.path).and_then(|r| r.2).or(Some(stamp)),
+            stamp: t.reuse.get(&k.path).and_then(|r| r.stamp).or(Some(stamp)),
         })
         .collect();
     let me = first.get(&d.path).copied().unwrap_or(0);
@@ -730,13 +948,18 @@ fn same(vol: &FatVolume<'_>, e: &FatEntry, source: &Source) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::runs;
+    use super::{Run, runs};
 
     #[test]
     fn runs_coalesce_contiguous_clusters() {
+        let run = |first, count, index| Run {
+            first,
+            count,
+            index,
+        };
         assert_eq!(
             runs(&[5, 6, 7, 10, 11, 3]),
-            vec![((5, 3), 0), ((10, 2), 3), ((3, 1), 5)]
+            vec![run(5, 3, 0), run(10, 2, 3), run(3, 1, 5)]
         );
         assert!(runs(&[]).is_empty());
     }

@@ -1,73 +1,104 @@
-//! The card or image an upgrade edits: positioned reads anywhere, writes only inside the
-//! regions the upgrade declared writable (never the table, raw blobs or the partition that
-//! holds user data), each counted, with flushes the caller orders writes around.
+//! The card or image an upgrade edits, as a [`GuardedDisk`]: positioned reads anywhere,
+//! writes only inside the regions the upgrade declared writable (never the table, raw blobs
+//! or the partition that holds user data), each counted, with flushes the caller orders
+//! writes around. Also [`DiffSink`], which writes a partition only where it differs, and
+//! the read-back of what was written. Not where writes are decided (`boot`, `rootfs`).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
 use crate::sink::Sink;
 
-/// Environment variable that stops the process before its N+1th write (power-loss tests).
-pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
-/// With the fault variable: `lose` makes writes stay in memory until the next flush, and
-/// the fault keeps only a pseudo-random subset of them, as a device's volatile write cache
-/// may on power loss.
-pub const FAULT_CACHE_ENV: &str = "SKIFF_FLASH_FAULT_CACHE";
-/// Varies which unflushed writes a `lose` fault keeps.
-pub const FAULT_SEED_ENV: &str = "SKIFF_FLASH_FAULT_SEED";
-/// Exit status when a fault was injected.
-pub const FAULT_EXIT: i32 = 86;
+#[cfg(feature = "fault-injection")]
+use super::fault::PowerLoss;
 
-pub struct Disk {
+/// A named byte range of the disk.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub what: String,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Region {
+    fn overlaps(&self, offset: u64, end: u64) -> bool {
+        offset < self.start + self.len && self.start < end
+    }
+
+    fn holds(&self, offset: u64, end: u64) -> bool {
+        offset >= self.start && end <= self.start + self.len
+    }
+}
+
+/// How many writes were made (or, in a dry pass, would be) and how many bytes they held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriteCount {
+    pub writes: u64,
+    pub bytes: u64,
+}
+
+/// One write as made, for reading it back afterwards.
+#[derive(Debug, Clone)]
+pub struct TrackedWrite {
+    pub offset: u64,
+    pub len: u64,
+    pub sha256: [u8; 32],
+}
+
+/// The disk an upgrade edits, with the regions it may and may not write.
+pub struct GuardedDisk {
     file: File,
     path: PathBuf,
     size: u64,
-    /// (what, start, len): where writes may land.
-    writable: Vec<(String, u64, u64)>,
-    /// (what, start, len): where no write may land, whatever else allows it.
-    denied: Vec<(String, u64, u64)>,
-    pub writes: u64,
-    pub bytes_written: u64,
-    fault_after: Option<u64>,
-    /// Writes since the last flush, when simulating a volatile cache.
-    pending: Option<Vec<(u64, Vec<u8>)>>,
-    /// A dry run: writes are counted but not made.
+    /// Where writes may land.
+    allowed: Vec<Region>,
+    /// Where no write may land, whatever else allows it.
+    denied: Vec<Region>,
+    count: WriteCount,
+    /// A dry pass: writes are checked and counted but not made.
     dry: bool,
-    /// (offset, length, SHA-256) of every write, when tracked for a read-back.
-    tracked: Option<Vec<(u64, u64, [u8; 32])>>,
+    /// Every write made, when tracked for a read-back.
+    tracked: Option<Vec<TrackedWrite>>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<PowerLoss>,
 }
 
-impl Disk {
-    pub fn new(file: File, path: &Path, size: u64, dry: bool) -> Disk {
-        let fault_after = std::env::var(FAULT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok());
-        let lose = fault_after.is_some()
-            && std::env::var(FAULT_CACHE_ENV).is_ok_and(|v| v.trim() == "lose");
-        Disk {
+impl GuardedDisk {
+    pub fn new(file: File, path: &Path, size: u64) -> GuardedDisk {
+        GuardedDisk {
             file,
             path: path.to_path_buf(),
             size,
-            writable: Vec::new(),
+            allowed: Vec::new(),
             denied: Vec::new(),
-            writes: 0,
-            bytes_written: 0,
-            fault_after,
-            pending: lose.then(Vec::new),
-            dry,
+            count: WriteCount::default(),
+            dry: false,
             tracked: None,
+            #[cfg(feature = "fault-injection")]
+            fault: PowerLoss::from_env(),
         }
     }
 
-    /// Turns dry-run mode on or off; counters restart.
+    /// Turns dry mode on or off; the count restarts.
     pub fn set_dry(&mut self, dry: bool) {
         self.dry = dry;
-        self.writes = 0;
-        self.bytes_written = 0;
+        self.count = WriteCount::default();
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
+    /// The writes since the count last restarted.
+    pub fn count(&self) -> WriteCount {
+        self.count
     }
 
     /// Records what every later write wrote (for reading it back afterwards).
@@ -75,13 +106,9 @@ impl Disk {
         self.tracked = Some(Vec::new());
     }
 
-    /// (offset, length, SHA-256) of every tracked write, in order.
-    pub fn tracked(&self) -> &[(u64, u64, [u8; 32])] {
+    /// Every tracked write, in order.
+    pub fn tracked(&self) -> &[TrackedWrite] {
         self.tracked.as_deref().unwrap_or_default()
-    }
-
-    pub fn is_dry(&self) -> bool {
-        self.dry
     }
 
     pub fn path(&self) -> &Path {
@@ -90,60 +117,36 @@ impl Disk {
 
     /// Allows writes inside `[start, start+len)`.
     pub fn allow(&mut self, what: &str, start: u64, len: u64) {
-        self.writable.push((what.to_string(), start, len));
+        self.allowed.push(Region {
+            what: what.to_string(),
+            start,
+            len,
+        });
     }
 
     /// Forbids writes inside `[start, start+len)` (the user's data), over any `allow`.
     pub fn deny(&mut self, what: &str, start: u64, len: u64) {
-        self.denied.push((what.to_string(), start, len));
+        self.denied.push(Region {
+            what: what.to_string(),
+            start,
+            len,
+        });
     }
 
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
-        let end = offset.saturating_add(bytes.len() as u64);
-        if let Some((what, ..)) = self
-            .denied
-            .iter()
-            .find(|(_, s, l)| offset < s + l && *s < end)
-        {
-            return Err(Error::io(
-                format!("{}", self.path.display()),
-                io::Error::other(format!(
-                    "refusing a write at byte {offset}+{}: inside {what}, which is never written",
-                    bytes.len()
-                )),
-            ));
-        }
-        if !self
-            .writable
-            .iter()
-            .any(|(_, s, l)| offset >= *s && end <= s + l)
-        {
-            return Err(Error::io(
-                format!("{}", self.path.display()),
-                io::Error::other(format!(
-                    "refusing a write at byte {offset}+{}: outside every region this upgrade may change",
-                    bytes.len()
-                )),
-            ));
-        }
-        if !self.dry && self.fault_after == Some(self.writes) {
-            self.power_loss();
-        }
-        self.writes += 1;
-        self.bytes_written += bytes.len() as u64;
+        self.guard(offset, bytes.len() as u64)?;
         if self.dry {
+            self.tally(bytes.len());
             return Ok(());
         }
-        if let Some(t) = &mut self.tracked {
-            use sha2::Digest;
-            t.push((
-                offset,
-                bytes.len() as u64,
-                sha2::Sha256::digest(bytes).into(),
-            ));
+        #[cfg(feature = "fault-injection")]
+        if let Some(f) = &mut self.fault {
+            f.at(&self.file, self.count.writes);
         }
-        if let Some(p) = &mut self.pending {
-            p.push((offset, bytes.to_vec()));
+        self.tally(bytes.len());
+        self.record(offset, bytes);
+        #[cfg(feature = "fault-injection")]
+        if self.fault.as_mut().is_some_and(|f| f.hold(offset, bytes)) {
             return Ok(());
         }
         self.file.write_all_at(bytes, offset).map_err(|e| {
@@ -154,38 +157,41 @@ impl Disk {
         })
     }
 
-    /// Simulated power loss (fault injection): what reached the medium stays; with a
-    /// volatile cache, a pseudo-random subset of the unflushed writes reaches it, in any
-    /// order. Then the process ends.
-    fn power_loss(&mut self) -> ! {
-        if let Some(pending) = self.pending.take() {
-            let seed = std::env::var(FAULT_SEED_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            let mut x = self.writes ^ seed.rotate_left(32);
-            let mut kept: Vec<&(u64, Vec<u8>)> = Vec::new();
-            for w in &pending {
-                // splitmix64: one well-mixed bit per write.
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                if (z ^ (z >> 31)) >> 63 == 1 {
-                    kept.push(w);
-                }
-            }
-            kept.reverse();
-            for (o, b) in kept {
-                let _ = self.file.write_all_at(b, *o);
-            }
-            let _ = self.file.sync_all();
+    /// Refuses a write that touches a denied region or leaves every allowed one.
+    fn guard(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset.saturating_add(len);
+        let refuse = |why: String| {
+            Error::io(
+                format!("{}", self.path.display()),
+                io::Error::other(format!("refusing a write at byte {offset}+{len}: {why}")),
+            )
+        };
+        if let Some(r) = self.denied.iter().find(|r| r.overlaps(offset, end)) {
+            return Err(refuse(format!("inside {}, which is never written", r.what)));
         }
-        eprintln!(
-            "skiff-flash: fault injected: stopping before write {} ({FAULT_ENV})",
-            self.writes + 1
-        );
-        std::process::exit(FAULT_EXIT);
+        if !self.allowed.iter().any(|r| r.holds(offset, end)) {
+            return Err(refuse(
+                "outside every region this upgrade may change".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn tally(&mut self, len: usize) {
+        self.count.writes += 1;
+        self.count.bytes += len as u64;
+    }
+
+    /// Remembers a write for the read-back (when tracking).
+    fn record(&mut self, offset: u64, bytes: &[u8]) {
+        use sha2::Digest;
+        if let Some(t) = &mut self.tracked {
+            t.push(TrackedWrite {
+                offset,
+                len: bytes.len() as u64,
+                sha256: sha2::Sha256::digest(bytes).into(),
+            });
+        }
     }
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -197,16 +203,13 @@ impl Disk {
         })
     }
 
-    /// Reads the medium, then what is still in the simulated cache over it.
+    /// Reads the medium (then, under fault injection, what is still in the simulated
+    /// cache over it).
     fn read_through(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(&self.file, buf, offset)?;
-        let end = offset + buf.len() as u64;
-        for (o, b) in self.pending.iter().flatten() {
-            let (s, e) = ((*o).max(offset), (o + b.len() as u64).min(end));
-            if s < e {
-                buf[(s - offset) as usize..(e - offset) as usize]
-                    .copy_from_slice(&b[(s - o) as usize..(e - o) as usize]);
-            }
+        #[cfg(feature = "fault-injection")]
+        if let Some(f) = &self.fault {
+            f.overlay(buf, offset);
         }
         Ok(())
     }
@@ -216,14 +219,13 @@ impl Disk {
         if self.dry {
             return Ok(());
         }
-        // Power may also fail while a flush is under way.
-        if self.fault_after == Some(self.writes) {
-            self.power_loss();
-        }
-        if let Some(p) = &mut self.pending {
-            for (o, b) in std::mem::take(p) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(f) = &mut self.fault {
+            // Power may also fail while a flush is under way.
+            f.at(&self.file, self.count.writes);
+            for h in f.drain() {
                 self.file
-                    .write_all_at(&b, o)
+                    .write_all_at(&h.bytes, h.offset)
                     .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
             }
         }
@@ -233,7 +235,7 @@ impl Disk {
     }
 }
 
-impl ReadAt for Disk {
+impl ReadAt for GuardedDisk {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_through(buf, offset)
     }
@@ -243,14 +245,68 @@ impl ReadAt for Disk {
     }
 }
 
+/// Reads the writes back from the medium (O_DIRECT, past the page cache) and compares:
+/// the last write to each place (an earlier one that a later one overlaps is not expected
+/// to read back).
+pub fn read_back(dev: &Device, writes: &[TrackedWrite]) -> Result<()> {
+    use sha2::Digest;
+    // Disjoint ranges already checked (later writes), start -> end.
+    let mut later: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for w in writes.iter().rev() {
+        let end = w.offset + w.len;
+        // The range starting last before `end` is the only one that can overlap.
+        if later
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, e)| *e > w.offset)
+        {
+            continue;
+        }
+        later.insert(w.offset, end);
+        let got = dev.read_direct(w.offset, w.len as usize)?;
+        if sha2::Sha256::digest(&got)[..] != w.sha256[..] {
+            return Err(Error::io(
+                format!("reading back {} at byte {}", dev.path().display(), w.offset),
+                io::Error::other(format!(
+                    "the {} bytes written there read back differently: the card may be failing or smaller than it claims",
+                    w.len
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A partition of the disk as a sink that writes only what differs from what is there:
 /// unchanged blocks cost a read, not a write (and not flash wear).
 pub struct DiffSink<'a> {
-    pub disk: &'a mut Disk,
+    pub disk: &'a mut GuardedDisk,
     pub base: u64,
     pub len: u64,
     pub skipped: u64,
     pub error: Option<Error>,
+}
+
+/// The block size unchanged content is skipped in.
+const DIFF_BLOCK: usize = 4096;
+
+/// The runs of `new` that differ from `old` (same length), block by block: each a range
+/// of indices, neighbouring changed blocks merged into one run.
+fn changed_runs(old: &[u8], new: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let block = |i: usize| i..(i + DIFF_BLOCK).min(new.len());
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut i = 0;
+    while i < new.len() {
+        let b = block(i);
+        if old[b.clone()] != new[b.clone()] {
+            match runs.last_mut() {
+                Some(r) if r.end == b.start => r.end = b.end,
+                _ => runs.push(b.clone()),
+            }
+        }
+        i = b.end;
+    }
+    runs
 }
 
 impl DiffSink<'_> {
@@ -263,32 +319,16 @@ impl DiffSink<'_> {
         }
         let mut old = vec![0u8; bytes.len()];
         self.disk.read_through(&mut old, self.base + offset)?;
-        // Compare and write in 4 KiB blocks.
-        let mut i = 0;
-        while i < bytes.len() {
-            let j = (i + 4096).min(bytes.len());
-            if old[i..j] == bytes[i..j] {
-                self.skipped += (j - i) as u64;
-                i = j;
-                continue;
-            }
-            let mut k = j;
-            while k < bytes.len() {
-                let m = (k + 4096).min(bytes.len());
-                if old[k..m] == bytes[k..m] {
-                    break;
-                }
-                k = m;
-            }
-            if let Err(e) = self
-                .disk
-                .write_at(self.base + (offset + i as u64), &bytes[i..k])
-            {
+        let runs = changed_runs(&old, bytes);
+        let changed: usize = runs.iter().map(|r| r.len()).sum();
+        self.skipped += (bytes.len() - changed) as u64;
+        for r in runs {
+            let at = self.base + offset + r.start as u64;
+            if let Err(e) = self.disk.write_at(at, &bytes[r]) {
                 let msg = e.to_string();
                 self.error = Some(e);
                 return Err(io::Error::other(msg));
             }
-            i = k;
         }
         Ok(())
     }
@@ -313,5 +353,24 @@ impl Sink for DiffSink<'_> {
 
     fn size(&self) -> u64 {
         self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DIFF_BLOCK, changed_runs};
+
+    #[test]
+    fn changed_runs_merge_neighbouring_blocks_and_skip_equal_ones() {
+        let old = vec![0u8; DIFF_BLOCK * 5 + 10];
+        let mut new = old.clone();
+        new[1] = 1;
+        new[DIFF_BLOCK + 2] = 1;
+        new[DIFF_BLOCK * 5 + 3] = 1;
+        assert_eq!(
+            changed_runs(&old, &new),
+            vec![0..DIFF_BLOCK * 2, DIFF_BLOCK * 5..DIFF_BLOCK * 5 + 10]
+        );
+        assert!(changed_runs(&old, &old).is_empty());
     }
 }

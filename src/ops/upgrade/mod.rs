@@ -1,34 +1,45 @@
 //! Upgrading an installed card (or image) in place: new boot files and rootfs content from
 //! a new build, the user's data untouched.
 //!
-//! Everything is read and decided before the first write: the card's table must hold the
-//! board's layout (`card`), the new configs are made with the card's own identifiers, each
-//! partition's edit is planned (`boot` for FAT, `rootfs` for ext4) and must fit. Only then
-//! are the partitions the build owns written; the partition that grows to the card
-//! (`persist`), the table and raw bootloader areas are never in a writable region.
+//! [`plan`] opens the target (`target`), reads it and decides everything before the first
+//! write: the card's table must hold the board's layout (`card`), the new configs are made
+//! with the card's own identifiers, each partition's edit is planned (`boot` for FAT,
+//! `rootfs` for ext4) and must fit. [`UpgradePlan::apply`] then writes what was decided to
+//! the partitions the build owns; the partition that grows to the card (`persist`), the
+//! table and raw bootloader areas are never in a writable region (`disk`). Showing the
+//! plan and asking is the caller's business.
 
 pub mod boot;
 pub mod card;
 pub mod disk;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod keep;
+mod report;
 pub mod rootfs;
+pub mod target;
 
 use std::path::PathBuf;
-
-use serde::Serialize;
 
 use crate::define::board::{Board, FsKind};
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
-use crate::plan;
-use crate::plan::artifacts::glob;
+use crate::plan::{self, Plan};
 
 use boot::BootEdit;
-use disk::Disk;
+use disk::{GuardedDisk, WriteCount};
 use rootfs::RootfsEdit;
+use target::Target;
 
-/// What an upgrade is made from.
+pub use keep::Keep;
+pub use report::{Action, Change, Outcome, PartitionReport, UpgradeReport};
+
+/// What to upgrade, to what, and how.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct UpgradeRequest {
+    /// A whole-disk device or a raw image file.
+    pub target: PathBuf,
+    pub board: Board,
     pub images: PathBuf,
     /// SkiffOS config directories (see [`crate::define::skiffos`]).
     pub configs: Vec<PathBuf>,
@@ -38,143 +49,50 @@ pub struct Options {
     pub force_config: bool,
     /// Also rewrite an ext4 boot partition (not power-safe).
     pub allow_unsafe_boot: bool,
+    /// Accept disks that are not removable, USB, SD or MMC.
+    pub allow_fixed_disk: bool,
+    /// Plan only: the target is opened read-only and the plan cannot be applied.
+    pub dry_run: bool,
+    /// Devices: read what was written back from the medium.
+    pub verify: bool,
 }
 
-/// What happens to one file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Added,
-    Replaced,
-    Removed,
-    Unchanged,
-    /// On the card, not (or not as) in the build, and left as it is.
-    Kept,
-}
-
-/// One file's fate.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub partition: String,
-    pub path: String,
-    pub action: Action,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// `--keep` patterns: `PATH` (the boot partition) or `PARTITION:PATH`; `*` and `?` match
-/// within one path component; a directory keeps everything under it.
-#[derive(Debug, Clone, Default)]
-pub struct Keep {
-    patterns: Vec<(Option<String>, Vec<String>)>,
-    /// The partition a pattern without one names: the layout's first FAT partition.
-    default_part: String,
-}
-
-impl Keep {
-    pub fn parse(list: &[String], board: &Board) -> Result<Keep> {
-        let mut patterns = Vec::new();
-        for k in list {
-            let (part, path) = match k.split_once(':') {
-                Some((p, path)) => {
-                    if !board.layout.partitions.iter().any(|d| d.id == p) {
-                        return Err(Error::Usage(format!(
-                            "--keep {k}: board {} has no partition `{p}` (it has {})",
-                            board.name,
-                            board
-                                .layout
-                                .partitions
-                                .iter()
-                                .map(|d| d.id.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                    }
-                    (Some(p.to_string()), path)
-                }
-                None => (None, k.as_str()),
-            };
-            let comps: Vec<String> = path
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect();
-            if comps.is_empty() {
-                return Err(Error::Usage(format!(
-                    "--keep {k}: give a path, e.g. /overlays/my.dtbo"
-                )));
-            }
-            patterns.push((part, comps));
-        }
-        let default_part = board
-            .layout
-            .partitions
-            .iter()
-            .find(|d| d.fs.is_some_and(FsKind::is_fat))
-            .or(board.layout.partitions.first())
-            .map_or_else(|| "boot".to_string(), |d| d.id.clone());
-        Ok(Keep {
-            patterns,
-            default_part,
-        })
-    }
-
-    /// Whether any pattern names partition `part`.
-    pub fn names(&self, part: &str) -> bool {
-        self.patterns
-            .iter()
-            .any(|(p, _)| p.as_deref().unwrap_or(&self.default_part) == part)
-    }
-
-    /// Whether `path` in partition `part` is kept. Patterns without a partition name the
-    /// layout's first FAT partition (`boot` on most boards); paths compare without case.
-    pub fn matches(&self, part: &str, path: &str) -> bool {
-        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-        self.patterns.iter().any(|(p, pat)| {
-            p.as_deref().unwrap_or(&self.default_part) == part
-                && pat.len() <= comps.len()
-                && pat
-                    .iter()
-                    .zip(&comps)
-                    .all(|(a, b)| glob(&a.to_lowercase(), &b.to_lowercase()))
-        })
-    }
-}
-
-/// What one partition went through.
-#[derive(Debug, Clone, Serialize)]
-pub struct PartitionReport {
-    pub id: String,
+/// Where one layout partition lies on the card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSpan {
     pub number: u32,
     pub start: u64,
     pub size: u64,
-    /// edited (FAT, atomic switch), rewritten (ext4), unchanged, untouched (user data), or
-    /// not updated (a prebuilt image).
-    pub outcome: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub needs: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub free: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
-/// The result of an upgrade (or of a dry run: what it would do).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub target: PathBuf,
-    pub board: String,
-    pub dry_run: bool,
-    pub partitions: Vec<PartitionReport>,
-    pub changes: Vec<Change>,
-    /// Notes: bootloader blobs that differ from the build (never written by an upgrade).
-    pub notes: Vec<String>,
-    pub writes: u64,
-    pub bytes_written: u64,
+/// What a partition is to an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Grows to the card: the user's data, never written.
+    UserData,
+    /// A prebuilt image: only `flash` writes it.
+    Prebuilt,
+    /// Holds the boot files: rewriting it without an atomic switch needs consent.
+    Boot,
+    /// Any other filesystem the build owns.
+    Content,
+}
+
+/// The id the layouts give the partition the board boots from.
+const BOOT_ID: &str = "boot";
+
+impl Role {
+    fn of(p: &plan::Partition) -> Role {
+        if p.grows {
+            Role::UserData
+        } else if p.image.is_some() {
+            Role::Prebuilt
+        } else if p.id == BOOT_ID {
+            Role::Boot
+        } else {
+            Role::Content
+        }
+    }
 }
 
 enum Edit {
@@ -182,8 +100,32 @@ enum Edit {
     Rootfs(RootfsEdit),
 }
 
-/// Upgrades `disk` to `board`'s build. With `dry_run`, decides and reports only.
-pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) -> Result<Report> {
+impl Edit {
+    fn part(&self) -> &str {
+        match self {
+            Edit::Boot(x) => &x.part,
+            Edit::Rootfs(x) => &x.part,
+        }
+    }
+
+    fn span(&self) -> PartSpan {
+        match self {
+            Edit::Boot(x) => x.span,
+            Edit::Rootfs(x) => x.span,
+        }
+    }
+}
+
+/// Everything an upgrade will do, decided and checked; nothing written yet.
+pub struct UpgradePlan {
+    target: Target,
+    edits: Vec<Edit>,
+    report: UpgradeReport,
+}
+
+/// Opens and reads the target and decides the whole upgrade; writes nothing.
+pub fn plan(req: &UpgradeRequest) -> Result<UpgradePlan> {
+    let board = &req.board;
     if board.layout.l4t.is_some() {
         return Err(Error::board(
             &board.name,
@@ -192,111 +134,187 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
              erased)",
         ));
     }
-    let what = disk.path().display().to_string();
-    let card = card::read(disk, board, &what)?;
-    let keep = Keep::parse(&opts.keep, board)?;
-    let plan = plan::make(
-        board,
-        &plan::Options {
-            images: opts.images.clone(),
-            size: Some(disk.size()),
-            epoch: opts.epoch,
-            seed: None,
-            ids: Some(card.ids.clone()),
-            configs: opts.configs.clone(),
+    let mut target = target::open(
+        &req.target,
+        target::OpenOptions {
+            allow_fixed_disk: req.allow_fixed_disk,
+            write: !req.dry_run,
+            verify: req.verify,
         },
     )?;
-    let mut edits = Vec::new();
-    let mut reports = Vec::new();
-    let mut notes = Vec::new();
-    for (i, (p, (number, start, size))) in plan.partitions.iter().zip(&card.parts).enumerate() {
-        let mut report = PartitionReport {
-            id: p.id.clone(),
-            number: *number,
-            start: *start,
-            size: *size,
-            outcome: "unchanged".into(),
-            needs: None,
-            free: None,
-            note: None,
-        };
-        if p.grows {
-            report.outcome = "untouched".into();
-            report.note = Some("user data: never written by an upgrade".into());
-            let files: Vec<&str> = p.fs.as_ref().map_or(Vec::new(), |f| {
-                f.entries
-                    .iter()
-                    .filter(|e| !matches!(e.node, crate::plan::tree::Node::Dir))
-                    .map(|e| e.path.as_str())
-                    .collect()
-            });
-            if !files.is_empty() {
-                notes.push(format!(
-                    "partition {} holds user data and is never written: the build's {} files for it ({}{}) stay as the card has them (`flash` writes them)",
-                    p.id,
-                    files.len(),
-                    files.iter().take(3).copied().collect::<Vec<_>>().join(", "),
-                    if files.len() > 3 { ", …" } else { "" }
-                ));
-            }
-            reports.push(report);
-            continue;
-        }
-        if p.image.is_some() {
-            report.outcome = "not updated".into();
-            report.note = Some("prebuilt partition images are written by flash only".into());
-            reports.push(report);
-            continue;
-        }
-        let Some((kind, mut spec)) = plan.fs_spec(p) else {
-            reports.push(report);
-            continue;
-        };
-        spec.offset = *start;
-        match kind {
-            FsKind::Fat32 => {
-                let e = BootEdit::plan(disk, &spec, *start, *size, &keep, opts.force_config)?;
-                if e.writes_anything() {
-                    report.outcome = "edited".into();
-                }
-                report.needs = Some(e.needs);
-                report.free = Some(e.free);
-                if e.lost_clusters > 0 {
-                    report.note = Some(format!(
-                        "{} clusters allocated to no file (an interrupted upgrade?) are freed",
-                        e.lost_clusters
-                    ));
-                }
-                edits.push((i, Edit::Boot(Box::new(e))));
-            }
-            FsKind::Fat16 | FsKind::Fat12 | FsKind::Fat => {
-                return Err(Error::partition(
-                    &p.id,
-                    "is FAT12/16, which upgrade does not edit (it edits FAT32 boot partitions); use flash, or build the board with a boot partition of 512 MiB or more or with fs = \"fat32\"",
-                ));
-            }
-            FsKind::Ext4 => {
-                if p.id == "boot" && !opts.allow_unsafe_boot {
-                    return Err(Error::partition(
-                        &p.id,
-                        "is ext4, which an upgrade rewrites without an atomic switch: a power loss meanwhile leaves the card unbootable until the upgrade is run again; pass --allow-unsafe-boot to accept that, or use flash",
-                    ));
-                }
-                let e = RootfsEdit::plan(disk, &spec, *start, *size, &keep)?;
-                if e.rebuild {
-                    report.outcome = "rewritten".into();
-                }
-                if let Some(why) = &e.unreadable {
-                    report.note = Some(format!(
-                        "the filesystem on the card was unreadable ({why}): written again"
-                    ));
-                }
-                edits.push((i, Edit::Rootfs(e)));
-            }
-        }
-        reports.push(report);
+    let disk = &mut target.disk;
+    let what = disk.path().display().to_string();
+    let card = card::read(disk, board, &what)?;
+    let spans: Vec<PartSpan> = card
+        .parts
+        .iter()
+        .map(|&(number, start, size)| PartSpan {
+            number,
+            start,
+            size,
+        })
+        .collect();
+    let keep = Keep::parse(&req.keep, board)?;
+    let build = plan::make(
+        board,
+        &plan::Options {
+            images: req.images.clone(),
+            size: Some(disk.size()),
+            epoch: req.epoch,
+            seed: None,
+            ids: Some(card.ids.clone()),
+            configs: req.configs.clone(),
+        },
+    )?;
+    let mut decided = Decided::default();
+    for (p, span) in build.partitions.iter().zip(&spans) {
+        decide(disk, &build, p, *span, &keep, req, &mut decided)?;
     }
-    for r in &plan.raw {
+    decided.notes.extend(bootloader_notes(&build, disk));
+    fence(disk, &build, &spans, &decided.edits);
+    let mut edits = decided.edits;
+    let changes = edits.iter_mut().flat_map(take_changes).collect();
+    let report = UpgradeReport {
+        target: target.path(),
+        board: board.name.clone(),
+        dry_run: true,
+        partitions: decided.partitions,
+        changes,
+        notes: decided.notes,
+        writes: 0,
+        bytes_written: 0,
+        verified: false,
+    };
+    Ok(UpgradePlan {
+        target,
+        edits,
+        report,
+    })
+}
+
+/// The decisions so far, partition by partition.
+#[derive(Default)]
+struct Decided {
+    edits: Vec<Edit>,
+    partitions: Vec<PartitionReport>,
+    notes: Vec<String>,
+}
+
+/// Decides what happens to partition `p` (at `span` on the card).
+fn decide(
+    disk: &GuardedDisk,
+    build: &Plan,
+    p: &plan::Partition,
+    span: PartSpan,
+    keep: &Keep,
+    req: &UpgradeRequest,
+    out: &mut Decided,
+) -> Result<()> {
+    let mut report = PartitionReport {
+        id: p.id.clone(),
+        number: span.number,
+        start: span.start,
+        size: span.size,
+        outcome: Outcome::Unchanged,
+        needs: None,
+        free: None,
+        note: None,
+    };
+    let role = Role::of(p);
+    match role {
+        Role::UserData => {
+            report.outcome = Outcome::Untouched;
+            report.note = Some("user data: never written by an upgrade".into());
+            out.notes.extend(user_data_note(p));
+        }
+        Role::Prebuilt => {
+            report.outcome = Outcome::NotUpdated;
+            report.note = Some("prebuilt partition images are written by flash only".into());
+        }
+        Role::Boot | Role::Content => {
+            if let Some((kind, mut spec)) = build.fs_spec(p) {
+                spec.offset = span.start;
+                let edit = match kind {
+                    FsKind::Fat32 => {
+                        let e = BootEdit::plan(disk, &spec, span, keep, req.force_config)?;
+                        boot_report(&e, &mut report);
+                        Edit::Boot(Box::new(e))
+                    }
+                    FsKind::Fat16 | FsKind::Fat12 | FsKind::Fat => {
+                        return Err(Error::partition(
+                            &p.id,
+                            "is FAT12/16, which upgrade does not edit (it edits FAT32 boot partitions); use flash, or build the board with a boot partition of 512 MiB or more or with fs = \"fat32\"",
+                        ));
+                    }
+                    FsKind::Ext4 => {
+                        if role == Role::Boot && !req.allow_unsafe_boot {
+                            return Err(Error::partition(
+                                &p.id,
+                                "is ext4, which an upgrade rewrites without an atomic switch: a power loss meanwhile leaves the card unbootable until the upgrade is run again; pass --allow-unsafe-boot to accept that, or use flash",
+                            ));
+                        }
+                        let e = RootfsEdit::plan(disk, &spec, span, keep)?;
+                        rootfs_report(&e, &mut report);
+                        Edit::Rootfs(e)
+                    }
+                };
+                out.edits.push(edit);
+            }
+        }
+    }
+    out.partitions.push(report);
+    Ok(())
+}
+
+fn boot_report(e: &BootEdit, report: &mut PartitionReport) {
+    if e.writes_anything() {
+        report.outcome = Outcome::Edited;
+    }
+    report.needs = Some(e.needs);
+    report.free = Some(e.free);
+    if e.lost_clusters > 0 {
+        report.note = Some(format!(
+            "{} clusters allocated to no file (an interrupted upgrade?) are freed",
+            e.lost_clusters
+        ));
+    }
+}
+
+fn rootfs_report(e: &RootfsEdit, report: &mut PartitionReport) {
+    if e.rebuild {
+        report.outcome = Outcome::Rewritten;
+    }
+    if let Some(why) = &e.unreadable {
+        report.note = Some(format!(
+            "the filesystem on the card was unreadable ({why}): written again"
+        ));
+    }
+}
+
+/// The build's files for a user-data partition stay as the card has them: say so.
+fn user_data_note(p: &plan::Partition) -> Option<String> {
+    let files: Vec<&str> = p.fs.as_ref().map_or(Vec::new(), |f| {
+        f.entries
+            .iter()
+            .filter(|e| !matches!(e.node, crate::plan::tree::Node::Dir))
+            .map(|e| e.path.as_str())
+            .collect()
+    });
+    (!files.is_empty()).then(|| {
+        format!(
+            "partition {} holds user data and is never written: the build's {} files for it ({}{}) stay as the card has them (`flash` writes them)",
+            p.id,
+            files.len(),
+            files.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+            if files.len() > 3 { ", …" } else { "" }
+        )
+    })
+}
+
+/// A note for each bootloader blob on the card that differs from the build's.
+fn bootloader_notes(build: &Plan, disk: &GuardedDisk) -> Vec<String> {
+    let mut notes = Vec::new();
+    for r in &build.raw {
         let mut want = vec![0u8; r.length as usize];
         let mut got = vec![0u8; r.length as usize];
         let same = std::fs::File::open(&r.source)
@@ -313,95 +331,87 @@ pub fn upgrade(disk: &mut Disk, board: &Board, opts: &Options, dry_run: bool) ->
             ));
         }
     }
-    // Every check has passed: now write (a dry run counts the writes instead). The ext4
-    // partitions first, the boot switch last.
-    if dry_run {
-        disk.set_dry(true);
-    }
-    for (p, (_, start, size)) in plan.partitions.iter().zip(&card.parts) {
-        if p.grows {
-            disk.deny(&format!("partition {} (user data)", p.id), *start, *size);
-        }
-    }
-    for (i, e) in &edits {
-        let (_, start, size) = card.parts[*i];
-        let id = match e {
-            Edit::Boot(x) => &x.part,
-            Edit::Rootfs(x) => &x.part,
-        };
-        disk.allow(id, start, size);
-    }
-    for (_, e) in &mut edits {
-        if let Edit::Rootfs(x) = e {
-            x.apply(disk)?;
-        }
-    }
-    for (_, e) in &edits {
-        if let Edit::Boot(x) = e {
-            x.apply(disk)?;
-        }
-    }
-    let mut changes = Vec::new();
-    for (_, e) in edits {
-        match e {
-            Edit::Boot(x) => changes.extend(x.changes),
-            Edit::Rootfs(x) => changes.extend(x.changes),
-        }
-    }
-    Ok(Report {
-        target: disk.path().to_path_buf(),
-        board: board.name.clone(),
-        dry_run,
-        partitions: reports,
-        changes,
-        notes,
-        writes: disk.writes,
-        bytes_written: disk.bytes_written,
-    })
+    notes
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Keep;
-
-    fn keep(list: &[(&str, &str)]) -> Keep {
-        Keep {
-            patterns: list
-                .iter()
-                .map(|(p, path)| {
-                    (
-                        (!p.is_empty()).then(|| p.to_string()),
-                        path.split('/')
-                            .filter(|c| !c.is_empty())
-                            .map(str::to_string)
-                            .collect(),
-                    )
-                })
-                .collect(),
-            default_part: "boot".into(),
+/// Declares where writes may land: the edited partitions, never the user's data.
+fn fence(disk: &mut GuardedDisk, build: &Plan, spans: &[PartSpan], edits: &[Edit]) {
+    for (p, s) in build.partitions.iter().zip(spans) {
+        if Role::of(p) == Role::UserData {
+            disk.deny(&format!("partition {} (user data)", p.id), s.start, s.size);
         }
     }
+    for e in edits {
+        let s = e.span();
+        disk.allow(e.part(), s.start, s.size);
+    }
+}
 
-    #[test]
-    fn keep_patterns_match_paths_directories_and_globs() {
-        let k = keep(&[
-            ("", "/overlays/my-*.dtbo"),
-            ("", "/user"),
-            ("rootfs", "/extra"),
-        ]);
-        assert!(k.matches("boot", "/overlays/my-hat.dtbo"));
-        assert!(
-            k.matches("boot", "/OVERLAYS/MY-HAT.DTBO"),
-            "FAT ignores case"
-        );
-        assert!(!k.matches("boot", "/overlays/other.dtbo"));
-        assert!(
-            k.matches("boot", "/user/a/b.txt"),
-            "a directory keeps its content"
-        );
-        assert!(!k.matches("rootfs", "/user/a"), "no partition means boot");
-        assert!(k.matches("rootfs", "/extra/x"));
-        assert!(!k.matches("boot", "/extra/x"));
-        assert!(!k.matches("boot", "/us"));
+fn take_changes(e: &mut Edit) -> Vec<Change> {
+    match e {
+        Edit::Boot(x) => std::mem::take(&mut x.changes),
+        Edit::Rootfs(x) => std::mem::take(&mut x.changes),
+    }
+}
+
+impl UpgradePlan {
+    /// The plan as a report (`dry_run`). Its write count is zero until [`Self::count_writes`].
+    pub fn report(&self) -> &UpgradeReport {
+        &self.report
+    }
+
+    /// Whether the target is a block device (else an image file).
+    pub fn on_device(&self) -> bool {
+        self.target.on_device()
+    }
+
+    /// Counts the writes the plan makes, in a pass over the edits that writes nothing (it
+    /// costs the reading and comparing that applying costs), into the report.
+    pub fn count_writes(&mut self) -> Result<WriteCount> {
+        self.target.disk.set_dry(true);
+        let run = self.write();
+        let count = self.target.disk.count();
+        self.target.disk.set_dry(false);
+        run?;
+        self.report.writes = count.writes;
+        self.report.bytes_written = count.bytes;
+        Ok(count)
+    }
+
+    /// Makes the writes the plan decided, in their power-safe order, then reads them back
+    /// (devices, when asked) and drops the stale partition caches.
+    pub fn apply(mut self) -> Result<UpgradeReport> {
+        if !self.target.writable() {
+            return Err(Error::Internal(
+                "an upgrade planned as a dry run cannot be applied".into(),
+            ));
+        }
+        self.target.disk.set_dry(false);
+        self.write()?;
+        let count = self.target.disk.count();
+        let verified = self.target.finish()?;
+        Ok(UpgradeReport {
+            dry_run: false,
+            writes: count.writes,
+            bytes_written: count.bytes,
+            verified,
+            ..self.report
+        })
+    }
+
+    /// The ext4 partitions first, the boot switch last.
+    fn write(&mut self) -> Result<()> {
+        let disk = &mut self.target.disk;
+        for e in &mut self.edits {
+            if let Edit::Rootfs(x) = e {
+                x.apply(disk)?;
+            }
+        }
+        for e in &self.edits {
+            if let Edit::Boot(x) = e {
+                x.apply(disk)?;
+            }
+        }
+        Ok(())
     }
 }

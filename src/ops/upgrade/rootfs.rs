@@ -16,8 +16,8 @@ use crate::format::{FsSpec, FsWriter, ext4::Ext4};
 use crate::io::{PartReader, read_full};
 use crate::plan::tree::{Entry, Node, Source, Tree};
 
-use super::disk::{DiffSink, Disk};
-use super::{Action, Change, Keep};
+use super::disk::{DiffSink, GuardedDisk};
+use super::{Action, Change, Keep, PartSpan};
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFDIR: u16 = 0o040_000;
@@ -37,9 +37,15 @@ struct Found {
     ino: u32,
 }
 
+/// Why the filesystem on the card could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(String);
+
+/// Everything decided about one ext4 partition's upgrade, before any write.
 pub struct RootfsEdit {
     pub part: String,
-    start: u64,
+    pub span: PartSpan,
     /// Bytes the filesystem spans (as found, else the partition).
     size: u64,
     label: Option<String>,
@@ -49,7 +55,7 @@ pub struct RootfsEdit {
     pub changes: Vec<Change>,
     pub rebuild: bool,
     /// Why the old filesystem could not be read (then it is written again).
-    pub unreadable: Option<String>,
+    pub unreadable: Option<Unreadable>,
     /// Blocks left as they were / bytes written, after `apply`.
     pub skipped: u64,
 }
@@ -60,11 +66,13 @@ fn walk(
     prefix: &str,
     out: &mut HashMap<String, Found>,
     depth: usize,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Unreadable> {
     if depth > 64 || out.len() > 1_000_000 {
-        return Err("directories nested too deep or too many entries".into());
+        return Err(Unreadable(
+            "directories nested too deep or too many entries".into(),
+        ));
     }
-    let entries = ext.read_dir(ino).map_err(|e| e.to_string())?;
+    let entries = ext.read_dir(ino).map_err(|e| Unreadable(e.to_string()))?;
     for d in entries {
         if d.name == b"." || d.name == b".." {
             continue;
@@ -74,7 +82,9 @@ fn walk(
             continue;
         }
         let path = format!("{prefix}/{name}");
-        let inode = ext.inode(d.inode).map_err(|e| format!("{path}: {e}"))?;
+        let inode = ext
+            .inode(d.inode)
+            .map_err(|e| Unreadable(format!("{path}: {e}")))?;
         let kind = inode.mode & S_IFMT;
         let mut f = Found {
             kind,
@@ -88,7 +98,7 @@ fn walk(
         if kind == S_IFLNK {
             f.target = Some(
                 ext.symlink_target(d.inode)
-                    .map_err(|e| format!("{path}: {e}"))?,
+                    .map_err(|e| Unreadable(format!("{path}: {e}")))?,
             );
         }
         let is_dir = kind == S_IFDIR;
@@ -133,41 +143,201 @@ fn same_file(
     }
 }
 
+/// The filesystem on the card, as far as it could be read.
+struct OnCard<'a> {
+    ext: Option<mkext4::reader::Fs<PartReader<'a>>>,
+    found: HashMap<String, Found>,
+    /// Bytes the filesystem spans (as found, else the partition).
+    size: u64,
+    unreadable: Option<Unreadable>,
+}
+
+impl<'a> OnCard<'a> {
+    fn read(disk: &'a GuardedDisk, span: PartSpan) -> OnCard<'a> {
+        let reader = PartReader {
+            dev: disk,
+            base: span.start,
+            len: span.size,
+        };
+        let mut card = OnCard {
+            ext: None,
+            found: HashMap::new(),
+            size: span.size / BLOCK * BLOCK,
+            unreadable: None,
+        };
+        match mkext4::reader::Fs::open(reader) {
+            Ok(ext) => {
+                let blocks = ext.superblock().blocks_count;
+                if blocks * BLOCK <= span.size {
+                    card.size = blocks * BLOCK;
+                }
+                if let Err(m) = walk(&ext, 2, "", &mut card.found, 0) {
+                    card.unreadable = Some(m);
+                }
+                card.ext = Some(ext);
+            }
+            Err(e) => card.unreadable = Some(Unreadable(e.to_string())),
+        }
+        card
+    }
+
+    /// Whether the card's inode `o` holds what build entry `e` (a `node` of `kind`) holds.
+    fn same(&self, o: &Found, e: &Entry) -> Result<bool> {
+        let same_meta =
+            |kind| o.kind == kind && o.mode == e.mode && o.uid == e.uid && o.gid == e.gid;
+        Ok(match &e.node {
+            Node::Dir => same_meta(S_IFDIR),
+            Node::File { source, size } => {
+                same_meta(S_IFREG)
+                    && o.size == *size
+                    && match &self.ext {
+                        Some(x) => same_file(x, o.ino, source, *size)?,
+                        None => false,
+                    }
+            }
+            Node::Symlink { target } => {
+                same_meta(S_IFLNK) && o.target.as_deref() == Some(target.as_bytes())
+            }
+        })
+    }
+
+    /// The node a kept file goes back into the rewritten filesystem as (read now).
+    fn kept_node(&self, o: &Found, path: &str, part: &str) -> Result<Node> {
+        Ok(match o.kind {
+            S_IFDIR => Node::Dir,
+            S_IFLNK => Node::Symlink {
+                target: String::from_utf8_lossy(o.target.as_deref().unwrap_or_default())
+                    .into_owned(),
+            },
+            S_IFREG => {
+                // Found on the card, so the filesystem opened.
+                let Some(ext) = &self.ext else {
+                    return Err(Error::partition(part, "ext4: not readable"));
+                };
+                let bytes = ext
+                    .read_file(o.ino)
+                    .map_err(|e| Error::partition(part, format!("{path}: {e}")))?;
+                Node::File {
+                    size: bytes.len() as u64,
+                    source: Source::Bytes(bytes),
+                }
+            }
+            _ => {
+                return Err(Error::partition(
+                    part,
+                    format!("--keep {path}: a device node, fifo or socket cannot be kept"),
+                ));
+            }
+        })
+    }
+}
+
+/// The new content: the build's tree plus what is kept, each file's fate, and whether
+/// anything differs from the card.
+struct Content {
+    tree: Tree,
+    changes: Vec<Change>,
+    differs: bool,
+}
+
+impl Content {
+    /// The build's entries against the card's.
+    fn compare(spec: &FsSpec<'_>, card: &OnCard<'_>, part: &str) -> Result<Content> {
+        let mut c = Content {
+            tree: spec.tree.clone(),
+            changes: Vec::new(),
+            differs: card.unreadable.is_some(),
+        };
+        for e in spec.tree.iter().skip(1) {
+            let old = card.found.get(&e.path);
+            let same = match old {
+                Some(o) => card.same(o, e)?,
+                None => false,
+            };
+            let new_size = match &e.node {
+                Node::Dir => {
+                    c.differs |= !same;
+                    continue;
+                }
+                Node::File { size, .. } => *size,
+                Node::Symlink { target } => target.len() as u64,
+            };
+            let action = match (old, same) {
+                (_, true) => Action::Unchanged,
+                (Some(_), false) => Action::Replaced,
+                (None, _) => Action::Added,
+            };
+            c.differs |= action != Action::Unchanged;
+            c.changes.push(Change {
+                partition: part.to_string(),
+                path: e.path.clone(),
+                action,
+                old_size: old.map(|o| o.size),
+                new_size: Some(new_size),
+                note: None,
+            });
+        }
+        Ok(c)
+    }
+
+    /// What the card has and the build does not: kept (`--keep`) or removed.
+    fn leftovers(
+        &mut self,
+        spec: &FsSpec<'_>,
+        card: &OnCard<'_>,
+        keep: &Keep,
+        part: &str,
+    ) -> Result<()> {
+        let seen: HashSet<&str> = spec.tree.iter().map(|e| e.path.as_str()).collect();
+        let mut extra: Vec<&String> = card
+            .found
+            .keys()
+            .filter(|p| !seen.contains(p.as_str()))
+            .collect();
+        extra.sort();
+        for path in extra {
+            let o = &card.found[path];
+            let kept = keep.matches(part, path);
+            self.differs |= !kept;
+            if o.kind != S_IFDIR {
+                self.changes.push(Change {
+                    partition: part.to_string(),
+                    path: path.clone(),
+                    action: if kept { Action::Kept } else { Action::Removed },
+                    old_size: Some(o.size),
+                    new_size: kept.then_some(o.size),
+                    note: kept.then(|| "kept (--keep)".into()),
+                });
+            }
+            if !kept {
+                continue;
+            }
+            let node = card.kept_node(o, path, part)?;
+            self.tree
+                .insert(Entry {
+                    path: path.clone(),
+                    node,
+                    mode: o.mode,
+                    uid: o.uid,
+                    gid: o.gid,
+                })
+                .map_err(|c| Error::Usage(format!("--keep {path}: {}", c.0)))?;
+        }
+        Ok(())
+    }
+}
+
 impl RootfsEdit {
     /// Reads the partition and decides whether it is written again; writes nothing.
     pub fn plan(
-        disk: &Disk,
+        disk: &GuardedDisk,
         spec: &FsSpec<'_>,
-        start: u64,
-        len: u64,
+        span: PartSpan,
         keep: &Keep,
     ) -> Result<RootfsEdit> {
         let part = spec.part.to_string();
-        let reader = PartReader {
-            dev: disk,
-            base: start,
-            len,
-        };
-        let mut found = HashMap::new();
-        let mut size = len / BLOCK * BLOCK;
-        let mut unreadable = None;
-        let ext = match mkext4::reader::Fs::open(reader) {
-            Ok(ext) => {
-                let blocks = ext.superblock().blocks_count;
-                if blocks * BLOCK <= len {
-                    size = blocks * BLOCK;
-                }
-                if let Err(m) = walk(&ext, 2, "", &mut found, 0) {
-                    unreadable = Some(m);
-                }
-                Some(ext)
-            }
-            Err(e) => {
-                unreadable = Some(e.to_string());
-                None
-            }
-        };
-        if let Some(why) = &unreadable
+        let card = OnCard::read(disk, span);
+        if let Some(why) = &card.unreadable
             && keep.names(&part)
         {
             return Err(Error::partition(
@@ -177,151 +347,38 @@ impl RootfsEdit {
                 ),
             ));
         }
-        let mut tree = spec.tree.clone();
-        let mut changes = Vec::new();
-        let mut differs = unreadable.is_some();
-        let mut seen = HashSet::new();
-        for e in spec.tree.iter().skip(1) {
-            seen.insert(e.path.clone());
-            let old = found.get(&e.path);
-            let same_meta = |o: &Found, kind| {
-                o.kind == kind && o.mode == e.mode && o.uid == e.uid && o.gid == e.gid
-            };
-            let (action, old_size, new_size) = match &e.node {
-                Node::Dir => {
-                    if !old.is_some_and(|o| same_meta(o, S_IFDIR)) {
-                        differs = true;
-                    }
-                    continue;
-                }
-                Node::File { source, size } => match old {
-                    Some(o)
-                        if same_meta(o, S_IFREG)
-                            && o.size == *size
-                            && match &ext {
-                                Some(x) => same_file(x, o.ino, source, *size)?,
-                                None => false,
-                            } =>
-                    {
-                        (Action::Unchanged, Some(o.size), Some(*size))
-                    }
-                    Some(o) => (Action::Replaced, Some(o.size), Some(*size)),
-                    None => (Action::Added, None, Some(*size)),
-                },
-                Node::Symlink { target } => match old {
-                    Some(o)
-                        if same_meta(o, S_IFLNK)
-                            && o.target.as_deref() == Some(target.as_bytes()) =>
-                    {
-                        (Action::Unchanged, Some(o.size), Some(target.len() as u64))
-                    }
-                    Some(o) => (Action::Replaced, Some(o.size), Some(target.len() as u64)),
-                    None => (Action::Added, None, Some(target.len() as u64)),
-                },
-            };
-            if action != Action::Unchanged {
-                differs = true;
-            }
-            changes.push(Change {
-                partition: part.clone(),
-                path: e.path.clone(),
-                action,
-                old_size,
-                new_size,
-                note: None,
-            });
-        }
-        let mut extra: Vec<&String> = found.keys().filter(|p| !seen.contains(*p)).collect();
-        extra.sort();
-        for path in extra {
-            let o = &found[path];
-            let kept = keep.matches(&part, path);
-            if !kept {
-                if o.kind != S_IFDIR {
-                    changes.push(Change {
-                        partition: part.clone(),
-                        path: path.clone(),
-                        action: Action::Removed,
-                        old_size: Some(o.size),
-                        new_size: None,
-                        note: None,
-                    });
-                }
-                differs = true;
-                continue;
-            }
-            let node = match o.kind {
-                S_IFDIR => Node::Dir,
-                S_IFLNK => Node::Symlink {
-                    target: String::from_utf8_lossy(o.target.as_deref().unwrap_or_default())
-                        .into_owned(),
-                },
-                S_IFREG => {
-                    // Kept files go back into the rewritten filesystem: read them now.
-                    // (Found on the card, so the filesystem opened above.)
-                    let Some(ext) = &ext else {
-                        return Err(Error::partition(&part, "ext4: not readable"));
-                    };
-                    let bytes = ext
-                        .read_file(o.ino)
-                        .map_err(|e| Error::partition(&part, format!("{path}: {e}")))?;
-                    Node::File {
-                        size: bytes.len() as u64,
-                        source: Source::Bytes(bytes),
-                    }
-                }
-                _ => {
-                    return Err(Error::partition(
-                        &part,
-                        format!("--keep {path}: a device node, fifo or socket cannot be kept"),
-                    ));
-                }
-            };
-            if o.kind != S_IFDIR {
-                changes.push(Change {
-                    partition: part.clone(),
-                    path: path.clone(),
-                    action: Action::Kept,
-                    old_size: Some(o.size),
-                    new_size: Some(o.size),
-                    note: Some("kept (--keep)".into()),
-                });
-            }
-            tree.insert(Entry {
-                path: path.clone(),
-                node,
-                mode: o.mode,
-                uid: o.uid,
-                gid: o.gid,
-            })
-            .map_err(|c| Error::Usage(format!("--keep {path}: {}", c.0)))?;
-        }
-        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut content = Content::compare(spec, &card, &part)?;
+        content.leftovers(spec, &card, keep, &part)?;
+        content.changes.sort_by(|a, b| a.path.cmp(&b.path));
         let edit = RootfsEdit {
             part,
-            start,
-            size,
+            span,
+            size: card.size,
             label: spec.label.map(str::to_string),
             uuid: spec.uuid,
             epoch: spec.epoch,
-            tree,
-            changes,
-            rebuild: differs,
-            unreadable,
+            tree: content.tree,
+            changes: content.changes,
+            rebuild: content.differs,
+            unreadable: card.unreadable,
             skipped: 0,
         };
         if edit.rebuild {
-            let spec = edit.spec();
-            let m = Ext4.measure(&spec)?;
-            if !m.fits(edit.size) {
-                return Err(Error::DoesNotFit {
-                    partition: format!("partition {} (ext4, upgraded in place)", edit.part),
-                    needs: m.min_size(),
-                    has: edit.size,
-                });
-            }
+            edit.check_fits()?;
         }
         Ok(edit)
+    }
+
+    fn check_fits(&self) -> Result<()> {
+        let m = Ext4.measure(&self.spec())?;
+        if !m.fits(self.size) {
+            return Err(Error::DoesNotFit {
+                partition: format!("partition {} (ext4, upgraded in place)", self.part),
+                needs: m.min_size(),
+                has: self.size,
+            });
+        }
+        Ok(())
     }
 
     fn spec(&self) -> FsSpec<'_> {
@@ -330,21 +387,21 @@ impl RootfsEdit {
             uuid: self.uuid,
             epoch: self.epoch,
             tree: &self.tree,
-            offset: self.start,
+            offset: self.span.start,
             part: &self.part,
             fat: Default::default(),
         }
     }
 
     /// Writes the filesystem again where it differs, then zeroes the journal's body.
-    pub fn apply(&mut self, disk: &mut Disk) -> Result<()> {
+    pub fn apply(&mut self, disk: &mut GuardedDisk) -> Result<()> {
         if !self.rebuild {
             return Ok(());
         }
         let spec = self.spec();
         let mut sink = DiffSink {
             disk,
-            base: self.start,
+            base: self.span.start,
             len: self.size,
             skipped: 0,
             error: None,
@@ -362,7 +419,7 @@ impl RootfsEdit {
         let ranges: Vec<(u64, u64)> = {
             let ext = mkext4::reader::Fs::open(PartReader {
                 dev: &*sink.disk,
-                base: self.start,
+                base: self.span.start,
                 len: self.size,
             })
             .map_err(|e| Error::partition(&self.part, format!("ext4 after writing: {e}")))?;

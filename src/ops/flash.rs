@@ -261,7 +261,11 @@ pub fn flash_plan(info: &DeviceInfo, plan: &Plan, verify: bool, cb: &OnProgress)
 fn parts_of(plan: &Plan) -> Vec<PlannedPart> {
     plan.partitions
         .iter()
-        .map(|p| (p.number, p.start, p.size))
+        .map(|p| PlannedPart {
+            number: p.number,
+            start: p.start,
+            size: p.size,
+        })
         .collect()
 }
 
@@ -942,7 +946,7 @@ pub(crate) fn table_of(
     image_size: u64,
 ) -> (Vec<PlannedPart>, Option<Pieces>) {
     if let Ok((h, entries)) = table::read::gpt_from_head(head) {
-        let parts = entries.iter().map(|(n, e)| (*n, e.start, e.size)).collect();
+        let parts = entries.iter().map(|(n, e)| planned(*n, e)).collect();
         let standard = h.entries == 128 && h.entry_size == 128 && h.my_lba == 1;
         if dev_size <= image_size || !standard {
             return (parts, None);
@@ -954,9 +958,17 @@ pub(crate) fn table_of(
         return (parts, Some(pieces));
     }
     let parts = table::read::mbr(head)
-        .map(|(_, e)| e.into_iter().map(|(n, e)| (n, e.start, e.size)).collect())
+        .map(|(_, e)| e.iter().map(|(n, e)| planned(*n, e)).collect())
         .unwrap_or_default();
     (parts, None)
+}
+
+fn planned(number: u32, e: &table::TableEntry) -> PlannedPart {
+    PlannedPart {
+        number,
+        start: e.start,
+        size: e.size,
+    }
 }
 
 #[cfg(test)]

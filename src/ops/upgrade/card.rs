@@ -8,7 +8,7 @@ use crate::format::table;
 use crate::format::table::read::{gpt_from_head, mbr};
 use crate::io::ReadAt;
 use crate::ops::inspect;
-use crate::plan::{Ids, Table};
+use crate::plan::{DiskId, Ids, Table};
 
 /// A card whose layout matches the board's.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
         ),
         (TableKind::Mbr, Err(_), Some((id, e))) => (
             Table::Mbr {
-                disk_id: format!("{id:08x}"),
+                disk_id: DiskId(id),
             },
             e,
             id,

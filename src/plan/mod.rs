@@ -512,17 +512,9 @@ fn raw_writes(board: &Board, images: &std::path::Path) -> Result<Vec<RawWrite>> 
 fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
     let mut taken = table_areas(plan);
     for p in &plan.partitions {
-        if let Some(t) = taken.iter().find(|t| t.overlaps(p.start, p.size)) {
-            return Err(Error::board(
-                &board.name,
-                format!(
-                    "partition {} {} overlaps {} {}",
-                    p.id,
-                    span(p.start, p.size),
-                    t.what,
-                    span(t.offset, t.len)
-                ),
-            ));
+        let what = format!("partition {}", p.id);
+        if let Some(m) = first_overlap(&taken, &what, p.start, p.size) {
+            return Err(Error::board(&board.name, m));
         }
     }
     for p in &plan.partitions {
@@ -530,11 +522,8 @@ fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
     }
     for r in &plan.raw {
         check_raw_write(board, plan, r, &taken)?;
-        taken.push(Taken::new(
-            format!("raw write `{}`", r.name),
-            r.offset,
-            r.length,
-        ));
+        let what = format!("raw write `{}`", r.name);
+        taken.push(Taken::new(what, r.offset, r.length));
     }
     Ok(())
 }
@@ -597,19 +586,22 @@ fn check_raw_write(board: &Board, plan: &Plan, r: &RawWrite, taken: &[Taken]) ->
             ),
         ));
     }
-    match taken.iter().find(|t| t.overlaps(r.offset, r.length)) {
-        Some(t) => Err(Error::board(
-            &board.name,
-            format!(
-                "raw write `{}` {} overlaps {} {}",
-                r.name,
-                span(r.offset, r.length),
-                t.what,
-                span(t.offset, t.len)
-            ),
-        )),
+    let what = format!("raw write `{}`", r.name);
+    match first_overlap(taken, &what, r.offset, r.length) {
+        Some(m) => Err(Error::board(&board.name, m)),
         None => Ok(()),
     }
+}
+
+/// The first of `taken` that `[offset, offset+len)`, named `what`, overlaps, as a refusal.
+fn first_overlap(taken: &[Taken], what: &str, offset: u64, len: u64) -> Option<String> {
+    let t = taken.iter().find(|t| t.overlaps(offset, len))?;
+    Some(format!(
+        "{what} {} overlaps {} {}",
+        span(offset, len),
+        t.what,
+        span(t.offset, t.len)
+    ))
 }
 
 /// `[offset, end)` for messages; an end past 2^64 is shown as such.
@@ -977,5 +969,15 @@ mod tests {
             serde_json::json!({"kind": "mbr", "disk_id": "000000ab"})
         );
         assert_eq!(DiskId(0xdeadbeef).to_string(), "deadbeef");
+    }
+
+    #[test]
+    fn overlaps_name_both_ranges() {
+        let taken = [Taken::new("the MBR partition table".into(), 440, 72)];
+        assert_eq!(
+            first_overlap(&taken, "raw write `spl`", 0, 4096).as_deref(),
+            Some("raw write `spl` [0, 4,096) overlaps the MBR partition table [440, 512)")
+        );
+        assert_eq!(first_overlap(&taken, "raw write `code`", 0, 440), None);
     }
 }

@@ -245,10 +245,7 @@ fn table_pieces(plan: &Plan, boot_code: &[u8; 440], disk_bytes: u64) -> Vec<(u64
             let mut pieces = gpt::pieces_shaped(
                 disk_bytes, boot_code, *disk_guid, *array_lba, &entries, shape,
             );
-            let id = mbr_id
-                .as_deref()
-                .and_then(|s| u32::from_str_radix(s, 16).ok())
-                .unwrap_or(0);
+            let id = mbr_id.map_or(0, |d| d.0);
             if let Some((_, head)) = pieces.first_mut() {
                 if *hybrid {
                     let listed: Vec<_> = entries
@@ -263,7 +260,7 @@ fn table_pieces(plan: &Plan, boot_code: &[u8; 440], disk_bytes: u64) -> Vec<(u64
             pieces
         }
         Table::Mbr { disk_id } => {
-            let id = u32::from_str_radix(disk_id, 16).unwrap_or(0);
+            let id = disk_id.0;
             let ebrs: Vec<Option<u64>> = plan.partitions.iter().map(|p| p.ebr).collect();
             mbr::pieces(boot_code, id, &entries, &ebrs, disk_bytes)
         }

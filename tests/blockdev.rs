@@ -10,7 +10,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::{is_root, losetup, need, tool, tool_ok};
-use skiff_flash::device::{self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect};
+use skiff_flash::device::{
+    self, Device, PlannedPart, RereadMethod, SafetyPolicy, Transport, check, inspect,
+};
 use skiff_flash::sink::Sink;
 
 const MIB: u64 = 1 << 20;
@@ -126,9 +128,17 @@ fn gpt(file: &Path) {
 }
 
 /// The planned partitions matching `gpt`.
-const PLAN: [(u32, u64, u64); 2] = [
-    (1, 2048 * 512, 10 * MIB),
-    (2, 2048 * 512 + 10 * MIB, 10 * MIB),
+const PLAN: [PlannedPart; 2] = [
+    PlannedPart {
+        number: 1,
+        start: 2048 * 512,
+        size: 10 * MIB,
+    },
+    PlannedPart {
+        number: 2,
+        start: 2048 * 512 + 10 * MIB,
+        size: 10 * MIB,
+    },
 ];
 
 fn card_policy(min_size: u64) -> SafetyPolicy {
@@ -215,11 +225,7 @@ fn a_partition_is_refused_and_partitions_are_listed() {
     );
 
     let info = inspect(&lo.dev).unwrap();
-    let got: Vec<(u32, u64, u64)> = info
-        .partitions
-        .iter()
-        .map(|p| (p.number, p.start, p.size))
-        .collect();
+    let got: Vec<PlannedPart> = info.partitions.iter().map(PlannedPart::from).collect();
     assert_eq!(got, PLAN);
     assert_eq!(info.partitions[0].path, lo.part(1));
     assert_eq!(info.partitions[1].name, format!("{}p2", lo.name));
@@ -419,7 +425,7 @@ fn reread_makes_partitions_appear(losetup_args: &[&str]) {
     assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
 
     // A plan the kernel cannot find in the table: only BLKPG can make it so.
-    let other = [(1, 4 * MIB, 8 * MIB)];
+    let other = [part(4 * MIB, 8 * MIB)];
     let outcome = device::reread_partitions(&dev, &other).unwrap();
     assert_eq!(outcome.method, RereadMethod::Blkpg);
     assert!(lo.sys_part(1).exists() && !lo.sys_part(2).exists());
@@ -441,6 +447,15 @@ fn reread_partitions_on_a_loop_with_partscan() {
     }
 }
 
+/// Partition 1 at `start`, `size` bytes long.
+fn part(start: u64, size: u64) -> PlannedPart {
+    PlannedPart {
+        number: 1,
+        start,
+        size,
+    }
+}
+
 #[test]
 fn reread_partitions_rejects_a_misaligned_plan() {
     if !can_run() {
@@ -449,8 +464,8 @@ fn reread_partitions_rejects_a_misaligned_plan() {
     let dir = tempfile::tempdir().unwrap();
     let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
     let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
-    let err = device::reread_partitions(&dev, &[(1, 1000, MIB)]).unwrap_err();
+    let err = device::reread_partitions(&dev, &[part(1000, MIB)]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    let err = device::reread_partitions(&dev, &[(1, MIB, 8 * MIB)]).unwrap_err();
+    let err = device::reread_partitions(&dev, &[part(MIB, 8 * MIB)]).unwrap_err();
     assert!(err.to_string().contains("not a valid partition"), "{err}");
 }

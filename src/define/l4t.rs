@@ -85,163 +85,171 @@ pub struct Device {
 
 /// The partitions of `device` in `text` (a flash.xml shown as `shown` in errors).
 pub fn parse(text: &str, shown: &str, device: &str) -> Result<Device> {
-    let bad = |line: u32, column: u32, message: String| Error::DefinitionFile {
-        file: shown.to_string(),
-        line: line as usize,
-        column: column as usize,
-        message,
-    };
-    let doc = roxmltree::Document::parse(text).map_err(|e| {
-        let pos = e.pos();
-        bad(pos.row, pos.col, format!("not valid XML: {e}"))
-    })?;
-    let at = |n: roxmltree::Node<'_, '_>| doc.text_pos_at(n.range().start);
+    let doc = roxmltree::Document::parse(text)
+        .map_err(|e| error_at(shown, e.pos(), format!("not valid XML: {e}")))?;
+    let xml = Xml { doc: &doc, shown };
     let root = doc.root_element();
     if !root.has_tag_name("partition_layout") {
-        let p = at(root);
-        return Err(bad(
-            p.row,
-            p.col,
-            format!(
-                "root element is <{}>, not <partition_layout>",
-                root.tag_name().name()
-            ),
-        ));
+        let name = root.tag_name().name();
+        let message = format!("root element is <{name}>, not <partition_layout>");
+        return Err(xml.error(root, message));
     }
     let devices: Vec<_> = root
         .children()
         .filter(|n| n.has_tag_name("device"))
         .collect();
-    let mut out: Vec<XmlPartition> = Vec::new();
-    let mut mbr_file = None;
-    let mut found = false;
-    for dev in devices
-        .iter()
+    let chosen: Vec<_> = (devices.iter())
         .filter(|d| d.attribute("type") == Some(device))
-    {
-        found = true;
-        for part in dev.children().filter(|n| n.has_tag_name("partition")) {
-            let p = at(part);
-            let Some(name) = part.attribute("name").map(str::trim) else {
-                return Err(bad(p.row, p.col, "<partition> has no name".into()));
-            };
-            if name.is_empty() {
-                return Err(bad(p.row, p.col, "<partition> has an empty name".into()));
-            }
-            let child = |tag: &str| part.children().find(|n| n.has_tag_name(tag));
-            if name == MBR {
-                mbr_file = child("filename")
-                    .and_then(|f| f.text())
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .map(|f| (f.to_string(), p.row));
-                continue;
-            }
-            if TABLES.contains(&name) {
-                continue;
-            }
-            if name.encode_utf16().count() > GPT_NAME {
-                return Err(bad(
-                    p.row,
-                    p.col,
-                    format!(
-                        "partition name `{name}` is longer than a GPT name's {GPT_NAME} characters"
-                    ),
-                ));
-            }
-            let size = match child("size") {
-                None if name == "UDA" => UDA_DEFAULT,
-                None => {
-                    return Err(bad(p.row, p.col, format!("partition {name} has no <size>")));
+        .collect();
+    if chosen.is_empty() {
+        return Err(xml.no_device(root, device, &devices));
+    }
+    let mut out = Device {
+        partitions: Vec::new(),
+        mbr_file: None,
+    };
+    let parts = (chosen.iter())
+        .flat_map(|d| d.children())
+        .filter(|n| n.has_tag_name("partition"));
+    for part in parts {
+        match xml.entry(part)? {
+            Entry::Table => {}
+            Entry::Mbr(file) => out.mbr_file = file,
+            Entry::Partition(x) => {
+                if let Some(first) = out.partitions.iter().find(|q| q.name == x.name) {
+                    let message = format!(
+                        "partition {} is defined twice (first at line {})",
+                        x.name, first.line
+                    );
+                    return Err(xml.error(part, message));
                 }
-                Some(s) => {
-                    let sp = at(s);
-                    let t = s.text().unwrap_or("").trim();
-                    match t.parse::<u64>() {
-                        Ok(n) if n >= 512 => n,
-                        Ok(n) => {
-                            return Err(bad(
-                                sp.row,
-                                sp.col,
-                                format!(
-                                    "partition {name}: size {n} is less than one 512-byte sector"
-                                ),
-                            ));
-                        }
-                        Err(_) => {
-                            return Err(bad(
-                                sp.row,
-                                sp.col,
-                                format!(
-                                    "partition {name}: size `{t}` is not a byte count (was flash.sh's substitution run? use the signed/ flash.xml)"
-                                ),
-                            ));
-                        }
-                    }
-                }
-            };
-            let filename = child("filename")
-                .and_then(|f| f.text())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            if filename.contains('/') || filename == ".." {
-                return Err(bad(
-                    p.row,
-                    p.col,
-                    format!("partition {name}: filename `{filename}` is not a plain file name"),
-                ));
+                out.partitions.push(x);
             }
-            if let Some(first) = out.iter().find(|q| q.name == name) {
-                return Err(bad(
-                    p.row,
-                    p.col,
-                    format!(
-                        "partition {name} is defined twice (first at line {})",
-                        first.line
-                    ),
-                ));
-            }
-            out.push(XmlPartition {
-                name: name.to_string(),
-                size,
-                filename,
-                line: p.row,
-            });
         }
     }
-    if !found {
+    if !out.partitions.iter().any(|p| p.name == APP) {
+        return Err(xml.error(root, format!("device `{device}` has no {APP} partition")));
+    }
+    Ok(out)
+}
+
+/// What one `<partition>` element is.
+enum Entry {
+    /// A partition table (`GP1`, `GPT`, ...): nothing to place.
+    Table,
+    /// `master_boot_record`, with its file and line when it names one.
+    Mbr(Option<(String, u32)>),
+    Partition(XmlPartition),
+}
+
+/// A flash.xml being read: where its nodes are and errors that point at them.
+struct Xml<'a, 'input> {
+    doc: &'a roxmltree::Document<'input>,
+    shown: &'a str,
+}
+
+type Node<'a, 'input> = roxmltree::Node<'a, 'input>;
+
+impl Xml<'_, '_> {
+    fn error(&self, node: Node<'_, '_>, message: String) -> Error {
+        error_at(
+            self.shown,
+            self.doc.text_pos_at(node.range().start),
+            message,
+        )
+    }
+
+    fn entry(&self, part: Node<'_, '_>) -> Result<Entry> {
+        let line = self.doc.text_pos_at(part.range().start).row;
+        let Some(name) = part.attribute("name").map(str::trim) else {
+            return Err(self.error(part, "<partition> has no name".into()));
+        };
+        if name.is_empty() {
+            return Err(self.error(part, "<partition> has an empty name".into()));
+        }
+        if name == MBR {
+            let file = child_text(part, "filename").filter(|f| !f.is_empty());
+            return Ok(Entry::Mbr(file.map(|f| (f.to_string(), line))));
+        }
+        if TABLES.contains(&name) {
+            return Ok(Entry::Table);
+        }
+        if name.encode_utf16().count() > GPT_NAME {
+            let message = format!(
+                "partition name `{name}` is longer than a GPT name's {GPT_NAME} characters"
+            );
+            return Err(self.error(part, message));
+        }
+        let size = self.size(part, name)?;
+        let filename = child_text(part, "filename").unwrap_or("").to_string();
+        if filename.contains('/') || filename == ".." {
+            let message =
+                format!("partition {name}: filename `{filename}` is not a plain file name");
+            return Err(self.error(part, message));
+        }
+        Ok(Entry::Partition(XmlPartition {
+            name: name.to_string(),
+            size,
+            filename,
+            line,
+        }))
+    }
+
+    /// `<size>` in bytes; a `UDA` without one gets L4T's default.
+    fn size(&self, part: Node<'_, '_>, name: &str) -> Result<u64> {
+        let Some(s) = part.children().find(|n| n.has_tag_name("size")) else {
+            if name == "UDA" {
+                return Ok(UDA_DEFAULT);
+            }
+            return Err(self.error(part, format!("partition {name} has no <size>")));
+        };
+        let t = s.text().unwrap_or("").trim();
+        match t.parse::<u64>() {
+            Ok(n) if n >= 512 => Ok(n),
+            Ok(n) => Err(self.error(
+                s,
+                format!("partition {name}: size {n} is less than one 512-byte sector"),
+            )),
+            Err(_) => Err(self.error(
+                s,
+                format!(
+                    "partition {name}: size `{t}` is not a byte count (was flash.sh's substitution run? use the signed/ flash.xml)"
+                ),
+            )),
+        }
+    }
+
+    /// No `<device>` of the wanted type: the error lists the types there are.
+    fn no_device(&self, root: Node<'_, '_>, device: &str, devices: &[Node<'_, '_>]) -> Error {
         let types: Vec<String> = devices
             .iter()
             .filter_map(|d| d.attribute("type"))
             .map(|t| format!("`{t}`"))
             .collect();
-        let p = at(root);
-        return Err(bad(
-            p.row,
-            p.col,
-            format!(
-                "no <device type=\"{device}\"> (devices here: {})",
-                if types.is_empty() {
-                    "none".to_string()
-                } else {
-                    types.join(", ")
-                }
-            ),
-        ));
+        let listed = if types.is_empty() {
+            "none".to_string()
+        } else {
+            types.join(", ")
+        };
+        let message = format!("no <device type=\"{device}\"> (devices here: {listed})");
+        self.error(root, message)
     }
-    if !out.iter().any(|p| p.name == APP) {
-        let p = at(root);
-        return Err(bad(
-            p.row,
-            p.col,
-            format!("device `{device}` has no {APP} partition"),
-        ));
+}
+
+fn error_at(shown: &str, pos: roxmltree::TextPos, message: String) -> Error {
+    Error::DefinitionFile {
+        file: shown.to_string(),
+        line: pos.row as usize,
+        column: pos.col as usize,
+        message,
     }
-    Ok(Device {
-        partitions: out,
-        mbr_file,
-    })
+}
+
+/// The trimmed text of `node`'s first `<tag>` child.
+fn child_text<'a>(node: Node<'a, '_>, tag: &str) -> Option<&'a str> {
+    (node.children().find(|n| n.has_tag_name(tag)))
+        .and_then(|f| f.text())
+        .map(str::trim)
 }
 
 /// Where `signed/flash.xml` is for `src` under `images`.
@@ -264,40 +272,15 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
         // Reported by the artifacts step with the usual advice.
         return Ok(None);
     }
-    let bootloader = images.join(&src.dir);
-    let signed = bootloader.join("signed");
-    let xml = flash_xml(images, src);
-    let text = match std::fs::read(&xml) {
-        Ok(b) => String::from_utf8(b).map_err(|e| Error::BadArtifact {
-            path: xml.clone(),
-            message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let what = if signed.is_dir() {
-                format!("{} is missing", xml.display())
-            } else {
-                format!("{} does not exist", signed.display())
-            };
-            return Err(Error::board(
-                &board.name,
-                format!(
-                    "{what}: the signed partition layout and bootloader files are made by \
-                     NVIDIA's `flash.sh --no-flash --sign`, run in {} (the first step of \
-                     SkiffOS's format; docs/boards.md gives the command)",
-                    bootloader.parent().unwrap_or(&bootloader).display(),
-                ),
-            ));
-        }
-        Err(e) => return Err(Error::io(format!("reading {}", xml.display()), e)),
-    };
-    let shown = xml.display().to_string();
-    let device = parse(&text, &shown, &src.device)?;
-    let parts = device.partitions;
+    let files = Files::new(board, images, src);
+    let device = parse(&files.read_xml()?, &files.shown, &src.device)?;
+    let parts = &device.partitions;
     if parts.len() > GPT_ENTRIES {
         return Err(Error::board(
             &board.name,
             format!(
-                "{shown}: device `{}` has {} partitions, a GPT holds {GPT_ENTRIES}",
+                "{}: device `{}` has {} partitions, a GPT holds {GPT_ENTRIES}",
+                files.shown,
                 src.device,
                 parts.len()
             ),
@@ -316,7 +299,7 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
     for x in parts.iter().filter(|x| x.name != APP) {
         if x.name == src.app || layout.partitions.iter().any(|p| p.id == x.name) {
             return Err(Error::DefinitionFile {
-                file: shown.clone(),
+                file: files.shown.clone(),
                 line: x.line as usize,
                 column: 1,
                 message: format!(
@@ -326,67 +309,10 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
             });
         }
         let size = x.size / 512 * 512;
-        let image = if x.filename.is_empty() {
-            None
-        } else {
-            let candidates = [signed.join(&x.filename), bootloader.join(&x.filename)];
-            let Some((path, len)) = candidates.iter().find_map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| (p.clone(), m.len()))
-            }) else {
-                return Err(Error::board(
-                    &board.name,
-                    format!(
-                        "partition {} ({shown}:{}): `{}` is in neither {} nor {}",
-                        x.name,
-                        x.line,
-                        x.filename,
-                        signed.display(),
-                        bootloader.display()
-                    ),
-                ));
-            };
-            if len > size {
-                return Err(Error::BadArtifact {
-                    path,
-                    message: format!(
-                        "{} bytes do not fit partition {} of {} bytes ({shown}:{})",
-                        bytes(len),
-                        x.name,
-                        bytes(size),
-                        x.line
-                    ),
-                });
-            }
-            Some(
-                path.strip_prefix(images)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        };
+        let image = files.partition_file(x, size)?;
         let start = align_up(at, align);
         at = start + size;
-        others.push(PartitionDef {
-            id: x.name.clone(),
-            fs: None,
-            label: None,
-            gpt_name: Some(x.name.clone()),
-            gpt_type: Some("linux".into()),
-            mbr_type: None,
-            bootable: false,
-            size: SizeSpec::Fixed(size),
-            headroom: None,
-            min: None,
-            offset: Some(Size(start)),
-            image,
-            fs_size: None,
-            partuuid: None,
-            logical: false,
-            fat: Default::default(),
-        });
+        others.push(partition_def(x, start, size, image));
     }
     let mut first = app.clone();
     first.gpt_name = Some(APP.into());
@@ -395,12 +321,138 @@ pub fn expand(board: &Board, images: &Path) -> Result<Option<Board>> {
     out.layout.partitions = std::iter::once(first).chain(others).collect();
     if let Some((file, line)) = device.mbr_file {
         out.warnings.push(format!(
-            "{shown}:{line}: master_boot_record's `{file}` is not written (sector 0 keeps the \
-             protective MBR of the GPT)"
+            "{}:{line}: master_boot_record's `{file}` is not written (sector 0 keeps the \
+             protective MBR of the GPT)",
+            files.shown
         ));
     }
     out.validate()?;
     Ok(Some(out))
+}
+
+/// The layout partition an L4T partition becomes, placed at `start`.
+fn partition_def(x: &XmlPartition, start: u64, size: u64, image: Option<String>) -> PartitionDef {
+    PartitionDef {
+        id: x.name.clone(),
+        fs: None,
+        label: None,
+        gpt_name: Some(x.name.clone()),
+        gpt_type: Some("linux".into()),
+        mbr_type: None,
+        bootable: false,
+        size: SizeSpec::Fixed(size),
+        headroom: None,
+        min: None,
+        offset: Some(Size(start)),
+        image,
+        fs_size: None,
+        partuuid: None,
+        logical: false,
+        fat: Default::default(),
+    }
+}
+
+/// Where one board's L4T files are.
+struct Files<'a> {
+    board: &'a str,
+    images: &'a Path,
+    /// L4T's `bootloader/`.
+    bootloader: PathBuf,
+    /// Its `signed/`, where flash.xml and the signed files are.
+    signed: PathBuf,
+    xml: PathBuf,
+    /// flash.xml as errors name it.
+    shown: String,
+}
+
+impl<'a> Files<'a> {
+    fn new(board: &'a Board, images: &'a Path, src: &Source) -> Files<'a> {
+        let bootloader = images.join(&src.dir);
+        let xml = flash_xml(images, src);
+        Files {
+            board: &board.name,
+            images,
+            signed: bootloader.join("signed"),
+            shown: xml.display().to_string(),
+            xml,
+            bootloader,
+        }
+    }
+
+    /// flash.xml's text; when it is missing, says how it is made.
+    fn read_xml(&self) -> Result<String> {
+        let xml = &self.xml;
+        match std::fs::read(xml) {
+            Ok(b) => String::from_utf8(b).map_err(|e| Error::BadArtifact {
+                path: xml.clone(),
+                message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let what = if self.signed.is_dir() {
+                    format!("{} is missing", xml.display())
+                } else {
+                    format!("{} does not exist", self.signed.display())
+                };
+                let bootloader = &self.bootloader;
+                Err(Error::board(
+                    self.board,
+                    format!(
+                        "{what}: the signed partition layout and bootloader files are made by \
+                         NVIDIA's `flash.sh --no-flash --sign`, run in {} (the first step of \
+                         SkiffOS's format; docs/boards.md gives the command)",
+                        bootloader.parent().unwrap_or(bootloader).display(),
+                    ),
+                ))
+            }
+            Err(e) => Err(Error::io(format!("reading {}", xml.display()), e)),
+        }
+    }
+
+    /// The file of partition `x` (from `signed/`, else `bootloader/`) relative to the images
+    /// directory, checked to fit its `size` bytes; `None` when it has no file.
+    fn partition_file(&self, x: &XmlPartition, size: u64) -> Result<Option<String>> {
+        if x.filename.is_empty() {
+            return Ok(None);
+        }
+        let candidates = [
+            self.signed.join(&x.filename),
+            self.bootloader.join(&x.filename),
+        ];
+        let Some((path, len)) = candidates.iter().find_map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (p.clone(), m.len()))
+        }) else {
+            return Err(Error::board(
+                self.board,
+                format!(
+                    "partition {} ({}:{}): `{}` is in neither {} nor {}",
+                    x.name,
+                    self.shown,
+                    x.line,
+                    x.filename,
+                    self.signed.display(),
+                    self.bootloader.display()
+                ),
+            ));
+        };
+        if len > size {
+            return Err(Error::BadArtifact {
+                path,
+                message: format!(
+                    "{} bytes do not fit partition {} of {} bytes ({}:{})",
+                    bytes(len),
+                    x.name,
+                    bytes(size),
+                    self.shown,
+                    x.line
+                ),
+            });
+        }
+        let relative = path.strip_prefix(self.images).unwrap_or(&path);
+        Ok(Some(relative.to_string_lossy().into_owned()))
+    }
 }
 
 #[cfg(test)]

@@ -263,7 +263,11 @@ pub fn flash_plan(info: &DeviceInfo, plan: &Plan, verify: bool, cb: &OnProgress)
 fn parts_of(plan: &Plan) -> Vec<PlannedPart> {
     plan.partitions
         .iter()
-        .map(|p| (p.number, p.start, p.size))
+        .map(|p| PlannedPart {
+            number: p.number,
+            start: p.start,
+            size: p.size,
+        })
         .collect()
 }
 
@@ -690,7 +694,11 @@ pub(crate) fn table_of(
     let parts = found
         .entries
         .iter()
-        .map(|e| (e.number, e.start, e.size))
+        .map(|e| PlannedPart {
+            number: e.number,
+            start: e.start,
+            size: e.size,
+        })
         .collect();
     let Scheme::Gpt(h) = &found.scheme else {
         return (parts, None);

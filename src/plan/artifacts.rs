@@ -272,26 +272,14 @@ fn edit(
 
 fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -> Result<()> {
     let images = ctx.images;
-    let to = ctx.vars.apply(rule.to.as_deref().unwrap_or_default());
-    if let Some(name) = ctx.vars.unknown(&to).first() {
-        let hint = if name == "version" {
-            " (it comes from the VERSION= line of skiff-release in the images directory)"
-        } else {
-            ""
-        };
-        return Err(Error::board(
-            &board.name,
-            format!(
-                "file rule `{}`: `{{{name}}}` in `to` has no value{hint}",
-                rule.name
-            ),
-        ));
-    }
-    let to = to.as_str();
-    let (part, path) = split_dest(to).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
+    let to = destination(board, rule, ctx)?;
+    let (part, path) = split_dest(&to).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
     let fs = fs_of(board, part).ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
-    let into_dir = path.ends_with('/');
-    let dir = path.trim_end_matches('/');
+    let dest = Dest {
+        path,
+        dir: path.trim_end_matches('/'),
+        into_dir: path.ends_with('/'),
+    };
     let tree = trees
         .get_mut(part)
         .ok_or_else(|| Error::board(&board.name, "bad `to`"))?;
@@ -306,69 +294,18 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
         ctx,
         images_real,
     };
-    let dest_for = |name: &str| -> String {
-        if into_dir {
-            format!("{dir}/{name}")
-        } else {
-            path.to_string()
-        }
-    };
     if let Some(src) = resource(rule, ctx.configs) {
         let bytes = crate::io::read_small(&src, "SkiffOS resource")?;
-        return p.generated(&dest_for(&rule.name), bytes, 0o644);
+        return p.generated(&dest.for_name(&rule.name), bytes, 0o644);
     }
     let mut looked_in = Vec::new();
     for from in &rule.from {
-        let src = images.join(from);
-        if is_pattern(from) {
-            let (sub, pattern) = from.rsplit_once('/').unwrap_or(("", from));
-            let parent = images.join(sub);
-            let matches: Vec<(String, PathBuf)> = sorted_dir(&parent)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(n, _)| glob(pattern, n))
-                .collect();
-            looked_in.push(src);
-            if matches.is_empty() {
-                continue;
-            }
-            for (name, path) in matches {
-                if !rule.verbatim {
-                    file_artifact(&path, &name)?;
-                }
-                p.place(&path, &dest_for(&name))?;
-            }
+        if p.place_from(from, &dest, &mut looked_in)? {
             return Ok(());
-        }
-        match std::fs::symlink_metadata(&src) {
-            Ok(_) if !rule.verbatim && (names_file(from) || rule.check.is_some()) => {
-                let name = Path::new(from)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if rule.check.is_none() {
-                    file_artifact(&src, &name)?;
-                } else {
-                    regular_file(&src)?;
-                }
-                return p.place(&src, &dest_for(&name));
-            }
-            Ok(md) if md.is_dir() => {
-                return p.place(&src, if dir.is_empty() { "/" } else { dir });
-            }
-            Ok(_) => {
-                let name = Path::new(from)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                return p.place(&src, &dest_for(&name));
-            }
-            Err(_) => looked_in.push(src),
         }
     }
     if let Some(text) = &rule.text {
-        let dest = dest_for(&rule.name);
-        return p.generated(&dest, text.clone().into_bytes(), 0o644);
+        return p.generated(&dest.for_name(&rule.name), text.clone().into_bytes(), 0o644);
     }
     if rule.required == Some(true) {
         return Err(Error::MissingArtifact {
@@ -378,6 +315,103 @@ fn apply(board: &Board, rule: &FileRule, ctx: &Context<'_>, trees: &mut Trees) -
         });
     }
     Ok(())
+}
+
+/// The rule's `to` with the variables filled in; a variable without a value is an error.
+fn destination(board: &Board, rule: &FileRule, ctx: &Context<'_>) -> Result<String> {
+    let to = ctx.vars.apply(rule.to.as_deref().unwrap_or_default());
+    let unknown = ctx.vars.unknown(&to);
+    let Some(name) = unknown.first() else {
+        return Ok(to);
+    };
+    let hint = if name == "version" {
+        " (it comes from the VERSION= line of skiff-release in the images directory)"
+    } else {
+        ""
+    };
+    Err(Error::board(
+        &board.name,
+        format!(
+            "file rule `{}`: `{{{name}}}` in `to` has no value{hint}",
+            rule.name
+        ),
+    ))
+}
+
+/// Where a rule's files go inside their partition: `path` names the file itself, or with a
+/// trailing `/` the directory (`dir`) the files go into under their own names.
+struct Dest<'a> {
+    path: &'a str,
+    dir: &'a str,
+    into_dir: bool,
+}
+
+impl Dest<'_> {
+    fn for_name(&self, name: &str) -> String {
+        if self.into_dir {
+            format!("{}/{name}", self.dir)
+        } else {
+            self.path.to_string()
+        }
+    }
+}
+
+fn file_name_of(from: &str) -> String {
+    Path::new(from)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Placer<'_> {
+    /// Places what `from` (a path or pattern under the images directory) names; `false`, with
+    /// where it looked added to `looked_in`, when it names nothing.
+    fn place_from(
+        &mut self,
+        from: &str,
+        dest: &Dest,
+        looked_in: &mut Vec<PathBuf>,
+    ) -> Result<bool> {
+        let rule = self.rule;
+        let src = self.ctx.images.join(from);
+        if is_pattern(from) {
+            let (sub, pattern) = from.rsplit_once('/').unwrap_or(("", from));
+            let matches: Vec<(String, PathBuf)> = sorted_dir(&self.ctx.images.join(sub))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(n, _)| glob(pattern, n))
+                .collect();
+            looked_in.push(src);
+            for (name, path) in &matches {
+                if !rule.verbatim {
+                    file_artifact(path, name)?;
+                }
+                self.place(path, &dest.for_name(name))?;
+            }
+            return Ok(!matches.is_empty());
+        }
+        match std::fs::symlink_metadata(&src) {
+            Ok(_) if !rule.verbatim && (names_file(from) || rule.check.is_some()) => {
+                let name = file_name_of(from);
+                if rule.check.is_none() {
+                    file_artifact(&src, &name)?;
+                } else {
+                    regular_file(&src)?;
+                }
+                self.place(&src, &dest.for_name(&name))?;
+            }
+            Ok(md) if md.is_dir() => {
+                let dir = if dest.dir.is_empty() { "/" } else { dest.dir };
+                self.place(&src, dir)?;
+            }
+            Ok(_) => self.place(&src, &dest.for_name(&file_name_of(from)))?,
+            Err(_) => {
+                looked_in.push(src);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The SkiffOS resource a rule takes: in the last config directory that has one of the

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod layout;
 pub mod tree;
 
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -90,11 +91,37 @@ pub enum Table {
         hybrid: bool,
         /// The disk signature in sector 0's MBR, when not 0.
         #[serde(skip_serializing_if = "Option::is_none")]
-        mbr_id: Option<String>,
+        mbr_id: Option<DiskId>,
     },
     Mbr {
-        disk_id: String,
+        disk_id: DiskId,
     },
+}
+
+/// An MBR disk signature (sector 0, bytes 440..444; the first half of MBR PARTUUIDs). Shown
+/// and serialized as eight lowercase hex digits, as `plan --json` and manifests give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskId(pub u32);
+
+impl fmt::Display for DiskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl Serialize for DiskId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DiskId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(&s, 16)
+            .map(DiskId)
+            .map_err(|_| serde::de::Error::custom(format!("not a disk id: {s}")))
+    }
 }
 
 /// One partition, placed.
@@ -268,13 +295,10 @@ impl Ids {
                 first_lba: layout.gpt_first_usable.map(|s| s.0 / SECTOR),
                 no_backup: layout.gpt_no_backup,
                 hybrid: layout.hybrid_mbr,
-                mbr_id: layout
-                    .disk_signature
-                    .filter(|v| *v != 0)
-                    .map(|v| format!("{v:08x}")),
+                mbr_id: layout.disk_signature.filter(|v| *v != 0).map(DiskId),
             },
             TableKind::Mbr => Table::Mbr {
-                disk_id: format!("{disk_id:08x}"),
+                disk_id: DiskId(disk_id),
             },
         };
         let partuuid = layout
@@ -497,85 +521,107 @@ fn raw_writes(board: &Board, images: &std::path::Path) -> Result<Vec<RawWrite>> 
 /// Refuses raw writes that overlap the partition table, a partition or each other, or that
 /// leave the disk. Bytes 0..440 of sector 0 (boot code) may be written on both table kinds.
 fn check_raw(board: &Board, plan: &Plan) -> Result<()> {
-    let mut taken: Vec<(String, u64, u64)> = Vec::new();
-    match &plan.table {
-        Table::Mbr { .. } => taken.push(("the MBR partition table".into(), 440, 72)),
-        Table::Gpt { array_lba, .. } => {
-            taken.push(("the protective MBR and GPT header".into(), 440, 1024 - 440));
-            taken.push((
+    let mut taken = table_areas(plan);
+    for p in &plan.partitions {
+        let what = format!("partition {}", p.id);
+        if let Some(m) = first_overlap(&taken, &what, p.start, p.size) {
+            return Err(Error::board(&board.name, m));
+        }
+    }
+    for p in &plan.partitions {
+        taken.push(Taken::new(format!("partition {}", p.id), p.start, p.size));
+    }
+    for r in &plan.raw {
+        check_raw_write(board, plan, r, &taken)?;
+        let what = format!("raw write `{}`", r.name);
+        taken.push(Taken::new(what, r.offset, r.length));
+    }
+    Ok(())
+}
+
+/// A byte range of the disk already spoken for, named for errors.
+struct Taken {
+    what: String,
+    offset: u64,
+    len: u64,
+}
+
+impl Taken {
+    fn new(what: String, offset: u64, len: u64) -> Taken {
+        Taken { what, offset, len }
+    }
+
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        layout::overlaps((offset, len), (self.offset, self.len))
+    }
+}
+
+/// The partition table's own bytes, and the extended boot records of logical partitions.
+fn table_areas(plan: &Plan) -> Vec<Taken> {
+    let mut taken = match &plan.table {
+        Table::Mbr { .. } => vec![Taken::new("the MBR partition table".into(), 440, 72)],
+        Table::Gpt { array_lba, .. } => vec![
+            Taken::new("the protective MBR and GPT header".into(), 440, 1024 - 440),
+            Taken::new(
                 "the GPT entry array".into(),
                 array_lba * SECTOR,
                 gpt::ARRAY_SECTORS * SECTOR,
-            ));
-            taken.push((
+            ),
+            Taken::new(
                 "the backup GPT".into(),
                 plan.disk_size - gpt::TAIL,
                 gpt::TAIL,
-            ));
-        }
-    }
-    taken.extend(
-        plan.partitions
-            .iter()
-            .filter_map(|p| Some((format!("the boot record of {}", p.id), p.ebr?, SECTOR))),
-    );
-    let range = |o: u64, l: u64| {
-        format!(
-            "[{}, {})",
-            bytes(o),
-            o.checked_add(l).map_or_else(|| "2^64+".to_string(), bytes)
-        )
+            ),
+        ],
     };
-    for p in &plan.partitions {
-        if let Some((what, o, l)) = taken
-            .iter()
-            .find(|(_, o, l)| layout::overlaps((p.start, p.size), (*o, *l)))
-        {
-            return Err(Error::board(
-                &board.name,
-                format!(
-                    "partition {} {} overlaps {what} {}",
-                    p.id,
-                    range(p.start, p.size),
-                    range(*o, *l)
-                ),
-            ));
-        }
+    taken.extend(plan.partitions.iter().filter_map(|p| {
+        let what = format!("the boot record of {}", p.id);
+        Some(Taken::new(what, p.ebr?, SECTOR))
+    }));
+    taken
+}
+
+/// Raw write `r` stays on the disk and off everything `taken`.
+fn check_raw_write(board: &Board, plan: &Plan, r: &RawWrite, taken: &[Taken]) -> Result<()> {
+    if r.offset
+        .checked_add(r.length)
+        .is_none_or(|end| end > plan.disk_size)
+    {
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "raw write `{}` {} leaves the {}-byte disk",
+                r.name,
+                span(r.offset, r.length),
+                bytes(plan.disk_size)
+            ),
+        ));
     }
-    for p in &plan.partitions {
-        taken.push((format!("partition {}", p.id), p.start, p.size));
+    let what = format!("raw write `{}`", r.name);
+    match first_overlap(taken, &what, r.offset, r.length) {
+        Some(m) => Err(Error::board(&board.name, m)),
+        None => Ok(()),
     }
-    for r in &plan.raw {
-        if r.offset
-            .checked_add(r.length)
-            .is_none_or(|end| end > plan.disk_size)
-        {
-            return Err(Error::board(
-                &board.name,
-                format!(
-                    "raw write `{}` {} leaves the {}-byte disk",
-                    r.name,
-                    range(r.offset, r.length),
-                    bytes(plan.disk_size)
-                ),
-            ));
-        }
-        for (what, o, l) in &taken {
-            if layout::overlaps((r.offset, r.length), (*o, *l)) {
-                return Err(Error::board(
-                    &board.name,
-                    format!(
-                        "raw write `{}` {} overlaps {what} {}",
-                        r.name,
-                        range(r.offset, r.length),
-                        range(*o, *l)
-                    ),
-                ));
-            }
-        }
-        taken.push((format!("raw write `{}`", r.name), r.offset, r.length));
-    }
-    Ok(())
+}
+
+/// The first of `taken` that `[offset, offset+len)`, named `what`, overlaps, as a refusal.
+fn first_overlap(taken: &[Taken], what: &str, offset: u64, len: u64) -> Option<String> {
+    let t = taken.iter().find(|t| t.overlaps(offset, len))?;
+    Some(format!(
+        "{what} {} overlaps {} {}",
+        span(offset, len),
+        t.what,
+        span(t.offset, t.len)
+    ))
+}
+
+/// `[offset, end)` for messages; an end past 2^64 is shown as such.
+fn span(o: u64, l: u64) -> String {
+    format!(
+        "[{}, {})",
+        bytes(o),
+        o.checked_add(l).map_or_else(|| "2^64+".to_string(), bytes)
+    )
 }
 
 /// A requested disk size must be whole 512-byte sectors (partition tables count in them).
@@ -598,15 +644,10 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     // A vendor partition list read from the images directory replaces the layout's own.
     let expanded = crate::define::l4t::expand(board, &opts.images)?;
     let board = expanded.as_ref().unwrap_or(board);
-    let seed = opts
-        .seed
-        .clone()
-        .or_else(|| board.seed.clone())
-        .unwrap_or_else(|| board.name.clone());
     let layout = &board.layout;
     let ids = match &opts.ids {
         Some(ids) => ids.clone(),
-        None => Ids::derive(board, &seed),
+        None => Ids::derive(board, &seed(board, opts)),
     };
     check_bounds(board, opts)?;
     let vars = vars(board, &ids, &opts.images);
@@ -625,39 +666,8 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         .map(|(i, p)| content(board, p, ids.fs_uuid[i], opts, &mut trees))
         .collect::<Result<Vec<_>>>()?;
     let (placed, disk_size) = place(board, &ids, &pending, opts)?;
-    if disk_size > MAX_BYTES {
-        return Err(Error::board(
-            &board.name,
-            format!(
-                "the layout needs a {} byte disk, beyond the largest supported ({} bytes)",
-                bytes(disk_size),
-                bytes(MAX_BYTES)
-            ),
-        ));
-    }
-    if layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
-        return Err(Error::board(
-            &board.name,
-            "an MBR cannot address a disk over 2 TiB",
-        ));
-    }
-    let numbers = numbers(layout);
-    let mut partitions = Vec::new();
-    for (i, ((p, c), pl)) in layout
-        .partitions
-        .iter()
-        .zip(pending)
-        .zip(placed)
-        .enumerate()
-    {
-        let at = Slot {
-            number: numbers[i],
-            partuuid: ids.partuuid[i].clone(),
-            fs_uuid: ids.fs_uuid[i],
-            placed: pl,
-        };
-        partitions.push(partition(board, p, c, at)?);
-    }
+    check_disk_size(board, disk_size)?;
+    let partitions = partitions(board, &ids, pending, placed)?;
     let plan = Plan {
         board: board.name.clone(),
         layout: layout.name.clone(),
@@ -672,6 +682,58 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
     };
     check_raw(board, &plan)?;
     Ok(plan)
+}
+
+/// What identifiers are derived from: `--seed`, else the board's seed, else its name.
+fn seed(board: &Board, opts: &Options) -> String {
+    opts.seed
+        .clone()
+        .or_else(|| board.seed.clone())
+        .unwrap_or_else(|| board.name.clone())
+}
+
+/// A placed disk must stay within `MAX_BYTES`, and within what an MBR can address.
+fn check_disk_size(board: &Board, disk_size: u64) -> Result<()> {
+    if disk_size > MAX_BYTES {
+        return Err(Error::board(
+            &board.name,
+            format!(
+                "the layout needs a {} byte disk, beyond the largest supported ({} bytes)",
+                bytes(disk_size),
+                bytes(MAX_BYTES)
+            ),
+        ));
+    }
+    if board.layout.table == TableKind::Mbr && disk_size / SECTOR > u64::from(u32::MAX) {
+        return Err(Error::board(
+            &board.name,
+            "an MBR cannot address a disk over 2 TiB",
+        ));
+    }
+    Ok(())
+}
+
+/// The plan's partitions: each layout partition with its content, place and identifiers.
+fn partitions(
+    board: &Board,
+    ids: &Ids,
+    pending: Vec<Content>,
+    placed: Vec<layout::Placed>,
+) -> Result<Vec<Partition>> {
+    let layout = &board.layout;
+    let numbers = numbers(layout);
+    let all = layout.partitions.iter().zip(pending).zip(placed);
+    all.enumerate()
+        .map(|(i, ((p, c), pl))| {
+            let at = Slot {
+                number: numbers[i],
+                partuuid: ids.partuuid[i].clone(),
+                fs_uuid: ids.fs_uuid[i],
+                placed: pl,
+            };
+            partition(board, p, c, at)
+        })
+        .collect()
 }
 
 /// Measures what partition `p` will hold: its filesystem's tree, or its prebuilt image.
@@ -901,4 +963,32 @@ fn partition(
         image,
         ebr: p.logical.then(|| pl.start - board.layout.align.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_ids_serialize_as_eight_hex_digits() {
+        let mbr = serde_json::to_value(Table::Mbr {
+            disk_id: DiskId(0xab),
+        })
+        .unwrap();
+        assert_eq!(
+            mbr,
+            serde_json::json!({"kind": "mbr", "disk_id": "000000ab"})
+        );
+        assert_eq!(DiskId(0xdeadbeef).to_string(), "deadbeef");
+    }
+
+    #[test]
+    fn overlaps_name_both_ranges() {
+        let taken = [Taken::new("the MBR partition table".into(), 440, 72)];
+        assert_eq!(
+            first_overlap(&taken, "raw write `spl`", 0, 4096).as_deref(),
+            Some("raw write `spl` [0, 4,096) overlaps the MBR partition table [440, 512)")
+        );
+        assert_eq!(first_overlap(&taken, "raw write `code`", 0, 440), None);
+    }
 }

@@ -628,112 +628,124 @@ fn validate_table(l: &Layout) -> std::result::Result<(), String> {
 }
 
 fn validate(b: &Board) -> Result<()> {
-    let err = |m: String| Err(Error::board(&b.name, m));
+    let err = |m: String| Error::board(&b.name, m);
     let l = &b.layout;
+    validate_layout(l).map_err(err)?;
+    for r in &b.files {
+        validate_file_rule(r, b).map_err(err)?;
+    }
+    for r in &b.raw {
+        if r.from.is_empty() {
+            return Err(err(format!("raw rule `{}` has no `from`", r.name)));
+        }
+        if r.offset.is_none() {
+            return Err(err(format!("raw rule `{}` has no `offset`", r.name)));
+        }
+    }
+    if let Some(Size(a)) = l.gpt_array
+        && (l.table != TableKind::Gpt || a % 512 != 0 || a < 1024)
+    {
+        return Err(err(format!(
+            "layout `{}`: gpt_array must be a sector-aligned offset ≥ 1024 on a GPT layout",
+            l.name
+        )));
+    }
+    for a in &b.attrs {
+        validate_attrs(a, l).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The layout's own rules: partitions present, aligned, uniquely named, typed for the table.
+fn validate_layout(l: &Layout) -> std::result::Result<(), String> {
     if l.partitions.is_empty() {
-        return err(format!("layout `{}` has no partitions", l.name));
+        return Err(format!("layout `{}` has no partitions", l.name));
     }
     if l.align.0 < 512 || !l.align.0.is_power_of_two() {
-        return err(format!(
+        return Err(format!(
             "layout `{}`: align must be a power of two ≥ 512",
             l.name
         ));
     }
     for (i, p) in l.partitions.iter().enumerate() {
         if l.partitions[..i].iter().any(|q| q.id == p.id) {
-            return err(format!(
+            return Err(format!(
                 "layout `{}`: partition id `{}` used twice",
                 l.name, p.id
             ));
         }
-        match l.table {
-            TableKind::Gpt if p.gpt_type.is_none() => {
-                return err(format!(
-                    "layout `{}`: partition `{}` has no gpt_type",
-                    l.name, p.id
-                ));
-            }
-            TableKind::Mbr if p.mbr_type.is_none() => {
-                return err(format!(
-                    "layout `{}`: partition `{}` has no mbr_type",
-                    l.name, p.id
-                ));
-            }
-            _ => {}
-        }
-    }
-    if let Err(m) = validate_table(l) {
-        return err(format!("layout `{}`: {m}", l.name));
-    }
-    let find = |dest: &str, what: &str| -> Result<()> {
-        let Some((part, _)) = split_dest(dest) else {
-            return err(format!("{what} `{dest}` is not PARTITION:/path"));
+        let missing = match l.table {
+            TableKind::Gpt if p.gpt_type.is_none() => "gpt_type",
+            TableKind::Mbr if p.mbr_type.is_none() => "mbr_type",
+            _ => continue,
         };
-        match l.partitions.iter().find(|p| p.id == part) {
-            None => err(format!(
-                "{what} `{dest}`: layout `{}` has no partition `{part}`",
-                l.name
-            )),
-            Some(p) if p.fs.is_none() => err(format!(
-                "{what} `{dest}`: partition `{part}` has no filesystem"
-            )),
-            Some(_) => Ok(()),
-        }
+        return Err(format!(
+            "layout `{}`: partition `{}` has no {missing}",
+            l.name, p.id
+        ));
+    }
+    validate_table(l).map_err(|m| format!("layout `{}`: {m}", l.name))
+}
+
+/// A file rule: a destination on a filesystem partition, and content from `from`, `text` or
+/// another (plain) rule.
+fn validate_file_rule(r: &FileRule, b: &Board) -> std::result::Result<(), String> {
+    let Some(to) = &r.to else {
+        return Err(format!("file rule `{}` has no `to`", r.name));
     };
-    for r in &b.files {
-        let Some(to) = &r.to else {
-            return err(format!("file rule `{}` has no `to`", r.name));
-        };
-        find(to, &format!("file rule `{}`: destination", r.name))?;
-        if let Some(other) = &r.same_as {
-            match b.files.iter().find(|o| o.name == *other) {
-                None => {
-                    return err(format!(
-                        "file rule `{}`: same_as `{other}` names no rule",
-                        r.name
-                    ));
-                }
-                Some(o) if o.same_as.is_some() => {
-                    return err(format!(
-                        "file rule `{}`: `{other}` is itself a same_as rule",
-                        r.name
-                    ));
-                }
-                Some(_) => {}
-            }
-        } else if r.from.is_empty() && r.text.is_none() {
-            return err(format!(
+    dest_exists(
+        &b.layout,
+        to,
+        &format!("file rule `{}`: destination", r.name),
+    )?;
+    let Some(other) = &r.same_as else {
+        if r.from.is_empty() && r.text.is_none() {
+            return Err(format!(
                 "file rule `{}` has neither `from` nor `text`",
                 r.name
             ));
         }
+        return Ok(());
+    };
+    match b.files.iter().find(|o| o.name == *other) {
+        None => Err(format!(
+            "file rule `{}`: same_as `{other}` names no rule",
+            r.name
+        )),
+        Some(o) if o.same_as.is_some() => Err(format!(
+            "file rule `{}`: `{other}` is itself a same_as rule",
+            r.name
+        )),
+        Some(_) => Ok(()),
     }
-    for r in &b.raw {
-        if r.from.is_empty() {
-            return err(format!("raw rule `{}` has no `from`", r.name));
-        }
-        if r.offset.is_none() {
-            return err(format!("raw rule `{}` has no `offset`", r.name));
-        }
-    }
-    if let Some(Size(a)) = l.gpt_array
-        && (l.table != TableKind::Gpt || a % 512 != 0 || a < 1024)
+}
+
+fn validate_attrs(a: &AttrRule, l: &Layout) -> std::result::Result<(), String> {
+    dest_exists(l, &a.path, "attrs path")?;
+    if let Some(m) = &a.mode
+        && u32::from_str_radix(m.trim_start_matches("0o"), 8).map_or(true, |v| v > 0o7777)
     {
-        return err(format!(
-            "layout `{}`: gpt_array must be a sector-aligned offset ≥ 1024 on a GPT layout",
-            l.name
+        return Err(format!(
+            "attrs `{}`: mode `{m}` is not octal permission bits",
+            a.path
         ));
     }
-    for a in &b.attrs {
-        find(&a.path, "attrs path")?;
-        if let Some(m) = &a.mode
-            && u32::from_str_radix(m.trim_start_matches("0o"), 8).map_or(true, |v| v > 0o7777)
-        {
-            return err(format!(
-                "attrs `{}`: mode `{m}` is not octal permission bits",
-                a.path
-            ));
-        }
-    }
     Ok(())
+}
+
+/// `dest` (PARTITION:/path, named `what` in errors) is on a partition of `l` with a filesystem.
+fn dest_exists(l: &Layout, dest: &str, what: &str) -> std::result::Result<(), String> {
+    let Some((part, _)) = split_dest(dest) else {
+        return Err(format!("{what} `{dest}` is not PARTITION:/path"));
+    };
+    match l.partitions.iter().find(|p| p.id == part) {
+        None => Err(format!(
+            "{what} `{dest}`: layout `{}` has no partition `{part}`",
+            l.name
+        )),
+        Some(p) if p.fs.is_none() => Err(format!(
+            "{what} `{dest}`: partition `{part}` has no filesystem"
+        )),
+        Some(_) => Ok(()),
+    }
 }

@@ -108,17 +108,40 @@ pub struct Disk {
 
 /// Reads the `hdimage` section.
 pub fn options(node: &Node) -> Result<Hd> {
-    let err = |key: &str, m: String| {
-        let pos = node.value(key).map_or(&node.pos, |v| &v.pos);
-        pos.error(format!("hdimage: {m}"))
-    };
+    let table = table_type(node)?;
+    let align = table_align(node, table)?;
+    let extended = extended_partition(node, table)?;
+    let disk_uuid = disk_uuid(node, table)?;
+    let signature = signature(node, table)?;
+    let gpt_location = gpt_location(node)?;
+    Ok(Hd {
+        table,
+        align,
+        gpt_location,
+        gpt_no_backup: node.bool("gpt-no-backup", false),
+        disk_uuid,
+        signature,
+        extended,
+        pos: node.pos.clone(),
+    })
+}
+
+/// An error about `hdimage` option `key`, at the option (or the section when it is unset).
+fn hd_error(node: &Node, key: &str, m: String) -> crate::error::Error {
+    let pos = node.value(key).map_or(&node.pos, |v| &v.pos);
+    pos.error(format!("hdimage: {m}"))
+}
+
+/// `partition-table-type`, overridden by the older `partition-table` and `gpt` booleans.
+fn table_type(node: &Node) -> Result<TableType> {
     let mut table = match node.str("partition-table-type").unwrap_or("mbr") {
         "none" => TableType::None,
         "mbr" | "dos" => TableType::Mbr,
         "gpt" => TableType::Gpt,
         "hybrid" => TableType::Hybrid,
         other => {
-            return Err(err(
+            return Err(hd_error(
+                node,
                 "partition-table-type",
                 format!("`{other}` is not a valid partition-table-type (mbr, gpt, hybrid, none)"),
             ));
@@ -138,81 +161,81 @@ pub fn options(node: &Node) -> Result<Hd> {
             TableType::Mbr
         };
     }
+    Ok(table)
+}
+
+fn table_align(node: &Node, table: TableType) -> Result<u64> {
     let mut align = node.size("align")?.map_or(0, |(n, _)| n);
     if align == 0 {
         align = if table == TableType::None { 1 } else { 512 };
     }
     if table != TableType::None && !align.is_multiple_of(512) {
-        return Err(err(
+        return Err(hd_error(
+            node,
             "align",
             format!("partition alignment ({align}) must be a multiple of 1 sector (512 bytes)"),
         ));
     }
+    Ok(align)
+}
+
+fn extended_partition(node: &Node, table: TableType) -> Result<u32> {
     let extended = node.int("extended-partition").unwrap_or(0);
     if !(0..=4).contains(&extended) {
-        return Err(err(
+        return Err(hd_error(
+            node,
             "extended-partition",
             format!("invalid extended partition index ({extended}); must be 0 to 4"),
         ));
     }
     if extended > 0 && table != TableType::Mbr {
-        return Err(err(
+        return Err(hd_error(
+            node,
             "extended-partition",
             "an extended partition needs partition-table-type = \"mbr\"".into(),
         ));
     }
-    let disk_uuid = match node.str("disk-uuid") {
-        None => None,
-        Some(_) if !table.has_gpt() => {
-            return Err(err(
-                "disk-uuid",
-                "'disk-uuid' is only valid for gpt and hybrid partition-table-type".into(),
-            ));
-        }
-        Some(s) => Some(
-            Guid::parse(s).ok_or_else(|| err("disk-uuid", format!("invalid disk UUID: {s}")))?,
-        ),
-    };
-    let signature = match node.str("disk-signature") {
-        None => Signature::Fixed(0),
-        Some("random") => Signature::Random,
-        Some(_) if !table.has_mbr() => {
-            return Err(err(
-                "disk-signature",
-                "'disk-signature' is only valid for mbr and hybrid partition-table-type".into(),
-            ));
-        }
-        Some(s) => Signature::Fixed(
-            super::config::parse_int(s)
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| {
-                    err(
-                        "disk-signature",
-                        format!("`{s}` is not a 32-bit number or `random`"),
-                    )
-                })?,
-        ),
-    };
-    let gpt_location = match node.size("gpt-location")? {
-        None | Some((0, _)) => 2 * 512,
-        Some((n, _)) if !n.is_multiple_of(512) => {
-            return Err(err(
-                "gpt-location",
-                format!("GPT table location ({n}) must be a multiple of 1 sector (512 bytes)"),
-            ));
-        }
-        Some((n, _)) => n,
-    };
-    Ok(Hd {
-        table,
-        align,
-        gpt_location,
-        gpt_no_backup: node.bool("gpt-no-backup", false),
-        disk_uuid,
-        signature,
-        extended: extended as u32,
-        pos: node.pos.clone(),
-    })
+    Ok(extended as u32)
+}
+
+fn disk_uuid(node: &Node, table: TableType) -> Result<Option<Guid>> {
+    let err = |m: String| hd_error(node, "disk-uuid", m);
+    match node.str("disk-uuid") {
+        None => Ok(None),
+        Some(_) if !table.has_gpt() => Err(err(
+            "'disk-uuid' is only valid for gpt and hybrid partition-table-type".into(),
+        )),
+        Some(s) => Guid::parse(s)
+            .map(Some)
+            .ok_or_else(|| err(format!("invalid disk UUID: {s}"))),
+    }
+}
+
+fn signature(node: &Node, table: TableType) -> Result<Signature> {
+    let err = |m: String| hd_error(node, "disk-signature", m);
+    match node.str("disk-signature") {
+        None => Ok(Signature::Fixed(0)),
+        Some("random") => Ok(Signature::Random),
+        Some(_) if !table.has_mbr() => Err(err(
+            "'disk-signature' is only valid for mbr and hybrid partition-table-type".into(),
+        )),
+        Some(s) => super::config::parse_int(s)
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Signature::Fixed)
+            .ok_or_else(|| err(format!("`{s}` is not a 32-bit number or `random`"))),
+    }
+}
+
+fn gpt_location(node: &Node) -> Result<u64> {
+    match node.size("gpt-location")? {
+        None | Some((0, _)) => Ok(2 * 512),
+        Some((n, _)) if !n.is_multiple_of(512) => Err(hd_error(
+            node,
+            "gpt-location",
+            format!("GPT table location ({n}) must be a multiple of 1 sector (512 bytes)"),
+        )),
+        Some((n, _)) => Ok(n),
+    }
 }
 
 /// The GPT type a genimage one-letter shortcut stands for (genimage 16's set).
@@ -390,92 +413,20 @@ fn fake(name: &str, offset: u64, size: u64, pos: &Pos) -> Part {
 /// Places `parts` as genimage does; `size` is the image size (0: as small as possible).
 pub fn place(hd: Hd, parts: Vec<Part>, size: u64, image_pos: &Pos) -> Result<Disk> {
     let n_user = parts.len();
-    let mut all = parts;
-    let entries = all.iter().filter(|p| p.in_table).count() as u32;
+    let entries = parts.iter().filter(|p| p.in_table).count() as u32;
     let extended = match hd.extended {
         0 if hd.table == TableType::Mbr && entries > 4 => 4,
         e => e,
     };
-    let mut now = 0;
-    if hd.table != TableType::None {
-        all.push(fake("[MBR]", 440, 72, &hd.pos));
-        now = 512;
-        if hd.table.has_gpt() {
-            all.push(fake("[GPT header]", 512, 512, &hd.pos));
-            all.push(fake("[GPT array]", hd.gpt_location, GPT_ARRAY, &hd.pos));
-            now = hd.gpt_location + GPT_ARRAY;
-            let backup = if size > 0 { size - GPT_BACKUP } else { 0 };
-            all.push(fake("[GPT backup]", backup, GPT_BACKUP, &hd.pos));
-        }
-    }
-    let backup_size = if hd.table.has_gpt() { GPT_BACKUP } else { 0 };
+    let mut all = parts;
+    let mut now = table_areas(&hd, size, &mut all);
     let mut counted = 0;
     for i in 0..all.len() {
-        let p = &mut all[i];
-        if p.autoresize && size == 0 {
-            return Err(perr(
-                p,
-                "the image size must be specified when using an 'autoresize' partition (set \
-                 `size` or give --size)"
-                    .into(),
-            ));
-        }
-        if p.in_table {
+        if all[i].in_table {
             counted += 1;
         }
-        p.logical = extended > 0 && p.in_table && counted >= extended;
-        if p.logical {
-            now = align_up(now + hd.align, p.align);
-        }
-        if p.name == "[GPT backup]" && p.offset == 0 {
-            now += p.size;
-            p.offset = align_up(now, 4096) - p.size;
-        }
-        if p.offset == 0 && (p.in_table || hd.table == TableType::None) {
-            p.offset = align_up(now, p.align);
-        }
-        if !p.offset.is_multiple_of(p.align) {
-            return Err(perr(
-                p,
-                format!(
-                    "offset ({}) must be a multiple of {} bytes",
-                    p.offset, p.align
-                ),
-            ));
-        }
-        if p.autoresize {
-            let room = size.saturating_sub(p.offset).saturating_sub(backup_size);
-            let grown = align_down(room, p.align);
-            if grown == 0 {
-                return Err(perr(p, "partitions exceed device size".into()));
-            }
-            if grown < p.size {
-                return Err(perr(
-                    p,
-                    format!(
-                        "auto-resize partition ends up with a size {grown} smaller than minimum {}",
-                        p.size
-                    ),
-                ));
-            }
-            p.size = grown;
-        }
-        size_from_child(p)?;
-        if p.logical {
-            if now > p.offset {
-                return Err(perr(p, "overlaps with previous partition".into()));
-            }
-        } else {
-            check_overlap(&all, i)?;
-        }
-        let p = &all[i];
-        if p.in_table && !p.size.is_multiple_of(512) {
-            return Err(p.pos.error(format!(
-                "partition {}: size ({}) must be a multiple of 1 sector (512 bytes)",
-                p.name, p.size
-            )));
-        }
-        now = now.max(p.end());
+        let logical = extended > 0 && all[i].in_table && counted >= extended;
+        now = place_one(&mut all, i, logical, now, &hd, size)?;
     }
     let hybrid = all.iter().filter(|p| p.in_table && p.mbr_type != 0).count();
     if hd.table == TableType::Hybrid && !(1..=3).contains(&hybrid) {
@@ -495,6 +446,105 @@ pub fn place(hd: Hd, parts: Vec<Part>, size: u64, image_pos: &Pos) -> Result<Dis
         parts: all,
         size,
     })
+}
+
+/// Appends the table's own areas to `all` (checked for overlaps like partitions) and returns
+/// where the first partition may start.
+fn table_areas(hd: &Hd, size: u64, all: &mut Vec<Part>) -> u64 {
+    if hd.table == TableType::None {
+        return 0;
+    }
+    all.push(fake("[MBR]", 440, 72, &hd.pos));
+    if !hd.table.has_gpt() {
+        return 512;
+    }
+    all.push(fake("[GPT header]", 512, 512, &hd.pos));
+    all.push(fake("[GPT array]", hd.gpt_location, GPT_ARRAY, &hd.pos));
+    let backup = if size > 0 { size - GPT_BACKUP } else { 0 };
+    all.push(fake("[GPT backup]", backup, GPT_BACKUP, &hd.pos));
+    hd.gpt_location + GPT_ARRAY
+}
+
+/// Places `all[i]` (a `logical` one inside the extended partition) when everything before
+/// ends at `now`; returns where the placed ones now end.
+fn place_one(
+    all: &mut [Part],
+    i: usize,
+    logical: bool,
+    mut now: u64,
+    hd: &Hd,
+    size: u64,
+) -> Result<u64> {
+    let p = &mut all[i];
+    if p.autoresize && size == 0 {
+        return Err(perr(
+            p,
+            "the image size must be specified when using an 'autoresize' partition (set \
+             `size` or give --size)"
+                .into(),
+        ));
+    }
+    p.logical = logical;
+    if p.logical {
+        now = align_up(now + hd.align, p.align);
+    }
+    if p.name == "[GPT backup]" && p.offset == 0 {
+        now += p.size;
+        p.offset = align_up(now, 4096) - p.size;
+    }
+    if p.offset == 0 && (p.in_table || hd.table == TableType::None) {
+        p.offset = align_up(now, p.align);
+    }
+    if !p.offset.is_multiple_of(p.align) {
+        return Err(perr(
+            p,
+            format!(
+                "offset ({}) must be a multiple of {} bytes",
+                p.offset, p.align
+            ),
+        ));
+    }
+    if p.autoresize {
+        let backup_size = if hd.table.has_gpt() { GPT_BACKUP } else { 0 };
+        grow(p, size.saturating_sub(backup_size))?;
+    }
+    size_from_child(p)?;
+    if p.logical {
+        if now > p.offset {
+            return Err(perr(p, "overlaps with previous partition".into()));
+        }
+    } else {
+        check_overlap(all, i)?;
+    }
+    let p = &all[i];
+    if p.in_table && !p.size.is_multiple_of(512) {
+        return Err(p.pos.error(format!(
+            "partition {}: size ({}) must be a multiple of 1 sector (512 bytes)",
+            p.name, p.size
+        )));
+    }
+    Ok(now.max(p.end()))
+}
+
+/// `autoresize`: the partition takes the room up to `usable_end` (aligned down), which must
+/// be at least its configured size.
+fn grow(p: &mut Part, usable_end: u64) -> Result<()> {
+    let room = usable_end.saturating_sub(p.offset);
+    let grown = align_down(room, p.align);
+    if grown == 0 {
+        return Err(perr(p, "partitions exceed device size".into()));
+    }
+    if grown < p.size {
+        return Err(perr(
+            p,
+            format!(
+                "auto-resize partition ends up with a size {grown} smaller than minimum {}",
+                p.size
+            ),
+        ));
+    }
+    p.size = grown;
+    Ok(())
 }
 
 fn perr(p: &Part, m: String) -> crate::error::Error {

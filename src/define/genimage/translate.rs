@@ -299,6 +299,19 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The rule copying the image's content directory (its mountpath), if it has one, to the
+    /// root of partition `id`.
+    fn mountpath_rule(&self, img: &Image<'_>, id: &str, files: &mut Vec<FileRule>) -> Result<()> {
+        if let Some(dir) = self.mountpath(img)? {
+            files.push(rule(
+                files.len(),
+                dir.display().to_string(),
+                format!("{id}:/"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Where a filesystem image takes its content from, if anywhere (genimage's mountpath:
     /// `srcpath`, else the rootpath or its `mountpoint` subdirectory; none when `empty`).
     fn mountpath(&self, img: &Image<'_>) -> Result<Option<PathBuf>> {
@@ -632,6 +645,23 @@ fn outside_holes(len: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The volume label: genimage passes `label` as `-n` after extraargs, so it wins.
+fn vfat_label(title: &str, h: &Node, from_args: Option<String>) -> Result<Option<String>> {
+    let label = h
+        .str("label")
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .or(from_args)
+        .filter(|l| !l.is_empty());
+    if label.as_ref().is_some_and(|l| l.len() > 11) {
+        let pos = h.value("label").map_or(&h.pos, |v| &v.pos);
+        return Err(pos.error(format!(
+            "image {title}: vfat volume name cannot be longer than 11 characters"
+        )));
+    }
+    Ok(label)
+}
+
 impl Ctx<'_> {
     fn vfat(
         &mut self,
@@ -645,6 +675,32 @@ impl Ctx<'_> {
         let title = node.title();
         let args = self.mkdosfs_args(title, h)?;
         let pos = node.value("size").map_or(&node.pos, |v| &v.pos);
+        let (kind, fat) = self.fat_format(title, pos, size, &args)?;
+        def.fs = Some(kind);
+        def.fat = (!fat.is_default()).then_some(fat);
+        def.label = vfat_label(title, h, args.label)?;
+        let before = files.len();
+        self.vfat_files(title, h, id, files)?;
+        if files.len() == before {
+            let img = Image {
+                node,
+                kind: Kind::Vfat,
+                handler: h,
+            };
+            self.mountpath_rule(&img, id, files)?;
+        }
+        Ok(())
+    }
+
+    /// The FAT type and options for a `size`-byte volume: `-F` if given, else by size as
+    /// mkdosfs picks; refused when this size cannot hold it.
+    fn fat_format(
+        &mut self,
+        title: &str,
+        pos: &Pos,
+        size: u64,
+        args: &MkdosfsArgs,
+    ) -> Result<(FsKind, crate::format::FatOptions)> {
         let kind = match args.bits {
             Some(32) => FsKind::Fat32,
             Some(16) => FsKind::Fat16,
@@ -653,24 +709,7 @@ impl Ctx<'_> {
             _ => FsKind::Fat,
         };
         let mut fat = args.opts;
-        if kind == FsKind::Fat32 {
-            if crate::format::fat::Geometry::for_size(size).is_none() {
-                return Err(pos.error(format!(
-                    "image {title}: {} ({}) is too small for FAT32 (skiff-flash writes FAT32 \
-                     from 33 MiB); leave out `-F 32` to get FAT12/16 as mkdosfs chooses",
-                    human(size),
-                    crate::units::bytes(size)
-                )));
-            }
-            if fat.cluster_sectors.is_some() || fat.sector_size.is_some() {
-                self.warnings.push(format!(
-                    "image {title}: mkdosfs -s/-S are ignored for FAT32 (the cluster size \
-                     follows the volume size)"
-                ));
-                fat.cluster_sectors = None;
-                fat.sector_size = None;
-            }
-        } else {
+        if kind != FsKind::Fat32 {
             let want = crate::format::FatOptions {
                 bits: args.bits,
                 ..fat
@@ -682,23 +721,35 @@ impl Ctx<'_> {
                     crate::units::bytes(size)
                 )));
             }
+            return Ok((kind, fat));
         }
-        def.fs = Some(kind);
-        def.fat = (!fat.is_default()).then_some(fat);
-        // genimage passes `label` as `-n` after extraargs: it wins.
-        def.label = h
-            .str("label")
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .or(args.label)
-            .filter(|l| !l.is_empty());
-        if def.label.as_ref().is_some_and(|l| l.len() > 11) {
-            let pos = h.value("label").map_or(&h.pos, |v| &v.pos);
+        if crate::format::fat::Geometry::for_size(size).is_none() {
             return Err(pos.error(format!(
-                "image {title}: vfat volume name cannot be longer than 11 characters"
+                "image {title}: {} ({}) is too small for FAT32 (skiff-flash writes FAT32 \
+                 from 33 MiB); leave out `-F 32` to get FAT12/16 as mkdosfs chooses",
+                human(size),
+                crate::units::bytes(size)
             )));
         }
-        let before = files.len();
+        if fat.cluster_sectors.is_some() || fat.sector_size.is_some() {
+            self.warnings.push(format!(
+                "image {title}: mkdosfs -s/-S are ignored for FAT32 (the cluster size \
+                 follows the volume size)"
+            ));
+            fat.cluster_sectors = None;
+            fat.sector_size = None;
+        }
+        Ok((kind, fat))
+    }
+
+    /// The rules for the image's `file` sections and `files` list.
+    fn vfat_files(
+        &mut self,
+        title: &str,
+        h: &Node,
+        id: &str,
+        files: &mut Vec<FileRule>,
+    ) -> Result<()> {
         for f in h.sections("file") {
             let (src, pos) = f.str_at("image").ok_or_else(|| {
                 f.pos
@@ -717,19 +768,6 @@ impl Ctx<'_> {
                 false => format!("{id}:/"),
             };
             files.push(rule(files.len(), from, to));
-        }
-        if files.len() == before
-            && let Some(dir) = self.mountpath(&Image {
-                node,
-                kind: Kind::Vfat,
-                handler: h,
-            })?
-        {
-            files.push(rule(
-                files.len(),
-                dir.display().to_string(),
-                format!("{id}:/"),
-            ));
         }
         Ok(())
     }
@@ -873,14 +911,7 @@ impl Ctx<'_> {
             kind: Kind::Ext(version),
             handler: h,
         };
-        if let Some(dir) = self.mountpath(&img)? {
-            files.push(rule(
-                files.len(),
-                dir.display().to_string(),
-                format!("{id}:/"),
-            ));
-        }
-        Ok(())
+        self.mountpath_rule(&img, id, files)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::format::probe::probe;
 use crate::format::table;
 use crate::format::table::read::{DiskTable, Scheme, TableError};
 use crate::io::ReadAt;
-use crate::plan::{Ids, Table};
+use crate::plan::{DiskId, Ids, Table};
 
 /// A card whose layout matches the board's.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
         ),
         (TableKind::Mbr, Scheme::Mbr { disk_id }) => (
             Table::Mbr {
-                disk_id: format!("{disk_id:08x}"),
+                disk_id: DiskId(*disk_id),
             },
             *disk_id,
         ),

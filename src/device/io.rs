@@ -1,0 +1,231 @@
+//! A whole disk opened for writing (`Device`): the exclusive claim, bounded positioned
+//! writes and real zeroing as a `Sink`, flushing, and reads past the page cache (O_DIRECT)
+//! for verifying what reached the medium.
+//!
+//! Not for: deciding whether to open it (policy.rs) or making the kernel see the partitions
+//! just written (reread.rs).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::ioctl::{NoArg, Opcode, Setter, opcode};
+
+use super::discover::{SYSFS_SECTOR, size_of, split_dev};
+use super::{DeviceInfo, Refusal};
+use crate::error::{Error, Result};
+use crate::sink::Sink;
+
+/// `_IO(0x12, 127)` although it takes a pointer to `[start, len]`: the kernel declared it
+/// without a direction, so it is issued as a pointer "setter" with a no-direction opcode.
+const BLKZEROOUT: Opcode = opcode::none(0x12, 127);
+const BLKFLSBUF: Opcode = opcode::none(0x12, 97);
+
+/// A whole disk opened for writing, exclusively: while it is open nothing can mount it or
+/// its partitions, and it could not be opened if anything had.
+pub struct Device {
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+    pub(super) name: String,
+    pub(super) size: u64,
+    logical_sector: u32,
+}
+
+impl Device {
+    /// Opens `info.path` read-write with O_EXCL, which on a block device (without O_CREAT)
+    /// claims it: the kernel answers EBUSY when it or a partition is mounted, is swap, or
+    /// is held by device-mapper/md. Also refuses if the node now names another device.
+    pub fn open_exclusive(info: &DeviceInfo) -> Result<Device> {
+        let flags = OFlags::RDWR | OFlags::EXCL | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&info.path, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::BUSY) => return Err(Refusal::Busy(info.path.clone()).into()),
+            Err(Errno::NOENT) => return Err(Refusal::NoSuchDevice(info.path.clone()).into()),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("opening {}", info.path.display()),
+                    e.into(),
+                ));
+            }
+        };
+        let file = File::from(fd);
+        let meta = (file.metadata())
+            .map_err(|e| Error::io(format!("examining {}", info.path.display()), e))?;
+        if !meta.file_type().is_block_device() || split_dev(meta.rdev()) != (info.major, info.minor)
+        {
+            return Err(Refusal::Changed(info.path.clone()).into());
+        }
+        let size = size_of(&file)
+            .map_err(|e| Error::io(format!("querying {}", info.path.display()), e))?;
+        // Another card in the same reader keeps the node's numbers but not its size, and
+        // `check` judged the old one.
+        if size != info.size {
+            return Err(Refusal::Changed(info.path.clone()).into());
+        }
+        Ok(Device {
+            file,
+            path: info.path.clone(),
+            name: info.name.clone(),
+            size,
+            logical_sector: info.logical_sector.max(SYSFS_SECTOR as u32),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open descriptor, still holding the exclusive claim.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    /// Drops the kernel's cached pages of the whole disk (BLKFLSBUF): what was written
+    /// through a partition node, e.g. by a mount that just ended, is then read from the
+    /// medium, not from older pages cached for the whole-disk node.
+    pub fn drop_caches(&self) -> Result<()> {
+        // SAFETY: BLKFLSBUF takes no argument.
+        unsafe { rustix::ioctl::ioctl(&self.file, NoArg::<BLKFLSBUF>::new()) }
+            .map_err(|e| Error::io(format!("flushing {}", self.path.display()), e.into()))
+    }
+
+    /// A second descriptor for the same open device (same claim), for positioned I/O.
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))
+    }
+
+    /// Kernel name, e.g. `sdb`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Flushes written data to the device (fsync, which also flushes the device's cache).
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+
+    /// Reads `[offset, offset+len)` from the medium, not the page cache: a second descriptor
+    /// with O_DIRECT (reopened through /proc/self/fd, so it is the very same device) and a
+    /// buffer aligned for it. For verifying what was written; call `sync` first. The whole
+    /// range is held in memory, so verify large images in chunks.
+    pub fn read_direct(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let context = || format!("reading {} at {offset}", self.path.display());
+        let end = self
+            .bounds(offset, len as u64)
+            .map_err(|e| Error::io(context(), e))?;
+        let sector = u64::from(self.logical_sector);
+        let start = offset - offset % sector;
+        let span = (end.next_multiple_of(sector).min(self.size) - start) as usize;
+        let reader = self.direct_reader().map_err(|e| Error::io(context(), e))?;
+        // Over-allocate by one alignment unit and read into the aligned part: no unsafe
+        // allocation needed. 4096 satisfies every DMA alignment the kernel asks of O_DIRECT.
+        let align = sector.max(4096) as usize;
+        let mut raw = vec![0u8; span + align];
+        let skip = raw.as_ptr().align_offset(align);
+        let buf = &mut raw[skip..skip + span];
+        reader
+            .read_exact_at(buf, start)
+            .map_err(|e| Error::io(context(), e))?;
+        let from = (offset - start) as usize;
+        Ok(buf[from..from + len].to_vec())
+    }
+
+    fn direct_reader(&self) -> io::Result<File> {
+        let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let flags = OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::open(path, flags, Mode::empty())?))
+    }
+
+    /// The end of `[offset, offset+len)`, or an error if it leaves the device.
+    fn bounds(&self, offset: u64, len: u64) -> io::Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|end| *end <= self.size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{offset}+{len} is past the end of the {}-byte {}",
+                        self.size,
+                        self.path.display()
+                    ),
+                )
+            })
+    }
+
+    /// Writes zero buffers: for unaligned edges and devices without BLKZEROOUT.
+    fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            self.file
+                .write_all_at(&zeros[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// BLKZEROOUT over a sector-aligned range: the kernel uses the device's write-zeroes
+    /// command (or writes zero pages itself) and drops the page cache for the range.
+    /// EOPNOTSUPP/EINVAL/ENOTTY mean this device or kernel cannot; then write zeros.
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: BLKZEROOUT reads a [start, len] pair of u64 through the pointer.
+        let result = unsafe {
+            rustix::ioctl::ioctl(
+                &self.file,
+                Setter::<BLKZEROOUT, [u64; 2]>::new([offset, len]),
+            )
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY) => self.write_zeros(offset, len),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Drops the kernel's cached pages of every partition node of `info` (BLKFLSBUF), so
+/// readers of `/dev/sdb1` see what was written through `/dev/sdb`. Best effort.
+pub fn drop_partition_caches(info: &DeviceInfo) {
+    for p in &info.partitions {
+        if let Ok(fd) = rustix::fs::open(&p.path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            // SAFETY: BLKFLSBUF takes no argument.
+            let _ = unsafe { rustix::ioctl::ioctl(&fd, NoArg::<BLKFLSBUF>::new()) };
+        }
+    }
+}
+
+impl Sink for Device {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.bounds(offset, bytes.len() as u64)?;
+        self.file.write_all_at(bytes, offset)
+    }
+
+    /// A card holds whatever it held before, so zeros are really written: the
+    /// sector-aligned middle with BLKZEROOUT, the unaligned head and tail as zero buffers.
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let end = self.bounds(offset, len)?;
+        let sector = u64::from(self.logical_sector);
+        let head_end = offset.next_multiple_of(sector).min(end);
+        let tail_start = (end - end % sector).max(head_end);
+        self.write_zeros(offset, head_end - offset)?;
+        if tail_start > head_end {
+            self.zero_out(head_end, tail_start - head_end)?;
+        }
+        self.write_zeros(tail_start, end - tail_start)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}

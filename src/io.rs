@@ -166,6 +166,17 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Positioned reads from a disk, image or buffer (shared, no cursor).
+/// Opens a device or image file to read (inspect, verify): a missing path is bad input.
+pub fn open_target(target: &std::path::Path) -> crate::Result<std::fs::File> {
+    std::fs::File::open(target).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            crate::Error::Usage(format!("{} does not exist", target.display()))
+        } else {
+            crate::Error::io(format!("opening {}", target.display()), e)
+        }
+    })
+}
+
 pub trait ReadAt: Sync {
     /// Fills `buf` from `offset`; fails if that runs past the end.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;

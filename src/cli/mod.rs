@@ -1,10 +1,11 @@
 //! Command-line interface: argument parsing, rendering (tables or `--json`) and exit codes.
 //! Thin by design: every decision is the library's.
 
-mod check;
 mod flash;
+mod inspect;
 mod render;
 mod upgrade;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -111,12 +112,12 @@ edited on the card is kept unless --force-config.")]
 
 Exit codes: 0 everything matches, 1 a difference was found, 2 bad usage or input.
 Against a board, the partition that grows to the card (persist) is not compared by content.")]
-    Verify(check::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Show what is on a disk or image: table, filesystems, labels, FAT file lists (read-only).
     #[command(after_help = "Examples:
   skiff-flash inspect /dev/sdb
   skiff-flash inspect pi4.img --json")]
-    Inspect(check::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   skiff-flash completions bash > /etc/bash_completion.d/skiff-flash
@@ -368,8 +369,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
             |b| board_or_skiff(&catalog, &a.dir, b),
             epoch()?,
         ),
-        Command::Verify(a) => check::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
-        Command::Inspect(a) => check::inspect(a),
+        Command::Verify(a) => verify::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
+        Command::Inspect(a) => inspect::inspect(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "skiff-flash", &mut std::io::stdout());

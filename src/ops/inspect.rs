@@ -14,6 +14,7 @@ use crate::format::table::read::{
 };
 use crate::format::table::{Guid, SECTOR, TableEntry, gpt_type_name};
 use crate::io::ReadAt;
+use crate::plan::DiskId;
 
 /// Everything found.
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +37,7 @@ pub enum Table {
         hybrid: bool,
     },
     Mbr {
-        disk_id: String,
+        disk_id: DiskId,
     },
     None,
 }
@@ -76,6 +77,11 @@ pub struct FileInfo {
     pub path: String,
     pub size: u64,
     pub dir: bool,
+}
+
+/// Inspects the device or image file at `target`.
+pub fn inspect_path(target: &std::path::Path) -> crate::Result<Inspection> {
+    Ok(inspect(&crate::io::open_target(target)?))
 }
 
 /// Inspects a disk or image.
@@ -119,7 +125,7 @@ fn table(
             let entries = with_logical(dev, t.entries, size, problems);
             (
                 Table::Mbr {
-                    disk_id: format!("{disk_id:08x}"),
+                    disk_id: DiskId(disk_id),
                 },
                 entries,
             )

@@ -75,6 +75,37 @@ impl Verdict {
     }
 }
 
+/// What a target is compared with.
+#[derive(Debug)]
+pub enum Reference {
+    /// Meaning: what this plan (a board build) writes.
+    Plan(Box<Plan>),
+    /// Bytes: an image file (raw or compressed), over its bmap's ranges when it has one
+    /// (`bmap`, else the one found beside it), else every byte.
+    Image {
+        path: std::path::PathBuf,
+        bmap: Option<std::path::PathBuf>,
+    },
+    /// Bytes: the mapped ranges a manifest records.
+    Manifest(Box<Manifest>),
+}
+
+/// Compares the device or image file at `target` with `reference`. Differences are
+/// findings in the verdict, not errors; errors are for a target or reference that cannot
+/// be read.
+pub fn verify(target: &std::path::Path, reference: &Reference) -> Result<Verdict> {
+    let dev = crate::io::open_target(target)?;
+    Ok(match reference {
+        Reference::Plan(plan) => meaning(&dev, plan),
+        Reference::Image { path, bmap } => {
+            crate::image::read::check_image_file(path)?;
+            let bmap = bmap::find(path, bmap.as_deref());
+            bytes_image(&dev, path, bmap.as_deref())?
+        }
+        Reference::Manifest(m) => bytes_manifest(&dev, m),
+    })
+}
+
 const CHUNK: usize = 4 << 20;
 
 fn read(dev: &dyn ReadAt, at: u64, len: usize) -> std::result::Result<Vec<u8>, String> {

@@ -1,4 +1,4 @@
-//! The `verify` and `inspect` commands.
+//! The `verify` command: pick what to compare with, compare, report each finding.
 
 use std::path::PathBuf;
 
@@ -8,8 +8,7 @@ use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
 use skiff_flash::image::manifest;
-use skiff_flash::ops::inspect as insp;
-use skiff_flash::ops::verify::{self, Verdict};
+use skiff_flash::ops::verify::{self, Reference};
 use skiff_flash::units::{bytes, human};
 use skiff_flash::{Error, Result, plan};
 
@@ -37,44 +36,27 @@ pub struct VerifyArgs {
     json: bool,
 }
 
-#[derive(Args)]
-pub struct InspectArgs {
-    /// Device or image file.
-    target: PathBuf,
-    #[arg(long)]
-    json: bool,
-}
-
-fn open(target: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::File::open(target).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Usage(format!("{} does not exist", target.display()))
-        } else {
-            Error::io(format!("opening {}", target.display()), e)
-        }
-    })
-}
-
 pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) -> Result<()> {
-    let dev = open(&a.target)?;
     // Inside SkiffOS, with nothing else to compare with, the config list's board.
     let by_board =
         a.board.is_some() || (a.image.is_none() && a.manifest.is_none() && a.dir.skiff().active());
-    let verdict: Verdict = if by_board {
+    let reference = if by_board {
         let board = load(a.board.as_deref().unwrap_or_default())?;
         let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
-        verify::meaning(&dev, &plan)
+        Reference::Plan(Box::new(plan))
     } else if let Some(image) = &a.image {
-        skiff_flash::image::read::check_image_file(image)?;
-        let bmap = skiff_flash::image::bmap::find(image, a.bmap.as_deref());
-        verify::bytes_image(&dev, image, bmap.as_deref())?
+        Reference::Image {
+            path: image.clone(),
+            bmap: a.bmap.clone(),
+        }
     } else if let Some(m) = &a.manifest {
-        verify::bytes_manifest(&dev, &manifest::load(m)?)
+        Reference::Manifest(Box::new(manifest::load(m)?))
     } else {
         return Err(Error::Usage(
             "give --board, --image or --manifest to compare with".into(),
         ));
     };
+    let verdict = verify::verify(&a.target, &reference)?;
     if a.json {
         println!(
             "{}",
@@ -112,59 +94,4 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
             at: None,
         })
     }
-}
-
-pub fn inspect(a: &InspectArgs) -> Result<()> {
-    let dev = open(&a.target)?;
-    let i = insp::inspect(&dev);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
-        return Ok(());
-    }
-    let table = match &i.table {
-        insp::Table::Gpt {
-            disk_guid,
-            primary_ok,
-            backup_ok,
-            hybrid,
-        } => format!(
-            "GPT {disk_guid} (primary {}, backup {}{})",
-            if *primary_ok { "ok" } else { "BAD" },
-            if *backup_ok { "ok" } else { "BAD" },
-            if *hybrid { ", hybrid MBR" } else { "" }
-        ),
-        insp::Table::Mbr { disk_id } => format!("MBR, disk id 0x{disk_id}"),
-        insp::Table::None => "no partition table".into(),
-    };
-    println!(
-        "{}: {} bytes ({}), {table}",
-        a.target.display(),
-        bytes(i.size),
-        human(i.size)
-    );
-    for p in &i.partitions {
-        println!(
-            "{:>2}  start {:>14}  size {:>10}  {:<9} {:<9} {:<10} {}{}",
-            p.number,
-            bytes(p.start),
-            human(p.size),
-            p.kind,
-            p.fs.kind,
-            p.fs.label.clone().unwrap_or_default(),
-            p.fs.uuid.clone().unwrap_or_default(),
-            if p.bootable { "  bootable" } else { "" }
-        );
-        for f in p.fs.files.iter().flatten() {
-            println!(
-                "      {:>12}  {}{}",
-                if f.dir { "dir".into() } else { bytes(f.size) },
-                f.path,
-                if f.dir { "/" } else { "" }
-            );
-        }
-    }
-    for pr in &i.problems {
-        println!("problem: {pr}");
-    }
-    Ok(())
 }

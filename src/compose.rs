@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::format::table::{gpt, mbr};
 use crate::format::{self, FileRecord};
-use crate::io::{HashReader, read_full};
+use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
 use crate::sink::{Sink, Window};
 
@@ -191,9 +191,8 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         if n == 0 {
             break;
         }
-        for (run_start, run_end) in nonzero_runs(&buf[..n]) {
-            w.data(at + run_start as u64, &buf[run_start..run_end])
-                .map_err(io)?;
+        for run in nonzero_runs(&buf[..n], IMAGE_BLOCK) {
+            w.data(at + run.start as u64, &buf[run]).map_err(io)?;
         }
         at += n as u64;
     }
@@ -208,22 +207,6 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         size: image.size,
         sha256: reader.finish(),
     })
-}
-
-/// Byte ranges of `buf` made of consecutive blocks that are not all zero.
-fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, block) in buf.chunks(IMAGE_BLOCK).enumerate() {
-        if block.iter().all(|b| *b == 0) {
-            continue;
-        }
-        let (s, e) = (i * IMAGE_BLOCK, i * IMAGE_BLOCK + block.len());
-        match runs.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => runs.push((s, e)),
-        }
-    }
-    runs
 }
 
 /// The table as (offset, bytes) pieces for a disk of `disk_bytes`.
@@ -327,27 +310,4 @@ fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
         length: r.length,
         sha256: reader.finish(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nonzero_runs;
-
-    #[test]
-    fn zero_blocks_are_left_out_and_runs_merge() {
-        let mut buf = vec![0u8; 5 * 4096 + 100];
-        buf[10] = 1;
-        buf[4096 + 5] = 2;
-        buf[3 * 4096] = 3;
-        buf[5 * 4096 + 99] = 4;
-        assert_eq!(
-            nonzero_runs(&buf),
-            vec![
-                (0, 2 * 4096),
-                (3 * 4096, 4 * 4096),
-                (5 * 4096, 5 * 4096 + 100)
-            ]
-        );
-        assert!(nonzero_runs(&[0; 8192]).is_empty());
-    }
 }

@@ -6,6 +6,8 @@
 
 use std::io;
 
+pub mod tracking;
+
 /// A byte-addressed destination.
 pub trait Sink {
     /// Writes `bytes` at `offset`.

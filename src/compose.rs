@@ -13,6 +13,7 @@ use crate::format::table::{gpt, mbr};
 use crate::format::{self, FileRecord};
 use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
+use crate::progress::{Callback, Event, Phase};
 use crate::sink::{Sink, Window};
 
 /// What was written where.
@@ -42,22 +43,25 @@ pub struct PartitionRecord {
     pub files: Vec<FileRecord>,
 }
 
-/// Progress: bytes of file content written so far, and the total.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
-
-/// Counts data bytes passing to the inner sink and reports them.
+/// Counts data bytes passing to the inner sink and reports them (file content written so
+/// far, of the plan's total).
 struct Counting<'a, 'b> {
     inner: &'a mut dyn Sink,
     done: u64,
     total: u64,
-    progress: Progress<'b>,
+    progress: Callback<'b>,
 }
 
 impl Sink for Counting<'_, '_> {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         self.inner.data(offset, bytes)?;
         self.done += bytes.len() as u64;
-        (self.progress)(self.done.min(self.total), self.total);
+        (self.progress)(&Event {
+            phase: Phase::Write,
+            device: None,
+            done: self.done.min(self.total),
+            total: self.total,
+        });
         Ok(())
     }
 
@@ -79,7 +83,7 @@ impl Sink for Counting<'_, '_> {
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`.
-pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result<Manifest> {
+pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result<Manifest> {
     if sink.size() < plan.disk_size {
         return Err(Error::TooSmall {
             what: format!("board {}", plan.board),

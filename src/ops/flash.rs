@@ -280,35 +280,45 @@ fn joined(h: ScopedJoinHandle<'_, Result<FlashReport>>) -> Result<FlashReport> {
         .unwrap_or_else(|_| Err(Error::Internal("a device thread panicked".into())))
 }
 
-/// Test hook: after this many device writes, the process sends itself a signal
-/// (`FAULT_SIGNAL_ENV`: INT, TERM, HUP, or KILL by default), as an interruption would.
-pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
-pub const FAULT_SIGNAL_ENV: &str = "SKIFF_FLASH_FAULT_SIGNAL";
+/// Fault injection for the interruption tests, compiled only with the `fault-injection`
+/// feature (release binaries have none): after `FAULT_ENV` device writes, the process sends
+/// itself a signal (`FAULT_SIGNAL_ENV`: INT, TERM, HUP, or KILL by default), as an
+/// interruption would.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
+    pub const FAULT_SIGNAL_ENV: &str = "SKIFF_FLASH_FAULT_SIGNAL";
 
-fn fault_hook() {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let Some(after) = *AFTER.get_or_init(|| {
-        std::env::var(FAULT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    }) else {
-        return;
-    };
-    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 != after {
-        return;
+    pub(super) fn before_write() {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let Some(after) = *AFTER.get_or_init(|| {
+            std::env::var(FAULT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        }) else {
+            return;
+        };
+        if COUNT.fetch_add(1, Ordering::SeqCst) + 1 != after {
+            return;
+        }
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+        let sig = match std::env::var(FAULT_SIGNAL_ENV).as_deref().map(str::trim) {
+            Ok("INT") => SIGINT,
+            Ok("TERM") => SIGTERM,
+            Ok("HUP") => SIGHUP,
+            _ => SIGKILL,
+        };
+        eprintln!("skiff-flash: fault injected: signal {sig} after write {after} ({FAULT_ENV})");
+        let _ = signal_hook::low_level::raise(sig);
     }
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
-    let sig = match std::env::var(FAULT_SIGNAL_ENV).as_deref().map(str::trim) {
-        Ok("INT") => SIGINT,
-        Ok("TERM") => SIGTERM,
-        Ok("HUP") => SIGHUP,
-        _ => SIGKILL,
-    };
-    eprintln!("skiff-flash: fault injected: signal {sig} after write {after} ({FAULT_ENV})");
-    let _ = signal_hook::low_level::raise(sig);
+}
+
+#[cfg(not(feature = "fault-injection"))]
+mod fault {
+    pub(super) fn before_write() {}
 }
 
 /// The device as the writers see it: every write first checks for a stop request.
@@ -316,7 +326,7 @@ struct Guarded<'a>(&'a mut Device);
 
 impl Sink for Guarded<'_> {
     fn data(&mut self, offset: u64, b: &[u8]) -> std::io::Result<()> {
-        fault_hook();
+        fault::before_write();
         if crate::signals::interrupted() {
             return Err(crate::signals::interrupted_error());
         }

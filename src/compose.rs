@@ -13,7 +13,8 @@ use crate::format::table::{gpt, mbr};
 use crate::format::{self, FileRecord};
 use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
-use crate::progress::{Callback, Event, Phase};
+use crate::progress::Callback;
+use crate::sink::metered::{Count, Metered};
 use crate::sink::{Sink, Window};
 
 /// What was written where.
@@ -43,45 +44,6 @@ pub struct PartitionRecord {
     pub files: Vec<FileRecord>,
 }
 
-/// Counts data bytes passing to the inner sink and reports them (file content written so
-/// far, of the plan's total).
-struct Counting<'a, 'b> {
-    inner: &'a mut dyn Sink,
-    done: u64,
-    total: u64,
-    progress: Callback<'b>,
-}
-
-impl Sink for Counting<'_, '_> {
-    fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.data(offset, bytes)?;
-        self.done += bytes.len() as u64;
-        (self.progress)(&Event {
-            phase: Phase::Write,
-            device: None,
-            done: self.done.min(self.total),
-            total: self.total,
-        });
-        Ok(())
-    }
-
-    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.zeros(offset, len)
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn sequential(&self) -> bool {
-        self.inner.sequential()
-    }
-
-    fn hold(&mut self, on: bool) -> std::io::Result<()> {
-        self.inner.hold(on)
-    }
-}
-
 /// Writes every filesystem and the table of `plan` into `sink`.
 pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result<Manifest> {
     if sink.size() < plan.disk_size {
@@ -99,12 +61,7 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
             p.fs.as_ref().map_or(0, |f| f.content_bytes) + p.image.as_ref().map_or(0, |i| i.size)
         })
         .sum();
-    let mut sink = Counting {
-        inner: sink,
-        done: 0,
-        total,
-        progress,
-    };
+    let mut sink = Metered::new(sink, progress, None, Count::Data, total);
     let boot_code = boot_code(plan)?;
     let table = table_pieces(plan, &boot_code, sink.size());
     // A stream needs ascending offsets; anything else gets the table last, so an

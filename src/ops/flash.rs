@@ -29,9 +29,10 @@ use crate::error::{Error, Result};
 use crate::format::table::{self, gpt};
 use crate::io::{hex, nonzero_runs, read_full};
 use crate::plan::{self, Plan};
-use crate::progress::Callback;
+use crate::progress::{Callback, Event};
 use crate::sink::Sink;
-use crate::sink::tracking::{self, Meter, Tracking, Written};
+use crate::sink::metered::{Count, Metered};
+use crate::sink::tracking::{self, Tracking, Written};
 use crate::units::bytes;
 
 const MIB: u64 = 1 << 20;
@@ -345,17 +346,8 @@ impl Sink for Guarded<'_> {
     }
 }
 
-/// The device's writes, recorded for the read-back and counted for progress.
-type Recorder<'p, 'd> = Tracking<'p, Guarded<'d>>;
-
-fn recorder<'p, 'd>(dev: &'d mut Device, progress: Callback<'p>, total: u64) -> Recorder<'p, 'd> {
-    let meter = Meter {
-        on: progress,
-        device: dev.path().to_path_buf(),
-        total,
-    };
-    Tracking::new(Guarded(dev), Some(meter))
-}
+/// An image's writes to a device: recorded for the read-back, counted for progress.
+type Recorder<'p, 'd> = Metered<'p, Tracking<Guarded<'d>>>;
 
 /// Zeroes where old tables live (first MiB, last MiB) so that a failed write leaves no
 /// table that looks valid.
@@ -417,15 +409,16 @@ fn flash_plan(
 
 fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
     wipe(dev, plan)?;
-    let total = plan
-        .partitions
-        .iter()
-        .filter_map(|p| p.fs.as_ref())
-        .map(|f| f.content_bytes)
-        .sum();
-    let mut rec = recorder(dev, progress, total);
-    // The device's own meter counts what reaches it, so compose's count is not needed.
-    crate::compose::write(plan, &mut rec, &crate::progress::ignore)?;
+    let device = dev.path().to_path_buf();
+    let mut rec = Tracking::new(Guarded(dev));
+    // Compose's count of content written, told as this device's.
+    let on_device = |e: &Event| {
+        progress(&Event {
+            device: Some(device.clone()),
+            ..e.clone()
+        })
+    };
+    crate::compose::write(plan, &mut rec, &on_device)?;
     Ok(rec.into_written())
 }
 
@@ -938,7 +931,8 @@ fn write_stream(
     // GPT beyond the image must not survive.
     wipe_tables(dev)?;
     let path = dev.path().to_path_buf();
-    let mut rec = recorder(dev, progress, total);
+    let on = Some(path.clone());
+    let mut rec = Metered::new(Tracking::new(Guarded(dev)), progress, on, Count::All, total);
     let mut tables = HeldTables::new();
     let mut complete = false;
     for Chunk { offset, mut data } in stream.rx.iter() {
@@ -969,7 +963,7 @@ fn write_stream(
         )));
     }
     let parts = tables.write_last(&mut rec)?;
-    Ok((parts, rec.into_written()))
+    Ok((parts, rec.into_inner().into_written()))
 }
 
 /// The image's table sectors (both ends), held back and written after everything else is
@@ -1056,7 +1050,7 @@ impl HeldTables {
     /// Once everything else is on the medium: the backup table, then the held sectors from
     /// the far end to sector 0. Returns the image's partitions.
     fn write_last(self, rec: &mut Recorder<'_, '_>) -> Result<Vec<PlannedPart>> {
-        rec.inner_mut().0.sync()?;
+        rec.inner_mut().inner_mut().0.sync()?;
         for (o, b) in self.tail {
             rec.data(o, &b)
                 .map_err(|e| Error::io("writing the backup GPT", e))?;

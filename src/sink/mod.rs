@@ -6,6 +6,7 @@
 
 use std::io;
 
+pub mod metered;
 pub mod tracking;
 
 /// A byte-addressed destination.
@@ -24,6 +25,28 @@ pub trait Sink {
     /// that, writes ascend again. Writers announce their out-of-order phases with it.
     fn hold(&mut self, _on: bool) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl<T: Sink + ?Sized> Sink for &mut T {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        (**self).data(offset, bytes)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).zeros(offset, len)
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn sequential(&self) -> bool {
+        (**self).sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        (**self).hold(on)
     }
 }
 

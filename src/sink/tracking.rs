@@ -131,27 +131,17 @@ impl Written {
     }
 }
 
-/// Where write progress goes: the callback, the device named in its events, the total.
-pub struct Meter<'a> {
-    pub on: Callback<'a>,
-    pub device: std::path::PathBuf,
-    pub total: u64,
-}
-
-/// A sink that records every write to `inner` (see `Written`) and reports data writes to
-/// an optional meter.
-pub struct Tracking<'a, S: Sink> {
+/// A sink that records every write to `inner` (see `Written`).
+pub struct Tracking<S: Sink> {
     inner: S,
     written: Written,
-    meter: Option<Meter<'a>>,
 }
 
-impl<'a, S: Sink> Tracking<'a, S> {
-    pub fn new(inner: S, meter: Option<Meter<'a>>) -> Self {
+impl<S: Sink> Tracking<S> {
+    pub fn new(inner: S) -> Self {
         Tracking {
             inner,
             written: Written::new(),
-            meter,
         }
     }
 
@@ -168,18 +158,10 @@ impl<'a, S: Sink> Tracking<'a, S> {
     }
 }
 
-impl<S: Sink> Sink for Tracking<'_, S> {
+impl<S: Sink> Sink for Tracking<S> {
     fn data(&mut self, offset: u64, b: &[u8]) -> std::io::Result<()> {
         self.inner.data(offset, b)?;
         self.written.data(offset, b);
-        if let Some(m) = &self.meter {
-            (m.on)(&Event {
-                phase: Phase::Write,
-                device: Some(m.device.clone()),
-                done: self.written.bytes().min(m.total),
-                total: m.total,
-            });
-        }
         Ok(())
     }
 
@@ -275,7 +257,7 @@ mod tests {
 
     #[test]
     fn contiguous_writes_merge_within_a_mib_and_overwritten_ones_are_not_checked() {
-        let mut t = Tracking::new(MemSink::new(3 << 20), None);
+        let mut t = Tracking::new(MemSink::new(3 << 20));
         t.data(MIB - 4, &[1; 8]).unwrap();
         t.zeros(MIB + 4, 4).unwrap();
         t.data(2 * MIB, &[2; 16]).unwrap();

@@ -14,7 +14,7 @@ use crate::format::{self, FileRecord};
 use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
 use crate::progress::Callback;
-use crate::sink::metered::{Count, Metered};
+use crate::sink::metered::{Count, metered};
 use crate::sink::{Sink, Window};
 
 /// What was written where.
@@ -61,7 +61,7 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
             p.fs.as_ref().map_or(0, |f| f.content_bytes) + p.image.as_ref().map_or(0, |i| i.size)
         })
         .sum();
-    let mut sink = Metered::new(sink, progress, None, Count::Data, total);
+    let mut sink = metered(sink, progress, None, Count::Data, total);
     let boot_code = boot_code(plan)?;
     let table = table_pieces(plan, &boot_code, sink.size());
     // A stream needs ascending offsets; anything else gets the table last, so an

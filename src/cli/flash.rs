@@ -134,12 +134,17 @@ fn confirm(prepared: &Prepared) -> Result<()> {
     ask("Everything on these devices will be destroyed. Continue? [y/N] ")
 }
 
-fn device_line(i: &DeviceInfo) -> String {
-    let model = [i.vendor.as_deref(), i.model.as_deref()]
+/// Vendor and model, as the kernel reports them ("" when neither is known).
+fn model(d: &DeviceInfo) -> String {
+    [d.vendor.as_deref(), d.model.as_deref()]
         .into_iter()
         .flatten()
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+fn device_line(i: &DeviceInfo) -> String {
+    let model = model(i);
     format!(
         "  {}  {}  {} ({} bytes)  {}",
         i.path.display(),
@@ -289,11 +294,7 @@ pub fn devices(a: &DevicesArgs) -> Result<()> {
         println!("no removable disks found (use --all to list fixed disks too)");
     }
     for d in &list {
-        let model = [d.vendor.as_deref(), d.model.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let model = model(d);
         let mounted: Vec<String> = d
             .mountpoints
             .iter()

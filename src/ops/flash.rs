@@ -31,7 +31,7 @@ use crate::io::{hex, nonzero_runs, read_full};
 use crate::plan::{self, Plan};
 use crate::progress::{Callback, Event};
 use crate::sink::Sink;
-use crate::sink::metered::{Count, Metered};
+use crate::sink::metered::{Count, Metered, metered};
 use crate::sink::tracking::{self, Tracking, Written};
 use crate::units::bytes;
 
@@ -410,7 +410,7 @@ fn flash_plan(
 fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
     wipe(dev, plan)?;
     let device = dev.path().to_path_buf();
-    let mut rec = Tracking::new(Guarded(dev));
+    let mut rec = tracking::tracking(Guarded(dev));
     // Compose's count of content written, told as this device's.
     let on_device = |e: &Event| {
         progress(&Event {
@@ -419,7 +419,7 @@ fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result
         })
     };
     crate::compose::write(plan, &mut rec, &on_device)?;
-    Ok(rec.into_written())
+    Ok(rec.observer)
 }
 
 fn parts_of(plan: &Plan) -> Vec<PlannedPart> {
@@ -932,7 +932,13 @@ fn write_stream(
     wipe_tables(dev)?;
     let path = dev.path().to_path_buf();
     let on = Some(path.clone());
-    let mut rec = Metered::new(Tracking::new(Guarded(dev)), progress, on, Count::All, total);
+    let mut rec = metered(
+        tracking::tracking(Guarded(dev)),
+        progress,
+        on,
+        Count::All,
+        total,
+    );
     let mut tables = HeldTables::new();
     let mut complete = false;
     for Chunk { offset, mut data } in stream.rx.iter() {
@@ -963,7 +969,7 @@ fn write_stream(
         )));
     }
     let parts = tables.write_last(&mut rec)?;
-    Ok((parts, rec.into_inner().into_written()))
+    Ok((parts, rec.inner.observer))
 }
 
 /// The image's table sectors (both ends), held back and written after everything else is
@@ -1050,7 +1056,7 @@ impl HeldTables {
     /// Once everything else is on the medium: the backup table, then the held sectors from
     /// the far end to sector 0. Returns the image's partitions.
     fn write_last(self, rec: &mut Recorder<'_, '_>) -> Result<Vec<PlannedPart>> {
-        rec.inner_mut().inner_mut().0.sync()?;
+        rec.inner.inner.0.sync()?;
         for (o, b) in self.tail {
             rec.data(o, &b)
                 .map_err(|e| Error::io("writing the backup GPT", e))?;

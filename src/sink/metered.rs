@@ -1,11 +1,11 @@
-//! A sink wrapper that counts the bytes passing to its target and reports them as
-//! `progress::Phase::Write` events, for a bar or JSON lines.
+//! Counts the bytes reaching a sink and reports them as `progress::Phase::Write` events,
+//! for a bar or JSON lines.
 //!
 //! Not for rendering progress (the callback does) or recording writes (`tracking` does).
 
 use std::path::PathBuf;
 
-use super::Sink;
+use super::{Observed, Observer, Sink};
 use crate::progress::{Callback, Event, Phase};
 
 /// Which writes count towards the total.
@@ -17,8 +17,8 @@ pub enum Count {
     All,
 }
 
-pub struct Metered<'a, S: Sink> {
-    inner: S,
+/// The counter and where its events go.
+pub struct Meter<'a> {
     on: Callback<'a>,
     /// The device named in the events (`None`: an image file).
     device: Option<PathBuf>,
@@ -27,33 +27,32 @@ pub struct Metered<'a, S: Sink> {
     total: u64,
 }
 
-impl<'a, S: Sink> Metered<'a, S> {
-    pub fn new(
-        inner: S,
-        on: Callback<'a>,
-        device: Option<PathBuf>,
-        count: Count,
-        total: u64,
-    ) -> Self {
-        Metered {
-            inner,
+/// A sink whose writes are counted and reported.
+pub type Metered<'a, S> = Observed<S, Meter<'a>>;
+
+/// Wraps `inner` so that its writes are reported to `on`, of `total` bytes.
+pub fn metered<'a, S: Sink>(
+    inner: S,
+    on: Callback<'a>,
+    device: Option<PathBuf>,
+    count: Count,
+    total: u64,
+) -> Metered<'a, S> {
+    Observed {
+        inner,
+        observer: Meter {
             on,
             device,
             count,
             done: 0,
             total,
-        }
+        },
     }
+}
 
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
-    fn report(&self) {
+impl Observer for Meter<'_> {
+    fn data(&mut self, _offset: u64, bytes: &[u8]) {
+        self.done += bytes.len() as u64;
         (self.on)(&Event {
             phase: Phase::Write,
             device: self.device.clone(),
@@ -61,33 +60,10 @@ impl<'a, S: Sink> Metered<'a, S> {
             total: self.total,
         });
     }
-}
 
-impl<S: Sink> Sink for Metered<'_, S> {
-    fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.data(offset, bytes)?;
-        self.done += bytes.len() as u64;
-        self.report();
-        Ok(())
-    }
-
-    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.zeros(offset, len)?;
+    fn zeros(&mut self, _offset: u64, len: u64) {
         if self.count == Count::All {
             self.done += len;
         }
-        Ok(())
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn sequential(&self) -> bool {
-        self.inner.sequential()
-    }
-
-    fn hold(&mut self, on: bool) -> std::io::Result<()> {
-        self.inner.hold(on)
     }
 }

@@ -50,6 +50,44 @@ impl<T: Sink + ?Sized> Sink for &mut T {
     }
 }
 
+/// Told of every write that reached a sink (after it succeeded): recorders, meters.
+pub trait Observer {
+    fn data(&mut self, offset: u64, bytes: &[u8]);
+    fn zeros(&mut self, offset: u64, len: u64);
+}
+
+/// A sink that passes every write to `inner` and then tells `observer`.
+pub struct Observed<S, O> {
+    pub inner: S,
+    pub observer: O,
+}
+
+impl<S: Sink, O: Observer> Sink for Observed<S, O> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.inner.data(offset, bytes)?;
+        self.observer.data(offset, bytes);
+        Ok(())
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zeros(offset, len)?;
+        self.observer.zeros(offset, len);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn sequential(&self) -> bool {
+        self.inner.sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        self.inner.hold(on)
+    }
+}
+
 /// A region `[base, base+len)` of another sink, addressed from 0.
 pub struct Window<'a> {
     inner: &'a mut dyn Sink,

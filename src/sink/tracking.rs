@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::Sink;
+use super::{Observed, Observer, Sink};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::progress::{Callback, Event, Phase};
@@ -131,56 +131,24 @@ impl Written {
     }
 }
 
-/// A sink that records every write to `inner` (see `Written`).
-pub struct Tracking<S: Sink> {
-    inner: S,
-    written: Written,
-}
-
-impl<S: Sink> Tracking<S> {
-    pub fn new(inner: S) -> Self {
-        Tracking {
-            inner,
-            written: Written::new(),
-        }
+impl Observer for Written {
+    fn data(&mut self, offset: u64, bytes: &[u8]) {
+        Written::data(self, offset, bytes);
     }
 
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    pub fn written(&self) -> &Written {
-        &self.written
-    }
-
-    pub fn into_written(self) -> Written {
-        self.written
+    fn zeros(&mut self, offset: u64, len: u64) {
+        Written::zeros(self, offset, len);
     }
 }
 
-impl<S: Sink> Sink for Tracking<S> {
-    fn data(&mut self, offset: u64, b: &[u8]) -> std::io::Result<()> {
-        self.inner.data(offset, b)?;
-        self.written.data(offset, b);
-        Ok(())
-    }
+/// A sink whose writes are recorded (see `Written`).
+pub type Tracking<S> = Observed<S, Written>;
 
-    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.zeros(offset, len)?;
-        self.written.zeros(offset, len);
-        Ok(())
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn sequential(&self) -> bool {
-        self.inner.sequential()
-    }
-
-    fn hold(&mut self, on: bool) -> std::io::Result<()> {
-        self.inner.hold(on)
+/// Wraps `inner` so that its writes are recorded.
+pub fn tracking<S: Sink>(inner: S) -> Tracking<S> {
+    Observed {
+        inner,
+        observer: Written::new(),
     }
 }
 
@@ -257,12 +225,12 @@ mod tests {
 
     #[test]
     fn contiguous_writes_merge_within_a_mib_and_overwritten_ones_are_not_checked() {
-        let mut t = Tracking::new(MemSink::new(3 << 20));
+        let mut t = tracking(MemSink::new(3 << 20));
         t.data(MIB - 4, &[1; 8]).unwrap();
         t.zeros(MIB + 4, 4).unwrap();
         t.data(2 * MIB, &[2; 16]).unwrap();
         t.data(2 * MIB + 8, &[3; 4]).unwrap();
-        let w = t.into_written();
+        let w = t.observer;
         assert_eq!(w.bytes(), 32);
         let kept: Vec<(u64, u64)> = w.last_writes().iter().map(|s| (s.offset, s.len)).collect();
         // The segment at 2 MiB is overlapped by the later write inside it.

@@ -909,24 +909,19 @@ fn device_worker(
 ) -> Result<FlashReport> {
     let started = Instant::now();
     let mut dev = Device::open_exclusive(info)?;
-    let (parts, written) =
-        write_stream(&mut dev, &stream, total, progress).map_err(|e| fail(&mut dev, e))?;
-    let done = Done {
-        parts,
-        written,
-        started,
-    };
+    let done =
+        write_stream(&mut dev, &stream, total, progress, started).map_err(|e| fail(&mut dev, e))?;
     finish(info, dev, done, verify, progress)
 }
 
-/// Writes every chunk of the stream, table sectors last; returns the image's partitions
-/// and the record of the writes.
+/// Writes every chunk of the stream, table sectors last.
 fn write_stream(
     dev: &mut Device,
     stream: &Stream<'_>,
     total: u64,
     progress: Callback<'_>,
-) -> Result<(Vec<PlannedPart>, Written)> {
+    started: Instant,
+) -> Result<Done> {
     // Old tables first: the image's own start replaces the first MiB, and a stale backup
     // GPT beyond the image must not survive.
     wipe_tables(dev)?;
@@ -969,7 +964,11 @@ fn write_stream(
         )));
     }
     let parts = tables.write_last(&mut rec)?;
-    Ok((parts, rec.inner.observer))
+    Ok(Done {
+        parts,
+        written: rec.inner.observer,
+        started,
+    })
 }
 
 /// The image's table sectors (both ends), held back and written after everything else is

@@ -1,6 +1,8 @@
 //! Where a plan lands. A `Sink` takes positioned writes and "these bytes must read as zero"
 //! declarations; each target decides how to honour both (a fresh sparse file leaves holes).
 //! `Window` confines a writer to one region, so a filesystem writer never sees the whole disk.
+//! `Observed` tells an observer of every write that went through (the write record of
+//! `tracking`, the progress meter of `metered`).
 //!
 //! Targets decide nothing about content.
 

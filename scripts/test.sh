@@ -6,6 +6,8 @@
 # then `cargo test`, then the QEMU boot tests in a release build
 # (`cargo test --release --test boot`).
 # Extra arguments go to one `cargo test` instead (e.g. `scripts/test.sh --test build_pi4`).
+# The tests run with the `fault-injection` feature: the interruption tests stop the binary
+# mid-write through it (release builds leave it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,8 +91,8 @@ if [ "$(id -u)" = 0 ] && [ ! -e /dev/loop-control ]; then
 fi
 
 if (($#)); then
-  exec cargo test "$@"
+  exec cargo test --features fault-injection "$@"
 fi
 # The boot tests build and boot whole images: they run once, optimised, after the rest.
-cargo test -- --skip qemu_boot_
+cargo test --features fault-injection -- --skip qemu_boot_
 exec cargo test --release --test boot

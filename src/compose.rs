@@ -11,8 +11,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::format::table::{gpt, mbr};
 use crate::format::{self, FileRecord};
-use crate::io::{HashReader, read_full};
+use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
+use crate::progress::Callback;
+use crate::sink::metered::{Count, metered};
 use crate::sink::{Sink, Window};
 
 /// What was written where.
@@ -42,44 +44,8 @@ pub struct PartitionRecord {
     pub files: Vec<FileRecord>,
 }
 
-/// Progress: bytes of file content written so far, and the total.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
-
-/// Counts data bytes passing to the inner sink and reports them.
-struct Counting<'a, 'b> {
-    inner: &'a mut dyn Sink,
-    done: u64,
-    total: u64,
-    progress: Progress<'b>,
-}
-
-impl Sink for Counting<'_, '_> {
-    fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.data(offset, bytes)?;
-        self.done += bytes.len() as u64;
-        (self.progress)(self.done.min(self.total), self.total);
-        Ok(())
-    }
-
-    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.zeros(offset, len)
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn sequential(&self) -> bool {
-        self.inner.sequential()
-    }
-
-    fn hold(&mut self, on: bool) -> std::io::Result<()> {
-        self.inner.hold(on)
-    }
-}
-
 /// Writes every filesystem and the table of `plan` into `sink`.
-pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result<Composed> {
+pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result<Composed> {
     if sink.size() < plan.disk_size {
         return Err(Error::TooSmall {
             what: format!("board {}", plan.board),
@@ -95,12 +61,7 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Progress<'_>) -> Result
             p.fs.as_ref().map_or(0, |f| f.content_bytes) + p.image.as_ref().map_or(0, |i| i.size)
         })
         .sum();
-    let mut sink = Counting {
-        inner: sink,
-        done: 0,
-        total,
-        progress,
-    };
+    let mut sink = metered(sink, progress, None, Count::Data, total);
     let boot_code = boot_code(plan)?;
     let table = table_pieces(plan, &boot_code, sink.size());
     // A stream needs ascending offsets; anything else gets the table last, so an
@@ -191,9 +152,8 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         if n == 0 {
             break;
         }
-        for (run_start, run_end) in nonzero_runs(&buf[..n]) {
-            w.data(at + run_start as u64, &buf[run_start..run_end])
-                .map_err(io)?;
+        for run in nonzero_runs(&buf[..n], IMAGE_BLOCK) {
+            w.data(at + run.start as u64, &buf[run]).map_err(io)?;
         }
         at += n as u64;
     }
@@ -208,22 +168,6 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         size: image.size,
         sha256: reader.finish(),
     })
-}
-
-/// Byte ranges of `buf` made of consecutive blocks that are not all zero.
-fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, block) in buf.chunks(IMAGE_BLOCK).enumerate() {
-        if block.iter().all(|b| *b == 0) {
-            continue;
-        }
-        let (s, e) = (i * IMAGE_BLOCK, i * IMAGE_BLOCK + block.len());
-        match runs.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => runs.push((s, e)),
-        }
-    }
-    runs
 }
 
 /// The table as (offset, bytes) pieces for a disk of `disk_bytes`.
@@ -324,27 +268,4 @@ fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
         length: r.length,
         sha256: reader.finish(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nonzero_runs;
-
-    #[test]
-    fn zero_blocks_are_left_out_and_runs_merge() {
-        let mut buf = vec![0u8; 5 * 4096 + 100];
-        buf[10] = 1;
-        buf[4096 + 5] = 2;
-        buf[3 * 4096] = 3;
-        buf[5 * 4096 + 99] = 4;
-        assert_eq!(
-            nonzero_runs(&buf),
-            vec![
-                (0, 2 * 4096),
-                (3 * 4096, 4 * 4096),
-                (5 * 4096, 5 * 4096 + 100)
-            ]
-        );
-        assert!(nonzero_runs(&[0; 8192]).is_empty());
-    }
 }

@@ -165,6 +165,24 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Byte ranges of `buf` made of consecutive `block`-sized pieces that are not all zero (the
+/// last piece may be shorter). What lies between them is all zero: writers leave it out or
+/// declare it zero, the way a sparse file has holes.
+pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, piece) in buf.chunks(block.max(1)).enumerate() {
+        if piece.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let (s, e) = (i * block, i * block + piece.len());
+        match runs.last_mut() {
+            Some(last) if last.end == s => last.end = e,
+            _ => runs.push(s..e),
+        }
+    }
+    runs
+}
+
 /// Positioned reads from a disk, image or buffer (shared, no cursor).
 /// Opens a device or image file to read (inspect, verify): a missing path is bad input.
 pub fn open_target(target: &std::path::Path) -> crate::Result<std::fs::File> {
@@ -265,5 +283,19 @@ mod tests {
             r.finish(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn zero_blocks_are_left_out_and_runs_merge() {
+        let mut buf = vec![0u8; 5 * 4096 + 100];
+        buf[10] = 1;
+        buf[4096 + 5] = 2;
+        buf[3 * 4096] = 3;
+        buf[5 * 4096 + 99] = 4;
+        assert_eq!(
+            nonzero_runs(&buf, 4096),
+            vec![0..2 * 4096, 3 * 4096..4 * 4096, 5 * 4096..5 * 4096 + 100]
+        );
+        assert!(nonzero_runs(&[0; 8192], 4096).is_empty());
     }
 }

@@ -15,6 +15,7 @@ pub mod image;
 pub mod io;
 pub mod ops;
 pub mod plan;
+pub mod progress;
 pub mod signals;
 pub mod sink;
 pub mod units;

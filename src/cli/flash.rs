@@ -1,20 +1,22 @@
-//! The `flash` and `devices` commands: pick and check devices, confirm, write, report.
+//! The `flash` and `devices` commands: turn the arguments into a request, show what the
+//! library prepared, confirm, write, report. Every check is the library's (`ops::flash`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use clap::Args;
 
 use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
-use skiff_flash::device::{self, DeviceInfo, SafetyPolicy};
-use skiff_flash::image::bmap::Bmap;
-use skiff_flash::image::read::ImageSource;
-use skiff_flash::ops::flash::{self, OnProgress, Progress, Report};
+use skiff_flash::device::{self, DeviceInfo};
+use skiff_flash::ops::flash::{
+    self, BoardSource, FlashRequest, FlashSource, Outcome, Prepared, Summary,
+};
+use skiff_flash::progress::Event;
 use skiff_flash::units::{bytes, human};
-use skiff_flash::{Error, Result, plan};
+use skiff_flash::{Error, Result};
 
 #[derive(Args)]
 pub struct FlashArgs {
@@ -69,146 +71,92 @@ pub struct DevicesArgs {
     json: bool,
 }
 
-/// What will be written: per-device plans for a board, or one image.
-enum Source {
-    Board(Vec<plan::Plan>),
-    Image {
-        path: PathBuf,
-        bmap: Option<Bmap>,
-        size: u64,
-    },
-}
-
+/// `load` gives the board by name (empty: the SkiffOS config list's board).
 pub fn flash(
     a: &FlashArgs,
     quiet: bool,
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
-    // Everything that can refuse happens before any device is opened for writing.
-    let infos = a
-        .devices
-        .iter()
-        .map(|d| device::inspect(d))
-        .collect::<Result<Vec<_>>>()?;
-    for (i, info) in infos.iter().enumerate() {
-        if infos[..i]
-            .iter()
-            .any(|o| o.major == info.major && o.minor == info.minor)
-        {
-            return Err(Error::Usage(format!(
-                "{} is named twice",
-                info.path.display()
-            )));
-        }
-    }
-    let (source, min_size, what) = source(a, &infos, load, epoch)?;
-    let policy = SafetyPolicy {
-        allow_fixed: a.allow_fixed_disk,
-        min_size,
-    };
-    for info in &infos {
-        device::check(info, &policy)?;
-    }
+    let prepared = flash::prepare(&request(a, &load, epoch))?;
     if !a.yes {
-        confirm(&infos, &what)?;
+        confirm(&prepared)?;
     }
-    // From here on a signal stops the writers, which wipe the table areas before exiting.
-    skiff_flash::signals::install_interrupt_flag()
-        .map_err(|e| Error::io("installing the signal handlers", e))?;
-    let cb = progress(a.json, quiet, &infos);
-    let results: Vec<Result<Report>> = match source {
-        Source::Board(plans) => std::thread::scope(|s| {
-            let handles: Vec<_> = infos
-                .iter()
-                .zip(&plans)
-                .map(|(info, plan)| {
-                    let cb = cb.clone();
-                    s.spawn(move || flash::flash_plan(info, plan, !a.no_verify, &cb))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Internal("a device thread panicked".into())))
-                })
-                .collect()
-        }),
-        Source::Image { path, bmap, size } => {
-            flash::flash_image(&infos, &path, bmap, size, !a.no_verify, cb.clone())
-        }
-    };
-    summarize(a, quiet, &infos, results)
+    let devices: Vec<PathBuf> = prepared.devices().iter().map(|i| i.path.clone()).collect();
+    let render = progress(a.json, quiet, &devices);
+    let outcomes = prepared.write(&*render)?;
+    summarize(a, quiet, outcomes)
 }
 
-fn source(
+fn request<'a>(
     a: &FlashArgs,
-    infos: &[DeviceInfo],
-    load: impl Fn(&str) -> Result<Board>,
+    load: &'a impl Fn(&str) -> Result<Board>,
     epoch: i64,
-) -> Result<(Source, u64, String)> {
-    if let Some(image) = &a.image {
-        let ImageSource { bmap, size, .. } = ImageSource::open(image, a.bmap.as_deref())?;
-        let what = format!("image {} ({})", image.display(), human(size));
-        return Ok((
-            Source::Image {
-                path: image.clone(),
-                bmap,
-                size,
-            },
-            size,
-            what,
-        ));
-    }
-    let shown = a.genimage.as_ref().map(|g| g.display().to_string());
-    // Without --board or --genimage, `load` takes the SkiffOS config list's board.
-    let name = a.board.as_deref().or(shown.as_deref()).unwrap_or_default();
-    let board = load(name)?;
-    let name = if name.is_empty() { &board.name } else { name };
-    let base = a.dir.plan_options(epoch, a.seed.clone());
-    let opts = |size| plan::Options {
-        size,
-        ..base.clone()
-    };
-    let min = plan::make(&board, &opts(None))?.disk_size;
-    let mut plans = Vec::new();
-    for info in infos {
-        if info.size >= min {
-            plans.push(plan::make(&board, &opts(Some(info.size)))?);
+) -> FlashRequest<'a> {
+    let source = match &a.image {
+        Some(image) => FlashSource::Image {
+            path: image.clone(),
+            bmap: a.bmap.clone(),
+        },
+        None => {
+            let shown = a.genimage.as_ref().map(|g| g.display().to_string());
+            let name = a.board.clone().or(shown).unwrap_or_default();
+            let asked = name.clone();
+            FlashSource::Board(Box::new(BoardSource {
+                load: Box::new(move || load(&asked)),
+                name,
+                options: a.dir.plan_options(epoch, a.seed.clone()),
+            }))
         }
+    };
+    FlashRequest {
+        devices: a.devices.clone(),
+        source,
+        verify: !a.no_verify,
+        allow_fixed: a.allow_fixed_disk,
     }
-    Ok((Source::Board(plans), min, format!("board {name}")))
 }
 
-fn confirm(infos: &[DeviceInfo], what: &str) -> Result<()> {
+fn confirm(prepared: &Prepared) -> Result<()> {
     need_terminal()?;
+    let what = match prepared.summary() {
+        Summary::Board { name } => format!("board {name}"),
+        Summary::Image { path, size } => format!("image {} ({})", path.display(), human(*size)),
+    };
     let mut err = std::io::stderr();
     let _ = writeln!(err, "About to write {what} to:");
-    for i in infos {
-        let model = [i.vendor.as_deref(), i.model.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let _ = writeln!(
-            err,
-            "  {}  {}  {} ({} bytes)  {}",
-            i.path.display(),
-            if model.is_empty() {
-                "(no model)"
-            } else {
-                &model
-            },
-            human(i.size),
-            bytes(i.size),
-            i.transport
-        );
+    for i in prepared.devices() {
+        let _ = writeln!(err, "{}", device_line(i));
         for p in &i.partitions {
             let _ = writeln!(err, "      {}  {}", p.name, human(p.size));
         }
     }
     ask("Everything on these devices will be destroyed. Continue? [y/N] ")
+}
+
+/// Vendor and model, as the kernel reports them ("" when neither is known).
+fn model(d: &DeviceInfo) -> String {
+    [d.vendor.as_deref(), d.model.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn device_line(i: &DeviceInfo) -> String {
+    let model = model(i);
+    format!(
+        "  {}  {}  {} ({} bytes)  {}",
+        i.path.display(),
+        if model.is_empty() {
+            "(no model)"
+        } else {
+            &model
+        },
+        human(i.size),
+        bytes(i.size),
+        i.transport
+    )
 }
 
 /// Asks a yes/no question on the terminal; anything but yes is an error.
@@ -238,15 +186,18 @@ pub(super) fn need_terminal() -> Result<()> {
     }
 }
 
-fn progress(json: bool, quiet: bool, infos: &[DeviceInfo]) -> OnProgress {
+/// Renders progress events: JSON lines (one per device, phase and percent), one bar per
+/// device on a terminal, or nothing.
+fn progress(json: bool, quiet: bool, devices: &[PathBuf]) -> Box<dyn Fn(&Event) + Sync> {
     if json {
-        let last = Mutex::new(std::collections::HashMap::<PathBuf, (String, u64)>::new());
-        return Arc::new(move |p: Progress| {
+        let last = Mutex::new(std::collections::HashMap::<PathBuf, (&str, u64)>::new());
+        return Box::new(move |p: &Event| {
             let pct = p.done * 100 / p.total.max(1);
             let mut seen = last.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (p.phase.to_string(), pct);
-            if seen.get(&p.device) != Some(&key) {
-                seen.insert(p.device.clone(), key);
+            let key = (p.phase.as_str(), pct);
+            let device = p.device.clone().unwrap_or_default();
+            if seen.get(&device) != Some(&key) {
+                seen.insert(device, key);
                 println!(
                     "{}",
                     serde_json::json!({"event": "progress", "device": p.device, "phase": p.phase, "done": p.done, "total": p.total})
@@ -255,7 +206,7 @@ fn progress(json: bool, quiet: bool, infos: &[DeviceInfo]) -> OnProgress {
         });
     }
     if quiet || !std::io::stderr().is_terminal() {
-        return Arc::new(|_| {});
+        return Box::new(|_: &Event| {});
     }
     let multi = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template(
@@ -263,35 +214,31 @@ fn progress(json: bool, quiet: bool, infos: &[DeviceInfo]) -> OnProgress {
     )
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     .progress_chars("=> ");
-    let bars: Vec<(PathBuf, indicatif::ProgressBar)> = infos
+    let bars: Vec<(PathBuf, indicatif::ProgressBar)> = devices
         .iter()
-        .map(|i| {
+        .map(|d| {
             let b = multi.add(indicatif::ProgressBar::new(0));
             b.set_style(style.clone());
-            b.set_prefix(i.path.display().to_string());
-            (i.path.clone(), b)
+            b.set_prefix(d.display().to_string());
+            (d.clone(), b)
         })
         .collect();
-    Arc::new(move |p: Progress| {
-        if let Some((_, b)) = bars.iter().find(|(d, _)| *d == p.device) {
-            b.set_message(p.phase);
+    Box::new(move |p: &Event| {
+        if let Some((_, b)) = bars.iter().find(|(d, _)| Some(d) == p.device.as_ref()) {
+            b.set_message(p.phase.as_str());
             b.set_length(p.total);
             b.set_position(p.done);
         }
     })
 }
 
-fn summarize(
-    a: &FlashArgs,
-    quiet: bool,
-    infos: &[DeviceInfo],
-    results: Vec<Result<Report>>,
-) -> Result<()> {
+fn summarize(a: &FlashArgs, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
+    let count = outcomes.len();
     let mut failed = Vec::new();
     // Refused devices alone (busy, changed) are bad input: exit 2 unless a write failed.
     let mut refused_only = true;
-    for (info, r) in infos.iter().zip(results) {
-        match r {
+    for Outcome { device, result } in outcomes {
+        match result {
             Ok(rep) if a.json => println!(
                 "{}",
                 serde_json::json!({"event": "done", "ok": true, "report": rep})
@@ -309,28 +256,23 @@ fn summarize(
                 if a.json {
                     println!(
                         "{}",
-                        serde_json::json!({"event": "done", "ok": false, "device": info.path, "error": msg})
+                        serde_json::json!({"event": "done", "ok": false, "device": device, "error": msg})
                     );
                 }
                 refused_only &= e.exit_code() == 2;
-                failed.push(format!("{}: {msg}", info.path.display()));
+                failed.push(format!("{}: {msg}", device.display()));
             }
         }
     }
     match failed.len() {
         0 => Ok(()),
         n if refused_only => Err(Error::Usage(format!(
-            "{}: {n} of {} devices refused",
+            "{}: {n} of {count} devices refused",
             failed.join("; "),
-            infos.len()
         ))),
-        _ => Err(Error::io(
+        n => Err(Error::io(
             failed.join("; "),
-            std::io::Error::other(format!(
-                "{} of {} devices failed",
-                failed.len(),
-                infos.len()
-            )),
+            std::io::Error::other(format!("{n} of {count} devices failed")),
         )),
     }
 }
@@ -352,11 +294,7 @@ pub fn devices(a: &DevicesArgs) -> Result<()> {
         println!("no removable disks found (use --all to list fixed disks too)");
     }
     for d in &list {
-        let model = [d.vendor.as_deref(), d.model.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let model = model(d);
         let mounted: Vec<String> = d
             .mountpoints
             .iter()

@@ -523,16 +523,16 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         b.set_message(format!("building {}", a.output.display()));
         b
     };
-    let mut progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
+    let progress = |e: &skiff_flash::progress::Event| {
+        bar.set_length(e.total);
+        bar.set_position(e.done);
     };
     let opts = skiff_flash::ops::build::BuildOptions {
         format: Format::from_path(&a.output, a.level)?,
         bmap: a.bmap,
         checksums: a.checksums,
     };
-    let result = skiff_flash::ops::build::build_image(&plan, &a.output, opts, &mut progress);
+    let result = skiff_flash::ops::build::build_image(&plan, &a.output, opts, &progress);
     bar.finish_and_clear();
     let report = result?;
     let elapsed = started.elapsed();

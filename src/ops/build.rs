@@ -55,7 +55,7 @@ pub fn build_image(
     plan: &crate::plan::Plan,
     output: &Path,
     opts: BuildOptions,
-    progress: crate::compose::Progress<'_>,
+    progress: crate::progress::Callback<'_>,
 ) -> Result<BuildReport> {
     let inputs = crate::image::output::Inputs::of_plan(plan);
     // The image first: its refusal is the one to report.

@@ -1,45 +1,110 @@
 //! Writing to block devices: a board composed straight onto the device (no intermediate
 //! image), or a built image (raw or compressed) decoded once and fanned out to every device.
 //!
+//! `prepare` does everything that can refuse (devices named twice, device inspection and
+//! safety policy, a plan per device size, image and block-map checks) and opens nothing for
+//! writing; `Prepared::write` then writes every device in its own thread.
+//!
 //! Order on a device: wipe the old table areas and each new partition's signature area,
 //! write the filesystems and blobs, write the new table last, sync, make the kernel see the
 //! partitions, then read back everything written and compare. A failure at any point wipes
-//! the table areas again, so a half-written card never looks bootable. Every refusal happens
-//! in `device::check` before the device is opened for writing.
+//! the table areas again, so a half-written card never looks bootable.
 //!
-//! Not for deciding content (the plan does) or device policy (blockdev does).
+//! Not for deciding content (the plan does), device policy (`device` does) or asking
+//! anyone anything (the caller confirms between `prepare` and `write`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::thread::ScopedJoinHandle;
 use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::device::{self, Device, DeviceInfo, PlannedPart};
+use crate::define::board::Board;
+use crate::device::{self, Device, DeviceInfo, PlannedPart, SafetyPolicy};
 use crate::error::{Error, Result};
 use crate::format::table::read::{DiskTable, Scheme};
 use crate::format::table::{self, gpt};
-use crate::image::bmap::{Bmap, mapped_parts};
-use crate::image::read::{codec_of, corrupt, open_image};
-use crate::io::{hex, read_full};
-use crate::plan::Plan;
+use crate::image::bmap::mapped_parts;
+use crate::image::read::{ImageSource, codec_of, corrupt, open_image};
+use crate::io::{nonzero_runs, read_full};
+use crate::plan::{self, Plan};
+use crate::progress::{Callback, Event};
 use crate::sink::Sink;
+use crate::sink::metered::{Count, Metered, metered};
+use crate::sink::tracking::{self, Tracking, Written};
 use crate::units::{Extent, bytes};
 
 const MIB: u64 = 1 << 20;
 
-/// Written segments by offset: length and SHA-256.
-type Segments = BTreeMap<u64, (u64, String)>;
-
 /// Table bytes to write: (offset, bytes).
 type Pieces = Vec<(u64, Vec<u8>)>;
 
+/// What to write, onto which devices, and how carefully.
+pub struct FlashRequest<'a> {
+    /// Whole-disk devices, written in parallel.
+    pub devices: Vec<PathBuf>,
+    pub source: FlashSource<'a>,
+    /// Read back and compare everything written.
+    pub verify: bool,
+    /// Accept disks that are not removable, USB, SD, MMC or loop.
+    pub allow_fixed: bool,
+}
+
+/// Where the bytes come from.
+pub enum FlashSource<'a> {
+    /// A board composed for each device's size.
+    Board(Box<BoardSource<'a>>),
+    /// A built image, raw or compressed, and its block map (default: IMAGE.bmap beside it,
+    /// when there is one).
+    Image {
+        path: PathBuf,
+        bmap: Option<PathBuf>,
+    },
+}
+
+/// A board to compose: `load` gives it (from the catalog, a genimage config, SkiffOS…);
+/// `name` is how messages call it (empty: the board's own name); `options` are the plan
+/// options, their size left to each device.
+pub struct BoardSource<'a> {
+    pub load: Box<dyn Fn() -> Result<Board> + 'a>,
+    pub name: String,
+    pub options: plan::Options,
+}
+
+/// What will be written, for the confirmation.
+#[derive(Debug, Clone)]
+pub enum Summary {
+    Board { name: String },
+    Image { path: PathBuf, size: u64 },
+}
+
+/// Checked and ready: nothing has been opened for writing yet.
+pub struct Prepared {
+    summary: Summary,
+    job: Job,
+    verify: bool,
+}
+
+/// Each device with what it gets.
+enum Job {
+    Board(Vec<BoardTarget>),
+    Image {
+        image: ImageSource,
+        devices: Vec<DeviceInfo>,
+    },
+}
+
+/// A device and the plan made for its size.
+struct BoardTarget {
+    info: DeviceInfo,
+    plan: Plan,
+}
+
 /// What happened on one device.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct FlashReport {
     pub device: PathBuf,
     /// Bytes written (data and required zeros), wipes excluded.
     pub bytes_written: u64,
@@ -50,144 +115,212 @@ pub struct Report {
     pub reread: Option<String>,
 }
 
-/// Progress of one device: bytes done of a total, and the phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
+/// One device's result; a failing device does not stop the others.
+pub struct Outcome {
     pub device: PathBuf,
-    pub phase: &'static str,
-    pub done: u64,
-    pub total: u64,
+    pub result: Result<FlashReport>,
 }
 
-/// Shared progress callback (devices are written from several threads).
-pub type OnProgress = Arc<dyn Fn(Progress) + Send + Sync>;
-
-/// Records what is written (1 MiB-bounded segments with their SHA-256) for the read-back.
-struct Recorder<'a> {
-    dev: &'a mut Device,
-    segments: Segments,
-    open: Option<(u64, u64, Sha256)>,
-    written: u64,
-    progress: Option<(&'a OnProgress, u64)>,
-}
-
-impl<'a> Recorder<'a> {
-    fn new(dev: &'a mut Device) -> Self {
-        Recorder {
-            dev,
-            segments: BTreeMap::new(),
-            open: None,
-            written: 0,
-            progress: None,
-        }
-    }
-
-    fn close(&mut self) {
-        if let Some((start, len, h)) = self.open.take() {
-            self.segments.insert(start, (len, hex(&h.finalize())));
-        }
-    }
-
-    /// Adds `len` bytes at `at` to the record; `feed` hashes them.
-    fn record(&mut self, mut at: u64, bytes: Option<&[u8]>, mut len: u64) {
-        let mut consumed = 0usize;
-        while len > 0 {
-            let room = MIB - at % MIB;
-            let n = len.min(room);
-            let contiguous =
-                matches!(&self.open, Some((s, l, _)) if s + l == at && !at.is_multiple_of(MIB));
-            if !contiguous {
-                self.close();
-                self.open = Some((at, 0, Sha256::new()));
-            }
-            if let Some((_, l, h)) = self.open.as_mut() {
-                match bytes {
-                    Some(b) => h.update(&b[consumed..consumed + n as usize]),
-                    None => h.update(vec![0u8; n as usize]),
-                }
-                *l += n;
-            }
-            consumed += n as usize;
-            at += n;
-            len -= n;
-        }
-    }
-
-    fn report(&self) {
-        if let Some((cb, total)) = self.progress {
-            cb(Progress {
-                device: self.dev.path().to_path_buf(),
-                phase: "write",
-                done: self.written.min(total),
-                total,
-            });
-        }
-    }
-
-    fn finish(mut self) -> (Segments, u64) {
-        self.close();
-        (self.segments, self.written)
-    }
-}
-
-/// Test hook: after this many device writes, the process sends itself a signal
-/// (`FAULT_SIGNAL_ENV`: INT, TERM, HUP, or KILL by default), as an interruption would.
-pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
-pub const FAULT_SIGNAL_ENV: &str = "SKIFF_FLASH_FAULT_SIGNAL";
-
-fn fault_hook() {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let Some(after) = *AFTER.get_or_init(|| {
-        std::env::var(FAULT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    }) else {
-        return;
+/// Checks everything that can refuse, in the order the refusals are reported: the devices
+/// (each named once), the source (image and block map, or the board and its smallest plan),
+/// then every device against the safety policy and the size needed, then a plan per device.
+pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
+    let infos = inspect_all(&req.devices)?;
+    let policy = |min_size| SafetyPolicy {
+        allow_fixed: req.allow_fixed,
+        min_size,
     };
-    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 != after {
-        return;
-    }
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
-    let sig = match std::env::var(FAULT_SIGNAL_ENV).as_deref().map(str::trim) {
-        Ok("INT") => SIGINT,
-        Ok("TERM") => SIGTERM,
-        Ok("HUP") => SIGHUP,
-        _ => SIGKILL,
+    let (summary, job) = match &req.source {
+        FlashSource::Image { path, bmap } => {
+            let image = ImageSource::open(path, bmap.as_deref())?;
+            check_all(&infos, &policy(image.size))?;
+            let summary = Summary::Image {
+                path: path.clone(),
+                size: image.size,
+            };
+            (
+                summary,
+                Job::Image {
+                    image,
+                    devices: infos,
+                },
+            )
+        }
+        FlashSource::Board(b) => {
+            let BoardSource {
+                load,
+                name,
+                options,
+            } = &**b;
+            let board = load()?;
+            let opts = |size| plan::Options {
+                size,
+                ..options.clone()
+            };
+            let min = plan::make(&board, &opts(None))?.disk_size;
+            check_all(&infos, &policy(min))?;
+            let targets = infos
+                .into_iter()
+                .map(|info| {
+                    let plan = plan::make(&board, &opts(Some(info.size)))?;
+                    Ok(BoardTarget { info, plan })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let name = if name.is_empty() { &board.name } else { name };
+            (Summary::Board { name: name.clone() }, Job::Board(targets))
+        }
     };
-    eprintln!("skiff-flash: fault injected: signal {sig} after write {after} ({FAULT_ENV})");
-    let _ = signal_hook::low_level::raise(sig);
+    Ok(Prepared {
+        summary,
+        job,
+        verify: req.verify,
+    })
 }
 
-impl Sink for Recorder<'_> {
+/// Inspects every device; the same device named twice (by any path) is refused.
+fn inspect_all(paths: &[PathBuf]) -> Result<Vec<DeviceInfo>> {
+    let infos = paths
+        .iter()
+        .map(|d| device::inspect(d))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, info) in infos.iter().enumerate() {
+        if infos[..i]
+            .iter()
+            .any(|o| o.major == info.major && o.minor == info.minor)
+        {
+            return Err(Error::Usage(format!(
+                "{} is named twice",
+                info.path.display()
+            )));
+        }
+    }
+    Ok(infos)
+}
+
+fn check_all(infos: &[DeviceInfo], policy: &SafetyPolicy) -> Result<()> {
+    for info in infos {
+        device::check(info, policy)?;
+    }
+    Ok(())
+}
+
+impl Prepared {
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// The devices that will be written, in the order given.
+    pub fn devices(&self) -> Vec<&DeviceInfo> {
+        match &self.job {
+            Job::Board(targets) => targets.iter().map(|t| &t.info).collect(),
+            Job::Image { devices, .. } => devices.iter().collect(),
+        }
+    }
+
+    /// Writes every device, each in its own thread, and returns one outcome per device in
+    /// the order given. From here on an interrupting signal stops the writers, which wipe
+    /// the table areas before the process ends.
+    pub fn write(&self, progress: Callback<'_>) -> Result<Vec<Outcome>> {
+        crate::signals::install_interrupt_flag()
+            .map_err(|e| Error::io("installing the signal handlers", e))?;
+        Ok(match &self.job {
+            Job::Board(targets) => write_boards(targets, self.verify, progress),
+            Job::Image { image, devices } => write_image(devices, image, self.verify, progress),
+        })
+    }
+}
+
+/// One thread per device, each composing its own plan.
+fn write_boards(targets: &[BoardTarget], verify: bool, progress: Callback<'_>) -> Vec<Outcome> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| s.spawn(move || flash_plan(&t.info, &t.plan, verify, progress)))
+            .collect();
+        targets
+            .iter()
+            .zip(handles)
+            .map(|(t, h)| Outcome {
+                device: t.info.path.clone(),
+                result: joined(h),
+            })
+            .collect()
+    })
+}
+
+/// A device thread's result; a thread that panicked is the tool's own failure.
+fn joined(h: ScopedJoinHandle<'_, Result<FlashReport>>) -> Result<FlashReport> {
+    h.join()
+        .unwrap_or_else(|_| Err(Error::Internal("a device thread panicked".into())))
+}
+
+/// Fault injection for the interruption tests, compiled only with the `fault-injection`
+/// feature (release binaries have none): after `FAULT_ENV` device writes, the process sends
+/// itself a signal (`FAULT_SIGNAL_ENV`: INT, TERM, HUP, or KILL by default), as an
+/// interruption would.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    pub const FAULT_ENV: &str = "SKIFF_FLASH_FAULT_AFTER_WRITES";
+    pub const FAULT_SIGNAL_ENV: &str = "SKIFF_FLASH_FAULT_SIGNAL";
+
+    pub(super) fn before_write() {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let Some(after) = *AFTER.get_or_init(|| {
+            std::env::var(FAULT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        }) else {
+            return;
+        };
+        if COUNT.fetch_add(1, Ordering::SeqCst) + 1 != after {
+            return;
+        }
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+        let sig = match std::env::var(FAULT_SIGNAL_ENV).as_deref().map(str::trim) {
+            Ok("INT") => SIGINT,
+            Ok("TERM") => SIGTERM,
+            Ok("HUP") => SIGHUP,
+            _ => SIGKILL,
+        };
+        eprintln!("skiff-flash: fault injected: signal {sig} after write {after} ({FAULT_ENV})");
+        let _ = signal_hook::low_level::raise(sig);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+mod fault {
+    pub(super) fn before_write() {}
+}
+
+/// The device as the writers see it: every write first checks for a stop request.
+struct Guarded<'a>(&'a mut Device);
+
+impl Sink for Guarded<'_> {
     fn data(&mut self, offset: u64, b: &[u8]) -> std::io::Result<()> {
-        fault_hook();
+        fault::before_write();
         if crate::signals::interrupted() {
             return Err(crate::signals::interrupted_error());
         }
-        self.dev.data(offset, b)?;
-        self.record(offset, Some(b), b.len() as u64);
-        self.written += b.len() as u64;
-        self.report();
-        Ok(())
+        self.0.data(offset, b)
     }
 
     fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
         if crate::signals::interrupted() {
             return Err(crate::signals::interrupted_error());
         }
-        self.dev.zeros(offset, len)?;
-        self.record(offset, None, len);
-        self.written += len;
-        Ok(())
+        self.0.zeros(offset, len)
     }
 
     fn size(&self) -> u64 {
-        self.dev.size()
+        self.0.size()
     }
 }
+
+/// An image's writes to a device: recorded for the read-back, counted for progress.
+type Recorder<'p, 'd> = Metered<'p, Tracking<Guarded<'d>>>;
 
 /// Zeroes where old tables live (first MiB, last MiB) so that a failed write leaves no
 /// table that looks valid.
@@ -230,34 +363,36 @@ fn fail(dev: &mut Device, e: Error) -> Error {
 }
 
 /// Composes `plan` (made for this device's size) straight onto the device.
-pub fn flash_plan(info: &DeviceInfo, plan: &Plan, verify: bool, cb: &OnProgress) -> Result<Report> {
+fn flash_plan(
+    info: &DeviceInfo,
+    plan: &Plan,
+    verify: bool,
+    progress: Callback<'_>,
+) -> Result<FlashReport> {
     let started = Instant::now();
     let mut dev = Device::open_exclusive(info)?;
-    let result = (|| -> Result<(Segments, u64)> {
-        wipe(&mut dev, plan)?;
-        let mut rec = Recorder::new(&mut dev);
-        let total = plan
-            .partitions
-            .iter()
-            .filter_map(|p| p.fs.as_ref())
-            .map(|f| f.content_bytes)
-            .sum();
-        rec.progress = Some((cb, total));
-        let mut progress = |_: u64, _: u64| {};
-        crate::compose::write(plan, &mut rec, &mut progress)?;
-        Ok(rec.finish())
-    })();
-    let (segments, written) = result.map_err(|e| fail(&mut dev, e))?;
-    finish(
-        info,
-        dev,
-        &parts_of(plan),
-        segments,
+    let written = compose_onto(&mut dev, plan, progress).map_err(|e| fail(&mut dev, e))?;
+    let done = Done {
+        parts: parts_of(plan),
         written,
-        verify,
-        cb,
         started,
-    )
+    };
+    finish(info, dev, done, verify, progress)
+}
+
+fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
+    wipe(dev, plan)?;
+    let device = dev.path().to_path_buf();
+    let mut rec = tracking::tracking(Guarded(dev));
+    // Compose's count of content written, told as this device's.
+    let on_device = |e: &Event| {
+        progress(&Event {
+            device: Some(device.clone()),
+            ..e.clone()
+        })
+    };
+    crate::compose::write(plan, &mut rec, &on_device)?;
+    Ok(rec.observer)
 }
 
 fn parts_of(plan: &Plan) -> Vec<PlannedPart> {
@@ -295,95 +430,37 @@ fn wipe(dev: &mut Device, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a device's write left to finish: the partitions to announce, the record of the
+/// writes, and when it started.
+struct Done {
+    parts: Vec<PlannedPart>,
+    written: Written,
+    started: Instant,
+}
+
+/// Syncs, reads back (when asked), makes the kernel see the partitions, and reports.
 fn finish(
     info: &DeviceInfo,
     mut dev: Device,
-    parts: &[PlannedPart],
-    segments: Segments,
-    written: u64,
+    done: Done,
     verify: bool,
-    cb: &OnProgress,
-    started: Instant,
-) -> Result<Report> {
+    progress: Callback<'_>,
+) -> Result<FlashReport> {
     dev.sync().map_err(|e| fail(&mut dev, e))?;
     if verify {
-        read_back(&dev, &segments, written, cb).map_err(|e| fail(&mut dev, e))?;
+        tracking::read_back(&dev, &done.written, progress).map_err(|e| fail(&mut dev, e))?;
     }
-    let reread = match device::reread_partitions(&dev, parts) {
+    let reread = match device::reread_partitions(&dev, &done.parts) {
         Ok(o) => Some(format!("{:?}", o.method).to_lowercase()),
         Err(_) => None,
     };
-    Ok(Report {
+    Ok(FlashReport {
         device: info.path.clone(),
-        bytes_written: written,
-        seconds: started.elapsed().as_secs_f64(),
+        bytes_written: done.written.bytes(),
+        seconds: done.started.elapsed().as_secs_f64(),
         verified: verify,
         reread,
     })
-}
-
-/// Reads every written segment back from the medium and compares, telling apart a read
-/// error, different data, and a card that is smaller than it claims (writes wrap around).
-fn read_back(dev: &Device, segments: &Segments, total: u64, cb: &OnProgress) -> Result<()> {
-    let mut done = 0;
-    for (&at, (len, want)) in segments {
-        let got = dev.read_direct(at, *len as usize).map_err(|e| {
-            Error::io(
-                format!(
-                    "{}: read error at sector {}",
-                    dev.path().display(),
-                    at / 512
-                ),
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        if hex(&Sha256::digest(&got)) != *want {
-            return Err(mismatch(dev, at, *len, &got));
-        }
-        done += len;
-        cb(Progress {
-            device: dev.path().to_path_buf(),
-            phase: "verify",
-            done: done.min(total),
-            total,
-        });
-    }
-    Ok(())
-}
-
-fn mismatch(dev: &Device, at: u64, len: u64, got: &[u8]) -> Error {
-    let path = dev.path().display();
-    // A fake-capacity card maps high addresses onto low ones: what was read here equals
-    // what is stored a power of two lower.
-    if got.iter().any(|b| *b != 0) {
-        let mut k = 1u64 << 20;
-        while k <= at {
-            if let Ok(low) = dev.read_direct(at - k, len as usize)
-                && low == got
-            {
-                return Error::Mismatch {
-                    target: path.to_string(),
-                    what: format!(
-                        "the device is smaller than it claims: data at byte {} reads back from byte {} (fake capacity?)",
-                        bytes(at),
-                        bytes(at - k)
-                    ),
-                    at: Some(at),
-                };
-            }
-            k <<= 1;
-        }
-    }
-    Error::Mismatch {
-        target: path.to_string(),
-        what: format!(
-            "the device returned different data in bytes {}..{}",
-            bytes(at),
-            bytes(at + len)
-        ),
-        at: None,
-    }
 }
 
 /// A decoded piece of the image, shared by every device.
@@ -392,70 +469,12 @@ struct Chunk {
     data: Arc<Vec<u8>>,
 }
 
-/// Writes an image to every device at once: the file is read and decoded once, each device
-/// has its own thread and bounded queue, and a failing device does not stop the others.
-pub fn flash_image(
-    infos: &[DeviceInfo],
-    image: &Path,
-    bmap: Option<Bmap>,
-    size: u64,
-    verify: bool,
-    cb: OnProgress,
-) -> Vec<Result<Report>> {
-    let mapped: Option<Vec<Extent>> = bmap.map(|b| b.ranges);
-    let total: u64 = mapped
-        .as_ref()
-        .map_or(size, |r| r.iter().map(|x| x.len).sum());
-    let slots: Vec<Mutex<Option<Result<Report>>>> =
-        infos.iter().map(|_| Mutex::new(None)).collect();
-    let read = std::thread::scope(|s| {
-        let mut senders: Vec<Option<SyncSender<Chunk>>> = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            let (tx, rx) = sync_channel::<Chunk>(8);
-            senders.push(Some(tx));
-            let (cb, mapped, slots) = (cb.clone(), mapped.clone(), &slots);
-            s.spawn(move || {
-                let r = device_worker(info, rx, mapped, size, total, verify, &cb);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(r);
-                }
-            });
-        }
-        let read = feed(image, size, mapped.as_deref(), &mut senders);
-        // Dropping the senders ends every stream; after a read error each device sees its
-        // stream end early, fails and wipes its table.
-        drop(senders);
-        read
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            let r = m
-                .into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Err(Error::Internal("a device thread stopped".into())));
-            match (&read, r) {
-                // A bad image is the cause of every device's failure: say so first.
-                (Err(e), Err(d)) => Err(Error::io(
-                    e.to_string(),
-                    std::io::Error::other(d.to_string()),
-                )),
-                (_, r) => r,
-            }
-        })
-        .collect()
-}
+/// Every device's bounded queue; a device that stopped (its end dropped) gets nothing more.
+struct Fanout(Vec<Option<SyncSender<Chunk>>>);
 
-/// Reads the image and sends it in 1 MiB chunks to every live device.
-fn feed(
-    image: &Path,
-    size: u64,
-    mapped: Option<&[Extent]>,
-    senders: &mut [Option<SyncSender<Chunk>>],
-) -> Result<()> {
-    let mut send = |offset: u64, data: Arc<Vec<u8>>| {
-        for s in senders.iter_mut() {
+impl Fanout {
+    fn send(&mut self, offset: u64, data: Arc<Vec<u8>>) {
+        for s in self.0.iter_mut() {
             if let Some(tx) = s
                 && tx
                     .send(Chunk {
@@ -467,141 +486,306 @@ fn feed(
                 *s = None;
             }
         }
-    };
-    if let (Some(m), None) = (mapped, codec_of(image)?) {
-        // A raw image with a block map: read only the mapped ranges.
-        let io = |e| Error::io(format!("reading {}", image.display()), e);
-        let f = std::fs::File::open(image).map_err(io)?;
-        for &Extent { start, len } in m {
-            let mut at = start;
-            while at < start + len {
-                if crate::signals::interrupted() {
-                    return Err(Error::io(
-                        format!("reading {}", image.display()),
-                        crate::signals::interrupted_error(),
-                    ));
-                }
-                let n = (start + len - at).min(MIB) as usize;
-                let mut buf = vec![0u8; n];
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
-                    .map_err(|e| corrupt(image, at, e))?;
-                send(at, Arc::new(buf));
-                at += n as u64;
-            }
-        }
-        send(size, Arc::new(Vec::new()));
-        return Ok(());
     }
-    let mut r = open_image(image)?;
+}
+
+/// A device's end of the image stream.
+struct Stream<'a> {
+    rx: Receiver<Chunk>,
+    mapped: Option<&'a [Extent]>,
+    /// The image's size: an empty chunk at this offset ends a complete stream.
+    size: u64,
+}
+
+/// Writes an image to every device at once: the file is read and decoded once, each device
+/// has its own thread and bounded queue, and a failing device does not stop the others.
+fn write_image(
+    infos: &[DeviceInfo],
+    image: &ImageSource,
+    verify: bool,
+    progress: Callback<'_>,
+) -> Vec<Outcome> {
+    let total: u64 = image
+        .bmap
+        .as_ref()
+        .map_or(image.size, |b| b.ranges.iter().map(|x| x.len).sum());
+    let (results, read) = std::thread::scope(|s| {
+        let mut fan = Fanout(Vec::new());
+        let handles: Vec<_> = infos
+            .iter()
+            .map(|info| {
+                let (tx, rx) = sync_channel::<Chunk>(8);
+                fan.0.push(Some(tx));
+                let stream = Stream {
+                    rx,
+                    mapped: image.bmap.as_ref().map(|b| b.ranges.as_slice()),
+                    size: image.size,
+                };
+                s.spawn(move || device_worker(info, stream, total, verify, progress))
+            })
+            .collect();
+        let read = feed(image, &mut fan);
+        // Dropping the senders ends every stream; after a read error each device sees its
+        // stream end early, fails and wipes its table.
+        drop(fan);
+        let results: Vec<_> = handles.into_iter().map(joined).collect();
+        (results, read)
+    });
+    infos
+        .iter()
+        .zip(results)
+        .map(|(info, r)| Outcome {
+            device: info.path.clone(),
+            result: match (&read, r) {
+                // A bad image is the cause of every device's failure: say so first.
+                (Err(e), Err(d)) => Err(Error::io(
+                    e.to_string(),
+                    std::io::Error::other(d.to_string()),
+                )),
+                (_, r) => r,
+            },
+        })
+        .collect()
+}
+
+/// Reads the image and sends it in 1 MiB chunks to every live device, then the empty chunk
+/// at the image's size that marks a complete stream.
+fn feed(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
+    match &image.bmap {
+        // A raw image with a block map: read only the mapped ranges.
+        Some(b) if codec_of(&image.path)?.is_none() => feed_mapped(&image.path, &b.ranges, fan)?,
+        _ => feed_decoded(image, fan)?,
+    }
+    fan.send(image.size, Arc::new(Vec::new()));
+    Ok(())
+}
+
+fn stop_requested(image: &Path) -> Result<()> {
+    if crate::signals::interrupted() {
+        return Err(Error::io(
+            format!("reading {}", image.display()),
+            crate::signals::interrupted_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn feed_mapped(image: &Path, mapped: &[Extent], fan: &mut Fanout) -> Result<()> {
+    let io = |e| Error::io(format!("reading {}", image.display()), e);
+    let f = std::fs::File::open(image).map_err(io)?;
+    for &Extent { start, len } in mapped {
+        let mut at = start;
+        while at < start + len {
+            stop_requested(image)?;
+            let n = (start + len - at).min(MIB) as usize;
+            let mut buf = vec![0u8; n];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
+                .map_err(|e| corrupt(image, at, e))?;
+            fan.send(at, Arc::new(buf));
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the whole image; chunks without a mapped byte need no device write and are not
+/// sent.
+fn feed_decoded(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
+    let path = &image.path;
+    let mut r = open_image(path)?;
     let mut at = 0u64;
     loop {
-        if crate::signals::interrupted() {
-            return Err(Error::io(
-                format!("reading {}", image.display()),
-                crate::signals::interrupted_error(),
-            ));
-        }
+        stop_requested(path)?;
         let mut buf = vec![0u8; MIB as usize];
-        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
+        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, at, e))?;
         if n == 0 {
             break;
         }
         buf.truncate(n);
-        // Chunks without a mapped byte need no device write: not sent.
+        let mapped = image.bmap.as_ref().map(|b| b.ranges.as_slice());
         if mapped.is_none_or(|m| !mapped_parts(m, at, n as u64).is_empty()) {
-            send(at, Arc::new(buf));
+            fan.send(at, Arc::new(buf));
         }
         at += n as u64;
     }
-    if at != size {
+    if at != image.size {
         return Err(Error::BadArtifact {
-            path: image.to_path_buf(),
-            message: format!("holds {} bytes, expected {}", bytes(at), bytes(size)),
+            path: path.clone(),
+            message: format!("holds {} bytes, expected {}", bytes(at), bytes(image.size)),
         });
     }
-    // The end of the stream: an empty chunk at the image's size.
-    send(size, Arc::new(Vec::new()));
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One device's thread: writes the stream, then finishes (or wipes the tables on failure).
 fn device_worker(
     info: &DeviceInfo,
-    rx: Receiver<Chunk>,
-    mapped: Option<Vec<Extent>>,
-    size: u64,
+    stream: Stream<'_>,
     total: u64,
     verify: bool,
-    cb: &OnProgress,
-) -> Result<Report> {
+    progress: Callback<'_>,
+) -> Result<FlashReport> {
     let started = Instant::now();
     let mut dev = Device::open_exclusive(info)?;
-    let mut parts: Vec<PlannedPart> = Vec::new();
-    let result = (|| -> Result<(Segments, u64)> {
-        // Old tables first: the image's own start replaces the first MiB, and a stale
-        // backup GPT beyond the image must not survive.
-        wipe_tables(&mut dev)?;
-        let mut rec = Recorder::new(&mut dev);
-        rec.progress = Some((cb, total));
-        let mut complete = false;
-        let mut tail: Vec<(u64, Vec<u8>)> = Vec::new();
-        // The table sectors (both ends) are held back and written after everything else
-        // is on the medium: an interrupted write leaves no table.
-        let mut held: Vec<(u64, u64)> = vec![(0, table::SECTOR)];
-        let mut stash: Pieces = Vec::new();
-        for chunk in rx.iter() {
-            let Chunk { offset, mut data } = chunk;
-            if data.is_empty() {
-                complete = offset == size;
+    let done =
+        write_stream(&mut dev, &stream, total, progress, started).map_err(|e| fail(&mut dev, e))?;
+    finish(info, dev, done, verify, progress)
+}
+
+/// Writes every chunk of the stream, table sectors last.
+fn write_stream(
+    dev: &mut Device,
+    stream: &Stream<'_>,
+    total: u64,
+    progress: Callback<'_>,
+    started: Instant,
+) -> Result<Done> {
+    // Old tables first: the image's own start replaces the first MiB, and a stale backup
+    // GPT beyond the image must not survive.
+    wipe_tables(dev)?;
+    let path = dev.path().to_path_buf();
+    let on = Some(path.clone());
+    let mut rec = metered(
+        tracking::tracking(Guarded(dev)),
+        progress,
+        on,
+        Count::All,
+        total,
+    );
+    let mut tables = HeldTables::new();
+    let mut complete = false;
+    for Chunk { offset, mut data } in stream.rx.iter() {
+        if data.is_empty() {
+            complete = offset == stream.size;
+            continue;
+        }
+        if offset == 0 {
+            tables.learn(&mut data, rec.size(), stream.size);
+        }
+        let io = |e| Error::io(format!("writing {}", path.display()), e);
+        match stream.mapped {
+            Some(m) => {
+                for Extent { start: a, len: l } in mapped_parts(m, offset, data.len() as u64) {
+                    let i = (a - offset) as usize;
+                    tables
+                        .put(&mut rec, a, &data[i..i + l as usize])
+                        .map_err(io)?;
+                }
+            }
+            None => tables.write_unmapped(&mut rec, offset, &data).map_err(io)?,
+        }
+    }
+    if !complete {
+        return Err(Error::Usage(format!(
+            "image stream ended before its {} bytes",
+            bytes(stream.size)
+        )));
+    }
+    let parts = tables.write_last(&mut rec)?;
+    Ok(Done {
+        parts,
+        written: rec.inner.observer,
+        started,
+    })
+}
+
+/// The image's table sectors (both ends), held back and written after everything else is
+/// on the medium: an interrupted write leaves no table.
+struct HeldTables {
+    /// Areas (offset, length) whose bytes wait in `stash`, sorted by offset.
+    areas: Vec<(u64, u64)>,
+    stash: Pieces,
+    /// For a GPT image on a larger device: the backup table re-rendered at the device's end.
+    tail: Pieces,
+    /// The image's partitions, for the kernel.
+    parts: Vec<PlannedPart>,
+}
+
+impl HeldTables {
+    fn new() -> Self {
+        HeldTables {
+            areas: vec![(0, table::SECTOR)],
+            stash: Vec::new(),
+            tail: Vec::new(),
+            parts: Vec::new(),
+        }
+    }
+
+    /// Learns the tables from the image's first chunk. For a GPT image on a larger device
+    /// the primary header changes with the disk size (the rest of the head is the image's).
+    fn learn(&mut self, head: &mut Arc<Vec<u8>>, dev_size: u64, image_size: u64) {
+        self.areas = table_areas(head, image_size);
+        let (parts, moved) = table_of(head, dev_size, image_size);
+        self.parts = parts;
+        if let Some(mut pieces) = moved {
+            let (_, first) = pieces.remove(0);
+            let d = Arc::make_mut(head);
+            d[..first.len()].copy_from_slice(&first);
+            self.tail = pieces.split_off(1);
+        }
+    }
+
+    /// Writes `b` at `at`, except the parts inside held areas, which wait in the stash.
+    fn put(&mut self, rec: &mut Recorder<'_, '_>, at: u64, b: &[u8]) -> std::io::Result<()> {
+        let end = at + b.len() as u64;
+        let mut cur = at;
+        for &(h, len) in &self.areas {
+            let (hs, he) = (h.max(cur), h.saturating_add(len).min(end));
+            if hs >= he {
                 continue;
             }
-            if offset == 0 {
-                held = table_areas(&data, size);
-                let (p, moved) = table_of(&data, rec.size(), size);
-                parts = p;
-                if let Some(mut pieces) = moved {
-                    // The primary header changes with the disk size; the rest of the head
-                    // is the image's.
-                    let (_, head) = pieces.remove(0);
-                    let d = Arc::make_mut(&mut data);
-                    d[..head.len()].copy_from_slice(&head);
-                    tail = pieces.split_off(1);
-                }
+            if hs > cur {
+                rec.data(cur, &b[(cur - at) as usize..(hs - at) as usize])?;
             }
-            let io = |e| Error::io(format!("writing {}", info.path.display()), e);
-            match &mapped {
-                Some(m) => {
-                    for Extent { start: a, len: l } in mapped_parts(m, offset, data.len() as u64) {
-                        let i = (a - offset) as usize;
-                        put(&mut rec, &held, &mut stash, a, &data[i..i + l as usize])
-                            .map_err(io)?;
-                    }
-                }
-                None => write_unmapped(&mut rec, &held, &mut stash, offset, &data).map_err(io)?,
+            self.stash
+                .push((hs, b[(hs - at) as usize..(he - at) as usize].to_vec()));
+            cur = he;
+        }
+        if cur < end {
+            rec.data(cur, &b[(cur - at) as usize..])?;
+        }
+        Ok(())
+    }
+
+    /// Without a block map: zero blocks become zero ranges (BLKZEROOUT, cheap on most
+    /// media), everything else is written (table areas held back, see `put`).
+    fn write_unmapped(
+        &mut self,
+        rec: &mut Recorder<'_, '_>,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        const BLOCK: usize = 4096;
+        let mut at = 0;
+        for run in nonzero_runs(data, BLOCK) {
+            if run.start > at {
+                rec.zeros(offset + at as u64, (run.start - at) as u64)?;
             }
+            self.put(rec, offset + run.start as u64, &data[run.clone()])?;
+            at = run.end;
         }
-        if !complete {
-            return Err(Error::Usage(format!(
-                "image stream ended before its {} bytes",
-                bytes(size)
-            )));
+        if at < data.len() {
+            rec.zeros(offset + at as u64, (data.len() - at) as u64)?;
         }
-        // Everything else is on the medium before any table sector is.
-        rec.dev.sync()?;
-        for (o, b) in tail {
+        Ok(())
+    }
+
+    /// Once everything else is on the medium: the backup table, then the held sectors from
+    /// the far end to sector 0. Returns the image's partitions.
+    fn write_last(self, rec: &mut Recorder<'_, '_>) -> Result<Vec<PlannedPart>> {
+        rec.inner.inner.0.sync()?;
+        for (o, b) in self.tail {
             rec.data(o, &b)
                 .map_err(|e| Error::io("writing the backup GPT", e))?;
         }
-        // The far end first, sector 0 last.
+        let mut stash = self.stash;
         stash.sort_by_key(|(o, _)| std::cmp::Reverse(*o));
         for (o, b) in stash {
             rec.data(o, &b)
                 .map_err(|e| Error::io("writing the partition table", e))?;
         }
-        Ok(rec.finish())
-    })();
-    let (segments, written) = result.map_err(|e| fail(&mut dev, e))?;
-    finish(info, dev, &parts, segments, written, verify, cb, started)
+        Ok(self.parts)
+    }
 }
 
 /// The table areas of an image from its first bytes: sector 0 always; for a GPT also the
@@ -625,60 +809,6 @@ fn table_areas(head: &[u8], image_size: u64) -> Vec<(u64, u64)> {
     }
     v.sort();
     v
-}
-
-/// Writes `b` at `at`, except the parts inside `held` areas (sorted), which go to `stash`.
-fn put(
-    rec: &mut Recorder<'_>,
-    held: &[(u64, u64)],
-    stash: &mut Pieces,
-    at: u64,
-    b: &[u8],
-) -> std::io::Result<()> {
-    let end = at + b.len() as u64;
-    let mut cur = at;
-    for &(h, len) in held {
-        let (hs, he) = (h.max(cur), h.saturating_add(len).min(end));
-        if hs >= he {
-            continue;
-        }
-        if hs > cur {
-            rec.data(cur, &b[(cur - at) as usize..(hs - at) as usize])?;
-        }
-        stash.push((hs, b[(hs - at) as usize..(he - at) as usize].to_vec()));
-        cur = he;
-    }
-    if cur < end {
-        rec.data(cur, &b[(cur - at) as usize..])?;
-    }
-    Ok(())
-}
-
-/// Without a block map: zero blocks become zero ranges (BLKZEROOUT, cheap on most media),
-/// everything else is written (table areas held back, see `put`).
-fn write_unmapped(
-    rec: &mut Recorder<'_>,
-    held: &[(u64, u64)],
-    stash: &mut Pieces,
-    offset: u64,
-    data: &[u8],
-) -> std::io::Result<()> {
-    const B: usize = 4096;
-    let mut i = 0;
-    while i < data.len() {
-        let zero = data[i..(i + B).min(data.len())].iter().all(|b| *b == 0);
-        let mut j = i;
-        while j < data.len() && data[j..(j + B).min(data.len())].iter().all(|b| *b == 0) == zero {
-            j = (j + B).min(data.len());
-        }
-        if zero {
-            rec.zeros(offset + i as u64, (j - i) as u64)?;
-        } else {
-            put(rec, held, stash, offset + i as u64, &data[i..j])?;
-        }
-        i = j;
-    }
-    Ok(())
 }
 
 /// The partitions of an image from its first MiB, and for a GPT image on a larger device

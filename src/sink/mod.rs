@@ -1,10 +1,15 @@
 //! Where a plan lands. A `Sink` takes positioned writes and "these bytes must read as zero"
 //! declarations; each target decides how to honour both (a fresh sparse file leaves holes).
 //! `Window` confines a writer to one region, so a filesystem writer never sees the whole disk.
+//! `Observed` tells an observer of every write that went through (the write record of
+//! `tracking`, the progress meter of `metered`).
 //!
 //! Targets decide nothing about content.
 
 use std::io;
+
+pub mod metered;
+pub mod tracking;
 
 /// A byte-addressed destination.
 pub trait Sink {
@@ -22,6 +27,66 @@ pub trait Sink {
     /// that, writes ascend again. Writers announce their out-of-order phases with it.
     fn hold(&mut self, _on: bool) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl<T: Sink + ?Sized> Sink for &mut T {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        (**self).data(offset, bytes)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).zeros(offset, len)
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn sequential(&self) -> bool {
+        (**self).sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        (**self).hold(on)
+    }
+}
+
+/// Told of every write that reached a sink (after it succeeded): recorders, meters.
+pub trait Observer {
+    fn data(&mut self, offset: u64, bytes: &[u8]);
+    fn zeros(&mut self, offset: u64, len: u64);
+}
+
+/// A sink that passes every write to `inner` and then tells `observer`.
+pub struct Observed<S, O> {
+    pub inner: S,
+    pub observer: O,
+}
+
+impl<S: Sink, O: Observer> Sink for Observed<S, O> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.inner.data(offset, bytes)?;
+        self.observer.data(offset, bytes);
+        Ok(())
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zeros(offset, len)?;
+        self.observer.zeros(offset, len);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn sequential(&self) -> bool {
+        self.inner.sequential()
+    }
+
+    fn hold(&mut self, on: bool) -> io::Result<()> {
+        self.inner.hold(on)
     }
 }
 

@@ -169,21 +169,37 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// last piece may be shorter). What lies between them is all zero: writers leave it out or
 /// declare it zero, the way a sparse file has holes.
 pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<std::ops::Range<usize>> {
+    block_runs(buf.len(), block, |r| buf[r].iter().any(|b| *b != 0))
+}
+
+/// Byte ranges of `new` whose `block`-sized pieces differ from `old`'s (same length): what
+/// an in-place edit must write, the rest already being on the medium.
+pub fn changed_runs(old: &[u8], new: &[u8], block: usize) -> Vec<std::ops::Range<usize>> {
+    block_runs(new.len(), block, |r| old[r.clone()] != new[r])
+}
+
+/// The runs of consecutive `block`-sized pieces of `0..len` (the last may be shorter) for
+/// which `keep` holds, neighbouring pieces merged.
+fn block_runs(
+    len: usize,
+    block: usize,
+    keep: impl Fn(std::ops::Range<usize>) -> bool,
+) -> Vec<std::ops::Range<usize>> {
+    let block = block.max(1);
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, piece) in buf.chunks(block.max(1)).enumerate() {
-        if piece.iter().all(|b| *b == 0) {
+    for s in (0..len).step_by(block) {
+        let piece = s..(s + block).min(len);
+        if !keep(piece.clone()) {
             continue;
         }
-        let (s, e) = (i * block, i * block + piece.len());
         match runs.last_mut() {
-            Some(last) if last.end == s => last.end = e,
-            _ => runs.push(s..e),
+            Some(last) if last.end == piece.start => last.end = piece.end,
+            _ => runs.push(piece),
         }
     }
     runs
 }
 
-/// Positioned reads from a disk, image or buffer (shared, no cursor).
 /// Opens a device or image file to read (inspect, verify): a missing path is bad input.
 pub fn open_target(target: &std::path::Path) -> crate::Result<std::fs::File> {
     std::fs::File::open(target).map_err(|e| {
@@ -195,6 +211,7 @@ pub fn open_target(target: &std::path::Path) -> crate::Result<std::fs::File> {
     })
 }
 
+/// Positioned reads from a disk, image or buffer (shared, no cursor).
 pub trait ReadAt: Sync {
     /// Fills `buf` from `offset`; fails if that runs past the end.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;

@@ -78,14 +78,19 @@ pub fn flash(
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
-    let prepared = flash::prepare(&request(a, &load, epoch))?;
-    if !a.yes {
+    run(&request(a, &load, epoch), a.yes, a.json, quiet)
+}
+
+/// Checks, asks unless `yes`, writes and reports one flash request.
+pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) -> Result<()> {
+    let prepared = flash::prepare(req)?;
+    if !yes {
         confirm(&prepared)?;
     }
     let devices: Vec<PathBuf> = prepared.devices().iter().map(|i| i.path.clone()).collect();
-    let render = progress(a.json, quiet, &devices);
+    let render = progress(json, quiet, &devices);
     let outcomes = prepared.write(&*render)?;
-    summarize(a, quiet, outcomes)
+    summarize(json, quiet, outcomes)
 }
 
 fn request<'a>(
@@ -232,14 +237,14 @@ fn progress(json: bool, quiet: bool, devices: &[PathBuf]) -> Box<dyn Fn(&Event) 
     })
 }
 
-fn summarize(a: &FlashArgs, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
+fn summarize(json: bool, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
     let count = outcomes.len();
     let mut failed = Vec::new();
     // Refused devices alone (busy, changed) are bad input: exit 2 unless a write failed.
     let mut refused_only = true;
     for Outcome { device, result } in outcomes {
         match result {
-            Ok(rep) if a.json => println!(
+            Ok(rep) if json => println!(
                 "{}",
                 serde_json::json!({"event": "done", "ok": true, "report": rep})
             ),
@@ -253,7 +258,7 @@ fn summarize(a: &FlashArgs, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
             Ok(_) => {}
             Err(e) => {
                 let msg = e.to_string();
-                if a.json {
+                if json {
                     println!(
                         "{}",
                         serde_json::json!({"event": "done", "ok": false, "device": device, "error": msg})

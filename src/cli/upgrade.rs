@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::ImagesDir;
+use skiff_flash::ops::flash::{BoardSource, FlashRequest, FlashSource};
 
 use skiff_flash::Result;
 use skiff_flash::define::board::Board;
@@ -122,22 +123,20 @@ fn reformat(
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
-    let f = super::flash::FlashArgs {
+    let name = a.board.clone().unwrap_or_default();
+    let asked = name.clone();
+    let load = &load;
+    let request = FlashRequest {
         devices: vec![a.target.clone()],
-        board: a.board.clone(),
-        genimage: None,
-        rootpath: None,
-        defines: Vec::new(),
-        dir: a.dir.clone(),
-        seed: None,
-        image: None,
-        bmap: None,
-        yes: a.yes,
-        allow_fixed_disk: a.allow_fixed_disk,
-        no_verify: false,
-        json: a.json,
+        source: FlashSource::Board(Box::new(BoardSource {
+            load: Box::new(move || load(&asked)),
+            name,
+            options: a.dir.plan_options(epoch, None),
+        })),
+        verify: true,
+        allow_fixed: a.allow_fixed_disk,
     };
-    super::flash::flash(&f, quiet, load, epoch)
+    super::flash::run(&request, a.yes, a.json, quiet)
 }
 
 fn confirm(a: &UpgradeArgs, r: &UpgradeReport) -> Result<()> {

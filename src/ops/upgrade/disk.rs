@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::io::ReadAt;
+use crate::io::{ReadAt, changed_runs};
 use crate::sink::Sink;
+use crate::sink::tracking::Written;
 
 #[cfg(feature = "fault-injection")]
 use super::fault::PowerLoss;
@@ -44,14 +44,6 @@ pub struct WriteCount {
     pub bytes: u64,
 }
 
-/// One write as made, for reading it back afterwards.
-#[derive(Debug, Clone)]
-pub struct TrackedWrite {
-    pub offset: u64,
-    pub len: u64,
-    pub sha256: [u8; 32],
-}
-
 /// The disk an upgrade edits, with the regions it may and may not write.
 pub struct GuardedDisk {
     file: File,
@@ -65,7 +57,7 @@ pub struct GuardedDisk {
     /// A dry pass: writes are checked and counted but not made.
     dry: bool,
     /// Every write made, when tracked for a read-back.
-    tracked: Option<Vec<TrackedWrite>>,
+    tracked: Option<Written>,
     #[cfg(feature = "fault-injection")]
     fault: Option<PowerLoss>,
 }
@@ -103,12 +95,12 @@ impl GuardedDisk {
 
     /// Records what every later write wrote (for reading it back afterwards).
     pub fn track_writes(&mut self) {
-        self.tracked = Some(Vec::new());
+        self.tracked = Some(Written::new());
     }
 
-    /// Every tracked write, in order.
-    pub fn tracked(&self) -> &[TrackedWrite] {
-        self.tracked.as_deref().unwrap_or_default()
+    /// The tracked writes (none unless `track_writes` was called).
+    pub fn tracked(&self) -> Option<&Written> {
+        self.tracked.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -184,13 +176,8 @@ impl GuardedDisk {
 
     /// Remembers a write for the read-back (when tracking).
     fn record(&mut self, offset: u64, bytes: &[u8]) {
-        use sha2::Digest;
         if let Some(t) = &mut self.tracked {
-            t.push(TrackedWrite {
-                offset,
-                len: bytes.len() as u64,
-                sha256: sha2::Sha256::digest(bytes).into(),
-            });
+            t.data(offset, bytes);
         }
     }
 
@@ -245,38 +232,6 @@ impl ReadAt for GuardedDisk {
     }
 }
 
-/// Reads the writes back from the medium (O_DIRECT, past the page cache) and compares:
-/// the last write to each place (an earlier one that a later one overlaps is not expected
-/// to read back).
-pub fn read_back(dev: &Device, writes: &[TrackedWrite]) -> Result<()> {
-    use sha2::Digest;
-    // Disjoint ranges already checked (later writes), start -> end.
-    let mut later: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-    for w in writes.iter().rev() {
-        let end = w.offset + w.len;
-        // The range starting last before `end` is the only one that can overlap.
-        if later
-            .range(..end)
-            .next_back()
-            .is_some_and(|(_, e)| *e > w.offset)
-        {
-            continue;
-        }
-        later.insert(w.offset, end);
-        let got = dev.read_direct(w.offset, w.len as usize)?;
-        if sha2::Sha256::digest(&got)[..] != w.sha256[..] {
-            return Err(Error::io(
-                format!("reading back {} at byte {}", dev.path().display(), w.offset),
-                io::Error::other(format!(
-                    "the {} bytes written there read back differently: the card may be failing or smaller than it claims",
-                    w.len
-                )),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A partition of the disk as a sink that writes only what differs from what is there:
 /// unchanged blocks cost a read, not a write (and not flash wear).
 pub struct DiffSink<'a> {
@@ -290,25 +245,6 @@ pub struct DiffSink<'a> {
 /// The block size unchanged content is skipped in.
 const DIFF_BLOCK: usize = 4096;
 
-/// The runs of `new` that differ from `old` (same length), block by block: each a range
-/// of indices, neighbouring changed blocks merged into one run.
-fn changed_runs(old: &[u8], new: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let block = |i: usize| i..(i + DIFF_BLOCK).min(new.len());
-    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut i = 0;
-    while i < new.len() {
-        let b = block(i);
-        if old[b.clone()] != new[b.clone()] {
-            match runs.last_mut() {
-                Some(r) if r.end == b.start => r.end = b.end,
-                _ => runs.push(b.clone()),
-            }
-        }
-        i = b.end;
-    }
-    runs
-}
-
 impl DiffSink<'_> {
     fn put(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         if offset.saturating_add(bytes.len() as u64) > self.len {
@@ -319,7 +255,7 @@ impl DiffSink<'_> {
         }
         let mut old = vec![0u8; bytes.len()];
         self.disk.read_through(&mut old, self.base + offset)?;
-        let runs = changed_runs(&old, bytes);
+        let runs = changed_runs(&old, bytes, DIFF_BLOCK);
         let changed: usize = runs.iter().map(|r| r.len()).sum();
         self.skipped += (bytes.len() - changed) as u64;
         for r in runs {
@@ -358,7 +294,8 @@ impl Sink for DiffSink<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{DIFF_BLOCK, changed_runs};
+    use super::DIFF_BLOCK;
+    use crate::io::changed_runs;
 
     #[test]
     fn changed_runs_merge_neighbouring_blocks_and_skip_equal_ones() {
@@ -368,9 +305,9 @@ mod tests {
         new[DIFF_BLOCK + 2] = 1;
         new[DIFF_BLOCK * 5 + 3] = 1;
         assert_eq!(
-            changed_runs(&old, &new),
+            changed_runs(&old, &new, DIFF_BLOCK),
             vec![0..DIFF_BLOCK * 2, DIFF_BLOCK * 5..DIFF_BLOCK * 5 + 10]
         );
-        assert!(changed_runs(&old, &old).is_empty());
+        assert!(changed_runs(&old, &old, DIFF_BLOCK).is_empty());
     }
 }

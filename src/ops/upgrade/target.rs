@@ -3,13 +3,15 @@
 //! (compressed ones refused: they cannot be edited in place). Also finishing with it: the
 //! read-back and the partition caches. Not what is read from it or written to it.
 
+use crate::progress;
+use crate::sink::tracking::{Written, read_back};
 use std::path::{Path, PathBuf};
 
 use crate::device::{self, Device, DeviceInfo, SafetyPolicy};
 use crate::error::{Error, Result};
 use crate::image::file::Format;
 
-use super::disk::{self, GuardedDisk};
+use super::disk::GuardedDisk;
 
 /// How the target is opened.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +142,8 @@ impl Target {
         };
         let mut verified = false;
         if let Some(dev) = held.filter(|_| verify) {
-            disk::read_back(&dev, disk.tracked())?;
+            let none = Written::new();
+            read_back(&dev, disk.tracked().unwrap_or(&none), &progress::ignore)?;
             verified = true;
         }
         drop(disk);

@@ -545,7 +545,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
                 "file_size": report.written.file_size,
                 "file_sha256": report.written.file_sha256,
                 "image_sha256": report.written.stream.sha256,
-                "mapped_bytes": report.written.stream.mapped_blocks * skiff_flash::image::stream::BLOCK,
+                "mapped_bytes": report.written.stream.mapped_blocks * skiff_flash::sink::stream::BLOCK,
                 "extra_files": report.extra,
                 "seconds": elapsed.as_secs_f64(),
                 "plan": plan,

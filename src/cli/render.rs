@@ -128,7 +128,7 @@ pub fn built(
     r: &skiff_flash::ops::build::BuildReport,
     took: Duration,
 ) -> String {
-    let mapped = r.written.stream.mapped_blocks * skiff_flash::image::stream::BLOCK;
+    let mapped = r.written.stream.mapped_blocks * skiff_flash::sink::stream::BLOCK;
     let mut o = format!(
         "{}: {} bytes ({}), {} partitions, {} mapped, board {} in {:.2} s",
         out.display(),

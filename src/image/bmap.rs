@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::codec;
 use super::read::{codec_of, corrupt, open_image};
-use super::stream::{BLOCK, StreamSummary};
 use crate::error::{Error, Result};
 use crate::io::{hex, read_full};
+use crate::sink::stream::{BLOCK, StreamSummary};
 use crate::units::{Extent, bytes, human};
 
 const MIB: u64 = 1 << 20;

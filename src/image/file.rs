@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::codec::{self, Codec};
-use super::stream::{Sequencer, SparseFile, Stream, StreamSummary};
 use crate::error::{Error, Result};
 use crate::io::hex;
+use crate::sink::stream::{Sequencer, SparseFile, Stream, StreamSummary};
 
 /// How the image file is encoded, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,7 +38,7 @@ pub struct Manifest {
     pub image: Image,
     pub inputs: Vec<Input>,
     pub table: Table,
-    pub partitions: Vec<Partition>,
+    pub partitions: Vec<PartitionEntry>,
     pub raw: Vec<Raw>,
 }
 
@@ -69,7 +69,7 @@ pub struct Input {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Partition {
+pub struct PartitionEntry {
     pub number: u32,
     pub id: String,
     pub start: u64,
@@ -148,7 +148,7 @@ pub fn make(
                 }
             }
         }
-        partitions.push(Partition {
+        partitions.push(PartitionEntry {
             number: p.number,
             id: p.id.clone(),
             start: p.start,
@@ -202,7 +202,7 @@ pub fn make(
             file_size: written.file_size,
             file_sha256: written.file_sha256.clone(),
             image_sha256: written.stream.sha256.clone(),
-            block_size: crate::image::stream::BLOCK,
+            block_size: crate::sink::stream::BLOCK,
             mapped: written
                 .stream
                 .ranges

@@ -7,5 +7,4 @@ pub mod file;
 pub mod manifest;
 pub mod output;
 pub mod read;
-pub mod stream;
 pub mod sums;

@@ -21,7 +21,7 @@ use crate::plan::DiskId;
 pub struct Inspection {
     pub size: u64,
     pub table: Table,
-    pub partitions: Vec<Partition>,
+    pub partitions: Vec<FoundPartition>,
     /// What is wrong, in words.
     pub problems: Vec<String>,
 }
@@ -43,7 +43,7 @@ pub enum Table {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Partition {
+pub struct FoundPartition {
     pub number: u32,
     pub start: u64,
     pub size: u64,
@@ -207,7 +207,7 @@ fn partition(
     disk: u64,
     table: &Table,
     problems: &mut Vec<String>,
-) -> Partition {
+) -> FoundPartition {
     let number = e.number;
     let end = e.start.saturating_add(e.size);
     if end > disk {
@@ -243,7 +243,7 @@ fn partition(
             "partition {number} ({kind}): no filesystem recognised"
         ));
     }
-    Partition {
+    FoundPartition {
         number,
         start: e.start,
         size: e.size,

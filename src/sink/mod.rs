@@ -9,6 +9,7 @@
 use std::io;
 
 pub mod metered;
+pub mod stream;
 pub mod tracking;
 
 /// A byte-addressed destination.

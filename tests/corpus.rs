@@ -4,12 +4,15 @@
 //! do. Runs on stable without libFuzzer; the calls are `skiff_flash::exercise`'s entry
 //! points, the same ones the fuzz targets make.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use skiff_flash::exercise;
 
 /// The fuzz targets, by corpus directory name.
@@ -141,26 +144,6 @@ fn every_corpus_input_is_read_without_panicking() {
 }
 
 // --- mutations -----------------------------------------------------------------------
-
-/// xorshift64*: small, fixed-seed, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 /// Values that sit on boundaries of the fields the readers parse.
 const INTERESTING: [u64; 16] = [
@@ -348,7 +331,7 @@ fn mutated_inputs_are_read_without_panicking() {
         })
         .collect();
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus-mutations");
-    let mut rng = Rng(0x5EED_F1A5_0000_0001);
+    let mut rng = Rng::new(0x5EED_F1A5_0000_0001);
     let start = Instant::now();
     let mut ran = 0;
     // Panics grouped by where and why: (message, first input, how many).

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use crate::common::*;
-use crate::outputs::{refused_with, run_limited};
 
 /// A copy of the pi4 fixture's images directory.
 /// A copy of the pi/4 fixture with a squashfs added (pi/4 copies one when present).
@@ -21,27 +20,6 @@ fn board_dir(name: &str, board: &str, layouts: &[(&str, &str)]) -> tempfile::Tem
         std::fs::write(d.path().join(format!("layouts/{n}.toml")), text).unwrap();
     }
     d
-}
-
-/// Runs `build` of `board` into an empty directory as `out_name`; asserts exit 2, one
-/// `skiff-flash: error:` line holding every `expect` fragment, no panic, and nothing left
-/// behind; a run over 120 s is killed.
-fn build_refused(images: &Path, board: &str, extra: &[&str], out_name: &str, expect: &[&str]) {
-    let out_dir = tempfile::tempdir().unwrap();
-    let img = out_dir.path().join(out_name);
-    let mut args = vec![
-        "build",
-        "--board",
-        board,
-        "--images",
-        images.to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    refused_with(&run_limited(120, &args), 2, expect);
-    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "output directory not empty: {left:?}");
 }
 
 // --- file artifacts ------------------------------------------------------------------------
@@ -645,15 +623,7 @@ fn inspect_stops_on_a_looping_or_escaping_ebr_chain() {
 /// A fresh pi/4 image (with its manifest beside it).
 fn built_pi4(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("pi4.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        fixtures().to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(&fixtures(), &img, &[]);
     img
 }
 
@@ -725,29 +695,8 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
 /// A raw pi/4 image with its block map, in `dir`.
 fn built_pi4_bmap(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("pi4.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        fixtures().to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&fixtures(), &img, &["--bmap"]);
     img
-}
-
-fn flash_cmd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = std::process::Command::new(bin());
-    c.args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
 }
 
 #[test]
@@ -761,10 +710,9 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     let d = tempfile::tempdir().unwrap();
     let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
-    ok(&flash_cmd(
-        &["flash", &card.dev, "--image", image, "--yes"],
-        &[],
-    ));
+    ok(&sf(&["flash", &card.dev, "--image", image, "--yes"])
+        .envs(&[])
+        .output());
     // The backup GPT was moved to the card's end: sgdisk agrees the table is sound.
     let v = tool_ok("sgdisk", &["-v", &card.dev]);
     assert!(v.contains("No problems found"), "{v}");
@@ -810,10 +758,9 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
     // An old, valid card first.
-    ok(&flash_cmd(
-        &["flash", &card.dev, "--image", image, "--yes"],
-        &[],
-    ));
+    ok(&sf(&["flash", &card.dev, "--image", image, "--yes"])
+        .envs(&[])
+        .output());
     assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
     let f = fixtures();
     let args: Vec<&str> = if board {
@@ -829,13 +776,12 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     } else {
         vec!["flash", &card.dev, "--image", image, "--yes"]
     };
-    let out = flash_cmd(
-        &args,
-        &[
+    let out = sf(&args)
+        .envs(&[
             ("SKIFF_FLASH_FAULT_AFTER_WRITES", after),
             ("SKIFF_FLASH_FAULT_SIGNAL", signal),
-        ],
-    );
+        ])
+        .output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fault injected"), "the hook fired: {err}");
     assert!(!out.status.success(), "{err}");

@@ -55,6 +55,11 @@ impl Loop {
         Path::new(&self.dev)
     }
 
+    /// The kernel's name of the device (`loop3`).
+    pub fn name(&self) -> String {
+        self.path().file_name().unwrap().to_string_lossy().into_owned()
+    }
+
     pub fn part(&self, n: u32) -> String {
         format!("{}p{n}", self.dev)
     }
@@ -65,9 +70,9 @@ impl Loop {
 
     /// The partition's directory in sysfs.
     pub fn sys_part(&self, n: u32) -> PathBuf {
-        let name = self.path().file_name().unwrap().to_string_lossy();
+        let name = self.name();
         Path::new("/sys/block")
-            .join(&*name)
+            .join(&name)
             .join(format!("{name}p{n}"))
     }
 }

@@ -5,19 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-fn flash(args: &[&str]) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn board_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
     vec![dev, "--board", "pi/4", "--images", images, "--yes"]
@@ -43,7 +32,7 @@ fn board_flash_is_seen_by_the_kernel_clean_and_fills_the_device() {
         return;
     };
     let f = fixtures();
-    let out = flash(&board_args(&card.dev, f.to_str().unwrap()));
+    let out = run(&board_args(&card.dev, f.to_str().unwrap()));
     ok(&out);
     let name = Path::new(&card.dev)
         .file_name()
@@ -91,7 +80,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
     tool_ok("mkfs.ext4", &["-q", "-L", "oldfs", &card.part(2)]);
     tool_ok("partx", &["-d", &card.dev]);
     let f = fixtures();
-    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
     check_card(&card);
     let w = tool_ok(
         "wipefs",
@@ -119,16 +108,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img.zst");
     let f = fixtures();
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&f, &img, &["--bmap"]);
     let bmap = std::fs::read_to_string(dir.path().join("pi4.img.bmap")).unwrap();
     let mapped: u64 = bmap
         .split("<MappedBlocksCount>")
@@ -138,7 +118,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
         .trim()
         .parse()
         .unwrap();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &card.dev,
         "--image",
@@ -169,7 +149,7 @@ fn several_devices_at_once() {
         return;
     };
     let f = fixtures();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &a.dev,
         &b.dev,
@@ -192,7 +172,7 @@ fn several_devices_at_once() {
 /// Runs a refused flash and asserts exit 2, a one-line message and an untouched device.
 fn refused(card: &Card, args: &[&str], expect: &str) {
     let before = card.hash();
-    let out = flash(args);
+    let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -207,7 +187,7 @@ fn refusals_write_nothing() {
     };
     let f = fixtures();
     let images = f.to_str().unwrap();
-    ok(&flash(&board_args(&card.dev, images)));
+    ok(&run(&board_args(&card.dev, images)));
 
     // No terminal and no --yes.
     refused(
@@ -225,12 +205,12 @@ fn refusals_write_nothing() {
     // Not a block device: a regular file is never written as a device.
     let file = tempfile::NamedTempFile::new().unwrap();
     let before = std::fs::read(file.path()).unwrap();
-    let out = flash(&board_args(file.path().to_str().unwrap(), images));
+    let out = run(&board_args(file.path().to_str().unwrap(), images));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a block device"));
     assert_eq!(std::fs::read(file.path()).unwrap(), before);
     // A missing device is not created.
-    let out = flash(&board_args("/dev/skiff-flash-no-such-card", images));
+    let out = run(&board_args("/dev/skiff-flash-no-such-card", images));
     assert_eq!(out.status.code(), Some(2));
     assert!(!Path::new("/dev/skiff-flash-no-such-card").exists());
 
@@ -249,23 +229,14 @@ fn truncated_image_is_refused_before_the_card_is_written() {
         return;
     };
     let f = fixtures();
-    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img.zst");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&f, &img, &["--bmap"]);
     let bytes = std::fs::read(&img).unwrap();
     std::fs::write(&img, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let before = card.hash();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &card.dev,
         "--image",

@@ -23,18 +23,9 @@ fn build(extra: &[&str]) -> Built {
 fn build_from(f: &Path, extra: &[&str]) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img");
-    let mut args = vec![
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ];
+    let mut args = vec!["--bmap"];
     args.extend_from_slice(extra);
-    ok(&run(&args));
+    build_pi4(f, &img, &args);
     let manifest = dir.path().join("pi4.img.manifest.json");
     Built {
         _dir: dir,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::copy_tree;
 use super::prng::noise;
-use super::run::{Sf, ok, sf};
+use super::run::{Sf, json, ok, sf};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pi4/images")
@@ -134,4 +134,28 @@ pub fn fdt(compatible: &str) -> Vec<u8> {
     out.extend_from_slice(&st);
     out.extend_from_slice(&strings);
     out
+}
+
+/// `plan --board BOARD --images IMAGES --json EXTRA...`, to run.
+pub fn plan_cmd(board: &str, images: &Path, extra: &[&str]) -> Sf {
+    let mut args = vec![
+        "plan",
+        "--board",
+        board,
+        "--images",
+        images.to_str().unwrap(),
+    ];
+    args.push("--json");
+    args.extend_from_slice(extra);
+    sf(&args)
+}
+
+/// The plan of `board` over `images`, as JSON; planning must succeed.
+pub fn plan_json(board: &str, images: &Path, extra: &[&str]) -> serde_json::Value {
+    json(&plan_cmd(board, images, extra).output())
+}
+
+/// `boards show BOARD --json`.
+pub fn show(board: &str) -> serde_json::Value {
+    json(&sf(&["boards", "show", board, "--json"]).output())
 }

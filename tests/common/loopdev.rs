@@ -57,7 +57,11 @@ impl Loop {
 
     /// The kernel's name of the device (`loop3`).
     pub fn name(&self) -> String {
-        self.path().file_name().unwrap().to_string_lossy().into_owned()
+        self.path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn part(&self, n: u32) -> String {

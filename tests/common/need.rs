@@ -8,8 +8,9 @@ use std::process::Command;
 
 const OPT_OUT: &str = "SKIFF_FLASH_TEST_ALLOW_MISSING";
 
-/// Decides about a missing prerequisite: false (skip) when opted out, else panics.
-fn unavailable(what: &str, fix: &str) -> bool {
+/// Decides about a missing prerequisite: false (skip) when opted out, else panics naming
+/// `what` is missing and the `fix`.
+pub fn unavailable(what: &str, fix: &str) -> bool {
     if std::env::var_os(OPT_OUT).is_some() {
         eprintln!("SKIPPED: {what} ({fix})");
         return false;
@@ -89,7 +90,8 @@ pub fn need_packages(packages: &[&str], arch: Option<&str>) -> bool {
         )
 }
 
-fn dpkg_arches() -> Vec<String> {
+/// The host's dpkg architectures, native first.
+pub fn dpkg_arches() -> Vec<String> {
     let mut out = Vec::new();
     for args in [
         &["--print-architecture"][..],

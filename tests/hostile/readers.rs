@@ -124,15 +124,7 @@ fn a_zimage_and_bzimage_without_their_magic_are_refused() {
     std::fs::write(&z, &k).unwrap();
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("a.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/3",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build("pi/3", d.path(), &img, &[]);
 }
 
 // --- offsets and sizes ---------------------------------------------------------------------
@@ -314,15 +306,7 @@ fn a_fat_symlink_inside_the_images_dir_is_copied_and_ext4_links_stay_links() {
         "-v",
     ]));
     assert!(plan.contains("shadow-link"), "{plan}");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(d.path(), &img, &[]);
 }
 
 // --- FAT directory size -------------------------------------------------------------------
@@ -347,15 +331,7 @@ fn a_fat_directory_over_65536_slots_is_refused_naming_it() {
     std::fs::remove_file(big.join("00000000.TXT")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("a.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(d.path(), &img, &[]);
 }
 
 // --- squashfs -----------------------------------------------------------------------------

@@ -186,17 +186,23 @@ fn run_both(name: &str) -> Option<Run> {
     );
     let disk_name = image_name(&cfg);
     let ours = out_s.join(&disk_name);
-    let o = Command::new(bin())
-        .current_dir(dir())
-        .envs(s.env.iter().cloned())
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .args(["build", "--json", "--genimage", cfg.to_str().unwrap()])
-        .args(["--images", input.to_str().unwrap()])
-        .args(["--rootpath", root.to_str().unwrap()])
-        .args(["--output", ours.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let mut run = sf(&[
+        "build",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        input.to_str().unwrap(),
+        "--rootpath",
+        root.to_str().unwrap(),
+        "--output",
+        ours.to_str().unwrap(),
+    ])
+    .dir(&dir());
+    for (k, v) in &s.env {
+        run = run.env(k, v);
+    }
+    let o = run.epoch(EPOCH).output();
     let stdout = ok(&o);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     Some(Run {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -457,21 +456,15 @@ fn flash_writes_the_card_the_kernel_reads() {
         f.write_all_at(&vec![0xa5u8; 32 * MIB as usize], 0).unwrap();
     }
     let images = Images::new();
-    let out = Command::new(bin())
-        .args([
-            "flash",
-            &card.dev,
-            "--board",
-            "jetson/nano",
-            "--images",
-            images.s(),
-            "--yes",
-        ])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = run(&[
+        "flash",
+        &card.dev,
+        "--board",
+        "jetson/nano",
+        "--images",
+        images.s(),
+        "--yes",
+    ]);
     ok(&out);
     let ranges = check_table(&card.dev, 1 << 30, true);
     check_partition_bytes(&images, &card.backing, &ranges);

@@ -21,7 +21,7 @@
 mod common;
 
 use common::synth::{Set, skiffos_images};
-use common::{extract, json, need, plan_json, run, tool, tool_ok};
+use common::{extract, json, need_all, plan_json, run, tool, tool_ok};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -745,13 +745,19 @@ fn facts_name_their_skiffos_source() {
     }
 }
 
+/// The tools that read a built image's boot configs.
+fn need_readers() -> bool {
+    need_all(&[
+        ("mcopy", "mtools"),
+        ("debugfs", "e2fsprogs"),
+        ("sfdisk", "fdisk"),
+        ("dumpimage", "u-boot-tools"),
+    ])
+}
+
 #[test]
 fn built_boot_configs_state_skiffos_facts() {
-    if !need("mcopy", "mtools")
-        || !need("debugfs", "e2fsprogs")
-        || !need("sfdisk", "fdisk")
-        || !need("dumpimage", "u-boot-tools")
-    {
+    if !need_readers() {
         return;
     }
     let only = std::env::var("BOOTSCRIPTS_BOARD").ok();
@@ -803,11 +809,7 @@ fn built_boot_configs_state_skiffos_facts() {
 /// script has the commented line.
 #[test]
 fn silent_console_edit_follows_skiffos() {
-    if !need("mcopy", "mtools")
-        || !need("debugfs", "e2fsprogs")
-        || !need("sfdisk", "fdisk")
-        || !need("dumpimage", "u-boot-tools")
-    {
+    if !need_readers() {
         return;
     }
     let only = std::env::var("BOOTSCRIPTS_BOARD").ok();

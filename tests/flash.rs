@@ -12,6 +12,15 @@ fn board_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
     vec![dev, "--board", "pi/4", "--images", images, "--yes"]
 }
 
+/// The tools `check_card` runs.
+fn need_checkers() -> bool {
+    need_all(&[
+        ("fsck.fat", "dosfstools"),
+        ("e2fsck", "e2fsprogs"),
+        ("sgdisk", "gdisk"),
+    ])
+}
+
 fn check_card(card: &Card) {
     let (code, out) = tool("fsck.fat", &["-n", &card.part(1)]);
     assert_eq!(code, 0, "fsck.fat: {out}");
@@ -25,7 +34,7 @@ fn check_card(card: &Card) {
 
 #[test]
 fn board_flash_is_seen_by_the_kernel_clean_and_fills_the_device() {
-    if !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") || !need("sgdisk", "gdisk") {
+    if !need_checkers() {
         return;
     }
     let Some(card) = Card::new(2 << 30) else {
@@ -99,7 +108,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
 
 #[test]
 fn compressed_image_writes_only_mapped_bytes_and_verifies() {
-    if !need("sgdisk", "gdisk") || !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") {
+    if !need_checkers() {
         return;
     }
     let Some(card) = Card::new(1 << 30) else {

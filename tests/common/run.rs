@@ -159,15 +159,22 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("JSON on stdout")
 }
 
-/// Runs a tool and returns (exit code, stdout+stderr).
-pub fn tool(cmd: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(cmd)
-        .args(args)
+/// An oracle tool with the system directories on PATH (root's tools in sbin are found as
+/// any user) and mtools' geometry check off.
+fn tool_command(cmd: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(cmd);
+    c.args(args)
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("MTOOLS_SKIP_CHECK", "1");
+    c
+}
+
+/// Runs a tool and returns (exit code, stdout+stderr).
+pub fn tool(cmd: &str, args: &[&str]) -> (i32, String) {
+    let out = tool_command(cmd, args)
         .output()
         .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
     let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -179,6 +186,24 @@ pub fn tool_ok(cmd: &str, args: &[&str]) -> String {
     let (code, out) = tool(cmd, args);
     assert_eq!(code, 0, "{cmd} {args:?} failed:\n{out}");
     out
+}
+
+/// Runs a tool with `input` on its standard input; it must succeed. Returns stdout+stderr.
+pub fn tool_input_ok(cmd: &str, args: &[&str], input: &str) -> String {
+    let out = tool_command(cmd, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+    text
 }
 
 /// Runs a prepared command, panicking with its output when it fails; returns stdout.

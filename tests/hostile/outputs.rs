@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -653,19 +653,7 @@ fn a_failed_flash_makes_the_kernel_drop_the_old_partitions() {
     let _d = Detach(dev.clone());
     // An old table the kernel knows (written sparse: the backing file stays small).
     let script = "label: dos\n1M,8M,c\n,8M,83\n";
-    let out = Command::new("sfdisk")
-        .arg(&dev)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(out.success());
+    tool_input_ok("sfdisk", &[&dev], script);
     let _ = tool("partx", &["-a", &dev]);
     assert_eq!(kernel_parts(&dev).len(), 2, "old partitions known");
     let r = run(&["flash", &dev, "--image", s(&img), "--yes"]);

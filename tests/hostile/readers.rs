@@ -455,18 +455,7 @@ fn logical_image(dir: &Path) -> std::path::PathBuf {
     let script = "label: dos\nstart=2048, size=16384, type=c\nstart=18432, type=5\n\
                   size=8192, type=83\nsize=8192, type=83\nsize=8192, type=83\n\
                   size=8192, type=83\nsize=8192, type=83\n";
-    let out = std::process::Command::new("sfdisk")
-        .args(["-q", img.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(out.success());
+    tool_input_ok("sfdisk", &["-q", img.to_str().unwrap()], script);
     let p7 = 40960u64 * 512;
     tool_ok(
         "mkfs.ext4",
@@ -675,20 +664,31 @@ fn built_pi4_bmap(dir: &Path) -> std::path::PathBuf {
     img
 }
 
+/// A 1 GiB card with a pi/4 image (built with its block map, kept in the returned
+/// directory) flashed onto it.
+fn flashed_card() -> Option<(Card, tempfile::TempDir, std::path::PathBuf)> {
+    let card = Card::new(1 << 30)?;
+    let d = tempfile::tempdir().unwrap();
+    let img = built_pi4_bmap(d.path());
+    ok(&run(&[
+        "flash",
+        &card.dev,
+        "--image",
+        img.to_str().unwrap(),
+        "--yes",
+    ]));
+    Some((card, d, img))
+}
+
 #[test]
 fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     if !need("sgdisk", "gdisk") {
         return;
     }
-    let Some(card) = Card::new(1 << 30) else {
+    let Some((card, d, img)) = flashed_card() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
-    ok(&sf(&["flash", &card.dev, "--image", image, "--yes"])
-        .envs(&[])
-        .output());
     // The backup GPT was moved to the card's end: sgdisk agrees the table is sound.
     let v = tool_ok("sgdisk", &["-v", &card.dev]);
     assert!(v.contains("No problems found"), "{v}");
@@ -727,16 +727,11 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     if !need("sfdisk", "fdisk") || !need("blkid", "util-linux") {
         return;
     }
-    let Some(card) = Card::new(1 << 30) else {
+    // An old, valid card first.
+    let Some((card, _d, img)) = flashed_card() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
-    // An old, valid card first.
-    ok(&sf(&["flash", &card.dev, "--image", image, "--yes"])
-        .envs(&[])
-        .output());
     assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
     let f = fixtures();
     let args: Vec<&str> = if board {

@@ -45,6 +45,15 @@ fn gpt(file: &Path) {
     );
 }
 
+/// A loop device over a 64 MiB disk partitioned by `gpt`, its partitions added.
+fn gpt_loop(dir: &Path) -> Loop {
+    let file = sparse(dir, 64 * MIB);
+    gpt(&file);
+    let lo = Loop::bare(&file, &[]);
+    tool_ok("partx", &["-a", lo.dev.as_str()]);
+    lo
+}
+
 /// The planned partitions matching `gpt`.
 const PLAN: [(u32, u64, u64); 2] = [
     (1, 2048 * 512, 10 * MIB),
@@ -118,10 +127,7 @@ fn a_partition_is_refused_and_partitions_are_listed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 64 * MIB);
-    gpt(&file);
-    let lo = Loop::bare(&file, &[]);
-    tool_ok("partx", &["-a", lo.dev.as_str()]);
+    let lo = gpt_loop(dir.path());
 
     let err = inspect(&lo.part_path(1)).unwrap_err();
     assert_eq!(err.exit_code(), 2);
@@ -175,10 +181,7 @@ fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 64 * MIB);
-    gpt(&file);
-    let lo = Loop::bare(&file, &[]);
-    tool_ok("partx", &["-a", lo.dev.as_str()]);
+    let lo = gpt_loop(dir.path());
     tool_ok(
         "mkfs.ext4",
         &["-q", "-F", lo.part_path(2).to_str().unwrap()],

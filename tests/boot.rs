@@ -117,10 +117,42 @@ fn serial() -> Serial {
     }
 }
 
-/// The start of every boot test: its host packages (else it fails or is skipped), the serial
-/// lock held for the whole test, and a fresh run directory.
-fn start(name: &str, packages: &[&str], arch: Option<&str>) -> Option<(Serial, PathBuf)> {
-    if !need_packages(packages, arch) {
+/// What a boot path needs on the host.
+#[derive(Clone, Copy, PartialEq)]
+enum Host {
+    /// QEMU `virt` with U-Boot, an arm64 kernel.
+    Arm64,
+    /// QEMU `raspi3b`: arm64 and mtools to read the FAT.
+    Raspi3b,
+    /// QEMU `raspi4b` (QEMU 9 or later): arm64, mtools and the device tree tools.
+    Raspi4b,
+    /// orangepi/zero: armhf and mtools.
+    OrangePi,
+    /// x86_64 with OVMF and rEFInd.
+    X86,
+}
+
+impl Host {
+    /// The Debian packages, and the dpkg architecture the guest's packages come in.
+    fn packages(self) -> (Vec<&'static str>, Option<&'static str>) {
+        match self {
+            Host::Arm64 => (ARM64_PACKAGES.to_vec(), Some("arm64")),
+            Host::Raspi3b => ([ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")),
+            Host::Raspi4b => (
+                [ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
+                Some("arm64"),
+            ),
+            Host::OrangePi => ([ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")),
+            Host::X86 => (X86_PACKAGES.to_vec(), None),
+        }
+    }
+}
+
+/// The start of every boot test: what the host needs for it (else it fails or is skipped),
+/// the serial lock held for the whole test, and a fresh run directory.
+fn start(name: &str, host: Host) -> Option<(Serial, PathBuf)> {
+    let (packages, arch) = host.packages();
+    if !need_packages(&packages, arch) || (host == Host::Raspi4b && !raspi4b()) {
         return None;
     }
     Some((serial(), run_dir(name)))
@@ -1271,7 +1303,7 @@ fn boot_and_check(
 // The paths
 
 fn arm64_path(name: &str, board: &str) {
-    let Some((_serial, dir)) = start(name, ARM64_PACKAGES, Some("arm64")) else {
+    let Some((_serial, dir)) = start(name, Host::Arm64) else {
         return;
     };
     let want = arm64_images(&dir.join("images"));
@@ -1291,7 +1323,7 @@ fn qemu_boot_arm64_uboot_bootscr() {
 #[test]
 fn qemu_boot_arm64_after_upgrade() {
     let name = "arm64-upgraded";
-    let Some((_serial, dir)) = start(name, ARM64_PACKAGES, Some("arm64")) else {
+    let Some((_serial, dir)) = start(name, Host::Arm64) else {
         return;
     };
     let a = arm64_images(&dir.join("images"));
@@ -1333,7 +1365,7 @@ fn qemu_boot_arm64_uboot_extlinux() {
 #[test]
 fn qemu_boot_x86_64_efi_refind_intel_desktop() {
     let name = "x86_64-intel-desktop";
-    let Some((_serial, dir)) = start(name, X86_PACKAGES, None) else {
+    let Some((_serial, dir)) = start(name, Host::X86) else {
         return;
     };
     let want = intel_images(&dir.join("images"), include_str!("boot/refind_linux.conf"));
@@ -1346,8 +1378,7 @@ fn qemu_boot_x86_64_efi_refind_intel_desktop() {
 #[test]
 fn qemu_boot_raspi3b_pi3x64() {
     let name = "raspi3b-pi3x64";
-    let Some((_serial, dir)) = start(name, &[ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64"))
-    else {
+    let Some((_serial, dir)) = start(name, Host::Raspi3b) else {
         return;
     };
     let want = pi3_images(&dir.join("images"));
@@ -1362,11 +1393,7 @@ fn qemu_boot_raspi3b_pi3x64() {
 #[test]
 fn qemu_boot_orangepi_zero_spl() {
     let name = "orangepi-zero-spl";
-    let Some((_serial, dir)) = start(
-        name,
-        &[ORANGEPI_PACKAGES, &["mtools"]].concat(),
-        Some("armhf"),
-    ) else {
+    let Some((_serial, dir)) = start(name, Host::OrangePi) else {
         return;
     };
     let want = orangepi_images(&dir.join("images"));
@@ -1398,12 +1425,7 @@ fn qemu_boot_orangepi_zero_spl() {
 #[test]
 fn qemu_boot_raspi4b_pi4() {
     let name = "raspi4b-pi4";
-    let Some((_serial, dir)) = start(
-        name,
-        &[ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
-        Some("arm64"),
-    )
-    .filter(|_| raspi4b()) else {
+    let Some((_serial, dir)) = start(name, Host::Raspi4b) else {
         return;
     };
     let want = pi4_images(&dir.join("images"));
@@ -1420,12 +1442,7 @@ fn qemu_boot_raspi4b_pi4() {
 #[test]
 fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
     let name = "raspi4b-pi4-other-initramfs";
-    let Some((_serial, dir)) = start(
-        name,
-        &[ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
-        Some("arm64"),
-    )
-    .filter(|_| raspi4b()) else {
+    let Some((_serial, dir)) = start(name, Host::Raspi4b) else {
         return;
     };
     let images = dir.join("images");
@@ -1460,11 +1477,7 @@ fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
 #[test]
 fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
     let name = "orangepi-zero-spl-moved";
-    let Some((_serial, dir)) = start(
-        name,
-        &[ORANGEPI_PACKAGES, &["mtools"]].concat(),
-        Some("armhf"),
-    ) else {
+    let Some((_serial, dir)) = start(name, Host::OrangePi) else {
         return;
     };
     orangepi_images(&dir.join("images"));
@@ -1504,7 +1517,7 @@ fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
 #[test]
 fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
     let name = "arm64-bootscr-broken";
-    let Some((_serial, dir)) = start(name, ARM64_PACKAGES, Some("arm64")) else {
+    let Some((_serial, dir)) = start(name, Host::Arm64) else {
         return;
     };
     arm64_images(&dir.join("images"));
@@ -1545,7 +1558,7 @@ fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
 #[test]
 fn qemu_boot_x86_64_refind_wrong_partuuid_fails_loudly() {
     let name = "x86_64-intel-desktop-broken";
-    let Some((_serial, dir)) = start(name, X86_PACKAGES, None) else {
+    let Some((_serial, dir)) = start(name, Host::X86) else {
         return;
     };
     let wrong = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";

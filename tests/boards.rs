@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use common::synth::*;
@@ -31,14 +30,6 @@ fn board_names() -> Vec<String> {
 
 fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
-}
-
-fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
-    let mut f = std::fs::File::open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    buf
 }
 
 /// One partition line of `sfdisk --dump`, parsed.

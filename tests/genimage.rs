@@ -255,15 +255,6 @@ fn table(img: &Path, cfg: &str) -> Value {
     v
 }
 
-fn read_range(img: &Path, offset: u64, len: u64) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(img).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = Vec::new();
-    f.take(len).read_to_end(&mut buf).unwrap();
-    buf
-}
-
 /// `skiff-flash inspect --json`'s view of the filesystem of the partition at `start`.
 fn inspect_fs(img: &Path, start: u64) -> Value {
     let out = run(&["inspect", "--json", img.to_str().unwrap()]);

@@ -180,14 +180,6 @@ fn sfdisk_parts(dev: &str) -> Vec<Value> {
         .clone()
 }
 
-fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = vec![0u8; len as usize];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b
-}
-
 /// The table: APP is entry 1 and lies after all others; the others in flash.xml order, each
 /// on a 1 MiB boundary, sized as flash.xml says; all Linux filesystem type, names from XML.
 /// Returns (start, size) in bytes per entry.
@@ -232,7 +224,7 @@ fn check_table(dev: &str, disk: u64, app_fills: bool) -> Vec<(u64, u64)> {
 fn check_partition_bytes(images: &Images, dev: &Path, ranges: &[(u64, u64)]) {
     for (i, (name, _, _, _)) in SD.iter().enumerate() {
         let (start, len) = ranges[i + 1];
-        let got = read_at(dev, start, len);
+        let got = read_range(dev, start, len);
         let want = images
             .file(name)
             .map(|f| std::fs::read(f).unwrap())

@@ -96,3 +96,26 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `len` bytes of `path` at `offset`; the file must hold them.
+pub fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b
+}
+
+/// XORs the byte at `at` of `path` with `mask` in place; returns the byte it was.
+pub fn xor_byte(path: &Path, at: u64, mask: u8) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ mask], at).unwrap();
+    b[0]
+}

@@ -609,19 +609,6 @@ fn verify_meaning(target: &str) -> (i32, String) {
     )
 }
 
-fn xor_byte(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn meaning_verify_reports_a_corrupt_backup_gpt() {
     let d = tempfile::tempdir().unwrap();
@@ -636,7 +623,7 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
         (size - 512 + 60, "header"),
         (size - 33 * 512 + 20, "entry array"),
     ] {
-        xor_byte(&img, at);
+        xor_byte(&img, at, 0x40);
         if need("sgdisk", "gdisk") {
             let (_, s) = tool("sgdisk", &["-v", p]);
             assert!(
@@ -650,7 +637,7 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
             "corrupt backup {what} must fail meaning verify: {v}"
         );
         assert!(v.contains("backup GPT") && v.contains("CRC"), "{what}: {v}");
-        xor_byte(&img, at);
+        xor_byte(&img, at, 0x40);
         assert_eq!(verify_meaning(p).0, 0);
     }
 }
@@ -709,7 +696,7 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     std::fs::rename(d.path().join("saved.bmap"), d.path().join("pi4.img.bmap")).unwrap();
     // A byte of the moved backup header is checked too.
     let last = std::fs::metadata(&card.backing).unwrap().len() - 512;
-    xor_byte(&card.backing, last + 60);
+    xor_byte(&card.backing, last + 60, 0x40);
     let out = run(&["verify", &card.dev, "--image", image, "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

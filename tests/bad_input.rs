@@ -11,11 +11,8 @@ fn missing_kernel_names_board_artifact_and_place() {
     let d = images_copy();
     std::fs::remove_file(d.path().join("Image")).unwrap();
     let looked = d.path().join("Image");
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[
             "board pi/4",
             "missing artifact `Image`",
@@ -48,13 +45,7 @@ fn corrupt_squashfs_is_refused() {
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[0..4].copy_from_slice(b"junk");
     std::fs::write(&p, &bytes).unwrap();
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &["rootfs.squashfs", "squashfs"],
-    );
+    pi4_refused(d.path(), &["rootfs.squashfs", "squashfs"]);
 }
 
 #[test]
@@ -63,7 +54,7 @@ fn truncated_squashfs_is_refused() {
     let p = d.path().join("rootfs.squashfs");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    build_refused(d.path(), "pi/4", &[], "out.img", &["rootfs.squashfs"]);
+    pi4_refused(d.path(), &["rootfs.squashfs"]);
 }
 
 #[test]
@@ -147,11 +138,8 @@ fn malformed_board_file_names_file_and_line() {
 
 #[test]
 fn missing_images_directory_is_bad_usage() {
-    build_refused(
+    pi4_refused(
         Path::new("/nonexistent/images"),
-        "pi/4",
-        &[],
-        "out.img",
         &["/nonexistent/images", "BINARIES_DIR"],
     );
 }

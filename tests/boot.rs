@@ -1302,13 +1302,38 @@ fn boot_and_check(
 // ---------------------------------------------------------------------------------------
 // The paths
 
+/// One boot path that must boot: the images directory `images` makes, built as `board`
+/// with `extra`, booted by `qemu`, checked against what `images` expects. Returns the image
+/// (`None` when skipped).
+#[allow(clippy::too_many_arguments)]
+fn boot_path(
+    name: &str,
+    host: Host,
+    board: &str,
+    extra: &[&str],
+    images: impl FnOnce(&Path) -> Expect,
+    qemu: impl FnOnce(&Image, &Path) -> Command,
+    prompt: Option<&str>,
+    persist_part: &str,
+) -> Option<Image> {
+    let (_serial, dir) = start(name, host)?;
+    let want = images(&dir.join("images"));
+    let i = Image::build(name, board, &dir, None, extra);
+    boot_and_check(&i, qemu(&i, &dir), prompt, &want, persist_part);
+    Some(i)
+}
+
 fn arm64_path(name: &str, board: &str) {
-    let Some((_serial, dir)) = start(name, Host::Arm64) else {
-        return;
-    };
-    let want = arm64_images(&dir.join("images"));
-    let i = Image::build(name, board, &dir, None, &[]);
-    boot_and_check(&i, qemu_arm64(&i.img), Some(UBOOT_PROMPT), &want, "persist");
+    boot_path(
+        name,
+        Host::Arm64,
+        board,
+        &[],
+        arm64_images,
+        |i, _| qemu_arm64(&i.img),
+        Some(UBOOT_PROMPT),
+        "persist",
+    );
 }
 
 /// U-Boot runs the boot.scr skiff-flash compiled: kernel, initramfs, QEMU's device tree.
@@ -1364,26 +1389,32 @@ fn qemu_boot_arm64_uboot_extlinux() {
 /// PARTUUID; the kernel loads the initrd from the same ext4.
 #[test]
 fn qemu_boot_x86_64_efi_refind_intel_desktop() {
-    let name = "x86_64-intel-desktop";
-    let Some((_serial, dir)) = start(name, Host::X86) else {
-        return;
-    };
-    let want = intel_images(&dir.join("images"), include_str!("boot/refind_linux.conf"));
-    let i = Image::build(name, "intel/desktop", &dir, None, &[]);
-    boot_and_check(&i, qemu_x86_64(&i.img, &dir), None, &want, "skiffos");
+    boot_path(
+        "x86_64-intel-desktop",
+        Host::X86,
+        "intel/desktop",
+        &[],
+        |d| intel_images(d, include_str!("boot/refind_linux.conf")),
+        |i, dir| qemu_x86_64(&i.img, dir),
+        None,
+        "skiffos",
+    );
 }
 
 /// pi/3x64 on QEMU's raspi3b: the MBR, the FAT `BOOT`, the squashfs on it and the ext4
 /// `persist` read through the Pi's SD host driver (QEMU wants an SD image of a power of 2).
 #[test]
 fn qemu_boot_raspi3b_pi3x64() {
-    let name = "raspi3b-pi3x64";
-    let Some((_serial, dir)) = start(name, Host::Raspi3b) else {
-        return;
-    };
-    let want = pi3_images(&dir.join("images"));
-    let i = Image::build(name, "pi/3x64", &dir, None, &["--size", "512MiB"]);
-    boot_and_check(&i, qemu_raspi3b(&i, &dir), None, &want, "persist");
+    boot_path(
+        "raspi3b-pi3x64",
+        Host::Raspi3b,
+        "pi/3x64",
+        &["--size", "512MiB"],
+        pi3_images,
+        qemu_raspi3b,
+        None,
+        "persist",
+    );
 }
 
 /// orangepi/zero through its raw bootloader: the boot ROM finds the SPL skiff-flash placed
@@ -1393,20 +1424,19 @@ fn qemu_boot_raspi3b_pi3x64() {
 #[test]
 fn qemu_boot_orangepi_zero_spl() {
     let name = "orangepi-zero-spl";
-    let Some((_serial, dir)) = start(name, Host::OrangePi) else {
+    let Some(i) = boot_path(
+        name,
+        Host::OrangePi,
+        "orangepi/zero",
+        &["--size", "512MiB"],
+        orangepi_images,
+        |i, _| qemu_orangepi(&i.img),
+        Some(UBOOT_PROMPT),
+        "persist",
+    ) else {
         return;
     };
-    let want = orangepi_images(&dir.join("images"));
-    let i = Image::build(name, "orangepi/zero", &dir, None, &["--size", "512MiB"]);
-    let log = i.img.with_file_name("serial.log");
-    boot_and_check(
-        &i,
-        qemu_orangepi(&i.img),
-        Some(UBOOT_PROMPT),
-        &want,
-        "persist",
-    );
-    let serial = clean(&std::fs::read(&log).unwrap());
+    let serial = clean(&std::fs::read(i.img.with_file_name("serial.log")).unwrap());
     for stage in [
         "U-Boot SPL",
         "Trying to boot from MMC1",
@@ -1424,13 +1454,16 @@ fn qemu_boot_orangepi_zero_spl() {
 /// the guest finds `BOOT` and `persist` through the Pi 4's SD host and writes to persist.
 #[test]
 fn qemu_boot_raspi4b_pi4() {
-    let name = "raspi4b-pi4";
-    let Some((_serial, dir)) = start(name, Host::Raspi4b) else {
-        return;
-    };
-    let want = pi4_images(&dir.join("images"));
-    let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
-    boot_and_check(&i, qemu_raspi4b(&i, &dir), None, &want, "persist");
+    boot_path(
+        "raspi4b-pi4",
+        Host::Raspi4b,
+        "pi/4",
+        &["--size", "512MiB"],
+        pi4_images,
+        qemu_raspi4b,
+        None,
+        "persist",
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -44,3 +44,8 @@ pub fn build_refused(
     nothing_left(out_dir.path());
     err
 }
+
+/// `build_refused` of pi/4 from `images` with no extra arguments.
+pub fn pi4_refused(images: &Path, expect: &[&str]) -> String {
+    build_refused(images, "pi/4", &[], "out.img", expect)
+}

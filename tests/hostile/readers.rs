@@ -30,11 +30,8 @@ fn a_directory_where_the_squashfs_belongs_is_refused() {
     let p = d.path().join("rootfs.squashfs");
     std::fs::remove_file(&p).unwrap();
     std::fs::create_dir(&p).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[
             p.to_str().unwrap(),
             "is a directory, expected a non-empty file",
@@ -49,13 +46,7 @@ fn a_directory_named_image_is_refused() {
     std::fs::remove_file(&p).unwrap();
     std::fs::create_dir(&p).unwrap();
     std::fs::write(p.join("inner"), b"x").unwrap();
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &[p.to_str().unwrap(), "is a directory"],
-    );
+    pi4_refused(d.path(), &[p.to_str().unwrap(), "is a directory"]);
 }
 
 #[test]
@@ -63,13 +54,7 @@ fn an_empty_kernel_is_refused() {
     let d = images();
     let p = d.path().join("Image");
     std::fs::write(&p, b"").unwrap();
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &[p.to_str().unwrap(), "is empty"],
-    );
+    pi4_refused(d.path(), &[p.to_str().unwrap(), "is empty"]);
 }
 
 #[test]
@@ -77,11 +62,8 @@ fn a_kernel_without_its_magic_is_refused() {
     let d = images();
     let p = d.path().join("Image");
     std::fs::write(&p, vec![0x5a; 4096]).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[p.to_str().unwrap(), "not an arm64 kernel Image", "0x38"],
     );
 }
@@ -91,11 +73,8 @@ fn a_dtb_without_its_magic_is_refused() {
     let d = images();
     let p = d.path().join("bcm2711-rpi-400.dtb");
     std::fs::write(&p, b"not a device tree").unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[
             p.to_str().unwrap(),
             "not a flattened device tree",
@@ -270,21 +249,15 @@ fn a_fat_symlink_out_of_the_images_dir_is_refused() {
     std::fs::write(outside.path(), b"host secret").unwrap();
     let link = d.path().join("boot_part/x");
     std::os::unix::fs::symlink(outside.path(), &link).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[link.to_str().unwrap(), "outside the images directory"],
     );
     // A relative link climbing out is refused too.
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink("../../../../../../../../etc/hostname", &link).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[link.to_str().unwrap(), "outside the images directory"],
     );
 }
@@ -321,13 +294,7 @@ fn a_fat_directory_over_65536_slots_is_refused_naming_it() {
     for i in 0..65_535u32 {
         std::fs::File::create(big.join(format!("{i:08X}.TXT"))).unwrap();
     }
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &["boot", "/many", "65537", "at most 65536 slots"],
-    );
+    pi4_refused(d.path(), &["boot", "/many", "65537", "at most 65536 slots"]);
     std::fs::remove_file(big.join("00000000.TXT")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("a.img");

@@ -820,7 +820,7 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
     for i in 0..40u64 {
         sparse_copy(&a_img, &card);
         let f = std::fs::OpenOptions::new().write(true).open(&card).unwrap();
-        let noise = pseudo(64, i as u64);
+        let noise = pseudo(64, i);
         // Boot sector, FSInfo, first FAT sectors, the root directory's first cluster.
         let spots = [0u64, 512, 16_384, 20_480, 33_000, 70_000];
         let at = o1 + spots[(i % spots.len() as u64) as usize] + (i * 7) % 400;

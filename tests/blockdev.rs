@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::{Loop, Mount, need_all, need_loop_devices, tool_ok};
+use common::{Loop, Mount, need_all, need_loop_devices, read_range, tool_ok};
 use skiff_flash::device::{self, Device, RereadMethod, SafetyPolicy, Transport, check, inspect};
 use skiff_flash::sink::Sink;
 
@@ -273,12 +273,7 @@ fn writes_land_at_their_offsets() {
     );
     dev.sync().unwrap();
 
-    let backing = fs::File::open(&file).unwrap();
-    let at = |offset: u64, len: usize| {
-        let mut buf = vec![0; len];
-        backing.read_exact_at(&mut buf, offset).unwrap();
-        buf
-    };
+    let at = |offset: u64, len: u64| read_range(&file, offset, len);
     assert_eq!(at(0, 12), b"first sector");
     assert_eq!(at(4096, 12), b"\0\0\0unaligned");
     assert_eq!(at(16 * MIB - 4, 4), b"tail");

@@ -45,6 +45,11 @@ fn gpt(file: &Path) {
     );
 }
 
+/// The device under `lo`, inspected and opened exclusively.
+fn open(lo: &Loop) -> Device {
+    Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap()
+}
+
 /// A loop device over a 64 MiB disk partitioned by `gpt`, its partitions added.
 fn gpt_loop(dir: &Path) -> Loop {
     let file = sparse(dir, 64 * MIB);
@@ -261,7 +266,7 @@ fn writes_land_at_their_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let file = sparse(dir.path(), 16 * MIB);
     let lo = Loop::bare(&file, &[]);
-    let mut dev = Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap();
+    let mut dev = open(&lo);
     assert_eq!(dev.size(), 16 * MIB);
 
     dev.data(0, b"first sector").unwrap();
@@ -289,7 +294,7 @@ fn zeros_really_zero_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let file = sparse(dir.path(), 16 * MIB);
     let lo = Loop::bare(&file, &[]);
-    let mut dev = Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap();
+    let mut dev = open(&lo);
     dev.data(0, &vec![0xAA; (16 * MIB) as usize]).unwrap();
     dev.sync().unwrap();
     // Pull the range into the device's page cache, so a zeroing that left it stale shows.
@@ -329,7 +334,7 @@ fn reread_makes_partitions_appear(losetup_args: &[&str]) {
     let file = sparse(dir.path(), 64 * MIB);
     let lo = Loop::bare(&file, losetup_args);
     gpt(&file);
-    let dev = Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap();
+    let dev = open(&lo);
 
     let outcome = device::reread_partitions(&dev, &PLAN).unwrap();
     eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev.as_str());
@@ -375,7 +380,7 @@ fn reread_partitions_rejects_a_misaligned_plan() {
     }
     let dir = tempfile::tempdir().unwrap();
     let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &[]);
-    let dev = Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap();
+    let dev = open(&lo);
     let err = device::reread_partitions(&dev, &[(1, 1000, MIB)]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let err = device::reread_partitions(&dev, &[(1, MIB, 8 * MIB)]).unwrap_err();

@@ -10,6 +10,7 @@ pub mod compose;
 pub mod define;
 pub mod device;
 pub mod error;
+pub mod exercise;
 pub mod format;
 pub mod image;
 pub mod io;

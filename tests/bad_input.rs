@@ -6,52 +6,13 @@ use std::path::Path;
 
 use common::*;
 
-/// Runs a build into an empty directory; asserts exit 2, a one-line error containing every
-/// `expect` fragment, and that the directory is still empty.
-fn refused(images: &Path, board: &str, extra: &[&str], expect: &[&str]) {
-    let out_dir = tempfile::tempdir().unwrap();
-    let img = out_dir.path().join("out.img");
-    let mut args = vec![
-        "build",
-        "--board",
-        board,
-        "--images",
-        images.to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = run(&args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "exit code 2 for bad input; stderr: {err}"
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("skiff-flash: error: "), "{err}");
-    for e in expect {
-        assert!(err.contains(e), "`{e}` not in: {err}");
-    }
-    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "output directory not empty: {left:?}");
-}
-
-fn images_copy() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures(), d.path());
-    d
-}
-
 #[test]
 fn missing_kernel_names_board_artifact_and_place() {
     let d = images_copy();
     std::fs::remove_file(d.path().join("Image")).unwrap();
     let looked = d.path().join("Image");
-    refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
         &[
             "board pi/4",
             "missing artifact `Image`",
@@ -68,10 +29,11 @@ fn missing_squashfs_is_refused() {
     std::fs::create_dir(d.path().join("skiff-init")).unwrap();
     std::fs::write(d.path().join("skiff-init/skiff-init-squashfs"), b"init").unwrap();
     assert!(!d.path().join("rootfs.squashfs").exists());
-    refused(
+    build_refused(
         d.path(),
         "pine64/phone",
         &[],
+        "out.img",
         &["board pine64/phone", "`rootfs.squashfs`"],
     );
 }
@@ -83,7 +45,7 @@ fn corrupt_squashfs_is_refused() {
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[0..4].copy_from_slice(b"junk");
     std::fs::write(&p, &bytes).unwrap();
-    refused(d.path(), "pi/4", &[], &["rootfs.squashfs", "squashfs"]);
+    pi4_refused(d.path(), &["rootfs.squashfs", "squashfs"]);
 }
 
 #[test]
@@ -92,7 +54,7 @@ fn truncated_squashfs_is_refused() {
     let p = d.path().join("rootfs.squashfs");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    refused(d.path(), "pi/4", &[], &["rootfs.squashfs"]);
+    pi4_refused(d.path(), &["rootfs.squashfs"]);
 }
 
 #[test]
@@ -113,30 +75,33 @@ fn content_larger_than_a_fixed_partition_says_how_much() {
     )
     .unwrap();
     let dir = boards.path().to_str().unwrap();
-    refused(
+    build_refused(
         d.path(),
         "test/small",
         &["--board-dir", dir],
+        "out.img",
         &["board test/small: boot needs", "partition has 67,108,864"],
     );
 }
 
 #[test]
 fn size_too_small_for_the_layout() {
-    refused(
+    build_refused(
         &fixtures(),
         "pi/4",
         &["--size", "100MiB"],
+        "out.img",
         &["board pi/4", "needs", "104,857,600"],
     );
 }
 
 #[test]
 fn unknown_board_suggests_close_names() {
-    refused(
+    build_refused(
         &fixtures(),
         "pi/44",
         &[],
+        "out.img",
         &["unknown board `pi/44`", "did you mean", "`pi/4`"],
     );
 }
@@ -153,28 +118,28 @@ fn malformed_board_file_names_file_and_line() {
     .unwrap();
     let dir = boards.path().to_str().unwrap();
     let shown = format!("{}:3:1", f.display());
-    refused(
+    build_refused(
         &fixtures(),
         "test/broken",
         &["--board-dir", dir],
+        "out.img",
         &[&shown, "layot"],
     );
 
     std::fs::write(&f, "description = \"broken\n").unwrap();
-    refused(
+    build_refused(
         &fixtures(),
         "test/broken",
         &["--board-dir", dir],
+        "out.img",
         &[&format!("{}:1:", f.display())],
     );
 }
 
 #[test]
 fn missing_images_directory_is_bad_usage() {
-    refused(
+    pi4_refused(
         Path::new("/nonexistent/images"),
-        "pi/4",
-        &[],
         &["/nonexistent/images", "BINARIES_DIR"],
     );
 }

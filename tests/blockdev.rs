@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::{is_root, losetup, need, tool, tool_ok};
+use common::{Loop, Mount, need_all, need_loop_devices, read_range, tool_ok};
 use skiff_flash::device::{
     self, Device, PlannedPart, RereadMethod, SafetyPolicy, Transport, check, inspect,
 };
@@ -17,94 +17,14 @@ use skiff_flash::sink::Sink;
 
 const MIB: u64 = 1 << 20;
 
-/// Whether loop-device tests can run here; panics with the reason when they cannot and
-/// skipping was not asked for.
+/// Whether loop-device tests can run here: loop devices and the tools these tests use.
 fn can_run() -> bool {
-    let tools = [
-        ("losetup", "mount"),
-        ("partx", "util-linux"),
-        ("sgdisk", "gdisk"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("mount", "mount"),
-    ];
-    if !tools.iter().all(|(t, p)| need(t, p)) {
-        return false;
-    }
-    if is_root() {
-        return true;
-    }
-    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
-        eprintln!("SKIPPED: loop devices need root");
-        return false;
-    }
-    panic!(
-        "loop devices need root: run the tests as root (CI does), or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip"
-    );
-}
-
-/// A loop device over a backing file; its partitions removed and itself detached on drop.
-struct Loop {
-    dev: PathBuf,
-    name: String,
-}
-
-impl Loop {
-    fn attach(file: &Path, extra: &[&str]) -> Loop {
-        let mut args = vec!["-f", "--show"];
-        args.extend(extra);
-        args.push(file.to_str().unwrap());
-        let dev = PathBuf::from(losetup(&args));
-        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
-        Loop { dev, name }
-    }
-
-    fn dev(&self) -> &str {
-        self.dev.to_str().unwrap()
-    }
-
-    fn part(&self, n: u32) -> PathBuf {
-        PathBuf::from(format!("{}p{n}", self.dev()))
-    }
-
-    fn sys_part(&self, n: u32) -> PathBuf {
-        Path::new("/sys/block")
-            .join(&self.name)
-            .join(format!("{}p{n}", self.name))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        // Partitions added through BLKPG outlive a detach on loops without partscan.
-        let _ = tool("partx", &["-d", self.dev()]);
-        let _ = tool("losetup", &["-d", self.dev()]);
-    }
-}
-
-/// A read-write mount, unmounted on drop.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(dev: &Path) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        tool_ok(
-            "mount",
-            &[dev.to_str().unwrap(), dir.path().to_str().unwrap()],
-        );
-        Mount { dir }
-    }
-
-    fn path(&self) -> &str {
-        self.dir.path().to_str().unwrap()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = tool("umount", &[self.path()]);
-    }
+    need_loop_devices()
+        && need_all(&[
+            ("sgdisk", "gdisk"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("mount", "mount"),
+        ])
 }
 
 fn sparse(dir: &Path, len: u64) -> PathBuf {
@@ -125,6 +45,20 @@ fn gpt(file: &Path) {
             file.to_str().unwrap(),
         ],
     );
+}
+
+/// The device under `lo`, inspected and opened exclusively.
+fn open(lo: &Loop) -> Device {
+    Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap()
+}
+
+/// A loop device over a 64 MiB disk partitioned by `gpt`, its partitions added.
+fn gpt_loop(dir: &Path) -> Loop {
+    let file = sparse(dir, 64 * MIB);
+    gpt(&file);
+    let lo = Loop::bare(&file, &[]);
+    tool_ok("partx", &["-a", lo.dev.as_str()]);
+    lo
 }
 
 /// The planned partitions matching `gpt`.
@@ -154,9 +88,9 @@ fn inspect_reports_size_sectors_and_loop_transport() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::attach(&sparse(dir.path(), 64 * MIB), &[]);
-    let info = inspect(&lo.dev).unwrap();
-    assert_eq!(info.name, lo.name);
+    let lo = Loop::bare(&sparse(dir.path(), 64 * MIB), &[]);
+    let info = inspect(lo.path()).unwrap();
+    assert_eq!(info.name, lo.name());
     assert_eq!(info.path, lo.dev);
     assert_eq!(info.major, 7);
     assert_eq!(info.size, 64 * MIB);
@@ -168,7 +102,7 @@ fn inspect_reports_size_sectors_and_loop_transport() {
     check(&info, &card_policy(64 * MIB)).unwrap();
 
     let listed = device::list().unwrap();
-    let mine = listed.iter().find(|d| d.name == lo.name).expect("listed");
+    let mine = listed.iter().find(|d| d.name == lo.name()).expect("listed");
     assert_eq!(mine.size, 64 * MIB);
     let names: Vec<&str> = listed.iter().map(|d| d.name.as_str()).collect();
     assert!(names.is_sorted(), "{names:?}");
@@ -208,27 +142,24 @@ fn a_partition_is_refused_and_partitions_are_listed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 64 * MIB);
-    gpt(&file);
-    let lo = Loop::attach(&file, &[]);
-    tool_ok("partx", &["-a", lo.dev()]);
+    let lo = gpt_loop(dir.path());
 
-    let err = inspect(&lo.part(1)).unwrap_err();
+    let err = inspect(&lo.part_path(1)).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert_eq!(
         err.to_string(),
         format!(
             "{} is a partition; give the whole disk {}",
-            lo.part(1).display(),
-            lo.dev()
+            lo.part_path(1).display(),
+            lo.dev.as_str()
         )
     );
 
-    let info = inspect(&lo.dev).unwrap();
+    let info = inspect(lo.path()).unwrap();
     let got: Vec<PlannedPart> = info.partitions.iter().map(PlannedPart::from).collect();
     assert_eq!(got, PLAN);
-    assert_eq!(info.partitions[0].path, lo.part(1));
-    assert_eq!(info.partitions[1].name, format!("{}p2", lo.name));
+    assert_eq!(info.partitions[0].path, lo.part_path(1));
+    assert_eq!(info.partitions[1].name, format!("{}p2", lo.name()));
 }
 
 #[test]
@@ -261,21 +192,21 @@ fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 64 * MIB);
-    gpt(&file);
-    let lo = Loop::attach(&file, &[]);
-    tool_ok("partx", &["-a", lo.dev()]);
-    tool_ok("mkfs.ext4", &["-q", "-F", lo.part(2).to_str().unwrap()]);
+    let lo = gpt_loop(dir.path());
+    tool_ok(
+        "mkfs.ext4",
+        &["-q", "-F", lo.part_path(2).to_str().unwrap()],
+    );
 
-    let mount = Mount::new(&lo.part(2));
-    let info = inspect(&lo.dev).unwrap();
+    let mount = Mount::rw(&lo.part(2));
+    let info = inspect(lo.path()).unwrap();
     assert_eq!(info.partitions[1].mountpoints, [mount.path()]);
     let msg = check(&info, &card_policy(0)).unwrap_err().to_string();
     assert_eq!(
         msg,
         format!(
             "{} is mounted at {}; unmount it first",
-            lo.part(2).display(),
+            lo.part_path(2).display(),
             mount.path()
         )
     );
@@ -283,11 +214,11 @@ fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
     assert_eq!(err.exit_code(), 2);
     assert_eq!(
         err.to_string(),
-        format!("{} is busy (mounted or in use)", lo.dev())
+        format!("{} is busy (mounted or in use)", lo.dev.as_str())
     );
 
     drop(mount);
-    let info = inspect(&lo.dev).unwrap();
+    let info = inspect(lo.path()).unwrap();
     assert!(info.partitions.iter().all(|p| p.mountpoints.is_empty()));
     check(&info, &card_policy(0)).unwrap();
     Device::open_exclusive(&info).unwrap();
@@ -299,14 +230,17 @@ fn a_device_smaller_than_the_image_is_refused_with_both_sizes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
-    let info = inspect(&lo.dev).unwrap();
+    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &[]);
+    let info = inspect(lo.path()).unwrap();
     let msg = check(&info, &card_policy(16 * MIB))
         .unwrap_err()
         .to_string();
     assert_eq!(
         msg,
-        format!("image needs 16,777,216 bytes, {} has 8,388,608", lo.dev())
+        format!(
+            "image needs 16,777,216 bytes, {} has 8,388,608",
+            lo.dev.as_str()
+        )
     );
     check(&info, &card_policy(8 * MIB)).unwrap();
 }
@@ -317,13 +251,16 @@ fn a_read_only_device_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &["-r"]);
-    let info = inspect(&lo.dev).unwrap();
+    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &["-r"]);
+    let info = inspect(lo.path()).unwrap();
     assert!(info.read_only);
     let msg = check(&info, &card_policy(0)).unwrap_err().to_string();
     assert_eq!(
         msg,
-        format!("{} is read-only (is the card's lock switch on?)", lo.dev())
+        format!(
+            "{} is read-only (is the card's lock switch on?)",
+            lo.dev.as_str()
+        )
     );
 }
 
@@ -334,8 +271,8 @@ fn writes_land_at_their_offsets() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = sparse(dir.path(), 16 * MIB);
-    let lo = Loop::attach(&file, &[]);
-    let mut dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    let lo = Loop::bare(&file, &[]);
+    let mut dev = open(&lo);
     assert_eq!(dev.size(), 16 * MIB);
 
     dev.data(0, b"first sector").unwrap();
@@ -347,12 +284,7 @@ fn writes_land_at_their_offsets() {
     );
     dev.sync().unwrap();
 
-    let backing = fs::File::open(&file).unwrap();
-    let at = |offset: u64, len: usize| {
-        let mut buf = vec![0; len];
-        backing.read_exact_at(&mut buf, offset).unwrap();
-        buf
-    };
+    let at = |offset: u64, len: u64| read_range(&file, offset, len);
     assert_eq!(at(0, 12), b"first sector");
     assert_eq!(at(4096, 12), b"\0\0\0unaligned");
     assert_eq!(at(16 * MIB - 4, 4), b"tail");
@@ -367,8 +299,8 @@ fn zeros_really_zero_the_range() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = sparse(dir.path(), 16 * MIB);
-    let lo = Loop::attach(&file, &[]);
-    let mut dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    let lo = Loop::bare(&file, &[]);
+    let mut dev = open(&lo);
     dev.data(0, &vec![0xAA; (16 * MIB) as usize]).unwrap();
     dev.sync().unwrap();
     // Pull the range into the device's page cache, so a zeroing that left it stale shows.
@@ -406,20 +338,20 @@ fn zeros_really_zero_the_range() {
 fn reread_makes_partitions_appear(losetup_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let file = sparse(dir.path(), 64 * MIB);
-    let lo = Loop::attach(&file, losetup_args);
+    let lo = Loop::bare(&file, losetup_args);
     gpt(&file);
-    let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    let dev = open(&lo);
 
     let outcome = device::reread_partitions(&dev, &PLAN).unwrap();
-    eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev());
+    eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev.as_str());
     assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
-    assert_eq!(outcome.nodes, [lo.part(1), lo.part(2)]);
+    assert_eq!(outcome.nodes, [lo.part_path(1), lo.part_path(2)]);
     assert!(outcome.missing_nodes.is_empty(), "{outcome:?}");
     if outcome.method == RereadMethod::Blkpg {
         assert!(outcome.rescan_note.is_some());
     }
 
-    tool_ok("partx", &["-d", lo.dev()]);
+    tool_ok("partx", &["-d", lo.dev.as_str()]);
     assert!(!lo.sys_part(1).exists());
     device::reread_partitions(&dev, &PLAN).unwrap();
     assert!(lo.sys_part(1).exists() && lo.sys_part(2).exists());
@@ -462,8 +394,8 @@ fn reread_partitions_rejects_a_misaligned_plan() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::attach(&sparse(dir.path(), 8 * MIB), &[]);
-    let dev = Device::open_exclusive(&inspect(&lo.dev).unwrap()).unwrap();
+    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &[]);
+    let dev = open(&lo);
     let err = device::reread_partitions(&dev, &[part(1000, MIB)]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let err = device::reread_partitions(&dev, &[part(MIB, 8 * MIB)]).unwrap_err();

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use common::synth::*;
@@ -20,10 +19,6 @@ const MSFTDATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_str(&ok(out)).expect("skiff-flash printed JSON")
-}
-
 fn board_names() -> Vec<String> {
     json(&run(&["boards", "--json"]))
         .as_array()
@@ -33,43 +28,8 @@ fn board_names() -> Vec<String> {
         .collect()
 }
 
-fn show(board: &str) -> Value {
-    json(&run(&["boards", "show", board, "--json"]))
-}
-
-fn plan(board: &str, images: &Path) -> Value {
-    json(&run(&[
-        "plan",
-        "--board",
-        board,
-        "--images",
-        images.to_str().unwrap(),
-        "--json",
-    ]))
-}
-
-fn build(board: &str, images: &Path, out: &Path) {
-    ok(&run(&[
-        "build",
-        "--board",
-        board,
-        "--images",
-        images.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]));
-}
-
 fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
-}
-
-fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
-    let mut f = std::fs::File::open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    buf
 }
 
 /// One partition line of `sfdisk --dump`, parsed.
@@ -185,7 +145,7 @@ fn check_board(name: &str, set: Set) -> Vec<String> {
         ));
         return errs;
     }
-    let plan = plan(name, images.path());
+    let plan = plan_json(name, images.path(), &[]);
     let layout = &def["layout"];
     let defs = arr(&layout["partition"]);
     let parts = arr(&plan["partitions"]);
@@ -383,8 +343,8 @@ fn build_synth(board: &str, set: Set, tweak: impl FnOnce(&Path)) -> Built {
     tweak(images.path());
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("disk.img");
-    build(board, images.path(), &img);
-    let plan = plan(board, images.path());
+    build(board, images.path(), &img, &[]);
+    let plan = plan_json(board, images.path(), &[]);
     Built {
         def,
         plan,
@@ -826,40 +786,23 @@ fn representative_boards_match_skiffos_layouts() {
     assert!(arr(&b.plan["raw"]).is_empty(), "no raw writes on x86");
 }
 
-/// Runs a build expected to be refused; returns stderr after checking exit 2 and one line.
-fn refused(args: &[&str]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "exit 2; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    err
-}
-
 #[test]
 fn missing_bootloader_blob_names_board_artifact_and_places() {
     let def = show("bananapi/m1");
     let images = skiffos_images("bananapi/m1", &def, Set::Required);
     let blob = images.path().join("u-boot-sunxi-with-spl.bin");
     std::fs::remove_file(&blob).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let img = out.path().join("disk.img");
-    let err = refused(&[
-        "build",
-        "--board",
+    build_refused(
+        images.path(),
         "bananapi/m1",
-        "--images",
-        images.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]);
-    for want in [
-        "bananapi/m1",
-        "`u-boot-sunxi-with-spl.bin`",
-        blob.to_str().unwrap(),
-    ] {
-        assert!(err.contains(want), "`{want}` not in: {err}");
-    }
-    assert!(!img.exists(), "no image left behind");
+        &[],
+        "disk.img",
+        &[
+            "bananapi/m1",
+            "`u-boot-sunxi-with-spl.bin`",
+            blob.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
@@ -884,28 +827,18 @@ fn overlapping_raw_write_names_both_ranges() {
         .unwrap()
         .len();
     assert_eq!(blob_len, BLOB);
-    let out = tempfile::tempdir().unwrap();
-    let img = out.path().join("disk.img");
-    let err = refused(&[
-        "--board-dir",
-        user.path().to_str().unwrap(),
-        "build",
-        "--board",
+    build_refused(
+        images.path(),
         "test/overlap",
-        "--images",
-        images.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]);
-    for want in [
-        "test/overlap",
-        "`intruder`",
-        "[1,044,480, 1,110,016)",
-        "partition boot [1,048,576, ",
-    ] {
-        assert!(err.contains(want), "`{want}` not in: {err}");
-    }
-    assert!(!img.exists(), "no image left behind");
+        &["--board-dir", user.path().to_str().unwrap()],
+        "disk.img",
+        &[
+            "test/overlap",
+            "`intruder`",
+            "[1,044,480, 1,110,016)",
+            "partition boot [1,048,576, ",
+        ],
+    );
 }
 
 #[test]

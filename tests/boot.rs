@@ -21,6 +21,8 @@
 //! what to install, unless SKIFF_FLASH_TEST_ALLOW_MISSING is set. Debian's kernels are
 //! fetched with `apt-get download` once and kept in `target/boot-cache/`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -29,7 +31,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const EPOCH: &str = "1700000000";
+use common::{dpkg_arches, need_packages, ok, run, sh, show, unavailable};
+
 /// `VERSION=` of the generated skiff-release: intel/desktop names its files after it.
 const VERSION: &str = "2026.08.0";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -85,72 +88,6 @@ const X86_PACKAGES: &[&str] = &[
 // ---------------------------------------------------------------------------------------
 // Host checks, cache, commands
 
-/// Whether the host has `packages` (and dpkg architecture `arch`, for `apt-get download`);
-/// panics with what to install when not, or returns false with SKIFF_FLASH_TEST_ALLOW_MISSING.
-fn need(packages: &[&str], arch: Option<&str>) -> bool {
-    let mut missing: Vec<String> = match Command::new("dpkg-query")
-        .arg("-W")
-        .arg("-f=${Package} ${db:Status-Status}\n")
-        .args(packages)
-        .output()
-    {
-        Err(_) => packages.iter().map(|p| p.to_string()).collect(),
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            packages
-                .iter()
-                .filter(|p| !text.lines().any(|l| l == format!("{p} installed")))
-                .map(|p| p.to_string())
-                .collect()
-        }
-    };
-    let mut hints = Vec::new();
-    if !missing.is_empty() {
-        hints.push(format!(
-            "apt-get install --no-install-recommends {} (scripts/test.sh installs them)",
-            missing.join(" ")
-        ));
-    }
-    if let Some(arch) = arch
-        && !dpkg_arches().iter().any(|a| a == arch)
-    {
-        missing.push(format!("dpkg architecture {arch}"));
-        hints.push(format!(
-            "dpkg --add-architecture {arch} && apt-get update (scripts/test.sh does this)"
-        ));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "this boot test needs {}: {}",
-        missing.join(", "),
-        hints.join("; ")
-    );
-    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
-        eprintln!("SKIPPED: {msg}");
-        return false;
-    }
-    panic!("{msg} (or set SKIFF_FLASH_TEST_ALLOW_MISSING=1 to skip)");
-}
-
-fn dpkg_arches() -> Vec<String> {
-    let mut out = Vec::new();
-    for args in [
-        &["--print-architecture"][..],
-        &["--print-foreign-architectures"][..],
-    ] {
-        if let Ok(o) = Command::new("dpkg").args(args).output() {
-            out.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(str::to_string),
-            );
-        }
-    }
-    out
-}
-
 /// `target/boot-cache/`: downloaded packages and extracted kernels, kept between runs, and
 /// each test's last images directory, image and serial log.
 fn cache() -> PathBuf {
@@ -180,42 +117,45 @@ fn serial() -> Serial {
     }
 }
 
-/// Runs a command, panicking with its output when it fails; returns stdout.
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// What a boot path needs on the host.
+#[derive(Clone, Copy, PartialEq)]
+enum Host {
+    /// QEMU `virt` with U-Boot, an arm64 kernel.
+    Arm64,
+    /// QEMU `raspi3b`: arm64 and mtools to read the FAT.
+    Raspi3b,
+    /// QEMU `raspi4b` (QEMU 9 or later): arm64, mtools and the device tree tools.
+    Raspi4b,
+    /// orangepi/zero: armhf and mtools.
+    OrangePi,
+    /// x86_64 with OVMF and rEFInd.
+    X86,
 }
 
-fn skiff_flash(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_skiff-flash"))
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .env_remove("SKIFF_FLASH_BOARD_PATH")
-        .output()
-        .expect("running skiff-flash")
+impl Host {
+    /// The Debian packages, and the dpkg architecture the guest's packages come in.
+    fn packages(self) -> (Vec<&'static str>, Option<&'static str>) {
+        match self {
+            Host::Arm64 => (ARM64_PACKAGES.to_vec(), Some("arm64")),
+            Host::Raspi3b => ([ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")),
+            Host::Raspi4b => (
+                [ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
+                Some("arm64"),
+            ),
+            Host::OrangePi => ([ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")),
+            Host::X86 => (X86_PACKAGES.to_vec(), None),
+        }
+    }
 }
 
-fn skiff_flash_ok(args: &[&str]) -> String {
-    let out = skiff_flash(args);
-    assert!(
-        out.status.success(),
-        "skiff-flash {} failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The start of every boot test: what the host needs for it (else it fails or is skipped),
+/// the serial lock held for the whole test, and a fresh run directory.
+fn start(name: &str, host: Host) -> Option<(Serial, PathBuf)> {
+    let (packages, arch) = host.packages();
+    if !need_packages(&packages, arch) || (host == Host::Raspi4b && !raspi4b()) {
+        return None;
+    }
+    Some((serial(), run_dir(name)))
 }
 
 /// A fresh directory `target/boot-cache/run/NAME/`.
@@ -254,17 +194,11 @@ fn raspi4b() -> bool {
         .args(["-M", "help"])
         .output();
     let has = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("raspi4b"));
-    if has {
-        return true;
-    }
-    if std::env::var_os("SKIFF_FLASH_TEST_ALLOW_MISSING").is_some() {
-        eprintln!("skipping: QEMU has no raspi4b machine");
-        return false;
-    }
-    panic!(
-        "QEMU has no raspi4b machine (QEMU 9 or later): apt-get install -t bookworm-backports \
-         qemu-system-arm qemu-system-x86 (scripts/test.sh does this)"
-    );
+    has || unavailable(
+        "QEMU has no raspi4b machine (QEMU 9 or later)",
+        "apt-get install -t bookworm-backports qemu-system-arm qemu-system-x86 \
+         (scripts/test.sh does this)",
+    )
 }
 
 /// The cached .deb of `spec` (`name` or `name:arch`), fetched with `apt-get download`.
@@ -897,8 +831,14 @@ impl Image {
             plan: serde_json::Value::Null,
         };
         let img = i.img.to_str().unwrap();
-        skiff_flash_ok(&[&["build"][..], &i.board_args(), &["--output", img], extra].concat());
-        let plan = skiff_flash_ok(&[&["plan"][..], &i.board_args(), &["--json"]].concat());
+        ok(&run(&[
+            &["build"][..],
+            &i.board_args(),
+            &["--output", img],
+            extra,
+        ]
+        .concat()));
+        let plan = ok(&run(&[&["plan"][..], &i.board_args(), &["--json"]].concat()));
         i.plan = serde_json::from_str(&plan).unwrap();
         i
     }
@@ -924,7 +864,7 @@ impl Image {
     fn check_after_boot(&self, part: &str, boots: &str) {
         let img = self.img.to_str().unwrap();
         let args = [&["verify", img][..], &self.board_args()].concat();
-        let out = skiff_flash(&args);
+        let out = run(&args);
         assert!(
             out.status.success(),
             "{}: skiff-flash {} failed after the boot ({}):\n{}{}",
@@ -1291,6 +1231,44 @@ fn qemu_raspi4b(i: &Image, dir: &Path) -> Command {
     c
 }
 
+/// Boots an image that must not boot (`what` says why it should not); returns the failure,
+/// printed.
+fn must_fail(
+    name: &str,
+    qemu: Command,
+    prompt: Option<&str>,
+    timeout: Duration,
+    log: &Path,
+    what: &str,
+) -> String {
+    let err = match boot(name, qemu, prompt, timeout, log) {
+        Ok(b) => panic!("{name}: booted {what}: {:?}", b.marker),
+        Err(e) => e,
+    };
+    println!("{err}");
+    err
+}
+
+/// The text of `file` in board `board`'s definition (`boards show --json`).
+fn board_file_text(board: &str, file: &str) -> String {
+    show(board)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == file)
+        .and_then(|r| r["text"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// A user board directory under `dir` holding `boards/test/NAME.toml` = `toml`.
+fn user_board(dir: &Path, name: &str, toml: &str) -> Option<PathBuf> {
+    let boards = dir.join("user/boards/test");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::write(boards.join(format!("{name}.toml")), toml).unwrap();
+    Some(dir.join("user"))
+}
+
 /// Boots, asserts the marker against `want`, then verify and the write to persist.
 fn boot_and_check(
     i: &Image,
@@ -1324,15 +1302,38 @@ fn boot_and_check(
 // ---------------------------------------------------------------------------------------
 // The paths
 
+/// One boot path that must boot: the images directory `images` makes, built as `board`
+/// with `extra`, booted by `qemu`, checked against what `images` expects. Returns the image
+/// (`None` when skipped).
+#[allow(clippy::too_many_arguments)]
+fn boot_path(
+    name: &str,
+    host: Host,
+    board: &str,
+    extra: &[&str],
+    images: impl FnOnce(&Path) -> Expect,
+    qemu: impl FnOnce(&Image, &Path) -> Command,
+    prompt: Option<&str>,
+    persist_part: &str,
+) -> Option<Image> {
+    let (_serial, dir) = start(name, host)?;
+    let want = images(&dir.join("images"));
+    let i = Image::build(name, board, &dir, None, extra);
+    boot_and_check(&i, qemu(&i, &dir), prompt, &want, persist_part);
+    Some(i)
+}
+
 fn arm64_path(name: &str, board: &str) {
-    if !need(ARM64_PACKAGES, Some("arm64")) {
-        return;
-    }
-    let _serial = serial();
-    let dir = run_dir(name);
-    let want = arm64_images(&dir.join("images"));
-    let i = Image::build(name, board, &dir, None, &[]);
-    boot_and_check(&i, qemu_arm64(&i.img), Some(UBOOT_PROMPT), &want, "persist");
+    boot_path(
+        name,
+        Host::Arm64,
+        board,
+        &[],
+        arm64_images,
+        |i, _| qemu_arm64(&i.img),
+        Some(UBOOT_PROMPT),
+        "persist",
+    );
 }
 
 /// U-Boot runs the boot.scr skiff-flash compiled: kernel, initramfs, QEMU's device tree.
@@ -1346,25 +1347,21 @@ fn qemu_boot_arm64_uboot_bootscr() {
 /// persist: U-Boot follows the moved root directory.
 #[test]
 fn qemu_boot_arm64_after_upgrade() {
-    if !need(ARM64_PACKAGES, Some("arm64")) {
-        return;
-    }
-    let _serial = serial();
     let name = "arm64-upgraded";
-    let dir = run_dir(name);
+    let Some((_serial, dir)) = start(name, Host::Arm64) else {
+        return;
+    };
     let a = arm64_images(&dir.join("images"));
     let mut i = Image::build(name, "virt/qemu-arm64", &dir, None, &[]);
     let b = arm64_images(&dir.join("images-b"));
     i.images = dir.join("images-b");
     let img = i.img.to_str().unwrap().to_string();
-    let out = skiff_flash_ok(
-        &[
-            &["upgrade", &img][..],
-            &i.board_args(),
-            &["--yes", "--json"],
-        ]
-        .concat(),
-    );
+    let out = ok(&run(&[
+        &["upgrade", &img][..],
+        &i.board_args(),
+        &["--yes", "--json"],
+    ]
+    .concat()));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let changed: Vec<&str> = report["changes"]
         .as_array()
@@ -1392,30 +1389,32 @@ fn qemu_boot_arm64_uboot_extlinux() {
 /// PARTUUID; the kernel loads the initrd from the same ext4.
 #[test]
 fn qemu_boot_x86_64_efi_refind_intel_desktop() {
-    if !need(X86_PACKAGES, None) {
-        return;
-    }
-    let _serial = serial();
-    let name = "x86_64-intel-desktop";
-    let dir = run_dir(name);
-    let want = intel_images(&dir.join("images"), include_str!("boot/refind_linux.conf"));
-    let i = Image::build(name, "intel/desktop", &dir, None, &[]);
-    boot_and_check(&i, qemu_x86_64(&i.img, &dir), None, &want, "skiffos");
+    boot_path(
+        "x86_64-intel-desktop",
+        Host::X86,
+        "intel/desktop",
+        &[],
+        |d| intel_images(d, include_str!("boot/refind_linux.conf")),
+        |i, dir| qemu_x86_64(&i.img, dir),
+        None,
+        "skiffos",
+    );
 }
 
 /// pi/3x64 on QEMU's raspi3b: the MBR, the FAT `BOOT`, the squashfs on it and the ext4
 /// `persist` read through the Pi's SD host driver (QEMU wants an SD image of a power of 2).
 #[test]
 fn qemu_boot_raspi3b_pi3x64() {
-    if !need(&[ARM64_PACKAGES, &["mtools"]].concat(), Some("arm64")) {
-        return;
-    }
-    let _serial = serial();
-    let name = "raspi3b-pi3x64";
-    let dir = run_dir(name);
-    let want = pi3_images(&dir.join("images"));
-    let i = Image::build(name, "pi/3x64", &dir, None, &["--size", "512MiB"]);
-    boot_and_check(&i, qemu_raspi3b(&i, &dir), None, &want, "persist");
+    boot_path(
+        "raspi3b-pi3x64",
+        Host::Raspi3b,
+        "pi/3x64",
+        &["--size", "512MiB"],
+        pi3_images,
+        qemu_raspi3b,
+        None,
+        "persist",
+    );
 }
 
 /// orangepi/zero through its raw bootloader: the boot ROM finds the SPL skiff-flash placed
@@ -1424,23 +1423,20 @@ fn qemu_boot_raspi3b_pi3x64() {
 /// and `persist` on the SD card (QEMU wants an SD image of a power of 2).
 #[test]
 fn qemu_boot_orangepi_zero_spl() {
-    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
-        return;
-    }
-    let _serial = serial();
     let name = "orangepi-zero-spl";
-    let dir = run_dir(name);
-    let want = orangepi_images(&dir.join("images"));
-    let i = Image::build(name, "orangepi/zero", &dir, None, &["--size", "512MiB"]);
-    let log = i.img.with_file_name("serial.log");
-    boot_and_check(
-        &i,
-        qemu_orangepi(&i.img),
+    let Some(i) = boot_path(
+        name,
+        Host::OrangePi,
+        "orangepi/zero",
+        &["--size", "512MiB"],
+        orangepi_images,
+        |i, _| qemu_orangepi(&i.img),
         Some(UBOOT_PROMPT),
-        &want,
         "persist",
-    );
-    let serial = clean(&std::fs::read(&log).unwrap());
+    ) else {
+        return;
+    };
+    let serial = clean(&std::fs::read(i.img.with_file_name("serial.log")).unwrap());
     for stage in [
         "U-Boot SPL",
         "Trying to boot from MMC1",
@@ -1458,19 +1454,16 @@ fn qemu_boot_orangepi_zero_spl() {
 /// the guest finds `BOOT` and `persist` through the Pi 4's SD host and writes to persist.
 #[test]
 fn qemu_boot_raspi4b_pi4() {
-    if !need(
-        &[ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
-        Some("arm64"),
-    ) || !raspi4b()
-    {
-        return;
-    }
-    let _serial = serial();
-    let name = "raspi4b-pi4";
-    let dir = run_dir(name);
-    let want = pi4_images(&dir.join("images"));
-    let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
-    boot_and_check(&i, qemu_raspi4b(&i, &dir), None, &want, "persist");
+    boot_path(
+        "raspi4b-pi4",
+        Host::Raspi4b,
+        "pi/4",
+        &["--size", "512MiB"],
+        pi4_images,
+        qemu_raspi4b,
+        None,
+        "persist",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1481,16 +1474,10 @@ fn qemu_boot_raspi4b_pi4() {
 /// config.txt and fails loudly with the guest's own reason.
 #[test]
 fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
-    if !need(
-        &[ARM64_PACKAGES, &["mtools", "device-tree-compiler"]].concat(),
-        Some("arm64"),
-    ) || !raspi4b()
-    {
-        return;
-    }
-    let _serial = serial();
     let name = "raspi4b-pi4-other-initramfs";
-    let dir = run_dir(name);
+    let Some((_serial, dir)) = start(name, Host::Raspi4b) else {
+        return;
+    };
     let images = dir.join("images");
     pi4_images(&images);
     let k = kernel("linux-image-arm64:arm64");
@@ -1501,28 +1488,20 @@ fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
         initramfs(&k, &busybox("arm64"), conf, PI_MODULES),
     )
     .unwrap();
-    let show = skiff_flash_ok(&["boards", "show", "pi/4", "--json"]);
-    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
-    let text = show["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "config.txt")
-        .and_then(|r| r["text"].as_str())
-        .unwrap()
+    let text = board_file_text("pi/4", "config.txt")
         .replace("initramfs rootfs.cpio.lz4", "initramfs other.cpio.lz4");
     assert!(text.contains("initramfs other.cpio.lz4"), "{text}");
     std::fs::write(images.join("config.txt"), text).unwrap();
     let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
     let log = dir.join("serial.log");
-    let err = match boot(name, qemu_raspi4b(&i, &dir), None, BOOT_TIMEOUT, &log) {
-        Ok(b) => panic!(
-            "{name}: booted the initramfs config.txt does not name: {:?}",
-            b.marker
-        ),
-        Err(e) => e,
-    };
-    println!("{err}");
+    let err = must_fail(
+        name,
+        qemu_raspi4b(&i, &dir),
+        None,
+        BOOT_TIMEOUT,
+        &log,
+        "the initramfs config.txt does not name",
+    );
     assert!(err.contains("labels BOOT/nolabel/ not found"), "{err}");
 }
 
@@ -1530,23 +1509,18 @@ fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
 /// boots, and the failure shows the stage (no SPL banner on the serial line).
 #[test]
 fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
-    if !need(&[ORANGEPI_PACKAGES, &["mtools"]].concat(), Some("armhf")) {
-        return;
-    }
-    let _serial = serial();
     let name = "orangepi-zero-spl-moved";
-    let dir = run_dir(name);
+    let Some((_serial, dir)) = start(name, Host::OrangePi) else {
+        return;
+    };
     orangepi_images(&dir.join("images"));
-    let boards = dir.join("user/boards/test");
-    std::fs::create_dir_all(&boards).unwrap();
-    std::fs::write(
-        boards.join("orangepi-zero-spl-moved.toml"),
+    let user = user_board(
+        &dir,
+        "orangepi-zero-spl-moved",
         "description = \"orangepi/zero with the SPL one sector late\"\n\
          inherit = \"orangepi/zero\"\n\n\
          [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
-    )
-    .unwrap();
-    let user = Some(dir.join("user"));
+    );
     let i = Image::build(
         name,
         "test/orangepi-zero-spl-moved",
@@ -1555,17 +1529,14 @@ fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
         &["--size", "512MiB"],
     );
     let log = dir.join("serial.log");
-    let err = match boot(
+    let err = must_fail(
         name,
         qemu_orangepi(&i.img),
         None,
         Duration::from_secs(30),
         &log,
-    ) {
-        Ok(b) => panic!("{name}: booted with the SPL moved: {:?}", b.marker),
-        Err(e) => e,
-    };
-    println!("{err}");
+        "with the SPL moved",
+    );
     assert!(err.contains("no marker"), "{err}");
     let serial = clean(&std::fs::read(&log).unwrap());
     assert!(
@@ -1578,46 +1549,35 @@ fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
 /// name that is not on the disk: no marker, and the serial tail shows U-Boot's error.
 #[test]
 fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
-    if !need(ARM64_PACKAGES, Some("arm64")) {
-        return;
-    }
-    let _serial = serial();
     let name = "arm64-bootscr-broken";
-    let dir = run_dir(name);
+    let Some((_serial, dir)) = start(name, Host::Arm64) else {
+        return;
+    };
     arm64_images(&dir.join("images"));
-    let show = skiff_flash_ok(&["boards", "show", "virt/qemu-arm64", "--json"]);
-    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
-    let text = show["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "boot.txt")
-        .and_then(|r| r["text"].as_str())
-        .unwrap()
-        .to_string();
+    let text = board_file_text("virt/qemu-arm64", "boot.txt");
     let good = "${kernel_addr_r} Image\n";
     assert!(text.contains(good), "{text}");
     let broken = text.replace(good, "${kernel_addr_r} Image-6.1\n");
-    let boards = dir.join("user/boards/test");
-    std::fs::create_dir_all(&boards).unwrap();
-    std::fs::write(
-        boards.join("qemu-arm64-typo.toml"),
-        format!(
+    let user = user_board(
+        &dir,
+        "qemu-arm64-typo",
+        &format!(
             "description = \"virt/qemu-arm64 with a wrong kernel name\"\n\
              inherit = \"virt/qemu-arm64\"\n\n\
              [[files]]\nname = \"boot.txt\"\ntext = '''\n{broken}'''\n"
         ),
-    )
-    .unwrap();
-    let user = Some(dir.join("user"));
+    );
     let i = Image::build(name, "test/qemu-arm64-typo", &dir, user, &[]);
     let log = dir.join("serial.log");
     let qemu = qemu_arm64(&i.img);
-    let err = match boot(name, qemu, Some(UBOOT_PROMPT), BOOT_TIMEOUT, &log) {
-        Ok(b) => panic!("{name}: booted with a wrong kernel name: {:?}", b.marker),
-        Err(e) => e,
-    };
-    println!("{err}");
+    let err = must_fail(
+        name,
+        qemu,
+        Some(UBOOT_PROMPT),
+        BOOT_TIMEOUT,
+        &log,
+        "with a wrong kernel name",
+    );
     assert!(err.contains("no marker"), "{err}");
     let serial = clean(&std::fs::read(&log).unwrap());
     assert!(
@@ -1630,22 +1590,23 @@ fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
 /// disk: the guest refuses it, no marker, the serial tail says why.
 #[test]
 fn qemu_boot_x86_64_refind_wrong_partuuid_fails_loudly() {
-    if !need(X86_PACKAGES, None) {
-        return;
-    }
-    let _serial = serial();
     let name = "x86_64-intel-desktop-broken";
-    let dir = run_dir(name);
+    let Some((_serial, dir)) = start(name, Host::X86) else {
+        return;
+    };
     let wrong = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
     let conf = include_str!("boot/refind_linux.conf").replace("{SKIFFOS_PARTUUID}", wrong);
     intel_images(&dir.join("images"), &conf);
     let i = Image::build(name, "intel/desktop", &dir, None, &[]);
     let log = dir.join("serial.log");
-    let err = match boot(name, qemu_x86_64(&i.img, &dir), None, BOOT_TIMEOUT, &log) {
-        Ok(b) => panic!("{name}: booted with a wrong PARTUUID: {:?}", b.marker),
-        Err(e) => e,
-    };
-    println!("{err}");
+    let err = must_fail(
+        name,
+        qemu_x86_64(&i.img, &dir),
+        None,
+        BOOT_TIMEOUT,
+        &log,
+        "with a wrong PARTUUID",
+    );
     assert!(err.contains("without the marker"), "{err}");
     assert!(
         err.contains(&format!("root=PARTUUID={wrong} names no partition")),

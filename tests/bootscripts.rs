@@ -21,7 +21,7 @@
 mod common;
 
 use common::synth::{Set, skiffos_images};
-use common::{extract, need, ok, run, tool, tool_ok};
+use common::{extract, json, need_all, plan_json, run, tool, tool_ok};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -420,10 +420,6 @@ fn refind_facts(text: &str) -> Facts {
 // ---------------------------------------------------------------------------------------
 // Building a board's image from a minimal images directory.
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_str(&ok(out)).expect("JSON output")
-}
-
 fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
@@ -444,19 +440,8 @@ fn build(board: &str, def: &Value, tweak: impl FnOnce(&Path)) -> Image {
     let images = generated.path().to_path_buf();
     tweak(&images);
     let img = dir.path().join("disk.img");
-    let images_s = images.to_str().unwrap();
-    ok(&run(&[
-        "build",
-        "--board",
-        board,
-        "--images",
-        images_s,
-        "--output",
-        img.to_str().unwrap(),
-    ]));
-    let plan = json(&run(&[
-        "plan", "--board", board, "--images", images_s, "--json",
-    ]));
+    common::build(board, &images, &img, &[]);
+    let plan = plan_json(board, &images, &[]);
     let parts = arr(&plan["partitions"])
         .iter()
         .map(|p| {
@@ -760,13 +745,19 @@ fn facts_name_their_skiffos_source() {
     }
 }
 
+/// The tools that read a built image's boot configs.
+fn need_readers() -> bool {
+    need_all(&[
+        ("mcopy", "mtools"),
+        ("debugfs", "e2fsprogs"),
+        ("sfdisk", "fdisk"),
+        ("dumpimage", "u-boot-tools"),
+    ])
+}
+
 #[test]
 fn built_boot_configs_state_skiffos_facts() {
-    if !need("mcopy", "mtools")
-        || !need("debugfs", "e2fsprogs")
-        || !need("sfdisk", "fdisk")
-        || !need("dumpimage", "u-boot-tools")
-    {
+    if !need_readers() {
         return;
     }
     let only = std::env::var("BOOTSCRIPTS_BOARD").ok();
@@ -818,11 +809,7 @@ fn built_boot_configs_state_skiffos_facts() {
 /// script has the commented line.
 #[test]
 fn silent_console_edit_follows_skiffos() {
-    if !need("mcopy", "mtools")
-        || !need("debugfs", "e2fsprogs")
-        || !need("sfdisk", "fdisk")
-        || !need("dumpimage", "u-boot-tools")
-    {
+    if !need_readers() {
         return;
     }
     let only = std::env::var("BOOTSCRIPTS_BOARD").ok();

@@ -10,41 +10,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn plan_json(extra: &[&str]) -> Value {
-    plan_from(&fixtures(), extra)
-}
-
-fn plan_from(f: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "plan",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&run(&args))).expect("plan --json is JSON")
-}
-
-fn build(out: &Path, extra: &[&str]) {
-    build_from(&fixtures(), out, extra)
-}
-
-fn build_from(f: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    ok(&run(&args));
-}
-
 fn part(plan: &Value, id: &str) -> Value {
     plan["partitions"]
         .as_array()
@@ -62,7 +27,7 @@ fn partition_table_is_valid_gpt_with_skiffos_layout() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img");
-    build(&img, &[]);
+    build_pi4(&fixtures(), &img, &[]);
     let img = img.to_str().unwrap();
 
     let dump = tool_ok("sfdisk", &["--dump", img]);
@@ -94,7 +59,7 @@ fn partition_table_is_valid_gpt_with_skiffos_layout() {
     assert!(v.contains("No problems found"), "{v}");
 
     let (_, show) = tool("partx", &["--show", "-g", "-o", "NR,START,SECTORS", img]);
-    let plan = plan_json(&[]);
+    let plan = plan_json("pi/4", &fixtures(), &[]);
     let rows: Vec<Vec<u64>> = show
         .lines()
         .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
@@ -121,8 +86,8 @@ fn boot_partition_is_clean_fat32_holding_every_file() {
     let images = fixtures_with_squashfs();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img");
-    build_from(images.path(), &img, &[]);
-    let plan = plan_from(images.path(), &[]);
+    build_pi4(images.path(), &img, &[]);
+    let plan = plan_json("pi/4", images.path(), &[]);
     let boot = part(&plan, "boot");
     let (start, size) = (
         boot["start"].as_u64().unwrap(),
@@ -239,7 +204,7 @@ fn ext4_partitions_pass_e2fsck_and_mount_with_the_source_tree() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img");
-    build(&img, &[]);
+    build_pi4(&fixtures(), &img, &[]);
     let Some(lo) = Loop::attach(&img, true) else {
         return;
     };
@@ -248,22 +213,17 @@ fn ext4_partitions_pass_e2fsck_and_mount_with_the_source_tree() {
         let (code, out) = tool("e2fsck", &["-fn", &lo.part(n)]);
         assert_eq!(code, 0, "e2fsck -fn p{n}: {out}");
     }
-    let labels: Vec<String> = (1..=3)
-        .map(|n| {
-            tool_ok("blkid", &["-o", "value", "-s", "LABEL", &lo.part(n)])
-                .trim()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(labels, ["BOOT", "rootfs", "persist"]);
-    let types: Vec<String> = (1..=3)
-        .map(|n| {
-            tool_ok("blkid", &["-o", "value", "-s", "TYPE", &lo.part(n)])
-                .trim()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(types, ["vfat", "ext4", "ext4"]);
+    let tag = |name: &str| -> Vec<String> {
+        (1..=3)
+            .map(|n| {
+                tool_ok("blkid", &["-o", "value", "-s", name, &lo.part(n)])
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(tag("LABEL"), ["BOOT", "rootfs", "persist"]);
+    assert_eq!(tag("TYPE"), ["vfat", "ext4", "ext4"]);
 
     let persist = Mount::ro(&lo.part(3));
     let want = snapshot(&fixtures().join("persist_part"));
@@ -292,8 +252,8 @@ fn same_inputs_and_epoch_give_identical_sparse_images() {
     let a = dir.path().join("a.img");
     let b = dir.path().join("sub/b.img");
     std::fs::create_dir(dir.path().join("sub")).unwrap();
-    build(&a, &[]);
-    build(&b, &[]);
+    build_pi4(&fixtures(), &a, &[]);
+    build_pi4(&fixtures(), &b, &[]);
     let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(ba.len(), bb.len());
     assert!(ba == bb, "two builds differ");
@@ -347,15 +307,7 @@ fn builds_unprivileged_with_an_empty_path() {
         chown_tree(&f, 65534);
     }
     let reference = dir.path().join("ref.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        reference.to_str().unwrap(),
-    ]));
+    build_pi4(&f, &reference, &[]);
     let img = dir.path().join("nobody.img");
     let args = [
         "build",
@@ -411,9 +363,9 @@ fn size_option_grows_persist_to_the_end_of_the_disk() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img");
-    build(&img, &["--size", "2GiB"]);
+    build_pi4(&fixtures(), &img, &["--size", "2GiB"]);
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 2 << 30);
-    let plan = plan_json(&["--size", "2GiB"]);
+    let plan = plan_json("pi/4", &fixtures(), &["--size", "2GiB"]);
     let p = part(&plan, "persist");
     let end = p["start"].as_u64().unwrap() + p["size"].as_u64().unwrap();
     // The last 1 MiB boundary before the backup GPT.

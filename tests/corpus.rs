@@ -1,8 +1,10 @@
 //! The readers of untrusted bytes never panic: every input kept under `fuzz/seeds/<target>/`
 //! and `fuzz/corpus/<target>/` (including the `crash-*` regression cases) goes through the
 //! same calls as the fuzz target of that name, then ~2000 deterministic mutations of them
-//! do. Runs on stable without libFuzzer; the calls are repeated here, not shared with
-//! `fuzz/`, so only the input files tie the two together.
+//! do. Runs on stable without libFuzzer; the calls are `skiff_flash::exercise`'s entry
+//! points, the same ones the fuzz targets make.
+
+mod common;
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
@@ -10,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use skiff_flash::format::bootcfg::uimage;
-use skiff_flash::format::fat::read::FatVolume;
-use skiff_flash::format::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
-use skiff_flash::ops::inspect::inspect;
+use common::Rng;
+use skiff_flash::exercise;
 
 /// The fuzz targets, by corpus directory name.
 const TARGETS: [&str; 7] = [
@@ -26,172 +26,17 @@ const BUDGET: Duration = Duration::from_secs(10);
 
 // --- the calls each fuzz target makes ------------------------------------------------
 
-/// Recomputes the CRCs of every GPT header at byte 0, byte 512 and the last sector (and of
-/// the entry array it points at, when inside `disk`), as the fuzz targets do so mutated
-/// headers reach the code behind the CRC checks. Returns whether anything changed.
-fn fix_gpt_crcs(disk: &mut [u8]) -> bool {
-    let mut at = vec![0, 512];
-    if disk.len() >= 1024 {
-        at.push(disk.len() - 512);
-    }
-    at.dedup();
-    let mut changed = false;
-    for h in at {
-        let Some(sector) = disk.get(h..h + 92) else {
-            continue;
-        };
-        if &sector[..8] != b"EFI PART" {
-            continue;
-        }
-        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let size = u32_at(sector, 12) as usize;
-        let lba = u64::from_le_bytes(sector[72..80].try_into().unwrap());
-        let bytes = u64::from(u32_at(sector, 80)) * u64::from(u32_at(sector, 84));
-        let array = lba
-            .checked_mul(512)
-            .and_then(|s| Some((s, s.checked_add(bytes)?)))
-            .and_then(|(s, e)| disk.get(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
-        if let Some(array) = array {
-            let crc = crc32fast::hash(array).to_le_bytes();
-            changed |= disk[h + 88..h + 92] != crc;
-            disk[h + 88..h + 92].copy_from_slice(&crc);
-        }
-        if !(92..=512).contains(&size) || h + size > disk.len() {
-            continue;
-        }
-        let mut hdr = disk[h..h + size].to_vec();
-        hdr[16..20].fill(0);
-        let crc = crc32fast::hash(&hdr).to_le_bytes();
-        changed |= disk[h + 16..h + 20] != crc;
-        disk[h + 16..h + 20].copy_from_slice(&crc);
-    }
-    changed
-}
-
-/// Opens a FAT32 volume, lists it and reads every file.
-fn fat(disk: &Vec<u8>, base: u64, len: u64) {
-    let Ok(v) = FatVolume::open(disk, base, len) else {
-        return;
-    };
-    let _ = (v.clusters(), v.cluster_bytes(), &v.label, v.volume_id);
-    let Ok(list) = v.list() else {
-        return;
-    };
-    for e in &list {
-        let mut n = 0u64;
-        let _ = v.read_file(e, &mut |b| n += b.len() as u64);
-    }
-}
-
-/// `inspect`: the whole disk inspected (and serialised), then every FAT32 volume found and
-/// one at offset 0 read through.
-fn inspect_disk(disk: &Vec<u8>) {
-    let found = inspect(disk);
-    let _ = serde_json::to_string(&found);
-    let size = disk.len() as u64;
-    for p in &found.partitions {
-        if p.fs.kind == "fat32" {
-            fat(disk, p.start, p.size.min(size.saturating_sub(p.start)));
-        }
-    }
-    fat(disk, 0, size);
-}
-
-/// `tables`: MBR, GPT from the head, and a GPT header at byte 0 and 512 with its array.
-fn tables(data: &[u8]) {
-    let _ = mbr(data);
-    let _ = gpt_from_head(data);
-    for at in [0, 512] {
-        let Some(sector) = data.get(at..) else {
-            continue;
-        };
-        let Ok(h) = gpt_header(sector) else {
-            continue;
-        };
-        let _ = h.array_bytes();
-        let array = h
-            .array_lba
-            .checked_mul(512)
-            .and_then(|s| usize::try_from(s).ok())
-            .and_then(|s| data.get(s..))
-            .unwrap_or_default();
-        let _ = gpt_entries(&h, array);
-    }
-}
-
-/// Feeds `data` to the calls of fuzz target `target`; `scratch` is a file the readers that
-/// take a path may use.
-fn call(target: &str, data: &[u8], scratch: &Path) {
+/// Feeds `data` to the entry point of fuzz target `target`, the one it calls too.
+fn call(target: &str, data: &[u8]) {
     match target {
-        "inspect" => {
-            let mut disk = data.to_vec();
-            inspect_disk(&disk);
-            if fix_gpt_crcs(&mut disk) {
-                inspect_disk(&disk);
-            }
-        }
-        "tables" => {
-            tables(data);
-            let mut fixed = data.to_vec();
-            if fix_gpt_crcs(&mut fixed) {
-                tables(&fixed);
-            }
-        }
-        "uimage" => {
-            let _ = uimage::parse(data);
-        }
-        "bmap" => {
-            std::fs::write(scratch, data).expect("writing the scratch file");
-            let _ = skiff_flash::image::bmap::read(scratch);
-        }
-        "manifest" => {
-            std::fs::write(scratch, data).expect("writing the scratch file");
-            let _ = skiff_flash::image::manifest::load(scratch);
-        }
-        "genimage" => {
-            std::fs::write(scratch, data).expect("writing the scratch file");
-            let images = images_dir(scratch);
-            let opts = skiff_flash::define::genimage::Options {
-                images: images.clone(),
-                rootpath: None,
-                size: None,
-                defines: Default::default(),
-            };
-            if let Ok(board) = skiff_flash::define::genimage::load(scratch, &opts) {
-                let _ = skiff_flash::plan::make(&board, &plan_options(images));
-            }
-        }
-        "board" => {
-            std::fs::write(scratch, data).expect("writing the scratch file");
-            let catalog = skiff_flash::define::board::Catalog::new(&[]);
-            if let Ok(board) = catalog.board_file(scratch) {
-                let _ = serde_json::to_string(&board);
-                let _ = skiff_flash::plan::make(&board, &plan_options(images_dir(scratch)));
-            }
-        }
+        "inspect" => exercise::inspect(data),
+        "tables" => exercise::tables(data),
+        "uimage" => exercise::uimage(data),
+        "bmap" => exercise::bmap(data),
+        "manifest" => exercise::manifest(data),
+        "genimage" => exercise::genimage(data),
+        "board" => exercise::board(data),
         other => panic!("no fuzz target {other}"),
-    }
-}
-
-/// An images directory beside the scratch file holding `blob.bin` (64 KiB), which the
-/// genimage and board seeds name.
-fn images_dir(scratch: &Path) -> PathBuf {
-    let d = scratch.with_file_name("images");
-    if !d.join("blob.bin").is_file() {
-        std::fs::create_dir_all(&d).expect("creating the images directory");
-        std::fs::write(d.join("blob.bin"), vec![0x5a; 64 << 10]).expect("writing blob.bin");
-    }
-    d
-}
-
-fn plan_options(images: PathBuf) -> skiff_flash::plan::Options {
-    skiff_flash::plan::Options {
-        images,
-        size: None,
-        epoch: 0,
-        seed: None,
-        ids: None,
-        configs: Vec::new(),
     }
 }
 
@@ -224,10 +69,10 @@ fn install_hook() {
 }
 
 /// Runs the calls for `target` on `data`; a panic comes back as its location and message.
-fn try_call(target: &str, data: &[u8], scratch: &Path) -> Result<(), String> {
+fn try_call(target: &str, data: &[u8]) -> Result<(), String> {
     install_hook();
     QUIET.with(|q| q.set(true));
-    let r = panic::catch_unwind(AssertUnwindSafe(|| call(target, data, scratch)));
+    let r = panic::catch_unwind(AssertUnwindSafe(|| call(target, data)));
     QUIET.with(|q| q.set(false));
     r.map_err(|_| {
         LAST.with(|l| l.borrow_mut().take())
@@ -274,8 +119,6 @@ fn shown(p: &Path) -> String {
 
 #[test]
 fn every_corpus_input_is_read_without_panicking() {
-    let tmp = tempfile::tempdir().unwrap();
-    let scratch = tmp.path().join("input");
     let mut failures = Vec::new();
     let mut total = 0;
     for target in TARGETS {
@@ -287,7 +130,7 @@ fn every_corpus_input_is_read_without_panicking() {
         for f in files {
             let data = std::fs::read(&f).unwrap();
             total += 1;
-            if let Err(e) = try_call(target, &data, &scratch) {
+            if let Err(e) = try_call(target, &data) {
                 failures.push(format!("{} ({} bytes): {e}", shown(&f), data.len()));
             }
         }
@@ -301,26 +144,6 @@ fn every_corpus_input_is_read_without_panicking() {
 }
 
 // --- mutations -----------------------------------------------------------------------
-
-/// xorshift64*: small, fixed-seed, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 /// Values that sit on boundaries of the fields the readers parse.
 const INTERESTING: [u64; 16] = [
@@ -488,8 +311,6 @@ type Pool = Vec<(String, Vec<u8>)>;
 
 #[test]
 fn mutated_inputs_are_read_without_panicking() {
-    let tmp = tempfile::tempdir().unwrap();
-    let scratch = tmp.path().join("input");
     // Seeds and kept corpus entries (not the crash cases: the test above runs those).
     let pools: Vec<(&str, usize, Pool)> = TARGETS
         .iter()
@@ -510,7 +331,7 @@ fn mutated_inputs_are_read_without_panicking() {
         })
         .collect();
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus-mutations");
-    let mut rng = Rng(0x5EED_F1A5_0000_0001);
+    let mut rng = Rng::new(0x5EED_F1A5_0000_0001);
     let start = Instant::now();
     let mut ran = 0;
     // Panics grouped by where and why: (message, first input, how many).
@@ -530,7 +351,7 @@ fn mutated_inputs_are_read_without_panicking() {
         let text = matches!(*target, "bmap" | "manifest" | "genimage" | "board");
         let data = mutate(&mut rng, input, other, text);
         ran += 1;
-        if let Err(e) = try_call(target, &data, &scratch) {
+        if let Err(e) = try_call(target, &data) {
             match seen.iter_mut().find(|(m, _, _)| *m == e) {
                 Some(s) => s.2 += 1,
                 None => {

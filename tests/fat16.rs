@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -32,15 +32,9 @@ fn board_path(dir: &Path) {
     .unwrap();
 }
 
-fn sf(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("SKIFF_FLASH_BOARD_PATH", dir)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+/// skiff-flash with `dir` as the board path.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    sf(args).env("SKIFF_FLASH_BOARD_PATH", dir).output()
 }
 
 #[test]
@@ -55,12 +49,12 @@ fn a_fat16_boot_partition_builds_verifies_and_is_refused_by_upgrade() {
     let images = fixtures();
     let i = images.to_str().unwrap();
     let im = img.to_str().unwrap();
-    ok(&sf(
+    ok(&run_in(
         dir,
         &["build", "--board", "t/fat16", "--images", i, "-o", im],
     ));
 
-    let plan: Value = serde_json::from_str(&ok(&sf(
+    let plan: Value = serde_json::from_str(&ok(&run_in(
         dir,
         &["plan", "--json", "--board", "t/fat16", "--images", i],
     )))
@@ -80,7 +74,7 @@ fn a_fat16_boot_partition_builds_verifies_and_is_refused_by_upgrade() {
         "{minfo}"
     );
 
-    let seen: Value = serde_json::from_str(&ok(&sf(dir, &["inspect", "--json", im]))).unwrap();
+    let seen: Value = serde_json::from_str(&ok(&run_in(dir, &["inspect", "--json", im]))).unwrap();
     let fs = &seen["partitions"][0]["fs"];
     assert_eq!(fs["kind"], "fat16", "{fs}");
     assert!(
@@ -92,7 +86,7 @@ fn a_fat16_boot_partition_builds_verifies_and_is_refused_by_upgrade() {
         "{fs}"
     );
 
-    let verify = |img: &str| sf(dir, &["verify", img, "--board", "t/fat16", "--images", i]);
+    let verify = |img: &str| run_in(dir, &["verify", img, "--board", "t/fat16", "--images", i]);
     ok(&verify(im));
 
     // A changed byte in a DTB's data is found through the FAT16 reader.
@@ -113,7 +107,7 @@ fn a_fat16_boot_partition_builds_verifies_and_is_refused_by_upgrade() {
     f.write_all_at(&config[..1], at).unwrap();
 
     let before = std::fs::read(&img).unwrap();
-    let out = sf(
+    let out = run_in(
         dir,
         &["upgrade", im, "--board", "t/fat16", "--images", i, "--yes"],
     );

@@ -5,22 +5,20 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
-fn flash(args: &[&str]) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn board_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
     vec![dev, "--board", "pi/4", "--images", images, "--yes"]
+}
+
+/// The tools `check_card` runs.
+fn need_checkers() -> bool {
+    need_all(&[
+        ("fsck.fat", "dosfstools"),
+        ("e2fsck", "e2fsprogs"),
+        ("sgdisk", "gdisk"),
+    ])
 }
 
 fn check_card(card: &Card) {
@@ -36,14 +34,14 @@ fn check_card(card: &Card) {
 
 #[test]
 fn board_flash_is_seen_by_the_kernel_clean_and_fills_the_device() {
-    if !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") || !need("sgdisk", "gdisk") {
+    if !need_checkers() {
         return;
     }
     let Some(card) = Card::new(2 << 30) else {
         return;
     };
     let f = fixtures();
-    let out = flash(&board_args(&card.dev, f.to_str().unwrap()));
+    let out = run(&board_args(&card.dev, f.to_str().unwrap()));
     ok(&out);
     let name = Path::new(&card.dev)
         .file_name()
@@ -91,7 +89,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
     tool_ok("mkfs.ext4", &["-q", "-L", "oldfs", &card.part(2)]);
     tool_ok("partx", &["-d", &card.dev]);
     let f = fixtures();
-    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
     check_card(&card);
     let w = tool_ok(
         "wipefs",
@@ -110,7 +108,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
 
 #[test]
 fn compressed_image_writes_only_mapped_bytes_and_verifies() {
-    if !need("sgdisk", "gdisk") || !need("fsck.fat", "dosfstools") || !need("e2fsck", "e2fsprogs") {
+    if !need_checkers() {
         return;
     }
     let Some(card) = Card::new(1 << 30) else {
@@ -119,16 +117,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img.zst");
     let f = fixtures();
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&f, &img, &["--bmap"]);
     let bmap = std::fs::read_to_string(dir.path().join("pi4.img.bmap")).unwrap();
     let mapped: u64 = bmap
         .split("<MappedBlocksCount>")
@@ -138,7 +127,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
         .trim()
         .parse()
         .unwrap();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &card.dev,
         "--image",
@@ -169,7 +158,7 @@ fn several_devices_at_once() {
         return;
     };
     let f = fixtures();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &a.dev,
         &b.dev,
@@ -192,7 +181,7 @@ fn several_devices_at_once() {
 /// Runs a refused flash and asserts exit 2, a one-line message and an untouched device.
 fn refused(card: &Card, args: &[&str], expect: &str) {
     let before = card.hash();
-    let out = flash(args);
+    let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -207,7 +196,7 @@ fn refusals_write_nothing() {
     };
     let f = fixtures();
     let images = f.to_str().unwrap();
-    ok(&flash(&board_args(&card.dev, images)));
+    ok(&run(&board_args(&card.dev, images)));
 
     // No terminal and no --yes.
     refused(
@@ -225,12 +214,12 @@ fn refusals_write_nothing() {
     // Not a block device: a regular file is never written as a device.
     let file = tempfile::NamedTempFile::new().unwrap();
     let before = std::fs::read(file.path()).unwrap();
-    let out = flash(&board_args(file.path().to_str().unwrap(), images));
+    let out = run(&board_args(file.path().to_str().unwrap(), images));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a block device"));
     assert_eq!(std::fs::read(file.path()).unwrap(), before);
     // A missing device is not created.
-    let out = flash(&board_args("/dev/skiff-flash-no-such-card", images));
+    let out = run(&board_args("/dev/skiff-flash-no-such-card", images));
     assert_eq!(out.status.code(), Some(2));
     assert!(!Path::new("/dev/skiff-flash-no-such-card").exists());
 
@@ -249,23 +238,14 @@ fn truncated_image_is_refused_before_the_card_is_written() {
         return;
     };
     let f = fixtures();
-    ok(&flash(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img.zst");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&f, &img, &["--bmap"]);
     let bytes = std::fs::read(&img).unwrap();
     std::fs::write(&img, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let before = card.hash();
-    let out = flash(&[
+    let out = run(&[
         "flash",
         &card.dev,
         "--image",

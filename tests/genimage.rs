@@ -15,6 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -68,28 +69,13 @@ fn size_of(text: &str) -> u64 {
     n.parse::<u64>().unwrap() * mult
 }
 
-/// Deterministic pseudo-random bytes for a name.
-fn random_bytes(name: &str, len: u64) -> Vec<u8> {
-    let mut x: u64 = name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Creates one input described as `KIND [SIZE]`.
 fn make(path: &Path, kind: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let (k, arg) = kind.split_once(' ').unwrap_or((kind, ""));
     match k {
-        "random" => std::fs::write(path, random_bytes(&name, size_of(arg))).unwrap(),
+        "random" => std::fs::write(path, noise(&name, size_of(arg))).unwrap(),
         "text" => std::fs::write(path, format!("# {name}\nkey=value\nboard=test\n")).unwrap(),
         "ext2" | "ext4" => {
             let tree = tempfile::tempdir().unwrap();
@@ -97,7 +83,7 @@ fn make(path: &Path, kind: &str) {
             std::fs::create_dir_all(t.join("etc/init.d")).unwrap();
             std::fs::write(t.join("etc/hostname"), format!("{name}\n")).unwrap();
             std::fs::write(t.join("etc/init.d/rcS"), "#!/bin/sh\necho up\n").unwrap();
-            std::fs::write(t.join("bin.dat"), random_bytes(&name, 300_000)).unwrap();
+            std::fs::write(t.join("bin.dat"), noise(&name, 300_000)).unwrap();
             std::os::unix::fs::symlink("etc/hostname", t.join("hostname")).unwrap();
             let size = format!("{}k", size_of(arg) / 1024);
             tool_ok(
@@ -186,17 +172,23 @@ fn run_both(name: &str) -> Option<Run> {
     );
     let disk_name = image_name(&cfg);
     let ours = out_s.join(&disk_name);
-    let o = Command::new(bin())
-        .current_dir(dir())
-        .envs(s.env.iter().cloned())
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .args(["build", "--json", "--genimage", cfg.to_str().unwrap()])
-        .args(["--images", input.to_str().unwrap()])
-        .args(["--rootpath", root.to_str().unwrap()])
-        .args(["--output", ours.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let mut run = sf(&[
+        "build",
+        "--json",
+        "--genimage",
+        cfg.to_str().unwrap(),
+        "--images",
+        input.to_str().unwrap(),
+        "--rootpath",
+        root.to_str().unwrap(),
+        "--output",
+        ours.to_str().unwrap(),
+    ])
+    .dir(&dir());
+    for (k, v) in &s.env {
+        run = run.env(k, v);
+    }
+    let o = run.epoch(EPOCH).output();
     let stdout = ok(&o);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     Some(Run {
@@ -261,15 +253,6 @@ fn table(img: &Path, cfg: &str) -> Value {
         }
     }
     v
-}
-
-fn read_range(img: &Path, offset: u64, len: u64) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(img).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = Vec::new();
-    f.take(len).read_to_end(&mut buf).unwrap();
-    buf
 }
 
 /// `skiff-flash inspect --json`'s view of the filesystem of the partition at `start`.
@@ -628,14 +611,14 @@ fn every_fixture_is_compared() {
 
 /// Builds `text` as a config in a fresh directory (with `inputs` in its images directory)
 /// and asserts exit code 2 and one error line naming the file and `line`, plus `expect`.
-fn refused(text: &str, inputs: &[(&str, u64)], line: usize, expect: &str) {
+fn cfg_refused(text: &str, inputs: &[(&str, u64)], line: usize, expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.cfg");
     std::fs::write(&cfg, text).unwrap();
     let images = tmp.path().join("images");
     std::fs::create_dir(&images).unwrap();
     for (name, len) in inputs {
-        std::fs::write(images.join(name), random_bytes(name, *len)).unwrap();
+        std::fs::write(images.join(name), noise(name, *len)).unwrap();
     }
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -648,29 +631,20 @@ fn refused(text: &str, inputs: &[(&str, u64)], line: usize, expect: &str) {
         "--output",
         out_dir.join("x.img").to_str().unwrap(),
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit code 2; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     let at = format!("{}:{line}:", cfg.display());
-    assert!(err.starts_with("skiff-flash: error: "), "{err}");
-    assert!(err.contains(&at), "`{at}` not in: {err}");
-    assert!(err.contains(expect), "`{expect}` not in: {err}");
-    assert_eq!(
-        std::fs::read_dir(&out_dir).unwrap().count(),
-        0,
-        "nothing written"
-    );
+    refused(&out, 2, &[&at, expect]);
+    nothing_left(&out_dir);
 }
 
 #[test]
 fn unbalanced_braces_name_the_open_section() {
-    refused(
+    cfg_refused(
         "image sdcard.img {\n\thdimage {\n\t}\n\tpartition a {\n\t\tsize = 1M\n}\n",
         &[],
         1,
         "`image sdcard.img` is never closed",
     );
-    refused(
+    cfg_refused(
         "image a {\n\thdimage {}\n}\n}\n",
         &[],
         4,
@@ -680,30 +654,30 @@ fn unbalanced_braces_name_the_open_section() {
 
 #[test]
 fn unknown_and_unsupported_image_types_are_named() {
-    refused(
+    cfg_refused(
         "image rootfs.sqfs {\n\tsquashfs {\n\t}\n}\n",
         &[],
         2,
         "`squashfs` is not an image type skiff-flash writes",
     );
-    refused(
+    cfg_refused(
         "image x.img {\n\thdimage {}\n}\nimage y {\n\tbtrfs {\n\t}\n}\n",
         &[],
         5,
         "unknown image type or option `btrfs`",
     );
-    refused("flash nand-64M {\n\tpebsize = 128K\n}\n", &[], 1, "`flash`");
+    cfg_refused("flash nand-64M {\n\tpebsize = 128K\n}\n", &[], 1, "`flash`");
 }
 
 #[test]
 fn overlapping_partitions_are_refused_at_the_later_one() {
-    refused(
+    cfg_refused(
         "image d.img {\n\thdimage {}\n\tpartition a {\n\t\tpartition-type = 0x83\n\t\toffset = 1M\n\t\tsize = 2M\n\t}\n\tpartition b {\n\t\tpartition-type = 0x83\n\t\toffset = 2M\n\t\tsize = 1M\n\t}\n}\n",
         &[],
         8,
         "partition b (offset 0x200000, size 0x100000) overlaps previous partition a",
     );
-    refused(
+    cfg_refused(
         "image d.img {\n\thdimage {}\n\tpartition spl {\n\t\tin-partition-table = no\n\t\timage = \"spl.bin\"\n\t\toffset = 0\n\t}\n}\n",
         &[("spl.bin", 1024)],
         3,
@@ -713,13 +687,13 @@ fn overlapping_partitions_are_refused_at_the_later_one() {
 
 #[test]
 fn missing_input_names_the_line_that_wants_it() {
-    refused(
+    cfg_refused(
         "image d.img {\n\thdimage {}\n\tpartition rootfs {\n\t\tpartition-type = 0x83\n\t\timage = \"rootfs.ext4\"\n\t}\n}\n",
         &[],
         5,
         "input file `rootfs.ext4` not found",
     );
-    refused(
+    cfg_refused(
         "image boot.vfat {\n\tvfat {\n\t\tfiles = { \"zImage\" }\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
         3,
@@ -727,23 +701,33 @@ fn missing_input_names_the_line_that_wants_it() {
     );
 }
 
-/// The FAT type and geometry options a vfat image asks mkdosfs for, as the plan has them.
-fn planned_fat(vfat: &str, size: &str) -> Value {
+/// `plan --json` of `cfg` (the text of a genimage config) written into a fresh directory,
+/// which is also the images directory; the directory is returned to keep.
+fn genimage_plan(cfg: &str, extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Output) {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("f.cfg");
-    std::fs::write(
-        &cfg,
-        format!("image boot.vfat {{\n\tvfat {{\n{vfat}\n\t}}\n\tsize = {size}\n}}\nimage d.img {{\n\thdimage {{}}\n\tpartition boot {{\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}}\n}}\n"),
-    )
-    .unwrap();
-    let out = run(&[
+    let path = tmp.path().join("c.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let mut args = vec![
         "plan",
         "--json",
         "--genimage",
-        cfg.to_str().unwrap(),
+        path.to_str().unwrap(),
         "--images",
         tmp.path().to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    (tmp, path, out)
+}
+
+/// The FAT type and geometry options a vfat image asks mkdosfs for, as the plan has them.
+fn planned_fat(vfat: &str, size: &str) -> Value {
+    let (_tmp, _, out) = genimage_plan(
+        &format!(
+            "image boot.vfat {{\n\tvfat {{\n{vfat}\n\t}}\n\tsize = {size}\n}}\nimage d.img {{\n\thdimage {{}}\n\tpartition boot {{\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}}\n}}\n"
+        ),
+        &[],
+    );
     let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
     plan["partitions"][0]["fs"].clone()
 }
@@ -778,19 +762,19 @@ fn vfat_type_follows_size_and_mkdosfs_arguments() {
 
 #[test]
 fn impossible_fat_requests_are_refused_clearly() {
-    refused(
+    cfg_refused(
         "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 32\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
         5,
         "too small for FAT32",
     );
-    refused(
+    cfg_refused(
         "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-F 12\"\n\t}\n\tsize = 256M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
         5,
         "mkdosfs cannot make this volume",
     );
-    refused(
+    cfg_refused(
         "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 3\"\n\t}\n\tsize = 16M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
         &[],
         3,
@@ -800,21 +784,10 @@ fn impossible_fat_requests_are_refused_clearly() {
 
 #[test]
 fn plan_names_what_is_not_done_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("w.cfg");
-    std::fs::write(
-        &cfg,
+    let (_tmp, _, out) = genimage_plan(
         "image boot.vfat {\n\tvfat {\n\t\textraargs = \"-s 4 -F 32 -v\"\n\t}\n\tsize = 64M\n}\nimage d.img {\n\thdimage {}\n\tpartition boot {\n\t\tpartition-type = 0xC\n\t\timage = \"boot.vfat\"\n\t}\n}\n",
-    )
-    .unwrap();
-    let out = run(&[
-        "plan",
-        "--json",
-        "--genimage",
-        cfg.to_str().unwrap(),
-        "--images",
-        tmp.path().to_str().unwrap(),
-    ]);
+        &[],
+    );
     let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
     let warnings = plan["warnings"].to_string();
     assert!(
@@ -839,9 +812,9 @@ const TEMPLATE: &str = "image boot.vfat {\n\tvfat {\n\t}\n\tsize = 16M\n}\nimage
 
 #[test]
 fn unfilled_template_variables_are_named() {
-    refused(TEMPLATE, &[], 12, "%PARTUUID% is not filled");
-    refused(TEMPLATE, &[], 12, "--define PARTUUID=VALUE");
-    refused(
+    cfg_refused(TEMPLATE, &[], 12, "%PARTUUID% is not filled");
+    cfg_refused(TEMPLATE, &[], 12, "--define PARTUUID=VALUE");
+    cfg_refused(
         &TEMPLATE.replace("%PARTUUID%", "\"0fc63daf-8483-4772-8e79-3d69d8477de4\""),
         &[],
         16,
@@ -851,23 +824,17 @@ fn unfilled_template_variables_are_named() {
 
 #[test]
 fn define_fills_template_variables() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("t.cfg");
-    std::fs::write(&cfg, TEMPLATE).unwrap();
     let boot = "6a1c9a5e-3b5c-4b8e-9a31-0d2f4b1c7e11";
     let data = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a10";
-    let out = run(&[
-        "plan",
-        "--json",
-        "--genimage",
-        cfg.to_str().unwrap(),
-        "--images",
-        tmp.path().to_str().unwrap(),
-        "--define",
-        &format!("PARTUUID={boot}"),
-        "--define",
-        &format!("UUID_TMP={data}"),
-    ]);
+    let (_tmp, cfg, out) = genimage_plan(
+        TEMPLATE,
+        &[
+            "--define",
+            &format!("PARTUUID={boot}"),
+            "--define",
+            &format!("UUID_TMP={data}"),
+        ],
+    );
     let plan: Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(plan["partitions"][0]["partuuid"], boot, "{plan}");
     assert_eq!(plan["partitions"][1]["partuuid"], data, "{plan}");
@@ -883,7 +850,7 @@ fn define_fills_template_variables() {
 
 #[test]
 fn a_symlink_checked_out_as_text_is_named() {
-    refused(
+    cfg_refused(
         "../a10_olinuxino/genimage.cfg\n",
         &[],
         1,

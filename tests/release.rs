@@ -10,24 +10,11 @@ use std::process::Command;
 
 use common::*;
 
+/// Builds pi/4 from `images` with `dir` as the working directory (`out` relative to it).
 fn build_in(dir: &Path, images: &Path, out: &str, extra: &[&str]) {
-    let mut args = vec![
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        images.to_str().unwrap(),
-        "-o",
-        out,
-    ];
-    args.extend_from_slice(extra);
-    let o = Command::new(bin())
-        .args(&args)
-        .current_dir(dir)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .unwrap();
-    ok(&o);
+    ok(&build_cmd("pi/4", images, Path::new(out), extra)
+        .dir(dir)
+        .output());
 }
 
 fn sha(p: &Path) -> String {

@@ -6,12 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::synth::{Set, skiffos_images};
 use common::*;
-
-const EPOCH: &str = "1700000000";
 
 /// A SkiffOS checkout with a workspace whose Buildroot output is the pi/4 fixture.
 struct Skiff {
@@ -75,18 +73,13 @@ impl Skiff {
             .filter(|d| d.is_dir())
             .map(|d| d.to_str().unwrap().to_string())
             .collect();
-        Command::new(bin())
-            .args(args)
-            .env_remove("BINARIES_DIR")
-            .env("SOURCE_DATE_EPOCH", EPOCH)
+        sf(args)
             .env("SKIFF_CONFIG", config)
             .env("SKIFF_CONFIG_PATH", paths.join(" "))
             .env("SKIFF_WORKSPACE", "default")
             .env("BUILDROOT_DIR", self.workspace())
             .env("SKIFF_CURRENT_CONF_DIR", self.conf("pi/common"))
-            .stdin(Stdio::null())
             .output()
-            .unwrap()
     }
 }
 
@@ -147,15 +140,7 @@ fn builds_the_board_of_the_config_list_with_its_resources() {
     // The same build with the flags given explicitly and no SkiffOS variables differs only
     // where the resources differ: the built-in config.txt is used.
     let plain = s.root().join("plain.img");
-    ok(&Command::new(bin())
-        .args(["build", "--board", "pi/4", "--images"])
-        .arg(s.workspace().join("output/images"))
-        .arg("-o")
-        .arg(&plain)
-        .env_remove("BINARIES_DIR")
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .unwrap());
+    build_pi4(&s.workspace().join("output/images"), &plain, &[]);
     let builtin = fat_file(&plain, start, "/config.txt");
     assert!(!builtin.contains("# from the config"), "{builtin}");
 }
@@ -211,16 +196,12 @@ fn a_boot_script_from_resources_is_compiled_into_boot_scr() {
     let images = generated.path();
     let img = dir.path().join("xu.img");
     let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .env_remove("BINARIES_DIR")
-            .env("SOURCE_DATE_EPOCH", EPOCH)
+        sf(args)
             .env("SKIFF_CONFIG", "odroid/xu,skiff/core")
             .env("SKIFF_CONFIG_PATH", conf.to_str().unwrap())
             .arg("--images")
             .arg(images)
             .output()
-            .unwrap()
     };
     ok(&run(&["build", "-o", img.to_str().unwrap()]));
     let plan: serde_json::Value = serde_json::from_str(&ok(&run(&["plan", "--json"]))).unwrap();
@@ -287,16 +268,13 @@ fn a_config_list_without_one_board_is_refused_naming_the_list() {
     assert!(err.contains("pi/4, odroid/xu"), "{err}");
 
     // Outside SkiffOS, no board is a usage error naming the flag.
-    let out = Command::new(bin())
-        .args(["plan", "--images", "."])
-        .env_remove("BINARIES_DIR")
+    let out = sf(&["plan", "--images", "."])
         .env_remove("SKIFF_CONFIG")
         .env_remove("SKIFF_CONFIG_PATH")
         .env_remove("BUILDROOT_DIR")
         .env_remove("SKIFF_BUILDROOT_DIR")
         .env_remove("SKIFF_CURRENT_CONF_DIR")
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --board"));
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -29,21 +29,9 @@ fn need_fault_injection() {
 
 /// A pseudo-random arm64 kernel: `pseudo` bytes with the Image magic at 0x38.
 fn kernel(len: usize, seed: u8) -> Vec<u8> {
-    let mut k = pseudo(len, seed);
+    let mut k = pseudo(len, u64::from(seed));
     k[0x38..0x3c].copy_from_slice(b"ARM\x64");
     k
-}
-
-fn pseudo(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Build B: a new kernel, a DTB dropped, a new overlay and boot file, new rootfs content.
@@ -62,20 +50,6 @@ fn images_b(dir: &Path) -> PathBuf {
     b
 }
 
-fn sf(args: &[&str], epoch: &str, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .env("SOURCE_DATE_EPOCH", epoch)
-        .env_remove("BINARIES_DIR")
-        .env_remove("SKIFF_FLASH_BOARD_PATH")
-        .env_remove("SKIFF_FLASH_FAULT_AFTER_WRITES")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
 fn upgrade(target: &str, images: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut args = vec![
         "upgrade",
@@ -87,7 +61,7 @@ fn upgrade(target: &str, images: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         "--yes",
     ];
     args.extend_from_slice(extra);
-    sf(&args, EPOCH_B, env)
+    sf(&args).epoch(EPOCH_B).envs(env).output()
 }
 
 /// A 1 GiB image of the board built from `images`.
@@ -96,22 +70,9 @@ fn build(images: &Path, out: &Path, epoch: &str) {
 }
 
 fn build_sized(images: &Path, out: &Path, epoch: &str, size: &str) {
-    ok(&sf(
-        &[
-            "build",
-            "--board",
-            "pi/4",
-            "--images",
-            images.to_str().unwrap(),
-            "--size",
-            size,
-            "-o",
-            out.to_str().unwrap(),
-            "-q",
-        ],
-        epoch,
-        &[],
-    ));
+    ok(&build_cmd("pi/4", images, out, &["--size", size, "-q"])
+        .epoch(epoch)
+        .output());
 }
 
 /// Partition `n` of a disk or image: (start, size) in bytes, from sfdisk.
@@ -196,14 +157,16 @@ fn verify_ok(target: &str, board: &str, images: &str, extra: &[&str]) {
         extra,
     ]
     .concat();
-    ok(&sf(&args, EPOCH_B, &[]));
+    ok(&sf(&args).epoch(EPOCH_B).output());
 }
 
 fn needs_oracles() -> bool {
-    need("mcopy", "mtools")
-        && need("fsck.fat", "dosfstools")
-        && need("e2fsck", "e2fsprogs")
-        && need("sfdisk", "fdisk")
+    need_all(&[
+        ("mcopy", "mtools"),
+        ("fsck.fat", "dosfstools"),
+        ("e2fsck", "e2fsprogs"),
+        ("sfdisk", "fdisk"),
+    ])
 }
 
 /// fsck.fat on partition 1, e2fsck on the others named.
@@ -224,10 +187,6 @@ fn fsck_parts(img: &Path, parts: &[usize]) {
 
 fn fsck_image(img: &Path) {
     fsck_parts(img, &[1, 2, 3]);
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok(out)).unwrap()
 }
 
 fn actions(report: &serde_json::Value) -> BTreeMap<String, String> {
@@ -501,18 +460,15 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let b = images_b(dir.path());
     let f = fixtures();
-    ok(&sf(
-        &[
-            &card.dev,
-            "--board",
-            "pi/4",
-            "--images",
-            f.to_str().unwrap(),
-            "--yes",
-        ],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[
+        &card.dev,
+        "--board",
+        "pi/4",
+        "--images",
+        f.to_str().unwrap(),
+        "--yes",
+    ])
+    .output());
     // User data through a real kernel mount of persist.
     let mut written = BTreeMap::new();
     {
@@ -522,7 +478,7 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
         std::fs::create_dir_all(mnt.path().join("home/user")).unwrap();
         for i in 0..20u8 {
             let p = format!("home/user/file-{i}.bin");
-            let data = pseudo(10_000 + 3000 * usize::from(i), i);
+            let data = pseudo(10_000 + 3000 * usize::from(i), u64::from(i));
             std::fs::write(mnt.path().join(&p), &data).unwrap();
             written.insert(p, skiff_flash::io::hex(&Sha256::digest(&data)));
         }
@@ -598,11 +554,7 @@ fn refusals_write_nothing() {
     let fs = f.to_str().unwrap();
 
     // A card with another layout (pi/3x64: MBR) is not upgraded as pi/4.
-    ok(&sf(
-        &[&card.dev, "--board", "pi/3x64", "--images", fs, "--yes"],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[&card.dev, "--board", "pi/3x64", "--images", fs, "--yes"]).output());
     let h = card.hash();
     let out = upgrade(&card.dev, &f, &[], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -616,11 +568,7 @@ fn refusals_write_nothing() {
     assert_eq!(card.hash(), h);
 
     // Not enough room beside the old set: says how much is missing.
-    ok(&sf(
-        &[&card.dev, "--board", "pi/4", "--images", fs, "--yes"],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[&card.dev, "--board", "pi/4", "--images", fs, "--yes"]).output());
     let big = dir.path().join("big");
     copy_tree(&f, &big);
     let (_, boot_len) = part_range(&card.dev, 1);
@@ -645,56 +593,48 @@ fn refusals_write_nothing() {
 
     // No terminal to confirm on and no --yes: nothing is written.
     let bdir = images_b(&dir.path().join("b2"));
-    let out = sf(
-        &[
-            "upgrade",
-            &card.dev,
-            "--board",
-            "pi/4",
-            "--images",
-            bdir.to_str().unwrap(),
-        ],
-        EPOCH_B,
-        &[],
-    );
+    let out = sf(&[
+        "upgrade",
+        &card.dev,
+        "--board",
+        "pi/4",
+        "--images",
+        bdir.to_str().unwrap(),
+    ])
+    .epoch(EPOCH_B)
+    .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(card.hash(), h);
 
     // --reformat never combines with --dry-run (it would erase persist).
-    let out = sf(
-        &[
-            "upgrade",
-            &card.dev,
-            "--board",
-            "pi/4",
-            "--images",
-            fs,
-            "--reformat",
-            "--dry-run",
-            "--yes",
-        ],
-        EPOCH,
-        &[],
-    );
+    let out = sf(&[
+        "upgrade",
+        &card.dev,
+        "--board",
+        "pi/4",
+        "--images",
+        fs,
+        "--reformat",
+        "--dry-run",
+        "--yes",
+    ])
+    .output();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(card.hash(), h);
 
     // --reformat is the explicit way to start over: a full flash, here to another layout.
-    ok(&sf(
-        &[
-            "upgrade",
-            &card.dev,
-            "--board",
-            "pi/3x64",
-            "--images",
-            fs,
-            "--reformat",
-            "--yes",
-        ],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[
+        "upgrade",
+        &card.dev,
+        "--board",
+        "pi/3x64",
+        "--images",
+        fs,
+        "--reformat",
+        "--yes",
+    ])
+    .output());
     let dump = tool_ok("sfdisk", &["--dump", &card.dev]);
     assert!(dump.contains("label: dos"), "{dump}");
 
@@ -717,22 +657,19 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
     let f = fixtures();
     let img = dir.path().join("card.img");
     let s = img.to_str().unwrap();
-    ok(&sf(
-        &[
-            "build",
-            "--board",
-            board,
-            "--images",
-            f.to_str().unwrap(),
-            "--seed",
-            "other-card",
-            "-o",
-            s,
-            "-q",
-        ],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[
+        "build",
+        "--board",
+        board,
+        "--images",
+        f.to_str().unwrap(),
+        "--seed",
+        "other-card",
+        "-o",
+        s,
+        "-q",
+    ])
+    .output());
     let partuuid = |seed: &[&str]| -> String {
         let mut args = vec![
             "plan",
@@ -743,7 +680,7 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
             "--json",
         ];
         args.extend_from_slice(seed);
-        let p: serde_json::Value = serde_json::from_str(&ok(&sf(&args, EPOCH, &[]))).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&ok(&sf(&args).output())).unwrap();
         p["partitions"][0]["partuuid"].as_str().unwrap().to_string()
     };
     let (card_id, default_id) = (partuuid(&["--seed", "other-card"]), partuuid(&[]));
@@ -752,20 +689,18 @@ fn upgraded_configs_name_the_cards_own_identifiers() {
     let b = dir.path().join("B");
     copy_tree(&f, &b);
     std::fs::write(b.join("Image"), kernel(1_000_000, 4)).unwrap();
-    let out = sf(
-        &[
-            "upgrade",
-            s,
-            "--board",
-            board,
-            "--images",
-            b.to_str().unwrap(),
-            "--yes",
-            "--json",
-        ],
-        EPOCH_B,
-        &[],
-    );
+    let out = sf(&[
+        "upgrade",
+        s,
+        "--board",
+        board,
+        "--images",
+        b.to_str().unwrap(),
+        "--yes",
+        "--json",
+    ])
+    .epoch(EPOCH_B)
+    .output();
     let r = json(&out);
     assert_eq!(actions(&r)["boot:/Image"], "replaced");
     // This layout keeps rootfs_part/ and persist_part/ on persist: said, not written.
@@ -897,7 +832,7 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
     for i in 0..40u64 {
         sparse_copy(&a_img, &card);
         let f = std::fs::OpenOptions::new().write(true).open(&card).unwrap();
-        let noise = pseudo(64, i as u8);
+        let noise = pseudo(64, i);
         // Boot sector, FSInfo, first FAT sectors, the root directory's first cluster.
         let spots = [0u64, 512, 16_384, 20_480, 33_000, 70_000];
         let at = o1 + spots[(i % spots.len() as u64) as usize] + (i * 7) % 400;
@@ -978,20 +913,17 @@ fn ext4_boot_partition_needs_consent() {
     std::fs::write(a.join("rootfs.cpio.uboot"), pseudo(5000, 1)).unwrap();
     let img = dir.path().join("m1.img");
     let s = img.to_str().unwrap();
-    ok(&sf(
-        &[
-            "build",
-            "--board",
-            "odroid/m1",
-            "--images",
-            a.to_str().unwrap(),
-            "-o",
-            s,
-            "-q",
-        ],
-        EPOCH,
-        &[],
-    ));
+    ok(&sf(&[
+        "build",
+        "--board",
+        "odroid/m1",
+        "--images",
+        a.to_str().unwrap(),
+        "-o",
+        s,
+        "-q",
+    ])
+    .output());
     std::fs::write(a.join("Image"), kernel(500_000, 2)).unwrap();
     let before = std::fs::read(&img).unwrap();
     let args = [
@@ -1003,16 +935,14 @@ fn ext4_boot_partition_needs_consent() {
         a.to_str().unwrap(),
         "--yes",
     ];
-    let out = sf(&args, EPOCH_B, &[]);
+    let out = sf(&args).epoch(EPOCH_B).output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-unsafe-boot"), "{err}");
     assert_eq!(std::fs::read(&img).unwrap(), before);
-    ok(&sf(
-        &[&args[..], &["--allow-unsafe-boot"]].concat(),
-        EPOCH_B,
-        &[],
-    ));
+    ok(&sf(&[&args[..], &["--allow-unsafe-boot"]].concat())
+        .epoch(EPOCH_B)
+        .output());
     let (o, l) = part_range(s, 1);
     let p = extract(&img, o, l);
     let (code, out) = tool("e2fsck", &["-fn", p.path().to_str().unwrap()]);

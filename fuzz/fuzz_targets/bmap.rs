@@ -1,11 +1,4 @@
-//! Arbitrary bytes as a bmap file: `image::bmap::read`.
+//! Arbitrary bytes as a bmap file. The calls are `skiff_flash::exercise::bmap`, shared with tests/corpus.rs.
 #![no_main]
 
-mod common;
-
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let p = common::scratch("bmap", data);
-    let _ = skiff_flash::image::bmap::read(&p);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skiff_flash::exercise::bmap(data));

@@ -1,11 +1,4 @@
-//! Arbitrary bytes as a build manifest: `manifest::load`.
+//! Arbitrary bytes as a build manifest. The calls are `skiff_flash::exercise::manifest`, shared with tests/corpus.rs.
 #![no_main]
 
-mod common;
-
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let p = common::scratch("manifest", data);
-    let _ = skiff_flash::image::manifest::load(&p);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skiff_flash::exercise::manifest(data));

@@ -1,9 +1,4 @@
-//! Arbitrary bytes as a U-Boot legacy image (boot.scr): the header parser.
+//! Arbitrary bytes as a U-Boot legacy image (boot.scr): the header parser. The calls are `skiff_flash::exercise::uimage`, shared with tests/corpus.rs.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use skiff_flash::format::bootcfg::uimage::parse;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skiff_flash::exercise::uimage(data));

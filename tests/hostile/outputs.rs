@@ -4,57 +4,10 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-/// Runs skiff-flash killed after `secs` (so an endless read fails the test, not the machine).
-pub fn run_limited(secs: u32, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["-s", "KILL", &secs.to_string(), bin()])
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .env_remove("SKIFF_FLASH_BOARD_PATH")
-        .output()
-        .expect("running skiff-flash")
-}
-
-/// Asserts a refusal: `code`, one `skiff-flash: error:` line holding every fragment, no panic.
-pub fn refused_with(out: &Output, code: i32, expect: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("skiff-flash: error: "), "{err}");
-    for e in expect {
-        assert!(err.contains(e), "`{e}` not in: {err}");
-    }
-    err
-}
-
-/// Names in `dir`, sorted.
-pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn images_copy() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures(), d.path());
-    d
-}
-
-fn build_args<'a>(images: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["build", "--board", "pi/4", "--images", images, "-o", out];
-    v.extend_from_slice(extra);
-    v
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -85,8 +38,8 @@ fn device_nodes_and_fifos_are_never_replaced() {
             mknod(&node, kind, maj, min);
         }
         for extra in [&[][..], &["--bmap", "--checksums"][..]] {
-            let out = run(&build_args(s(&f), s(&node), extra));
-            refused_with(
+            let out = build_cmd("pi/4", &f, &node, extra).output();
+            refused(
                 &out,
                 2,
                 &["refusing to write image", s(&node), "not a regular file"],
@@ -102,16 +55,12 @@ fn device_nodes_and_fifos_are_never_replaced() {
     // A sidecar path that is a device is refused too, before the image is written.
     let img = dir.path().join("x.img");
     mknod(&dir.path().join("x.img.manifest.json"), "c", 1, 3);
-    let out = run(&build_args(s(&f), s(&img), &[]));
-    refused_with(&out, 2, &["refusing to write manifest", "character device"]);
+    let out = build_cmd("pi/4", &f, &img, &[]).output();
+    refused(&out, 2, &["refusing to write manifest", "character device"]);
     let bm = dir.path().join("y.img.bmap");
     tool_ok("mkfifo", &[s(&bm)]);
-    let out = run(&build_args(
-        s(&f),
-        s(&dir.path().join("y.img")),
-        &["--bmap"],
-    ));
-    refused_with(&out, 2, &["refusing to write bmap", "FIFO"]);
+    let out = build_cmd("pi/4", &f, &dir.path().join("y.img"), &["--bmap"]).output();
+    refused(&out, 2, &["refusing to write bmap", "FIFO"]);
     assert_eq!(
         listing(dir.path()),
         ["blk", "fifo", "null", "x.img.manifest.json", "y.img.bmap"]
@@ -121,7 +70,7 @@ fn device_nodes_and_fifos_are_never_replaced() {
     std::fs::write(&target, b"old").unwrap();
     let link = dir.path().join("link.img");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    ok(&run(&build_args(s(&f), s(&link), &[])));
+    ok(&build_cmd("pi/4", &f, &link, &[]).output());
 }
 
 #[test]
@@ -139,29 +88,29 @@ fn inputs_are_never_outputs() {
     // The image itself is an input, a hard link to one, a symlink to one, or inside a
     // directory whose files are copied.
     for out in [&kernel, &hard, &soft, &in_tree] {
-        let r = run(&build_args(s(images), s(out), &["--bmap"]));
-        refused_with(&r, 2, &["refusing to write image", "input"]);
+        let r = build_cmd("pi/4", images, out, &["--bmap"]).output();
+        refused(&r, 2, &["refusing to write image", "input"]);
     }
     // A sidecar is an input: the manifest, the bmap, SHA256SUMS.
     let side = tempfile::tempdir().unwrap();
     let img = side.path().join("x.img");
     std::fs::hard_link(&kernel, side.path().join("x.img.manifest.json")).unwrap();
-    refused_with(
-        &run(&build_args(s(images), s(&img), &[])),
+    refused(
+        &build_cmd("pi/4", images, &img, &[]).output(),
         2,
         &["refusing to write manifest", "input"],
     );
     std::fs::remove_file(side.path().join("x.img.manifest.json")).unwrap();
     std::os::unix::fs::symlink(&kernel, side.path().join("x.img.bmap")).unwrap();
-    refused_with(
-        &run(&build_args(s(images), s(&img), &["--bmap"])),
+    refused(
+        &build_cmd("pi/4", images, &img, &["--bmap"]).output(),
         2,
         &["refusing to write bmap", "input"],
     );
     std::fs::remove_file(side.path().join("x.img.bmap")).unwrap();
     std::fs::hard_link(&kernel, side.path().join("SHA256SUMS")).unwrap();
-    refused_with(
-        &run(&build_args(s(images), s(&img), &["--checksums"])),
+    refused(
+        &build_cmd("pi/4", images, &img, &["--checksums"]).output(),
         2,
         &["refusing to write checksum list", "input"],
     );
@@ -174,11 +123,7 @@ fn inputs_are_never_outputs() {
     assert!(!in_tree.exists());
     // An image beside the inputs (as Buildroot's sdcard.img) is fine.
     let beside = images.join("sdcard.img");
-    ok(&run(&build_args(
-        s(images),
-        s(&beside),
-        &["--bmap", "--checksums"],
-    )));
+    ok(&build_cmd("pi/4", images, &beside, &["--bmap", "--checksums"]).output());
     assert_eq!(std::fs::read(&kernel).unwrap(), before);
 }
 
@@ -199,11 +144,7 @@ fn checksums_keep_every_line_they_do_not_replace() {
     old.extend_from_slice(format!("SHA256 (tagged) = {}\n", "1".repeat(64)).as_bytes());
     std::fs::write(&sums, &old).unwrap();
     let img = dir.path().join("x.img");
-    ok(&run(&build_args(
-        s(&fixtures()),
-        s(&img),
-        &["--bmap", "--checksums"],
-    )));
+    ok(&build_cmd("pi/4", &fixtures(), &img, &["--bmap", "--checksums"]).output());
     let new = std::fs::read(&sums).unwrap();
     // Every line not about this build's files is there, byte for byte, in order.
     let lines: Vec<&[u8]> = new.split(|b| *b == b'\n').collect();
@@ -250,8 +191,8 @@ fn an_unreadable_checksum_list_is_refused_not_rewritten() {
     let big = vec![b'#'; 5 << 20];
     std::fs::write(&sums, &big).unwrap();
     let img = dir.path().join("x.img");
-    refused_with(
-        &run(&build_args(s(&fixtures()), s(&img), &["--checksums"])),
+    refused(
+        &build_cmd("pi/4", &fixtures(), &img, &["--checksums"]).output(),
         2,
         &["SHA256SUMS", "checksum list"],
     );
@@ -260,8 +201,8 @@ fn an_unreadable_checksum_list_is_refused_not_rewritten() {
     // A directory in its place.
     std::fs::remove_file(&sums).unwrap();
     std::fs::create_dir(&sums).unwrap();
-    refused_with(
-        &run(&build_args(s(&fixtures()), s(&img), &["--checksums"])),
+    refused(
+        &build_cmd("pi/4", &fixtures(), &img, &["--checksums"]).output(),
         2,
         &["SHA256SUMS", "directory"],
     );
@@ -274,31 +215,33 @@ fn a_stale_bmap_is_removed_and_a_foreign_one_refused() {
     let f = fixtures();
     let img = dir.path().join("x.img");
     let bmap = dir.path().join("x.img.bmap");
-    ok(&run(&build_args(s(&f), s(&img), &["--bmap"])));
+    ok(&build_cmd("pi/4", &f, &img, &["--bmap"]).output());
     assert!(bmap.is_file());
     // Rebuilt without --bmap at another size: the old bmap would describe another image.
-    ok(&run(&build_args(s(&f), s(&img), &["--size", "400MiB"])));
+    ok(&build_cmd("pi/4", &f, &img, &["--size", "400MiB"]).output());
     assert!(!bmap.exists(), "stale bmap left beside the new image");
     assert_eq!(listing(dir.path()), ["x.img", "x.img.manifest.json"]);
 
     // A bmap of another build beside the image: same size, other seed (other content).
     let other = tempfile::tempdir().unwrap();
     let oimg = other.path().join("x.img");
-    ok(&run(&build_args(
-        s(&f),
-        s(&oimg),
+    ok(&build_cmd(
+        "pi/4",
+        &f,
+        &oimg,
         &["--bmap", "--size", "400MiB", "--seed", "other"],
-    )));
+    )
+    .output());
     std::fs::copy(other.path().join("x.img.bmap"), &bmap).unwrap();
     let Some(card) = Card::new(512 << 20) else {
         return;
     };
     let before = card.hash();
     let out = run(&["flash", &card.dev, "--image", s(&img), "--yes"]);
-    refused_with(&out, 2, &[s(&bmap), s(&img), "checksum"]);
+    refused(&out, 2, &[s(&bmap), s(&img), "checksum"]);
     assert_eq!(card.hash(), before, "the card was written");
     // A bmap of an image of another size, given explicitly.
-    ok(&run(&build_args(s(&f), s(&oimg), &["--bmap"])));
+    ok(&build_cmd("pi/4", &f, &oimg, &["--bmap"]).output());
     let out = run(&[
         "flash",
         &card.dev,
@@ -308,15 +251,11 @@ fn a_stale_bmap_is_removed_and_a_foreign_one_refused() {
         s(&other.path().join("x.img.bmap")),
         "--yes",
     ]);
-    refused_with(&out, 2, &["x.img.bmap", s(&img), "bytes"]);
+    refused(&out, 2, &["x.img.bmap", s(&img), "bytes"]);
     assert_eq!(card.hash(), before, "the card was written");
     // Its own bmap works, compressed too.
     let zimg = dir.path().join("z.img.zst");
-    ok(&run(&build_args(
-        s(&f),
-        s(&zimg),
-        &["--bmap", "--size", "400MiB"],
-    )));
+    ok(&build_cmd("pi/4", &f, &zimg, &["--bmap", "--size", "400MiB"]).output());
     ok(&run(&["flash", &card.dev, "--image", s(&zimg), "--yes"]));
     // … and a corrupted range of a compressed image's bmap is found before writing.
     let zbmap = dir.path().join("z.img.bmap");
@@ -325,7 +264,7 @@ fn a_stale_bmap_is_removed_and_a_foreign_one_refused() {
     let flipped = if &text[i..=i] == "0" { "1" } else { "0" };
     std::fs::write(&zbmap, format!("{}{flipped}{}", &text[..i], &text[i + 1..])).unwrap();
     let before = card.hash();
-    refused_with(
+    refused(
         &run(&["flash", &card.dev, "--image", s(&zimg), "--yes"]),
         2,
         &["z.img.bmap", "range 1"],
@@ -340,7 +279,7 @@ fn config_type_inputs_are_bounded_and_regular() {
     let img = dir.path().join("x.img");
     let started = Instant::now();
     // A genimage config, and a config that includes an endless file.
-    refused_with(
+    refused(
         &run_limited(
             60,
             &[
@@ -358,7 +297,7 @@ fn config_type_inputs_are_bounded_and_regular() {
     );
     let inc = dir.path().join("inc.cfg");
     std::fs::write(&inc, "include(\"/dev/zero\")\n").unwrap();
-    refused_with(
+    refused(
         &run_limited(
             60,
             &[
@@ -377,7 +316,7 @@ fn config_type_inputs_are_bounded_and_regular() {
     // A board file that is too large.
     let board = dir.path().join("huge.toml");
     std::fs::write(&board, vec![b'#'; 5 << 20]).unwrap();
-    refused_with(
+    refused(
         &run_limited(
             60,
             &[
@@ -395,15 +334,15 @@ fn config_type_inputs_are_bounded_and_regular() {
     );
     // A manifest and a bmap that are devices.
     let built = dir.path().join("b.img");
-    ok(&run(&build_args(s(&f), s(&built), &[])));
-    refused_with(
+    ok(&build_cmd("pi/4", &f, &built, &[]).output());
+    refused(
         &run_limited(60, &["verify", s(&built), "--manifest", "/dev/zero"]),
         2,
         &["/dev/zero", "manifest", "not a regular file"],
     );
     if let Some(card) = Card::new(512 << 20) {
         let before = card.hash();
-        refused_with(
+        refused(
             &run_limited(
                 60,
                 &[
@@ -433,15 +372,9 @@ fn config_type_inputs_are_bounded_and_regular() {
 fn interrupt(out: &Path, extra: &[&str], sig: &str) -> (Option<i32>, Option<i32>, Vec<String>) {
     use std::os::unix::process::ExitStatusExt;
     let f = fixtures();
-    let mut args = build_args(s(&f), s(out), &["--size", "3GiB", "--checksums"]);
+    let mut args = vec!["--size", "3GiB", "--checksums"];
     args.extend_from_slice(extra);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = build_cmd("pi/4", &f, out, &args).spawn();
     let dir = out.parent().unwrap();
     let partial = format!(
         ".{}.partial-{}",
@@ -495,7 +428,7 @@ fn a_partial_left_by_sigkill_is_removed_by_the_next_build() {
         .path()
         .join(format!(".x.img.partial-{}", std::process::id()));
     std::fs::write(&live, b"busy").unwrap();
-    ok(&run(&build_args(s(&fixtures()), s(&out), &[])));
+    ok(&build_cmd("pi/4", &fixtures(), &out, &[]).output());
     assert_eq!(
         listing(dir.path()),
         [
@@ -540,7 +473,7 @@ fn a_full_disk_after_the_image_leaves_nothing_behind() {
     // What the image takes on a tmpfs: then a tmpfs with a page less than image + manifest.
     let probe = Tmpfs::new(64 << 20);
     let img = probe.0.path().join("x.img.zst");
-    ok(&run(&build_args(s(&f), s(&img), &[])));
+    ok(&build_cmd("pi/4", &f, &img, &[]).output());
     let used = std::fs::metadata(&img).unwrap().blocks() * 512;
     let manifest = std::fs::metadata(probe.0.path().join("x.img.zst.manifest.json"))
         .unwrap()
@@ -550,8 +483,8 @@ fn a_full_disk_after_the_image_leaves_nothing_behind() {
     drop(probe);
     let fs = Tmpfs::new(used + 4096);
     let img = fs.0.path().join("x.img.zst");
-    let out = run(&build_args(s(&f), s(&img), &["--bmap", "--checksums"]));
-    refused_with(&out, 1, &["x.img.zst"]);
+    let out = build_cmd("pi/4", &f, &img, &["--bmap", "--checksums"]).output();
+    refused(&out, 1, &["x.img.zst"]);
     assert_eq!(listing(fs.0.path()), Vec::<String>::new());
 }
 
@@ -562,12 +495,8 @@ fn a_checksum_list_that_is_a_directory_is_refused_before_anything_is_written() {
     let sums = dir.path().join("SHA256SUMS");
     std::fs::create_dir(&sums).unwrap();
     std::fs::write(sums.join("keep"), b"x").unwrap();
-    let out = run(&build_args(
-        s(&fixtures()),
-        s(&img),
-        &["--bmap", "--checksums"],
-    ));
-    refused_with(&out, 2, &["SHA256SUMS", "directory"]);
+    let out = build_cmd("pi/4", &fixtures(), &img, &["--bmap", "--checksums"]).output();
+    refused(&out, 2, &["SHA256SUMS", "directory"]);
     assert_eq!(listing(dir.path()), ["SHA256SUMS"]);
 }
 
@@ -577,8 +506,8 @@ fn sizes_and_extensions_that_cannot_be_written_are_refused() {
     let f = fixtures();
     let img = dir.path().join("x.img");
     for size in ["1000001", "400000100", "999999999"] {
-        refused_with(
-            &run(&build_args(s(&f), s(&img), &["--size", size])),
+        refused(
+            &build_cmd("pi/4", &f, &img, &["--size", size]).output(),
             2,
             &["--size", "multiple of 512"],
         );
@@ -587,14 +516,14 @@ fn sizes_and_extensions_that_cannot_be_written_are_refused() {
         "img.bz2", "img.lz4", "img.lzma", "img.lz", "img.zip", "IMG.BZ2", "img.7z",
     ] {
         let out = dir.path().join(format!("x.{ext}"));
-        refused_with(
-            &run(&build_args(s(&f), s(&out), &[])),
+        refused(
+            &build_cmd("pi/4", &f, &out, &[]).output(),
             2,
             &["not supported", ".img.zst", ".img.gz", ".img.xz"],
         );
     }
     assert_eq!(listing(dir.path()), Vec::<String>::new());
-    ok(&run(&build_args(s(&f), s(&img), &["--size", "400000512"])));
+    ok(&build_cmd("pi/4", &f, &img, &["--size", "400000512"]).output());
 }
 
 #[test]
@@ -603,7 +532,7 @@ fn bad_configs_and_bmaps_exit_2() {
     let f = fixtures();
     let cfg = dir.path().join("bad.cfg");
     std::fs::write(&cfg, b"image sdcard.img {\n  hdimage {}\n  # \xff\xfe\n}\n").unwrap();
-    refused_with(
+    refused(
         &run(&[
             "build",
             "--genimage",
@@ -617,7 +546,7 @@ fn bad_configs_and_bmaps_exit_2() {
         &["bad.cfg", "not UTF-8", "line 3"],
     );
     let img = dir.path().join("x.img");
-    ok(&run(&build_args(s(&f), s(&img), &[])));
+    ok(&build_cmd("pi/4", &f, &img, &[]).output());
     let bmap = dir.path().join("random.bmap");
     let bytes: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -625,7 +554,7 @@ fn bad_configs_and_bmaps_exit_2() {
     std::fs::write(&bmap, bytes).unwrap();
     if let Some(card) = Card::new(512 << 20) {
         let before = card.hash();
-        refused_with(
+        refused(
             &run(&[
                 "flash",
                 &card.dev,
@@ -661,11 +590,7 @@ fn a_disk_busy_through_another_mount_namespace_is_refused_with_2() {
     need("unshare", "util-linux");
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("x.img");
-    ok(&run(&build_args(
-        s(&fixtures()),
-        s(&img),
-        &["--size", "400MiB"],
-    )));
+    ok(&build_cmd("pi/4", &fixtures(), &img, &["--size", "400MiB"]).output());
     let Some(card) = Card::new(512 << 20) else {
         return;
     };
@@ -701,7 +626,7 @@ fn a_disk_busy_through_another_mount_namespace_is_refused_with_2() {
     }
     let _ = holder.kill();
     let _ = holder.wait();
-    refused_with(&out, 2, &[&card.dev, "busy"]);
+    refused(&out, 2, &[&card.dev, "busy"]);
     assert_eq!(card.hash(), before);
 }
 
@@ -709,11 +634,7 @@ fn a_disk_busy_through_another_mount_namespace_is_refused_with_2() {
 fn a_failed_flash_makes_the_kernel_drop_the_old_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("x.img");
-    ok(&run(&build_args(
-        s(&fixtures()),
-        s(&img),
-        &["--size", "400MiB"],
-    )));
+    ok(&build_cmd("pi/4", &fixtures(), &img, &["--size", "400MiB"]).output());
     // A card whose backing store holds 2 MiB: writing the image's data fails part-way.
     let fs = Tmpfs::new(2 << 20);
     let backing: PathBuf = fs.0.path().join("card.img");
@@ -732,19 +653,7 @@ fn a_failed_flash_makes_the_kernel_drop_the_old_partitions() {
     let _d = Detach(dev.clone());
     // An old table the kernel knows (written sparse: the backing file stays small).
     let script = "label: dos\n1M,8M,c\n,8M,83\n";
-    let out = Command::new("sfdisk")
-        .arg(&dev)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(out.success());
+    tool_input_ok("sfdisk", &[&dev], script);
     let _ = tool("partx", &["-a", &dev]);
     assert_eq!(kernel_parts(&dev).len(), 2, "old partitions known");
     let r = run(&["flash", &dev, "--image", s(&img), "--yes"]);

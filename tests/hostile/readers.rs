@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use crate::common::*;
-use crate::outputs::{refused_with, run_limited};
 
 /// A copy of the pi4 fixture's images directory.
 /// A copy of the pi/4 fixture with a squashfs added (pi/4 copies one when present).
@@ -23,27 +22,6 @@ fn board_dir(name: &str, board: &str, layouts: &[(&str, &str)]) -> tempfile::Tem
     d
 }
 
-/// Runs `build` of `board` into an empty directory as `out_name`; asserts exit 2, one
-/// `skiff-flash: error:` line holding every `expect` fragment, no panic, and nothing left
-/// behind; a run over 120 s is killed.
-fn build_refused(images: &Path, board: &str, extra: &[&str], out_name: &str, expect: &[&str]) {
-    let out_dir = tempfile::tempdir().unwrap();
-    let img = out_dir.path().join(out_name);
-    let mut args = vec![
-        "build",
-        "--board",
-        board,
-        "--images",
-        images.to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    refused_with(&run_limited(120, &args), 2, expect);
-    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "output directory not empty: {left:?}");
-}
-
 // --- file artifacts ------------------------------------------------------------------------
 
 #[test]
@@ -52,11 +30,8 @@ fn a_directory_where_the_squashfs_belongs_is_refused() {
     let p = d.path().join("rootfs.squashfs");
     std::fs::remove_file(&p).unwrap();
     std::fs::create_dir(&p).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[
             p.to_str().unwrap(),
             "is a directory, expected a non-empty file",
@@ -71,13 +46,7 @@ fn a_directory_named_image_is_refused() {
     std::fs::remove_file(&p).unwrap();
     std::fs::create_dir(&p).unwrap();
     std::fs::write(p.join("inner"), b"x").unwrap();
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &[p.to_str().unwrap(), "is a directory"],
-    );
+    pi4_refused(d.path(), &[p.to_str().unwrap(), "is a directory"]);
 }
 
 #[test]
@@ -85,13 +54,7 @@ fn an_empty_kernel_is_refused() {
     let d = images();
     let p = d.path().join("Image");
     std::fs::write(&p, b"").unwrap();
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &[p.to_str().unwrap(), "is empty"],
-    );
+    pi4_refused(d.path(), &[p.to_str().unwrap(), "is empty"]);
 }
 
 #[test]
@@ -99,11 +62,8 @@ fn a_kernel_without_its_magic_is_refused() {
     let d = images();
     let p = d.path().join("Image");
     std::fs::write(&p, vec![0x5a; 4096]).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[p.to_str().unwrap(), "not an arm64 kernel Image", "0x38"],
     );
 }
@@ -113,11 +73,8 @@ fn a_dtb_without_its_magic_is_refused() {
     let d = images();
     let p = d.path().join("bcm2711-rpi-400.dtb");
     std::fs::write(&p, b"not a device tree").unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[
             p.to_str().unwrap(),
             "not a flattened device tree",
@@ -146,15 +103,7 @@ fn a_zimage_and_bzimage_without_their_magic_are_refused() {
     std::fs::write(&z, &k).unwrap();
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("a.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/3",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build("pi/3", d.path(), &img, &[]);
 }
 
 // --- offsets and sizes ---------------------------------------------------------------------
@@ -300,21 +249,15 @@ fn a_fat_symlink_out_of_the_images_dir_is_refused() {
     std::fs::write(outside.path(), b"host secret").unwrap();
     let link = d.path().join("boot_part/x");
     std::os::unix::fs::symlink(outside.path(), &link).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[link.to_str().unwrap(), "outside the images directory"],
     );
     // A relative link climbing out is refused too.
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink("../../../../../../../../etc/hostname", &link).unwrap();
-    build_refused(
+    pi4_refused(
         d.path(),
-        "pi/4",
-        &[],
-        "out.img",
         &[link.to_str().unwrap(), "outside the images directory"],
     );
 }
@@ -336,15 +279,7 @@ fn a_fat_symlink_inside_the_images_dir_is_copied_and_ext4_links_stay_links() {
         "-v",
     ]));
     assert!(plan.contains("shadow-link"), "{plan}");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(d.path(), &img, &[]);
 }
 
 // --- FAT directory size -------------------------------------------------------------------
@@ -359,25 +294,11 @@ fn a_fat_directory_over_65536_slots_is_refused_naming_it() {
     for i in 0..65_535u32 {
         std::fs::File::create(big.join(format!("{i:08X}.TXT"))).unwrap();
     }
-    build_refused(
-        d.path(),
-        "pi/4",
-        &[],
-        "out.img",
-        &["boot", "/many", "65537", "at most 65536 slots"],
-    );
+    pi4_refused(d.path(), &["boot", "/many", "65537", "at most 65536 slots"]);
     std::fs::remove_file(big.join("00000000.TXT")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("a.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        d.path().to_str().unwrap(),
-        "--output",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(d.path(), &img, &[]);
 }
 
 // --- squashfs -----------------------------------------------------------------------------
@@ -501,18 +422,7 @@ fn logical_image(dir: &Path) -> std::path::PathBuf {
     let script = "label: dos\nstart=2048, size=16384, type=c\nstart=18432, type=5\n\
                   size=8192, type=83\nsize=8192, type=83\nsize=8192, type=83\n\
                   size=8192, type=83\nsize=8192, type=83\n";
-    let out = std::process::Command::new("sfdisk")
-        .args(["-q", img.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(out.success());
+    tool_input_ok("sfdisk", &["-q", img.to_str().unwrap()], script);
     let p7 = 40960u64 * 512;
     tool_ok(
         "mkfs.ext4",
@@ -645,15 +555,7 @@ fn inspect_stops_on_a_looping_or_escaping_ebr_chain() {
 /// A fresh pi/4 image (with its manifest beside it).
 fn built_pi4(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("pi4.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        fixtures().to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-    ]));
+    build_pi4(&fixtures(), &img, &[]);
     img
 }
 
@@ -674,19 +576,6 @@ fn verify_meaning(target: &str) -> (i32, String) {
     )
 }
 
-fn xor_byte(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn meaning_verify_reports_a_corrupt_backup_gpt() {
     let d = tempfile::tempdir().unwrap();
@@ -701,7 +590,7 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
         (size - 512 + 60, "header"),
         (size - 33 * 512 + 20, "entry array"),
     ] {
-        xor_byte(&img, at);
+        xor_byte(&img, at, 0x40);
         if need("sgdisk", "gdisk") {
             let (_, s) = tool("sgdisk", &["-v", p]);
             assert!(
@@ -715,7 +604,7 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
             "corrupt backup {what} must fail meaning verify: {v}"
         );
         assert!(v.contains("backup GPT") && v.contains("CRC"), "{what}: {v}");
-        xor_byte(&img, at);
+        xor_byte(&img, at, 0x40);
         assert_eq!(verify_meaning(p).0, 0);
     }
 }
@@ -725,29 +614,24 @@ fn meaning_verify_reports_a_corrupt_backup_gpt() {
 /// A raw pi/4 image with its block map, in `dir`.
 fn built_pi4_bmap(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("pi4.img");
-    ok(&run(&[
-        "build",
-        "--board",
-        "pi/4",
-        "--images",
-        fixtures().to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-        "--bmap",
-    ]));
+    build_pi4(&fixtures(), &img, &["--bmap"]);
     img
 }
 
-fn flash_cmd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = std::process::Command::new(bin());
-    c.args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("BINARIES_DIR")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+/// A 1 GiB card with a pi/4 image (built with its block map, kept in the returned
+/// directory) flashed onto it.
+fn flashed_card() -> Option<(Card, tempfile::TempDir, std::path::PathBuf)> {
+    let card = Card::new(1 << 30)?;
+    let d = tempfile::tempdir().unwrap();
+    let img = built_pi4_bmap(d.path());
+    ok(&run(&[
+        "flash",
+        &card.dev,
+        "--image",
+        img.to_str().unwrap(),
+        "--yes",
+    ]));
+    Some((card, d, img))
 }
 
 #[test]
@@ -755,16 +639,10 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     if !need("sgdisk", "gdisk") {
         return;
     }
-    let Some(card) = Card::new(1 << 30) else {
+    let Some((card, d, img)) = flashed_card() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
-    ok(&flash_cmd(
-        &["flash", &card.dev, "--image", image, "--yes"],
-        &[],
-    ));
     // The backup GPT was moved to the card's end: sgdisk agrees the table is sound.
     let v = tool_ok("sgdisk", &["-v", &card.dev]);
     assert!(v.contains("No problems found"), "{v}");
@@ -785,7 +663,7 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     std::fs::rename(d.path().join("saved.bmap"), d.path().join("pi4.img.bmap")).unwrap();
     // A byte of the moved backup header is checked too.
     let last = std::fs::metadata(&card.backing).unwrap().len() - 512;
-    xor_byte(&card.backing, last + 60);
+    xor_byte(&card.backing, last + 60, 0x40);
     let out = run(&["verify", &card.dev, "--image", image, "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -803,17 +681,11 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     if !need("sfdisk", "fdisk") || !need("blkid", "util-linux") {
         return;
     }
-    let Some(card) = Card::new(1 << 30) else {
+    // An old, valid card first.
+    let Some((card, _d, img)) = flashed_card() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let img = built_pi4_bmap(d.path());
     let image = img.to_str().unwrap();
-    // An old, valid card first.
-    ok(&flash_cmd(
-        &["flash", &card.dev, "--image", image, "--yes"],
-        &[],
-    ));
     assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
     let f = fixtures();
     let args: Vec<&str> = if board {
@@ -829,13 +701,12 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     } else {
         vec!["flash", &card.dev, "--image", image, "--yes"]
     };
-    let out = flash_cmd(
-        &args,
-        &[
+    let out = sf(&args)
+        .envs(&[
             ("SKIFF_FLASH_FAULT_AFTER_WRITES", after),
             ("SKIFF_FLASH_FAULT_SIGNAL", signal),
-        ],
-    );
+        ])
+        .output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("fault injected"),

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::outputs::{listing, run_limited};
 use crate::common::*;
 
 /// What a row needs: a pristine images directory to copy, built images, a card.
@@ -140,18 +139,6 @@ fn bmap_doc(size: &str, block: &str, ranges: &str) -> Vec<u8> {
         "<?xml version=\"1.0\" ?>\n<bmap version=\"2.0\">\n<ImageSize> {size} </ImageSize>\n<BlockSize> {block} </BlockSize>\n<BlocksCount> 1 </BlocksCount>\n<MappedBlocksCount> 1 </MappedBlocksCount>\n<ChecksumType> sha256 </ChecksumType>\n<BlockMap>\n{ranges}</BlockMap>\n</bmap>\n"
     )
     .into_bytes()
-}
-
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// The rows: (name, setup). Every category of hostile input the binary takes.
@@ -439,7 +426,7 @@ fn rows() -> Vec<(String, Setup)> {
             b"image g.img {\n hdimage {}\n # \xff\n}\n".to_vec(),
             "UTF-8",
         ),
-        ("binary noise", noise(4096, 1), "g.cfg"),
+        ("binary noise", pseudo(4096, 1), "g.cfg"),
         (
             "unknown section",
             b"image g.img { frobnicate {} }\n".to_vec(),
@@ -529,7 +516,7 @@ fn rows() -> Vec<(String, Setup)> {
         ("empty", b"".to_vec(), "m.json"),
         ("an object", b"{}".to_vec(), "m.json"),
         ("an array", b"[1,2]".to_vec(), "m.json"),
-        ("noise", noise(2048, 2), "m.json"),
+        ("noise", pseudo(2048, 2), "m.json"),
         ("not UTF-8", b"{\"format\": \"\xff\"}".to_vec(), "m.json"),
         (
             "wrong format",
@@ -567,7 +554,7 @@ fn rows() -> Vec<(String, Setup)> {
     let size = "337641472";
     for (name, bytes, names) in [
         ("empty", b"".to_vec(), "b.bmap"),
-        ("noise", noise(4096, 3), "b.bmap"),
+        ("noise", pseudo(4096, 3), "b.bmap"),
         ("not UTF-8", b"<bmap>\xff</bmap>".to_vec(), "b.bmap"),
         (
             "no ImageSize",
@@ -682,17 +669,17 @@ fn rows() -> Vec<(String, Setup)> {
         ("empty", b"".to_vec(), "i.img"),
         (
             "zstd magic then noise",
-            [vec![0x28, 0xB5, 0x2F, 0xFD], noise(4096, 5)].concat(),
+            [vec![0x28, 0xB5, 0x2F, 0xFD], pseudo(4096, 5)].concat(),
             "i.img",
         ),
         (
             "gzip magic then noise",
-            [vec![0x1F, 0x8B], noise(4096, 6)].concat(),
+            [vec![0x1F, 0x8B], pseudo(4096, 6)].concat(),
             "i.img",
         ),
         (
             "xz magic then noise",
-            [b"\xfd7zXZ\x00".to_vec(), noise(4096, 7)].concat(),
+            [b"\xfd7zXZ\x00".to_vec(), pseudo(4096, 7)].concat(),
             "i.img",
         ),
     ] {
@@ -791,7 +778,7 @@ fn rows() -> Vec<(String, Setup)> {
     });
     for (name, bytes, code, names) in [
         ("empty", b"".to_vec(), 2, "i.img"),
-        ("noise", noise(1 << 16, 8), 1, "difference"),
+        ("noise", pseudo(1 << 16, 8), 1, "difference"),
     ] {
         let copy = bytes.clone();
         row!(format!("inspect: {name}"), move |r: &Row, _: &Ctx| {
@@ -855,7 +842,7 @@ fn reader_rows() -> Vec<(String, Setup)> {
         };
     }
     row!("squashfs is noise", |r: &Row, _: &Ctx| {
-        std::fs::write(r.images().join("rootfs.squashfs"), noise(106496, 9)).unwrap();
+        std::fs::write(r.images().join("rootfs.squashfs"), pseudo(106496, 9)).unwrap();
         case(build(r, &[]), 2, "rootfs.squashfs")
     });
     row!("kernel is a FIFO", |r: &Row, _: &Ctx| {
@@ -871,7 +858,7 @@ fn reader_rows() -> Vec<(String, Setup)> {
         }
     );
     row!("dtb is noise", |r: &Row, _: &Ctx| {
-        std::fs::write(r.images().join("bcm2711-rpi-4-b.dtb"), noise(2889, 10)).unwrap();
+        std::fs::write(r.images().join("bcm2711-rpi-4-b.dtb"), pseudo(2889, 10)).unwrap();
         case(build(r, &[]), 2, "bcm2711-rpi-4-b.dtb")
     });
     row!("kernel is a directory", |r: &Row, _: &Ctx| {
@@ -886,18 +873,7 @@ fn context() -> Option<Ctx> {
     let built = tempfile::tempdir().unwrap();
     let f = fixtures();
     let b = |out: &str, extra: &[&str]| {
-        let o = p(&built.path().join(out));
-        let mut a = vec![
-            "build",
-            "--board",
-            "pi/4",
-            "--images",
-            f.to_str().unwrap(),
-            "-o",
-            &o,
-        ];
-        a.extend_from_slice(extra);
-        ok(&run(&a));
+        build_pi4(&f, &built.path().join(out), extra);
     };
     b("x.img", &["--bmap"]);
     b("x.img.zst", &[]);
@@ -1014,13 +990,7 @@ fn state(dir: &Path) -> Vec<(String, u64, u32, u64, i64)> {
 fn signalled(sig: &str, args: &[String]) -> (Option<i32>, String) {
     use std::io::Read;
     let out = PathBuf::from(&args[6]);
-    let mut child = std::process::Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = sf(args).spawn();
     let partial = out.with_file_name(format!(
         ".{}.partial-{}",
         out.file_name().unwrap().to_str().unwrap(),

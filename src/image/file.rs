@@ -232,7 +232,7 @@ pub fn write_file<T>(
     size: u64,
     format: Format,
     hash_all: bool,
-    hash_ranges: &[(u64, u64)],
+    hash_ranges: &[crate::units::Extent],
     fill: impl FnOnce(&mut dyn crate::sink::Sink) -> Result<T>,
 ) -> Result<(T, Written, Staged)> {
     let staged = Staged::create(dest)?;

@@ -95,12 +95,41 @@ pub struct Raw {
 
 /// Ranges to hash as partitions while the image streams: every partition that does not
 /// grow to the card.
-pub fn hashed_ranges(plan: &Plan) -> Vec<(u64, u64)> {
+pub fn hashed_ranges(plan: &Plan) -> Vec<crate::units::Extent> {
     plan.partitions
         .iter()
         .filter(|p| !p.grows)
-        .map(|p| (p.start, p.size))
+        .map(|p| crate::units::Extent::new(p.start, p.size))
         .collect()
+}
+
+/// A planned partition as recorded, with the hash of its bytes when it was hashed.
+fn partition_entry(
+    p: &crate::plan::Partition,
+    rec: &compose::PartitionRecord,
+    sha256: Option<&str>,
+) -> PartitionEntry {
+    PartitionEntry {
+        number: p.number,
+        id: p.id.clone(),
+        start: p.start,
+        size: p.size,
+        kind: p
+            .gpt_type
+            .map(|g| g.to_string())
+            .or(p.mbr_type.clone())
+            .unwrap_or_default(),
+        partuuid: p.partuuid.clone(),
+        grows: p.grows,
+        fs: p
+            .fs
+            .as_ref()
+            .map(|f| format!("{:?}", f.kind).to_lowercase()),
+        label: p.fs.as_ref().and_then(|f| f.label.clone()),
+        uuid: p.fs.as_ref().map(|f| f.uuid.clone()),
+        sha256: sha256.map(str::to_string),
+        files: rec.files.clone(),
+    }
 }
 
 /// The manifest of a finished build.
@@ -115,76 +144,44 @@ pub fn make(
         .stream
         .range_sha256
         .iter()
-        .map(|(s, _, h)| (*s, h.as_str()))
+        .map(|(r, h)| (r.start, h.as_str()))
         .collect();
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
-    let mut partitions = Vec::new();
-    for (p, rec) in plan.partitions.iter().zip(&m.partitions) {
-        let hashes: BTreeMap<&str, &FileRecord> =
-            rec.files.iter().map(|f| (f.path.as_str(), f)).collect();
-        if let Some(fs) = &p.fs {
-            for e in fs.entries.iter() {
-                if let (
-                    Node::File {
-                        source: Source::Path(src),
-                        size,
-                    },
-                    Some(f),
-                ) = (&e.node, hashes.get(e.path.as_str()))
-                {
-                    let name = src
-                        .strip_prefix(images)
-                        .unwrap_or(src)
-                        .display()
-                        .to_string();
-                    inputs.insert(
-                        name.clone(),
-                        Input {
-                            name,
-                            size: *size,
-                            sha256: f.sha256.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        partitions.push(PartitionEntry {
-            number: p.number,
-            id: p.id.clone(),
-            start: p.start,
-            size: p.size,
-            kind: p
-                .gpt_type
-                .map(|g| g.to_string())
-                .or(p.mbr_type.clone())
-                .unwrap_or_default(),
-            partuuid: p.partuuid.clone(),
-            grows: p.grows,
-            fs: p
-                .fs
-                .as_ref()
-                .map(|f| format!("{:?}", f.kind).to_lowercase()),
-            label: p.fs.as_ref().and_then(|f| f.label.clone()),
-            uuid: p.fs.as_ref().map(|f| f.uuid.clone()),
-            sha256: part_sha.get(&p.start).map(|h| h.to_string()),
-            files: rec.files.clone(),
-        });
-    }
-    for (r, rec) in plan.raw.iter().zip(&m.raw) {
-        let name = r
-            .source
+    let mut add_input = |src: &Path, size: u64, sha256: &str| {
+        let name = src
             .strip_prefix(images)
-            .unwrap_or(&r.source)
+            .unwrap_or(src)
             .display()
             .to_string();
         inputs.insert(
             name.clone(),
             Input {
                 name,
-                size: r.length,
-                sha256: rec.sha256.clone(),
+                size,
+                sha256: sha256.to_string(),
             },
         );
+    };
+    let mut partitions = Vec::new();
+    for (p, rec) in plan.partitions.iter().zip(&m.partitions) {
+        let hashes: BTreeMap<&str, &FileRecord> =
+            rec.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        for e in p.fs.iter().flat_map(|fs| fs.entries.iter()) {
+            if let (
+                Node::File {
+                    source: Source::Path(src),
+                    size,
+                },
+                Some(f),
+            ) = (&e.node, hashes.get(e.path.as_str()))
+            {
+                add_input(src, *size, &f.sha256);
+            }
+        }
+        partitions.push(partition_entry(p, rec, part_sha.get(&p.start).copied()));
+    }
+    for (r, rec) in plan.raw.iter().zip(&m.raw) {
+        add_input(&r.source, r.length, &rec.sha256);
     }
     let table = plan.table.clone();
     Manifest {

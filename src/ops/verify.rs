@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::format::fat::read::FatVolume;
-use crate::format::table::SECTOR;
 use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
+use crate::format::table::{SECTOR, TableEntry};
 use crate::image::bmap::{self, mapped_parts};
 use crate::image::manifest::Manifest;
 use crate::image::read::{image_size, open_image};
@@ -236,25 +236,7 @@ pub fn bytes_image(
         for Extent { start: a, len: l } in parts {
             let want = &buf[(a - at) as usize..(a - at + l) as usize];
             checked += l;
-            match read(dev, a, l as usize) {
-                Err(e) => findings.push(Finding {
-                    offset: Some(a),
-                    ..Finding::new("image", e)
-                }),
-                Ok(got) if got != want => {
-                    let i = got.iter().zip(want).position(|(x, y)| x != y).unwrap_or(0);
-                    findings.push(Finding {
-                        offset: Some(a + i as u64),
-                        expected: Some(hex(&Sha256::digest(want))),
-                        found: Some(hex(&Sha256::digest(&got))),
-                        ..Finding::new(
-                            "image",
-                            format!("first difference at byte {}", bytes(a + i as u64)),
-                        )
-                    });
-                }
-                Ok(_) => {}
-            }
+            compare_at(dev, a, want, "image", &mut findings);
         }
         at += n as u64;
         if findings.len() > 100 {
@@ -263,31 +245,37 @@ pub fn bytes_image(
     }
     for (a, want) in moved {
         checked += want.len() as u64;
-        match read(dev, a, want.len()) {
-            Err(e) => findings.push(Finding {
-                offset: Some(a),
-                ..Finding::new("backup GPT", e)
-            }),
-            Ok(got) if got != want => {
-                let i = got.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(0);
-                findings.push(Finding {
-                    offset: Some(a + i as u64),
-                    expected: Some(hex(&Sha256::digest(&want))),
-                    found: Some(hex(&Sha256::digest(&got))),
-                    ..Finding::new(
-                        "backup GPT",
-                        format!("first difference at byte {}", bytes(a + i as u64)),
-                    )
-                });
-            }
-            Ok(_) => {}
-        }
+        compare_at(dev, a, &want, "backup GPT", &mut findings);
     }
     Ok(Verdict {
         mode: "bytes",
         bytes_checked: checked,
         findings,
     })
+}
+
+/// Compares the target's bytes at `at` with `want`; a difference is a finding naming
+/// `region`, the disk offset of the first differing byte and both hashes.
+fn compare_at(dev: &dyn ReadAt, at: u64, want: &[u8], region: &str, findings: &mut Vec<Finding>) {
+    match read(dev, at, want.len()) {
+        Err(e) => findings.push(Finding {
+            offset: Some(at),
+            ..Finding::new(region, e)
+        }),
+        Ok(got) if got != want => {
+            let i = got.iter().zip(want).position(|(x, y)| x != y).unwrap_or(0);
+            findings.push(Finding {
+                offset: Some(at + i as u64),
+                expected: Some(hex(&Sha256::digest(want))),
+                found: Some(hex(&Sha256::digest(&got))),
+                ..Finding::new(
+                    region,
+                    format!("first difference at byte {}", bytes(at + i as u64)),
+                )
+            });
+        }
+        Ok(_) => {}
+    }
 }
 
 /// Meaning: the target against a plan (made with the board's minimum size).
@@ -464,49 +452,55 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) {
         ));
     }
     for (p, e) in plan.partitions.iter().zip(&entries) {
-        let region = format!("partition {}", p.id);
-        let mut differ = |what: &str, want: String, got: String| {
-            if want != got {
-                findings.push(Finding {
-                    offset: Some(p.start),
-                    expected: Some(want),
-                    found: Some(got),
-                    ..Finding::new(&region, format!("{what} differs"))
-                });
-            }
-        };
-        differ("start", p.start.to_string(), e.start.to_string());
-        if !(p.grows && e.size >= p.size) {
-            differ("size", p.size.to_string(), e.size.to_string());
+        entry(p, e, findings);
+    }
+}
+
+/// A table entry against the planned partition: start, size (the partition that grows may
+/// be larger), type, bootable flag, GPT name and PARTUUID.
+fn entry(p: &crate::plan::Partition, e: &TableEntry, findings: &mut Vec<Finding>) {
+    let region = format!("partition {}", p.id);
+    let mut differ = |what: &str, want: String, got: String| {
+        if want != got {
+            findings.push(Finding {
+                offset: Some(p.start),
+                expected: Some(want),
+                found: Some(got),
+                ..Finding::new(&region, format!("{what} differs"))
+            });
         }
+    };
+    differ("start", p.start.to_string(), e.start.to_string());
+    if !(p.grows && e.size >= p.size) {
+        differ("size", p.size.to_string(), e.size.to_string());
+    }
+    differ(
+        "type",
+        format!(
+            "{:?}",
+            p.gpt_type.map(|g| g.to_string()).or(p.mbr_type.clone())
+        ),
+        format!(
+            "{:?}",
+            e.gpt_type
+                .map(|g| g.to_string())
+                .or(e.mbr_type.map(|b| format!("0x{b:02x}")))
+        ),
+    );
+    differ(
+        "bootable flag",
+        p.bootable.to_string(),
+        e.bootable.to_string(),
+    );
+    if let Some(n) = &p.name {
+        differ("GPT name", n.clone(), e.name.clone());
+    }
+    if p.gpt_type.is_some() {
         differ(
-            "type",
-            format!(
-                "{:?}",
-                p.gpt_type.map(|g| g.to_string()).or(p.mbr_type.clone())
-            ),
-            format!(
-                "{:?}",
-                e.gpt_type
-                    .map(|g| g.to_string())
-                    .or(e.mbr_type.map(|b| format!("0x{b:02x}")))
-            ),
+            "PARTUUID",
+            p.partuuid.clone(),
+            e.guid.to_string().to_lowercase(),
         );
-        differ(
-            "bootable flag",
-            p.bootable.to_string(),
-            e.bootable.to_string(),
-        );
-        if let Some(n) = &p.name {
-            differ("GPT name", n.clone(), e.name.clone());
-        }
-        if p.gpt_type.is_some() {
-            differ(
-                "PARTUUID",
-                p.partuuid.clone(),
-                e.guid.to_string().to_lowercase(),
-            );
-        }
     }
 }
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::io::hex;
 use crate::sink::Sink;
+use crate::units::Extent;
 
 /// Block size of the map (bmaptool's default).
 pub const BLOCK: u64 = 4096;
@@ -120,8 +121,8 @@ pub struct StreamSummary {
     pub mapped_blocks: u64,
     /// SHA-256 of the whole image, when asked for.
     pub sha256: Option<String>,
-    /// The separately hashed ranges: (start, len, SHA-256).
-    pub range_sha256: Vec<(u64, u64, String)>,
+    /// The separately hashed ranges, each with its SHA-256.
+    pub range_sha256: Vec<(Extent, String)>,
 }
 
 /// Positioned writes in, one ascending stream out.
@@ -140,7 +141,7 @@ pub struct Sequencer<E: Emit> {
     map: Mapper,
     hash: Option<Sha256>,
     /// Byte ranges hashed on their own (partitions), with their hashers.
-    ranges: Vec<(u64, u64, Sha256)>,
+    ranges: Vec<(Extent, Sha256)>,
 }
 
 impl<E: Emit> Sequencer<E> {
@@ -158,16 +159,16 @@ impl<E: Emit> Sequencer<E> {
         }
     }
 
-    /// Also hashes each `(start, len)` range of the stream on its own.
-    pub fn hash_ranges(&mut self, ranges: &[(u64, u64)]) {
-        self.ranges = ranges.iter().map(|&(s, l)| (s, l, Sha256::new())).collect();
+    /// Also hashes each range of the stream on its own.
+    pub fn hash_ranges(&mut self, ranges: &[Extent]) {
+        self.ranges = ranges.iter().map(|&r| (r, Sha256::new())).collect();
     }
 
     /// Feeds `[at, at+len)` (`bytes`, or zeros) to the range hashers it overlaps.
     fn feed_ranges(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
-        for (s, l, h) in &mut self.ranges {
-            let a = at.max(*s);
-            let b = (at + len).min(*s + *l);
+        for (r, h) in &mut self.ranges {
+            let a = at.max(r.start);
+            let b = (at + len).min(r.end());
             if a >= b {
                 continue;
             }
@@ -257,7 +258,7 @@ impl<E: Emit> Sequencer<E> {
         let sha256 = self.hash.take().map(|h| hex(&h.finalize()));
         let range_sha256 = std::mem::take(&mut self.ranges)
             .into_iter()
-            .map(|(s, l, h)| (s, l, hex(&h.finalize())))
+            .map(|(r, h)| (r, hex(&h.finalize())))
             .collect();
         Ok((
             self.out,

@@ -145,15 +145,7 @@ pub fn plan(req: &UpgradeRequest) -> Result<UpgradePlan> {
     let disk = &mut target.disk;
     let what = disk.path().display().to_string();
     let card = card::read(disk, board, &what)?;
-    let spans: Vec<PartSpan> = card
-        .parts
-        .iter()
-        .map(|&(number, start, size)| PartSpan {
-            number,
-            start,
-            size,
-        })
-        .collect();
+    let spans: Vec<PartSpan> = card.parts.clone();
     let keep = Keep::parse(&req.keep, board)?;
     let build = plan::make(
         board,

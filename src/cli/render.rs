@@ -7,7 +7,7 @@ use std::time::Duration;
 use skiff_flash::define::board::{Board, Summary};
 use skiff_flash::format::table::gpt_type_name;
 use skiff_flash::plan::tree::Node;
-use skiff_flash::plan::{Plan, Table};
+use skiff_flash::plan::{Partition, Plan, Table};
 use skiff_flash::units::{bytes, human};
 
 pub fn json<T: serde::Serialize>(v: &T) -> String {
@@ -33,51 +33,7 @@ pub fn plan(p: &Plan, verbose: u8) -> String {
         "#", "id", "start", "size", "size", "type", "fs", "label", "files"
     );
     for part in &p.partitions {
-        let ty = part
-            .gpt_type
-            .map(|g| gpt_type_name(g).map_or(g.to_string(), str::to_string))
-            .or(part.mbr_type.clone())
-            .unwrap_or_default();
-        let (fs, label, files, content) = match &part.fs {
-            Some(f) => (
-                format!("{:?}", f.kind).to_lowercase(),
-                f.label.clone().unwrap_or_default(),
-                f.entries
-                    .iter()
-                    .filter(|e| !matches!(e.node, Node::Dir))
-                    .count()
-                    .to_string(),
-                format!("{} (min {})", human(f.content_bytes), human(f.min_size)),
-            ),
-            None => match &part.image {
-                Some(i) => (
-                    "image".into(),
-                    String::new(),
-                    String::new(),
-                    format!(
-                        "{} ({})",
-                        i.source
-                            .file_name()
-                            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-                        human(i.size)
-                    ),
-                ),
-                None => Default::default(),
-            },
-        };
-        let _ = writeln!(
-            o,
-            "{:>2}  {:<8} {:>14} {:>14} {:>10}  {:<9} {:<6} {:<8} {:>8}  {content}",
-            part.number,
-            part.id,
-            bytes(part.start),
-            bytes(part.size),
-            human(part.size),
-            ty,
-            fs,
-            label,
-            files
-        );
+        let _ = writeln!(o, "{}", partition_row(part));
     }
     if verbose > 0 {
         for part in &p.partitions {
@@ -98,6 +54,52 @@ pub fn plan(p: &Plan, verbose: u8) -> String {
         }
     }
     o
+}
+
+/// One partition's row of the plan table.
+fn partition_row(part: &Partition) -> String {
+    let ty = part
+        .gpt_type
+        .map(|g| gpt_type_name(g).map_or(g.to_string(), str::to_string))
+        .or(part.mbr_type.clone())
+        .unwrap_or_default();
+    let (fs, label, files, content) = match (&part.fs, &part.image) {
+        (Some(f), _) => (
+            format!("{:?}", f.kind).to_lowercase(),
+            f.label.clone().unwrap_or_default(),
+            f.entries
+                .iter()
+                .filter(|e| !matches!(e.node, Node::Dir))
+                .count()
+                .to_string(),
+            format!("{} (min {})", human(f.content_bytes), human(f.min_size)),
+        ),
+        (None, Some(i)) => (
+            "image".into(),
+            String::new(),
+            String::new(),
+            format!(
+                "{} ({})",
+                i.source
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                human(i.size)
+            ),
+        ),
+        (None, None) => Default::default(),
+    };
+    format!(
+        "{:>2}  {:<8} {:>14} {:>14} {:>10}  {:<9} {:<6} {:<8} {:>8}  {content}",
+        part.number,
+        part.id,
+        bytes(part.start),
+        bytes(part.size),
+        human(part.size),
+        ty,
+        fs,
+        label,
+        files
+    )
 }
 
 pub fn boards(list: &[Summary]) -> String {

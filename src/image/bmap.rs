@@ -191,54 +191,8 @@ pub fn check(image: &Path, bmap_path: &Path, bmap: &Bmap) -> Result<()> {
     {
         return Err(mismatch("its checksums do not match its ranges".into()));
     }
-    let mut hashers: Vec<Sha256> = ranges.iter().map(|_| Sha256::new()).collect();
-    let mut hash = |at: u64, data: &[u8]| {
-        let first = ranges.partition_point(|r| r.end() <= at);
-        for (i, r) in ranges.iter().enumerate().skip(first) {
-            let end = at + data.len() as u64;
-            if r.start >= end {
-                break;
-            }
-            let (a, b) = (at.max(r.start), end.min(r.end()));
-            if b > a {
-                hashers[i].update(&data[(a - at) as usize..(b - at) as usize]);
-            }
-        }
-    };
-    let actual = if codec_of(image)?.is_none() {
-        let io = |e| Error::io(format!("reading {}", image.display()), e);
-        let f = std::fs::File::open(image).map_err(io)?;
-        let actual = f.metadata().map_err(io)?.len();
-        if actual == *size && sums.is_some() {
-            let mut buf = vec![0u8; MIB as usize];
-            for &Extent { start, len } in ranges {
-                let mut at = start;
-                while at < start + len {
-                    let n = (start + len - at).min(MIB) as usize;
-                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..n], at)
-                        .map_err(|e| corrupt(image, at, e))?;
-                    hash(at, &buf[..n]);
-                    at += n as u64;
-                }
-            }
-        }
-        actual
-    } else {
-        let mut r = open_image(image)?;
-        let mut buf = vec![0u8; MIB as usize];
-        let mut at = 0u64;
-        loop {
-            let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
-            if n == 0 {
-                break;
-            }
-            if sums.is_some() {
-                hash(at, &buf[..n]);
-            }
-            at += n as u64;
-        }
-        at
-    };
+    let mut hasher = RangeHasher::new(ranges);
+    let actual = read_through(image, *size, sums.is_some().then_some(&mut hasher))?;
     if actual != *size {
         return Err(mismatch(format!(
             "the image holds {} bytes, the bmap says {}",
@@ -246,20 +200,94 @@ pub fn check(image: &Path, bmap_path: &Path, bmap: &Bmap) -> Result<()> {
             bytes(*size)
         )));
     }
-    if let Some(sums) = sums {
-        for (i, (h, want)) in hashers.into_iter().zip(&sums).enumerate() {
-            if hex(&h.finalize()) != *want {
-                let r = ranges[i];
-                return Err(mismatch(format!(
-                    "range {} (bytes {}..{}) has a different checksum",
-                    i + 1,
-                    r.start,
-                    r.end()
-                )));
+    if let Some(sums) = sums
+        && let Some(i) = hasher.first_mismatch(&sums)
+    {
+        let r = ranges[i];
+        return Err(mismatch(format!(
+            "range {} (bytes {}..{}) has a different checksum",
+            i + 1,
+            r.start,
+            r.end()
+        )));
+    }
+    Ok(())
+}
+
+/// One SHA-256 per mapped range, fed with the image's bytes as they are read.
+struct RangeHasher<'a> {
+    ranges: &'a [Extent],
+    hashers: Vec<Sha256>,
+}
+
+impl<'a> RangeHasher<'a> {
+    fn new(ranges: &'a [Extent]) -> Self {
+        RangeHasher {
+            ranges,
+            hashers: ranges.iter().map(|_| Sha256::new()).collect(),
+        }
+    }
+
+    /// Feeds `data`, found at byte `at` of the image, to the ranges it overlaps.
+    fn feed(&mut self, at: u64, data: &[u8]) {
+        let end = at + data.len() as u64;
+        let first = self.ranges.partition_point(|r| r.end() <= at);
+        for (i, r) in self.ranges.iter().enumerate().skip(first) {
+            if r.start >= end {
+                break;
+            }
+            let (a, b) = (at.max(r.start), end.min(r.end()));
+            if b > a {
+                self.hashers[i].update(&data[(a - at) as usize..(b - at) as usize]);
             }
         }
     }
-    Ok(())
+
+    /// The index of the first range whose hash is not `sums`' (same order).
+    fn first_mismatch(self, sums: &[String]) -> Option<usize> {
+        self.hashers
+            .into_iter()
+            .zip(sums)
+            .position(|(h, want)| hex(&h.finalize()) != *want)
+    }
+}
+
+/// Reads the image to learn its (uncompressed) size, feeding `hasher` on the way when
+/// given: a raw image of the expected size is read only over the mapped ranges, a
+/// compressed one is decoded whole.
+fn read_through(image: &Path, size: u64, mut hasher: Option<&mut RangeHasher<'_>>) -> Result<u64> {
+    let mut buf = vec![0u8; MIB as usize];
+    if codec_of(image)?.is_none() {
+        let io = |e| Error::io(format!("reading {}", image.display()), e);
+        let f = std::fs::File::open(image).map_err(io)?;
+        let actual = f.metadata().map_err(io)?.len();
+        let Some(h) = hasher.filter(|_| actual == size) else {
+            return Ok(actual);
+        };
+        for &Extent { start, len } in h.ranges {
+            let mut at = start;
+            while at < start + len {
+                let n = (start + len - at).min(MIB) as usize;
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..n], at)
+                    .map_err(|e| corrupt(image, at, e))?;
+                h.feed(at, &buf[..n]);
+                at += n as u64;
+            }
+        }
+        return Ok(actual);
+    }
+    let mut r = open_image(image)?;
+    let mut at = 0u64;
+    loop {
+        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
+        if n == 0 {
+            return Ok(at);
+        }
+        if let Some(h) = hasher.as_deref_mut() {
+            h.feed(at, &buf[..n]);
+        }
+        at += n as u64;
+    }
 }
 
 /// The part of `[o, o+len)` covered by mapped ranges (sorted, non-overlapping).

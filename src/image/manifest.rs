@@ -132,6 +132,31 @@ fn partition_entry(
     }
 }
 
+/// The image file as written: sizes, hashes and the mapped ranges.
+fn image_record(size: u64, out: &Path, written: &Written) -> Image {
+    Image {
+        size,
+        file: out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        file_size: written.file_size,
+        file_sha256: written.file_sha256.clone(),
+        image_sha256: written.stream.sha256.clone(),
+        block_size: crate::sink::stream::BLOCK,
+        mapped: written
+            .stream
+            .ranges
+            .iter()
+            .map(|r| MappedRange {
+                first: r.first,
+                last: r.last,
+                sha256: r.sha256.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// The manifest of a finished build.
 pub fn make(
     plan: &Plan,
@@ -190,27 +215,7 @@ pub fn make(
         board: plan.board.clone(),
         layout: plan.layout.clone(),
         epoch: plan.epoch,
-        image: Image {
-            size: plan.disk_size,
-            file: out
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            file_size: written.file_size,
-            file_sha256: written.file_sha256.clone(),
-            image_sha256: written.stream.sha256.clone(),
-            block_size: crate::sink::stream::BLOCK,
-            mapped: written
-                .stream
-                .ranges
-                .iter()
-                .map(|r| MappedRange {
-                    first: r.first,
-                    last: r.last,
-                    sha256: r.sha256.clone(),
-                })
-                .collect(),
-        },
+        image: image_record(plan.disk_size, out, written),
         inputs: inputs.into_values().collect(),
         table,
         partitions,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::format::bootcfg::uimage as uimage_reader;
 use crate::format::fat::read::FatVolume;
-use crate::format::table::read::{gpt_entries, gpt_from_head, gpt_header, mbr};
+use crate::format::table::read::{DiskTable, gpt_entries, gpt_from_head, gpt_header, mbr};
 
 /// Every reader below on the same bytes.
 pub fn exercise(bytes: &[u8]) {
@@ -41,6 +41,12 @@ pub fn tables(bytes: &[u8]) {
 fn tables_once(data: &[u8]) {
     let _ = mbr(data);
     let _ = gpt_from_head(data);
+    if let Ok(t) = DiskTable::parse(data) {
+        let _ = t.is_protective();
+    }
+    let dev = data.to_vec();
+    let _ = DiskTable::read(&dev);
+    let _ = DiskTable::backup_gpt(&dev);
     for at in [0, 512] {
         let Some(sector) = data.get(at..) else {
             continue;

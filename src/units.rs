@@ -79,21 +79,24 @@ impl Extent {
     }
 }
 
+/// A size as a definition file writes it, before interpretation: a number of bytes, or a
+/// string (with a unit, or a keyword some fields take).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
 /// A size in a definition file: a number of bytes or a string with a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        match SizeValue::deserialize(d)? {
+            SizeValue::Bytes(n) => Ok(Size(n)),
+            SizeValue::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
         }
     }
 }

@@ -293,17 +293,12 @@ pub enum SizeSpec {
 
 impl<'de> Deserialize<'de> for SizeSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(SizeSpec::Fixed(n)),
-            Raw::S(s) if s == "fit" => Ok(SizeSpec::Fit),
-            Raw::S(s) if s == "fill" => Ok(SizeSpec::Fill),
-            Raw::S(s) => crate::units::parse_size(&s)
+        use crate::units::SizeValue;
+        match SizeValue::deserialize(d)? {
+            SizeValue::Bytes(n) => Ok(SizeSpec::Fixed(n)),
+            SizeValue::Text(s) if s == "fit" => Ok(SizeSpec::Fit),
+            SizeValue::Text(s) if s == "fill" => Ok(SizeSpec::Fill),
+            SizeValue::Text(s) => crate::units::parse_size(&s)
                 .map(SizeSpec::Fixed)
                 .map_err(|e| serde::de::Error::custom(format!("{e}, or \"fit\" or \"fill\""))),
         }

@@ -203,7 +203,7 @@ fn progress(json: bool, quiet: bool, devices: &[PathBuf]) -> Box<dyn Fn(&Event) 
             let device = p.device.clone().unwrap_or_default();
             if seen.get(&device) != Some(&key) {
                 seen.insert(device, key);
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"event": "progress", "device": p.device, "phase": p.phase, "done": p.done, "total": p.total})
                 );
@@ -244,11 +244,11 @@ fn summarize(json: bool, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
     let mut refused_only = true;
     for Outcome { device, result } in outcomes {
         match result {
-            Ok(rep) if json => println!(
+            Ok(rep) if json => out!(
                 "{}",
                 serde_json::json!({"event": "done", "ok": true, "report": rep})
             ),
-            Ok(rep) if !quiet => println!(
+            Ok(rep) if !quiet => out!(
                 "{}: wrote {} in {:.1} s{}",
                 rep.device.display(),
                 human(rep.bytes_written),
@@ -259,7 +259,7 @@ fn summarize(json: bool, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
             Err(e) => {
                 let msg = e.to_string();
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"event": "done", "ok": false, "device": device, "error": msg})
                     );
@@ -289,14 +289,14 @@ pub fn devices(a: &DevicesArgs) -> Result<()> {
         .filter(|d| d.size > 0)
         .collect();
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
         return Ok(());
     }
     if list.is_empty() {
-        println!("no removable disks found (use --all to list fixed disks too)");
+        out!("no removable disks found (use --all to list fixed disks too)");
     }
     for d in &list {
         let model = model(d);
@@ -310,7 +310,7 @@ pub fn devices(a: &DevicesArgs) -> Result<()> {
                     .flat_map(|p| p.mountpoints.iter().cloned()),
             )
             .collect();
-        println!(
+        out!(
             "{:<16} {:>10}  {:<6} {:<28} {} partitions{}{}",
             d.path.display(),
             human(d.size),

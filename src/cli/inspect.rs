@@ -19,7 +19,7 @@ pub struct InspectArgs {
 pub fn inspect(a: &InspectArgs) -> Result<()> {
     let i = insp::inspect_path(&a.target)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
         return Ok(());
     }
     let table = match &i.table {
@@ -37,14 +37,14 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         insp::Table::Mbr { disk_id } => format!("MBR, disk id 0x{disk_id}"),
         insp::Table::None => "no partition table".into(),
     };
-    println!(
+    out!(
         "{}: {} bytes ({}), {table}",
         a.target.display(),
         bytes(i.size),
         human(i.size)
     );
     for p in &i.partitions {
-        println!(
+        out!(
             "{:>2}  start {:>14}  size {:>10}  {:<9} {:<9} {:<10} {}{}",
             p.number,
             bytes(p.start),
@@ -56,7 +56,7 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             if p.bootable { "  bootable" } else { "" }
         );
         for f in p.fs.files.iter().flatten() {
-            println!(
+            out!(
                 "      {:>12}  {}{}",
                 if f.dir { "dir".into() } else { bytes(f.size) },
                 f.path,
@@ -65,7 +65,7 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         }
     }
     for pr in &i.problems {
-        println!("problem: {pr}");
+        out!("problem: {pr}");
     }
     Ok(())
 }

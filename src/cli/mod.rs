@@ -1,6 +1,25 @@
 //! Command-line interface: argument parsing, rendering (tables or `--json`) and exit codes.
 //! Thin by design: every decision is the library's.
 
+/// `println!` for command output that does not panic when stdout is gone (a closed pipe:
+/// `skiff-flash inspect /dev/sdb | head -1`): what cannot be written is dropped and the
+/// command finishes as it would have.
+macro_rules! out {
+    () => {
+        $crate::cli::emit(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::emit(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` likewise.
+macro_rules! out_raw {
+    ($($t:tt)*) => {
+        $crate::cli::emit(format_args!($($t)*))
+    };
+}
+
 mod flash;
 mod inspect;
 mod render;
@@ -324,6 +343,18 @@ pub fn run() -> i32 {
     }
 }
 
+/// Writes command output to stdout, ignoring a reader that went away.
+pub(crate) fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
+/// Bytes of generated output (completions, the manual page) to stdout, likewise.
+fn emit_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(bytes);
+}
+
 fn one_line(s: &str) -> String {
     s.lines().map(str::trim).collect::<Vec<_>>().join("; ")
 }
@@ -335,9 +366,9 @@ fn dispatch(cli: &Cli) -> Result<()> {
             let plan = make_plan(&catalog, &a.inputs)?;
             warn(cli, &plan.warnings);
             if a.json {
-                println!("{}", render::json(&plan));
+                out!("{}", render::json(&plan));
             } else {
-                print!("{}", render::plan(&plan, cli.verbose));
+                out_raw!("{}", render::plan(&plan, cli.verbose));
             }
             Ok(())
         }
@@ -373,31 +404,36 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "skiff-flash", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "skiff-flash", &mut script);
+            emit_bytes(&script);
             Ok(())
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::io("writing the manual page", e))
+                .render(&mut page)
+                .map_err(|e| Error::io("writing the manual page", e))?;
+            emit_bytes(&page);
+            Ok(())
         }
         Command::Boards(a) => match &a.action {
             None | Some(BoardsAction::List) => {
                 let list = catalog.summaries()?;
                 if a.json {
-                    println!("{}", render::json(&list));
+                    out!("{}", render::json(&list));
                 } else {
-                    print!("{}", render::boards(&list));
+                    out_raw!("{}", render::boards(&list));
                 }
                 Ok(())
             }
             Some(BoardsAction::Show { name }) => {
                 let b = load_board(&catalog, name)?;
                 if a.json {
-                    println!("{}", render::json(&b));
+                    out!("{}", render::json(&b));
                 } else {
-                    print!("{}", render::board(&b));
+                    out_raw!("{}", render::board(&b));
                 }
                 Ok(())
             }
@@ -537,7 +573,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     let report = result?;
     let elapsed = started.elapsed();
     if a.json {
-        println!(
+        out!(
             "{}",
             render::json(&serde_json::json!({
                 "output": a.output,
@@ -553,7 +589,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
             }))
         );
     } else if !cli.quiet {
-        println!("{}", render::built(&plan, &a.output, &report, elapsed));
+        out!("{}", render::built(&plan, &a.output, &report, elapsed));
     }
     Ok(())
 }

@@ -162,10 +162,10 @@ impl Output<'_> {
         if self.a.json {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["seconds"] = serde_json::json!(secs);
-            println!("{}", render::json(&v));
+            out!("{}", render::json(&v));
         } else if !self.quiet {
-            print!("{}", text(r, self.verbose));
-            println!(
+            out_raw!("{}", text(r, self.verbose));
+            out!(
                 "{} {} in {} writes{}, {secs:.1} s",
                 if r.dry_run { "would write" } else { "wrote" },
                 human(r.bytes_written),

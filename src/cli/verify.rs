@@ -58,7 +58,7 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
     };
     let verdict = verify::verify(&a.target, &reference)?;
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&verdict).unwrap_or_default()
         );
@@ -75,9 +75,9 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
             if let (Some(e), Some(g)) = (&f.expected, &f.found) {
                 line += &format!("; expected {e}, found {g}");
             }
-            println!("{line}");
+            out!("{line}");
         }
-        println!(
+        out!(
             "{}: {} ({} mode, {} compared)",
             a.target.display(),
             if verdict.ok() { "matches" } else { "DIFFERS" },

@@ -122,6 +122,18 @@ impl Sf {
         child.wait_with_output().expect("running skiff-flash")
     }
 
+    /// Runs to the end writing to a pipe whose reader is already gone (`| head -0`), so
+    /// every write to stdout fails with EPIPE; stderr captured, stdout empty.
+    pub fn closed_stdout(self) -> Output {
+        let (reader, writer) = std::io::pipe().expect("making a pipe");
+        drop(reader);
+        let mut c = self.command();
+        c.stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped());
+        c.output().expect("running skiff-flash")
+    }
+
     /// Started in the background: stdout discarded, stderr piped.
     pub fn spawn(self) -> Child {
         self.command()

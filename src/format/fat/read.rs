@@ -538,39 +538,19 @@ fn short_name(s: &[u8; 11], case: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{FsSpec, FsWriter, fat::Fat32};
-    use crate::plan::tree::{Entry, Node, Source, Tree};
+    use crate::format::FsWriter;
+    use crate::format::fat::{Fat32, testing};
+    use crate::plan::tree::Tree;
     use crate::sink::MemSink;
 
     fn volume() -> (Vec<u8>, Tree) {
-        let mut t = Tree::new();
-        for (p, text) in [
+        let t = testing::text_tree(&[
             ("/config.txt", "hello".to_string()),
             ("/overlays/a-long-name.dtbo", "x".repeat(3000)),
             ("/Image", String::new()),
             ("/Ünïcødé notes.txt", "u".into()),
-        ] {
-            t.insert(Entry {
-                path: p.into(),
-                node: Node::File {
-                    size: text.len() as u64,
-                    source: Source::Text(text),
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            })
-            .unwrap();
-        }
-        let spec = FsSpec {
-            label: Some("BOOT"),
-            uuid: [9; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: Default::default(),
-        };
+        ]);
+        let spec = testing::spec(&t, Some("BOOT"), 9, Default::default());
         let m = Fat32.measure(&spec).unwrap();
         let size = m.min_size();
         let mut sink = MemSink::new(size as usize);

@@ -1,5 +1,7 @@
 //! FAT12/16/32 reader for verification and inspection: geometry from the boot sector, the
-//! first FAT (12-, 16- or 32-bit entries), the fixed root directory region of FAT12/16, directories with long names, and file contents by cluster chain.
+//! first FAT (12-, 16- or 32-bit entries), the fixed root directory region of FAT12/16,
+//! directories with long names, and file contents by cluster chain. The boot sector is
+//! checked here only (`FatGeometry`): in-place editors take their geometry from it.
 //!
 //! Built for untrusted bytes: every cluster number, chain and directory is bounds-checked,
 //! loops in chains and directories are detected, and problems come back as messages —
@@ -45,8 +47,8 @@ fn le32(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Why a volume cannot be read: the message says where (boot sector, FAT, a chain or a
-/// directory) and what is wrong.
+/// A FAT problem as a message: why a volume cannot be read (where: boot sector, FAT, a chain
+/// or a directory, and what is wrong), or why a geometry cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadFat(pub String);
 

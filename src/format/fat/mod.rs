@@ -509,9 +509,8 @@ fn boot_region(spec: &FsSpec<'_>, g: &Geometry, label: &[u8; 11], free: u64, nex
 /// elsewhere, then each child's long-name slots and short entry.
 fn dir_entries(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp) -> Vec<u8> {
     let me = &names.items[d.item];
-    let mut out = Vec::new();
-    if d.item == 0 {
-        out.extend_from_slice(&short_entry(label, ATTR_LABEL, 0, 0, 0, stamp));
+    let first = if d.item == 0 {
+        Head::Label(*label)
     } else {
         let parent = parent_of(&me.entry.path);
         let up = names
@@ -519,28 +518,55 @@ fn dir_entries(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp) -> V
             .iter()
             .find(|i| i.entry.path == parent)
             .map_or(0, |i| if i.entry.path == "/" { 0 } else { i.first });
-        out.extend_from_slice(&short_entry(
-            b".          ",
-            ATTR_DIR,
-            0,
-            me.first,
-            0,
-            stamp,
-        ));
-        out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, stamp));
+        Head::Dots(me.first, up)
+    };
+    let mut out = head(first, stamp);
+    append_entries(&mut out, &d.ents, |e| {
+        let it = &names.items[e.item];
+        let (attr, size) = attr_size(it.entry);
+        short_entry(&e.short, attr, e.case, it.first, size, stamp)
+    });
+    out
+}
+
+/// The entries a directory opens with.
+enum Head {
+    /// The root's volume label.
+    Label([u8; 11]),
+    /// `.` and `..` elsewhere: its own first cluster and its parent's (0 for the root).
+    Dots(u32, u32),
+}
+
+fn head(h: Head, stamp: &Stamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    match h {
+        Head::Label(label) => {
+            out.extend_from_slice(&short_entry(&label, ATTR_LABEL, 0, 0, 0, stamp));
+        }
+        Head::Dots(me, up) => {
+            out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, me, 0, stamp));
+            out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, stamp));
+        }
     }
-    for e in &d.ents {
+    out
+}
+
+/// Appends each entry's long-name slots, then its short entry as `short` makes it.
+fn append_entries(out: &mut Vec<u8>, ents: &[DirEnt], short: impl Fn(&DirEnt) -> [u8; 32]) {
+    for e in ents {
         for slot in &e.lfn {
             out.extend_from_slice(slot);
         }
-        let it = &names.items[e.item];
-        let (attr, size) = match it.entry.node {
-            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
-            _ => (ATTR_DIR, 0),
-        };
-        out.extend_from_slice(&short_entry(&e.short, attr, e.case, it.first, size, stamp));
+        out.extend_from_slice(&short(e));
     }
-    out
+}
+
+/// A short entry's attribute and size for a tree entry.
+fn attr_size(entry: &Entry) -> (u8, u32) {
+    match entry.node {
+        Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
+        _ => (ATTR_DIR, 0),
+    }
 }
 
 /// One child of a directory written by an editor: its tree entry (name, kind, size), its
@@ -568,43 +594,28 @@ pub(crate) fn encode_directory(
         .map(|(i, e)| (e.path.as_str(), i))
         .collect();
     let ents = encode_dir(spec, &entries, |p| index[p])?;
-    let mut out = Vec::with_capacity(32 * (ents.len() * 2 + 2));
-    match up {
-        None => out.extend_from_slice(&short_entry(
-            &label_bytes(spec)?,
-            ATTR_LABEL,
-            0,
-            0,
-            0,
-            &stamp,
-        )),
-        Some(up) => {
-            out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, me, 0, &stamp));
-            out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, &stamp));
-        }
-    }
-    for e in &ents {
-        for slot in &e.lfn {
-            out.extend_from_slice(slot);
-        }
+    let first = match up {
+        None => Head::Label(label_bytes(spec)?),
+        Some(up) => Head::Dots(me, up),
+    };
+    let mut out = head(first, &stamp);
+    out.reserve(32 * ents.len() * 2);
+    append_entries(&mut out, &ents, |e| {
         let k = &kids[e.item];
-        let (attr, size) = match k.entry.node {
-            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
-            _ => (ATTR_DIR, 0),
-        };
+        let (attr, size) = attr_size(k.entry);
         let own = k.stamp.map(|s| Stamp {
             date: (s >> 16) as u16,
             time: s as u16,
         });
-        out.extend_from_slice(&short_entry(
+        short_entry(
             &e.short,
             attr,
             e.case,
             k.first,
             size,
             own.as_ref().unwrap_or(&stamp),
-        ));
-    }
+        )
+    });
     Ok(out)
 }
 

@@ -115,7 +115,7 @@ pub fn probe(dev: &dyn ReadAt, start: u64, len: u64) -> Probe {
             p.label = Some(v.label.clone());
             p.size = Some(u64::from(v.clusters()) * v.cluster_bytes());
         }
-        Err(e) => p.problem = Some(e),
+        Err(e) => p.problem = Some(e.to_string()),
     }
     p
 }

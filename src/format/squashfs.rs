@@ -60,8 +60,16 @@ impl Superblock {
         }
     }
 
-    /// What is inconsistent in the superblock of a `len`-byte file, if anything.
+    /// What is inconsistent in the superblock of a `len`-byte file, if anything: its own
+    /// fields first, then the bytes it says it uses, then where its tables lie.
     fn problem(&self, len: u64) -> Option<String> {
+        self.field_problem()
+            .or_else(|| self.size_problem(len))
+            .or_else(|| self.table_problem())
+    }
+
+    /// Version, block size, compressor and counts.
+    fn field_problem(&self) -> Option<String> {
         if self.version != (4, 0) {
             return Some(format!(
                 "version {}.{} (only squashfs 4.0 is supported)",
@@ -87,6 +95,11 @@ impl Superblock {
         if self.id_count == 0 {
             return Some("id count is 0".into());
         }
+        None
+    }
+
+    /// The bytes the superblock says are used, against the file's `len`.
+    fn size_problem(&self, len: u64) -> Option<String> {
         if self.bytes_used > len {
             return Some(format!(
                 "truncated: superblock says {} bytes are used, the file has {}",
@@ -100,6 +113,11 @@ impl Superblock {
                 bytes(self.bytes_used)
             ));
         }
+        None
+    }
+
+    /// Every table and the root inode inside the used bytes, in order.
+    fn table_problem(&self) -> Option<String> {
         let used = self.bytes_used;
         let mut tables = vec![
             ("inode table", self.inode_table),

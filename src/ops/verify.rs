@@ -635,11 +635,11 @@ fn fat_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut
     let Some(fs) = &p.fs else { return };
     let vol = match FatVolume::open(dev, p.start, p.size) {
         Ok(vol) => vol,
-        Err(e) => return v.findings.push(Finding::new(region, e)),
+        Err(e) => return v.findings.push(Finding::new(region, e.to_string())),
     };
     let list = match vol.list() {
         Ok(l) => l,
-        Err(e) => return v.findings.push(Finding::new(region, e)),
+        Err(e) => return v.findings.push(Finding::new(region, e.to_string())),
     };
     for e in fs.entries.iter() {
         let Node::File { source, size } = &e.node else {
@@ -668,7 +668,7 @@ fn fat_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut
         if let Err(m) = vol.read_file(found, &mut |b| cmp.feed(b)) {
             v.findings.push(Finding {
                 path: Some(e.path.clone()),
-                ..Finding::new(region, m)
+                ..Finding::new(region, m.to_string())
             });
             continue;
         }

@@ -265,7 +265,7 @@ fn edit(
             let a = uimage::Arch::from_name(arch)
                 .ok_or_else(|| format!("unknown U-Boot arch `{arch}`"))?;
             let time = u32::try_from(ctx.epoch.max(0)).unwrap_or(u32::MAX);
-            uimage::script(a, name, &bytes, time)
+            uimage::script(a, name, &bytes, time).map_err(|e| e.to_string())
         }
     }
 }

@@ -7,6 +7,23 @@
 //! needs. Legacy images carry no signature; the CRCs only catch corruption.
 
 use std::borrow::Cow;
+use std::fmt;
+
+/// Why a script image cannot be made or read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadUImage(pub String);
+
+impl fmt::Display for BadUImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl BadUImage {
+    pub fn contains(&self, s: &str) -> bool {
+        self.0.contains(s)
+    }
+}
 
 /// `IH_MAGIC` from U-Boot's include/image.h.
 const MAGIC: u32 = 0x2705_1956;
@@ -157,9 +174,11 @@ pub struct Header {
 /// A name longer than 32 bytes is cut to 32 bytes (without a NUL), exactly as mkimage's
 /// `strncpy` does — even mid-character. Refuses what mkimage refuses or cannot be given:
 /// an empty script, a name containing NUL, a payload beyond 4 GiB.
-pub fn script(arch: Arch, name: &str, script: &[u8], time: u32) -> Result<Vec<u8>, String> {
+pub fn script(arch: Arch, name: &str, script: &[u8], time: u32) -> Result<Vec<u8>, BadUImage> {
     if script.is_empty() {
-        return Err("the boot script is empty; mkimage refuses empty input too".to_string());
+        return Err(BadUImage(
+            "the boot script is empty; mkimage refuses empty input too".to_string(),
+        ));
     }
     let name = name_field(name)?;
     let payload = script_payload(script)?;
@@ -180,18 +199,18 @@ pub fn script(arch: Arch, name: &str, script: &[u8], time: u32) -> Result<Vec<u8
 
 /// Parses a legacy image header and checks both CRCs. Bytes after the `size` payload
 /// bytes are ignored, since images often sit in larger, padded regions.
-pub fn parse(bytes: &[u8]) -> Result<Header, String> {
+pub fn parse(bytes: &[u8]) -> Result<Header, BadUImage> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!(
+        return Err(BadUImage(format!(
             "too short for a U-Boot legacy image: {} bytes, the header alone is {HEADER_LEN}",
             bytes.len()
-        ));
+        )));
     }
     let magic = be32(bytes, 0);
     if magic != MAGIC {
-        return Err(format!(
+        return Err(BadUImage(format!(
             "not a U-Boot legacy image: magic {magic:#010x}, expected {MAGIC:#010x}"
-        ));
+        )));
     }
     let size = be32(bytes, SIZE_AT);
     let data = payload_of(bytes, size)?;
@@ -240,9 +259,13 @@ struct Fields {
     name: [u8; NAME_LEN],
 }
 
-fn header(f: &Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], String> {
-    let size = u32::try_from(payload.len())
-        .map_err(|_| format!("image payload of {} bytes exceeds 4 GiB", payload.len()))?;
+fn header(f: &Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], BadUImage> {
+    let size = u32::try_from(payload.len()).map_err(|_| {
+        BadUImage(format!(
+            "image payload of {} bytes exceeds 4 GiB",
+            payload.len()
+        ))
+    })?;
     let mut h = [0u8; HEADER_LEN];
     put32(&mut h, 0, MAGIC);
     put32(&mut h, TIME_AT, f.time);
@@ -263,9 +286,13 @@ fn header(f: &Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], String> {
 /// mkimage treats a script as a multi-file image with one file: a table of lengths ended
 /// by 0, then the file. Only files before the last are padded to 4 bytes, so a single
 /// script is never padded.
-fn script_payload(script: &[u8]) -> Result<Vec<u8>, String> {
-    let len = u32::try_from(script.len())
-        .map_err(|_| format!("boot script of {} bytes exceeds 4 GiB", script.len()))?;
+fn script_payload(script: &[u8]) -> Result<Vec<u8>, BadUImage> {
+    let len = u32::try_from(script.len()).map_err(|_| {
+        BadUImage(format!(
+            "boot script of {} bytes exceeds 4 GiB",
+            script.len()
+        ))
+    })?;
     let mut payload = Vec::with_capacity(8 + script.len());
     payload.extend_from_slice(&len.to_be_bytes());
     payload.extend_from_slice(&0u32.to_be_bytes());
@@ -273,10 +300,12 @@ fn script_payload(script: &[u8]) -> Result<Vec<u8>, String> {
     Ok(payload)
 }
 
-fn name_field(name: &str) -> Result<[u8; NAME_LEN], String> {
+fn name_field(name: &str) -> Result<[u8; NAME_LEN], BadUImage> {
     // A C string ends at NUL, so mkimage could never be given such a name.
     if name.contains('\0') {
-        return Err(format!("image name {name:?} contains a NUL byte"));
+        return Err(BadUImage(format!(
+            "image name {name:?} contains a NUL byte"
+        )));
     }
     let mut field = [0u8; NAME_LEN];
     let n = name.len().min(NAME_LEN);
@@ -289,16 +318,16 @@ fn name_of(field: &[u8]) -> String {
     String::from_utf8_lossy(&field[..end]).into_owned()
 }
 
-fn payload_of(bytes: &[u8], size: u32) -> Result<&[u8], String> {
+fn payload_of(bytes: &[u8], size: u32) -> Result<&[u8], BadUImage> {
     let data = &bytes[HEADER_LEN..];
     usize::try_from(size)
         .ok()
         .and_then(|n| data.get(..n))
         .ok_or_else(|| {
-            format!(
+            BadUImage(format!(
                 "truncated U-Boot legacy image: header says {size} payload bytes, {} present",
                 data.len()
-            )
+            ))
         })
 }
 

@@ -15,13 +15,13 @@ use std::collections::HashSet;
 use crate::error::{Error, Result};
 use crate::format::{FileRecord, FsSpec, FsWriter, Measure};
 use crate::io::{open, read_full};
-#[cfg(test)]
-use crate::plan::tree::Tree;
 use crate::plan::tree::{Entry, Node, name_of, parent_of};
 use crate::sink::Sink;
 
 pub mod read;
 mod small;
+#[cfg(test)]
+mod testing;
 pub use small::{FAT_AUTO, FAT12, FAT16, FAT32_FROM, FatSmall, SmallGeometry, resolve_bits};
 
 pub struct Fat32;
@@ -56,8 +56,15 @@ impl Geometry {
         (RESERVED + 2 * self.fat_sectors) * SECTOR
     }
 
-    fn cluster_offset(&self, cluster: u32) -> u64 {
-        self.data_start() + (u64::from(cluster) - 2) * self.cluster_bytes()
+    fn layout(&self) -> Layout {
+        Layout {
+            cluster_bytes: self.cluster_bytes(),
+            clusters: self.clusters,
+            fat_start: RESERVED * SECTOR,
+            fat_bytes: self.fat_sectors * SECTOR,
+            fixed_root: None,
+            data_start: self.data_start(),
+        }
     }
 
     /// The geometry for `bytes` with clusters of `spc` sectors, if FAT32 allows it.
@@ -199,11 +206,12 @@ impl<'a> Names<'a> {
         dirs + files
     }
 
-    /// Assigns contiguous runs: the root at cluster 2, other directories, then files.
-    fn allocate(&mut self, g: &Geometry) -> u32 {
-        let cb = g.cluster_bytes();
+    /// Assigns contiguous runs from cluster 2: directories (the root too when it lives in
+    /// clusters), then files; returns the first cluster left free.
+    fn allocate(&mut self, cb: u64, root_in_clusters: bool) -> u32 {
         let mut next: u32 = 2;
-        for d in &self.dirs {
+        let skip = usize::from(!root_in_clusters);
+        for d in &self.dirs[skip..] {
             let n = self.dir_bytes(d).div_ceil(cb).max(1) as u32;
             let it = &mut self.items[d.item];
             it.first = next;
@@ -222,6 +230,94 @@ impl<'a> Names<'a> {
         }
         next
     }
+
+    /// Allocates every directory and file in `l`, or says how much is missing; returns the
+    /// first cluster left free.
+    fn place(&mut self, spec: &FsSpec<'_>, l: &Layout) -> Result<u32> {
+        let next = self.allocate(l.cluster_bytes, l.fixed_root.is_none());
+        if u64::from(next) - 2 > l.clusters {
+            return Err(Error::DoesNotFit {
+                partition: spec.part.to_string(),
+                needs: u64::from(next - 2) * l.cluster_bytes,
+                has: l.clusters * l.cluster_bytes,
+            });
+        }
+        Ok(next)
+    }
+
+    /// The used part of a FAT as entry values: `first` and end-of-chain in entries 0 and 1,
+    /// then every chain.
+    fn chains(&self, next: u32, first: u32, eoc: u32) -> Vec<u32> {
+        let mut fat = vec![0u32; next as usize];
+        fat[0] = first;
+        fat[1] = eoc;
+        for it in &self.items {
+            for c in 0..it.clusters {
+                let at = (it.first + c) as usize;
+                fat[at] = if c + 1 == it.clusters {
+                    eoc
+                } else {
+                    it.first + c + 1
+                };
+            }
+        }
+        fat
+    }
+}
+
+/// Where a volume's parts lie: what differs between FAT32 and FAT12/16 for writing.
+struct Layout {
+    cluster_bytes: u64,
+    clusters: u64,
+    /// Byte offset of the first FAT, and each FAT's length.
+    fat_start: u64,
+    fat_bytes: u64,
+    /// FAT12/16's fixed root directory region (offset, length); FAT32 keeps it in clusters.
+    fixed_root: Option<(u64, u64)>,
+    data_start: u64,
+}
+
+impl Layout {
+    fn cluster_offset(&self, cluster: u32) -> u64 {
+        self.data_start + (u64::from(cluster) - 2) * self.cluster_bytes
+    }
+}
+
+/// Writes a placed volume: the reserved area, both FATs (the used part, then zeros), every
+/// directory and every file; returns each file's size and SHA-256.
+fn write_volume(
+    spec: &FsSpec<'_>,
+    names: &Names<'_>,
+    l: &Layout,
+    reserved: &[u8],
+    fat: &[u8],
+    sink: &mut dyn Sink,
+) -> Result<Vec<FileRecord>> {
+    let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
+    let stamp = Stamp::new(spec.epoch);
+    let label = label_bytes(spec)?;
+    sink.data(0, reserved).map_err(io)?;
+    for copy in 0..2 {
+        let at = l.fat_start + copy * l.fat_bytes;
+        sink.data(at, fat).map_err(io)?;
+        let len = l.fat_bytes - fat.len() as u64;
+        sink.zeros(at + fat.len() as u64, len).map_err(io)?;
+    }
+    for d in &names.dirs {
+        let mut bytes = dir_entries(names, d, &label, &stamp);
+        let it = &names.items[d.item];
+        match l.fixed_root.filter(|_| d.item == 0) {
+            Some((at, len)) => {
+                bytes.resize(len as usize, 0);
+                sink.data(at, &bytes).map_err(io)?;
+            }
+            None => {
+                bytes.resize((u64::from(it.clusters) * l.cluster_bytes) as usize, 0);
+                sink.data(l.cluster_offset(it.first), &bytes).map_err(io)?;
+            }
+        }
+    }
+    write_files(spec, names, sink, l)
 }
 
 struct FatMeasure {
@@ -282,54 +378,23 @@ impl FsWriter for Fat32 {
             )
         })?;
         let mut names = Names::new(spec)?;
-        let next = names.allocate(&g);
-        if u64::from(next) - 2 > g.clusters {
-            return Err(Error::DoesNotFit {
-                partition: spec.part.to_string(),
-                needs: u64::from(next - 2) * g.cluster_bytes(),
-                has: g.clusters * g.cluster_bytes(),
-            });
-        }
-        let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
-        let stamp = Stamp::new(spec.epoch);
-        let label = label_bytes(spec)?;
-
+        let l = g.layout();
+        let next = names.place(spec, &l)?;
         let used = u64::from(next) - 2;
-        let reserved = boot_region(spec, &g, &label, g.clusters - used, next);
-        sink.data(0, &reserved).map_err(io)?;
-
-        let fat = fat_table(&names, next);
-        for copy in 0..2 {
-            let at = (RESERVED + copy * g.fat_sectors) * SECTOR;
-            sink.data(at, &fat).map_err(io)?;
-            let len = g.fat_sectors * SECTOR - fat.len() as u64;
-            sink.zeros(at + fat.len() as u64, len).map_err(io)?;
-        }
-
-        for d in &names.dirs {
-            let bytes = dir_bytes(&names, d, &label, &stamp, &g);
-            let it = &names.items[d.item];
-            sink.data(g.cluster_offset(it.first), &bytes).map_err(io)?;
-        }
-
-        write_files(
-            spec,
-            &names,
-            sink,
-            |c| g.cluster_offset(c),
-            g.cluster_bytes(),
-        )
+        let reserved = boot_region(spec, &g, &label_bytes(spec)?, g.clusters - used, next);
+        let fat = names.chains(next, 0x0FFF_FFF8, EOC);
+        let fat: Vec<u8> = fat.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_volume(spec, &names, &l, &reserved, &fat, sink)
     }
 }
 
-/// Writes every file's data at its first cluster (`at` gives a cluster's byte offset) and
-/// zeros the rest of its last cluster; returns each file's size and SHA-256.
+/// Writes every file's data at its first cluster and zeros the rest of its last cluster;
+/// returns each file's size and SHA-256.
 fn write_files(
     spec: &FsSpec<'_>,
     names: &Names<'_>,
     sink: &mut dyn Sink,
-    at: impl Fn(u32) -> u64,
-    cluster_bytes: u64,
+    l: &Layout,
 ) -> Result<Vec<FileRecord>> {
     let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
     let mut records = Vec::new();
@@ -339,7 +404,11 @@ fn write_files(
             continue;
         };
         let mut r = open(source, *size)?;
-        let mut pos = if *size > 0 { at(it.first) } else { 0 };
+        let mut pos = if *size > 0 {
+            l.cluster_offset(it.first)
+        } else {
+            0
+        };
         loop {
             let n = read_full(&mut r, &mut buf).map_err(io)?;
             if n == 0 {
@@ -351,7 +420,7 @@ fn write_files(
         if r.count() != *size {
             return Err(bad(spec, &it.entry.path, "source shrank while building"));
         }
-        let slack = u64::from(it.clusters) * cluster_bytes - size;
+        let slack = u64::from(it.clusters) * l.cluster_bytes - size;
         if slack > 0 {
             sink.zeros(pos, slack).map_err(io)?;
         }
@@ -436,38 +505,12 @@ fn boot_region(spec: &FsSpec<'_>, g: &Geometry, label: &[u8; 11], free: u64, nex
     r
 }
 
-/// The used part of one FAT: entries 0 and 1, then every chain.
-fn fat_table(names: &Names<'_>, next: u32) -> Vec<u8> {
-    let mut fat = vec![0u32; next as usize];
-    fat[0] = 0x0FFF_FFF8;
-    fat[1] = EOC;
-    for it in &names.items {
-        for c in 0..it.clusters {
-            let at = (it.first + c) as usize;
-            fat[at] = if c + 1 == it.clusters {
-                EOC
-            } else {
-                it.first + c + 1
-            };
-        }
-    }
-    fat.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn dir_bytes(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp, g: &Geometry) -> Vec<u8> {
-    let me = &names.items[d.item];
-    let mut out = dir_entries(names, d, label, stamp);
-    out.resize((u64::from(me.clusters) * g.cluster_bytes()) as usize, 0);
-    out
-}
-
 /// A directory's entries as bytes, unpadded: the volume label in the root, `.` and `..`
 /// elsewhere, then each child's long-name slots and short entry.
 fn dir_entries(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp) -> Vec<u8> {
     let me = &names.items[d.item];
-    let mut out = Vec::new();
-    if d.item == 0 {
-        out.extend_from_slice(&short_entry(label, ATTR_LABEL, 0, 0, 0, stamp));
+    let first = if d.item == 0 {
+        Head::Label(*label)
     } else {
         let parent = parent_of(&me.entry.path);
         let up = names
@@ -475,28 +518,55 @@ fn dir_entries(names: &Names<'_>, d: &Dir, label: &[u8; 11], stamp: &Stamp) -> V
             .iter()
             .find(|i| i.entry.path == parent)
             .map_or(0, |i| if i.entry.path == "/" { 0 } else { i.first });
-        out.extend_from_slice(&short_entry(
-            b".          ",
-            ATTR_DIR,
-            0,
-            me.first,
-            0,
-            stamp,
-        ));
-        out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, stamp));
+        Head::Dots(me.first, up)
+    };
+    let mut out = head(first, stamp);
+    append_entries(&mut out, &d.ents, |e| {
+        let it = &names.items[e.item];
+        let (attr, size) = attr_size(it.entry);
+        short_entry(&e.short, attr, e.case, it.first, size, stamp)
+    });
+    out
+}
+
+/// The entries a directory opens with.
+enum Head {
+    /// The root's volume label.
+    Label([u8; 11]),
+    /// `.` and `..` elsewhere: its own first cluster and its parent's (0 for the root).
+    Dots(u32, u32),
+}
+
+fn head(h: Head, stamp: &Stamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    match h {
+        Head::Label(label) => {
+            out.extend_from_slice(&short_entry(&label, ATTR_LABEL, 0, 0, 0, stamp));
+        }
+        Head::Dots(me, up) => {
+            out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, me, 0, stamp));
+            out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, stamp));
+        }
     }
-    for e in &d.ents {
+    out
+}
+
+/// Appends each entry's long-name slots, then its short entry as `short` makes it.
+fn append_entries(out: &mut Vec<u8>, ents: &[DirEnt], short: impl Fn(&DirEnt) -> [u8; 32]) {
+    for e in ents {
         for slot in &e.lfn {
             out.extend_from_slice(slot);
         }
-        let it = &names.items[e.item];
-        let (attr, size) = match it.entry.node {
-            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
-            _ => (ATTR_DIR, 0),
-        };
-        out.extend_from_slice(&short_entry(&e.short, attr, e.case, it.first, size, stamp));
+        out.extend_from_slice(&short(e));
     }
-    out
+}
+
+/// A short entry's attribute and size for a tree entry.
+fn attr_size(entry: &Entry) -> (u8, u32) {
+    match entry.node {
+        Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
+        _ => (ATTR_DIR, 0),
+    }
 }
 
 /// One child of a directory written by an editor: its tree entry (name, kind, size), its
@@ -524,43 +594,28 @@ pub(crate) fn encode_directory(
         .map(|(i, e)| (e.path.as_str(), i))
         .collect();
     let ents = encode_dir(spec, &entries, |p| index[p])?;
-    let mut out = Vec::with_capacity(32 * (ents.len() * 2 + 2));
-    match up {
-        None => out.extend_from_slice(&short_entry(
-            &label_bytes(spec)?,
-            ATTR_LABEL,
-            0,
-            0,
-            0,
-            &stamp,
-        )),
-        Some(up) => {
-            out.extend_from_slice(&short_entry(b".          ", ATTR_DIR, 0, me, 0, &stamp));
-            out.extend_from_slice(&short_entry(b"..         ", ATTR_DIR, 0, up, 0, &stamp));
-        }
-    }
-    for e in &ents {
-        for slot in &e.lfn {
-            out.extend_from_slice(slot);
-        }
+    let first = match up {
+        None => Head::Label(label_bytes(spec)?),
+        Some(up) => Head::Dots(me, up),
+    };
+    let mut out = head(first, &stamp);
+    out.reserve(32 * ents.len() * 2);
+    append_entries(&mut out, &ents, |e| {
         let k = &kids[e.item];
-        let (attr, size) = match k.entry.node {
-            Node::File { size, .. } => (ATTR_ARCHIVE, size as u32),
-            _ => (ATTR_DIR, 0),
-        };
+        let (attr, size) = attr_size(k.entry);
         let own = k.stamp.map(|s| Stamp {
             date: (s >> 16) as u16,
             time: s as u16,
         });
-        out.extend_from_slice(&short_entry(
+        short_entry(
             &e.short,
             attr,
             e.case,
             k.first,
             size,
             own.as_ref().unwrap_or(&stamp),
-        ));
-    }
+        )
+    });
     Ok(out)
 }
 
@@ -815,39 +870,9 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Reads a FAT32 volume's geometry back from its boot sector (for tests and inspection).
-pub fn read_geometry(boot: &[u8]) -> Option<Geometry> {
-    if boot.len() < 512 || boot[510..512] != [0x55, 0xAA] {
-        return None;
-    }
-    let u16_at = |i: usize| u64::from(u16::from_le_bytes([boot[i], boot[i + 1]]));
-    let u32_at = |i: usize| {
-        u64::from(u32::from_le_bytes([
-            boot[i],
-            boot[i + 1],
-            boot[i + 2],
-            boot[i + 3],
-        ]))
-    };
-    let spc = u64::from(boot[13]);
-    let sectors = u32_at(32);
-    let fat_sectors = u32_at(36);
-    if u16_at(11) != SECTOR || spc == 0 {
-        return None;
-    }
-    let clusters = sectors.checked_sub(u16_at(14) + 2 * fat_sectors)? / spc;
-    Some(Geometry {
-        sectors,
-        sectors_per_cluster: spc,
-        fat_sectors,
-        clusters,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tree::Source;
 
     const MIB: u64 = 1 << 20;
 
@@ -910,40 +935,16 @@ mod tests {
         assert_eq!(s.time, (1 << 11) | (1 << 5) | 1);
     }
 
-    fn tree() -> Tree {
-        let mut t = Tree::new();
-        for (p, text) in [
-            ("/config.txt", "x"),
-            ("/overlays/a-long-name.dtbo", "yy"),
-            ("/Image", ""),
-        ] {
-            t.insert(Entry {
-                path: p.into(),
-                node: Node::File {
-                    source: Source::Text(text.into()),
-                    size: text.len() as u64,
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            })
-            .unwrap();
-        }
-        t
-    }
+    const FILES: [(&str, &str); 3] = [
+        ("/config.txt", "x"),
+        ("/overlays/a-long-name.dtbo", "yy"),
+        ("/Image", ""),
+    ];
 
     #[test]
     fn measures_and_writes_a_small_volume() {
-        let t = tree();
-        let spec = FsSpec {
-            label: Some("BOOT"),
-            uuid: [7; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: Default::default(),
-        };
+        let t = testing::text_tree(&FILES);
+        let spec = testing::spec(&t, Some("BOOT"), 7, Default::default());
         let m = Fat32.measure(&spec).unwrap();
         let min = m.min_size();
         assert!(m.fits(min));
@@ -951,35 +952,24 @@ mod tests {
         let mut sink = crate::sink::MemSink::new(min as usize);
         let recs = Fat32.write(&spec, min, &mut sink).unwrap();
         assert_eq!(recs.len(), 3);
-        let g = read_geometry(&sink.buf).unwrap();
-        assert_eq!(Geometry::for_size(min), Some(g));
+        let g = read::FatVolume::open(&sink.buf, 0, min).unwrap().geometry();
+        let want = Geometry::for_size(min).unwrap();
+        assert_eq!(g.bits, 32);
+        assert_eq!(
+            (g.sectors, g.sectors_per_cluster, g.fat_sectors),
+            (want.sectors, want.sectors_per_cluster, want.fat_sectors)
+        );
+        assert_eq!(u64::from(g.clusters), want.clusters);
         assert_eq!(&sink.buf[71..82], b"BOOT       ");
         assert_eq!(sink.buf[..512], sink.buf[6 * 512..7 * 512]);
     }
 
     #[test]
     fn case_only_differences_are_refused() {
-        let mut t = tree();
-        t.insert(Entry {
-            path: "/CONFIG.TXT".into(),
-            node: Node::File {
-                source: Source::Text(String::new()),
-                size: 0,
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        })
-        .unwrap();
-        let spec = FsSpec {
-            label: None,
-            uuid: [0; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: Default::default(),
-        };
+        let mut files = FILES.to_vec();
+        files.push(("/CONFIG.TXT", ""));
+        let t = testing::text_tree(&files);
+        let spec = testing::spec(&t, None, 0, Default::default());
         assert!(Fat32.measure(&spec).is_err());
     }
 }

@@ -1,11 +1,14 @@
 //! FAT12/16/32 reader for verification and inspection: geometry from the boot sector, the
-//! first FAT (12-, 16- or 32-bit entries), the fixed root directory region of FAT12/16, directories with long names, and file contents by cluster chain.
+//! first FAT (12-, 16- or 32-bit entries), the fixed root directory region of FAT12/16,
+//! directories with long names, and file contents by cluster chain. The boot sector is
+//! checked here only (`FatGeometry`): in-place editors take their geometry from it.
 //!
 //! Built for untrusted bytes: every cluster number, chain and directory is bounds-checked,
 //! loops in chains and directories are detected, and problems come back as messages —
 //! it never panics. Read-only; not a driver.
 
 use std::collections::HashSet;
+use std::fmt;
 
 use crate::io::ReadAt;
 
@@ -26,12 +29,7 @@ pub struct FatVolume<'a> {
     dev: &'a dyn ReadAt,
     /// Byte offset of the volume on the device.
     base: u64,
-    cluster_bytes: u64,
-    data_start: u64,
-    clusters: u32,
-    root: u32,
-    /// FAT12/16: the root directory's region (offset, length); `root` is then 0.
-    fixed_root: Option<(u64, u64)>,
+    geometry: FatGeometry,
     fat: Vec<u32>,
     pub label: String,
     pub volume_id: u32,
@@ -49,26 +47,75 @@ fn le32(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-impl<'a> FatVolume<'a> {
-    /// Opens the FAT32 volume at `base` (at most `len` bytes long).
-    pub fn open(dev: &'a dyn ReadAt, base: u64, len: u64) -> Result<Self, String> {
-        let mut bs = [0u8; 512];
-        dev.read_exact_at(&mut bs, base)
-            .map_err(|e| format!("boot sector: {e}"))?;
+/// A FAT problem as a message: why a volume cannot be read (where: boot sector, FAT, a chain
+/// or a directory, and what is wrong), or why a geometry cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFat(pub String);
+
+impl fmt::Display for BadFat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for BadFat {
+    fn from(s: &str) -> Self {
+        BadFat(s.to_string())
+    }
+}
+
+impl From<String> for BadFat {
+    fn from(s: String) -> Self {
+        BadFat(s)
+    }
+}
+
+impl BadFat {
+    pub fn contains(&self, s: &str) -> bool {
+        self.0.contains(s)
+    }
+}
+
+/// A volume's layout as its boot sector gives it, with the checks every reader of it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FatGeometry {
+    /// 12, 16 or 32.
+    pub bits: u8,
+    pub sector: u64,
+    /// Sectors the volume spans.
+    pub sectors: u64,
+    pub sectors_per_cluster: u64,
+    pub reserved: u64,
+    pub nfats: u64,
+    pub fat_sectors: u64,
+    /// FAT12/16's fixed root directory entries (0 on FAT32).
+    pub root_entries: u64,
+    pub clusters: u32,
+    /// FAT32's extended flags, FSInfo sector and backup boot sector (0 on FAT12/16).
+    pub ext_flags: u16,
+    pub fsinfo_sector: u64,
+    pub backup_sector: u64,
+    /// FAT32's root directory cluster (0 on FAT12/16).
+    pub root_cluster: u32,
+}
+
+impl FatGeometry {
+    /// Checks and reads the boot sector of a volume at most `len` bytes long.
+    pub fn parse(bs: &[u8; 512], len: u64) -> Result<FatGeometry, BadFat> {
         if bs[510..512] != [0x55, 0xAA] {
             return Err("boot sector: no 0x55AA signature".into());
         }
-        let sector = le16(&bs, 11);
+        let sector = le16(bs, 11);
         let spc = u64::from(bs[13]);
-        let reserved = le16(&bs, 14);
+        let reserved = le16(bs, 14);
         let nfats = u64::from(bs[16]);
-        let total = match le16(&bs, 19) {
-            0 => u64::from(le32(&bs, 32)),
+        let sectors = match le16(bs, 19) {
+            0 => u64::from(le32(bs, 32)),
             n => n,
         };
-        let fat16_sectors = le16(&bs, 22);
+        let fat16_sectors = le16(bs, 22);
         let fat_sectors = match fat16_sectors {
-            0 => u64::from(le32(&bs, 36)),
+            0 => u64::from(le32(bs, 36)),
             n => n,
         };
         if ![512, 1024, 2048, 4096, 8192, 16384, 32768].contains(&sector)
@@ -77,96 +124,152 @@ impl<'a> FatVolume<'a> {
         {
             return Err(format!(
                 "boot sector: bad geometry ({sector}-byte sectors, {spc} per cluster)"
-            ));
+            )
+            .into());
         }
         if fat_sectors == 0 || nfats == 0 || reserved == 0 {
             return Err("boot sector: not a FAT volume (no FAT or no reserved sector)".into());
         }
-        if total * sector > len {
+        if sectors * sector > len {
             return Err(format!(
                 "boot sector: volume of {} bytes larger than its partition ({len})",
-                total * sector
-            ));
+                sectors * sector
+            )
+            .into());
         }
-        // FAT12/16 keep the root directory in a fixed region after the FATs.
-        let root_entries = if fat16_sectors != 0 { le16(&bs, 17) } else { 0 };
-        let root_sectors = (root_entries * 32).div_ceil(sector);
-        let root_at = reserved + nfats * fat_sectors;
-        let data_sector = root_at + root_sectors;
-        let clusters = total
-            .checked_sub(data_sector)
+        let mut g = FatGeometry {
+            bits: 32,
+            sector,
+            sectors,
+            sectors_per_cluster: spc,
+            reserved,
+            nfats,
+            fat_sectors,
+            // FAT12/16 keep the root directory in a fixed region after the FATs.
+            root_entries: if fat16_sectors != 0 { le16(bs, 17) } else { 0 },
+            clusters: 0,
+            ext_flags: 0,
+            fsinfo_sector: 0,
+            backup_sector: 0,
+            root_cluster: 0,
+        };
+        let clusters = sectors
+            .checked_sub(g.data_start() / sector)
             .ok_or("boot sector: FATs larger than the volume")?
             / spc;
-        let bits: u64 = match (fat16_sectors, clusters) {
+        g.bits = match (fat16_sectors, clusters) {
             (0, _) => 32,
             (_, 0..4085) => 12,
             (_, 4085..65525) => 16,
             _ => return Err("boot sector: FAT12/16 layout with FAT32's cluster count".into()),
         };
-        if clusters > 0x0FFF_FFF5 || (clusters + 2) * bits > fat_sectors * sector * 8 {
+        if clusters > 0x0FFF_FFF5 || (clusters + 2) * u64::from(g.bits) > fat_sectors * sector * 8 {
             return Err("boot sector: FAT too small for the clusters".into());
         }
-        let fat_bytes = ((clusters + 2) * bits).div_ceil(8) as usize;
-        let mut raw = vec![0u8; fat_bytes];
-        dev.read_exact_at(&mut raw, base + reserved * sector)
+        g.clusters = clusters as u32;
+        if g.bits == 32 {
+            g.ext_flags = le16(bs, 40) as u16;
+            g.root_cluster = le32(bs, 44);
+            g.fsinfo_sector = le16(bs, 48);
+            g.backup_sector = le16(bs, 50);
+        }
+        Ok(g)
+    }
+
+    pub fn cluster_bytes(&self) -> u64 {
+        self.sectors_per_cluster * self.sector
+    }
+
+    /// Byte offset of the first FAT.
+    pub fn fat_start(&self) -> u64 {
+        self.reserved * self.sector
+    }
+
+    /// Byte offset of FAT12/16's fixed root directory (where the data starts on FAT32).
+    pub fn root_start(&self) -> u64 {
+        (self.reserved + self.nfats * self.fat_sectors) * self.sector
+    }
+
+    /// Byte offset of cluster 2.
+    pub fn data_start(&self) -> u64 {
+        self.root_start() + (self.root_entries * 32).div_ceil(self.sector) * self.sector
+    }
+
+    /// Bytes of the FAT entries for every cluster.
+    fn fat_bytes(&self) -> usize {
+        ((u64::from(self.clusters) + 2) * u64::from(self.bits)).div_ceil(8) as usize
+    }
+}
+
+/// The first FAT's entries as FAT32 values, so end-of-chain and bad marks read the same for
+/// every type.
+fn fat_entries(raw: &[u8], g: &FatGeometry) -> Vec<u32> {
+    let widen = |v: u32, top: u32| if v >= top - 0xF { v | 0x0FFF_FFF0 } else { v };
+    match g.bits {
+        32 => raw
+            .chunks_exact(4)
+            .map(|c| le32(c, 0) & 0x0FFF_FFFF)
+            .collect(),
+        16 => raw
+            .chunks_exact(2)
+            .map(|c| widen(u32::from(u16::from_le_bytes([c[0], c[1]])), 0xFFFF))
+            .collect(),
+        _ => (0..g.clusters as usize + 2)
+            .map(|i| {
+                let at = i * 3 / 2;
+                let pair = u32::from(raw[at]) | (u32::from(raw[at + 1]) << 8);
+                let v = if i % 2 == 0 { pair & 0xFFF } else { pair >> 4 };
+                widen(v, 0xFFF)
+            })
+            .collect(),
+    }
+}
+
+impl<'a> FatVolume<'a> {
+    /// Opens the FAT12, FAT16 or FAT32 volume at `base` (at most `len` bytes long).
+    pub fn open(dev: &'a dyn ReadAt, base: u64, len: u64) -> Result<Self, BadFat> {
+        let mut bs = [0u8; 512];
+        dev.read_exact_at(&mut bs, base)
+            .map_err(|e| format!("boot sector: {e}"))?;
+        let g = FatGeometry::parse(&bs, len)?;
+        let mut raw = vec![0u8; g.fat_bytes()];
+        dev.read_exact_at(&mut raw, base + g.fat_start())
             .map_err(|e| format!("FAT: {e}"))?;
-        // Entries as FAT32 values, so end-of-chain and bad marks read the same for every type.
-        let widen = |v: u32, top: u32| if v >= top - 0xF { v | 0x0FFF_FFF0 } else { v };
-        let fat: Vec<u32> = match bits {
-            32 => raw
-                .chunks_exact(4)
-                .map(|c| le32(c, 0) & 0x0FFF_FFFF)
-                .collect(),
-            16 => raw
-                .chunks_exact(2)
-                .map(|c| widen(u32::from(u16::from_le_bytes([c[0], c[1]])), 0xFFFF))
-                .collect(),
-            _ => (0..(clusters + 2) as usize)
-                .map(|i| {
-                    let at = i * 3 / 2;
-                    let pair = u32::from(raw[at]) | (u32::from(raw[at + 1]) << 8);
-                    let v = if i % 2 == 0 { pair & 0xFFF } else { pair >> 4 };
-                    widen(v, 0xFFF)
-                })
-                .collect(),
-        };
-        let (vi, root) = match bits {
-            32 => (64, le32(&bs, 44)),
-            _ => (36, 0),
-        };
+        let vi = if g.bits == 32 { 64 } else { 36 };
         let label = String::from_utf8_lossy(&bs[vi + 7..vi + 18])
             .trim_end()
             .to_string();
         Ok(FatVolume {
             dev,
             base,
-            cluster_bytes: spc * sector,
-            data_start: data_sector * sector,
-            clusters: clusters as u32,
-            root,
-            fixed_root: (bits != 32).then_some((root_at * sector, root_sectors * sector)),
-            fat,
+            fat: fat_entries(&raw, &g),
             label,
             volume_id: le32(&bs, vi + 3),
-            fat_type: match bits {
+            fat_type: match g.bits {
                 12 => "FAT12",
                 16 => "FAT16",
                 _ => "FAT32",
             },
+            geometry: g,
         })
     }
 
+    /// The volume's layout, as its boot sector gives it.
+    pub fn geometry(&self) -> FatGeometry {
+        self.geometry
+    }
+
     pub fn cluster_bytes(&self) -> u64 {
-        self.cluster_bytes
+        self.geometry.cluster_bytes()
     }
 
     pub fn clusters(&self) -> u32 {
-        self.clusters
+        self.geometry.clusters
     }
 
-    /// The first cluster of the root directory.
+    /// The first cluster of the root directory (0 for FAT12/16's fixed root).
     pub fn root_cluster(&self) -> u32 {
-        self.root
+        self.geometry.root_cluster
     }
 
     /// The FAT entry of cluster `c` (28 bits), or `None` outside the volume.
@@ -176,32 +279,30 @@ impl<'a> FatVolume<'a> {
 
     /// Byte offset of cluster `c` from the start of the volume.
     pub fn cluster_offset(&self, c: u32) -> u64 {
-        self.data_start + u64::from(c.saturating_sub(2)) * self.cluster_bytes
+        self.geometry.data_start() + u64::from(c.saturating_sub(2)) * self.cluster_bytes()
     }
 
     fn valid(&self, c: u32) -> bool {
-        c >= 2 && c < self.clusters + 2
+        c >= 2 && c < self.clusters() + 2
     }
 
     /// The cluster chain from `first`, at most `limit` clusters; loops and bad links are errors.
-    pub fn chain(&self, first: u32, limit: u64) -> Result<Vec<u32>, String> {
+    pub fn chain(&self, first: u32, limit: u64) -> Result<Vec<u32>, BadFat> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut c = first;
         loop {
             if !self.valid(c) {
-                return Err(format!(
-                    "cluster chain from {first} points outside the volume ({c})"
-                ));
+                return Err(
+                    format!("cluster chain from {first} points outside the volume ({c})").into(),
+                );
             }
             if !seen.insert(c) {
-                return Err(format!("cluster chain from {first} loops at cluster {c}"));
+                return Err(format!("cluster chain from {first} loops at cluster {c}").into());
             }
             out.push(c);
             if out.len() as u64 > limit {
-                return Err(format!(
-                    "cluster chain from {first} is longer than its file"
-                ));
+                return Err(format!("cluster chain from {first} is longer than its file").into());
             }
             let next = self.fat[c as usize];
             if next >= 0x0FFF_FFF8 {
@@ -210,24 +311,25 @@ impl<'a> FatVolume<'a> {
             if next == 0 || next == 0x0FFF_FFF7 {
                 return Err(format!(
                     "cluster chain from {first} ends in a free or bad cluster after {c}"
-                ));
+                )
+                .into());
             }
             c = next;
         }
     }
 
-    fn read_cluster(&self, c: u32, buf: &mut [u8]) -> Result<(), String> {
-        let at = self.base + self.data_start + (u64::from(c) - 2) * self.cluster_bytes;
+    fn read_cluster(&self, c: u32, buf: &mut [u8]) -> Result<(), BadFat> {
+        let at = self.base + self.cluster_offset(c);
         self.dev
             .read_exact_at(buf, at)
-            .map_err(|e| format!("reading cluster {c}: {e}"))
+            .map_err(|e| BadFat(format!("reading cluster {c}: {e}")))
     }
 
     /// Every file and directory, depth first, in directory order.
-    pub fn list(&self) -> Result<Vec<FatEntry>, String> {
+    pub fn list(&self) -> Result<Vec<FatEntry>, BadFat> {
         let mut out = Vec::new();
         let mut visited = HashSet::new();
-        self.walk(self.root, "", 0, &mut visited, &mut out)?;
+        self.walk(self.root_cluster(), "", 0, &mut visited, &mut out)?;
         Ok(out)
     }
 
@@ -238,14 +340,12 @@ impl<'a> FatVolume<'a> {
         depth: usize,
         visited: &mut HashSet<u32>,
         out: &mut Vec<FatEntry>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BadFat> {
         if depth > MAX_DEPTH {
-            return Err(format!(
-                "{prefix}: directories nested deeper than {MAX_DEPTH}"
-            ));
+            return Err(format!("{prefix}: directories nested deeper than {MAX_DEPTH}").into());
         }
         if !visited.insert(cluster) {
-            return Err(format!("{prefix}: directory loop at cluster {cluster}"));
+            return Err(format!("{prefix}: directory loop at cluster {cluster}").into());
         }
         let bytes = self.dir_bytes(cluster)?;
         for e in parse_dir(&bytes) {
@@ -268,25 +368,27 @@ impl<'a> FatVolume<'a> {
         Ok(())
     }
 
-    fn dir_bytes(&self, cluster: u32) -> Result<Vec<u8>, String> {
-        if let Some((at, len)) = self.fixed_root.filter(|_| cluster == 0) {
-            let mut bytes = vec![0u8; len as usize];
+    fn dir_bytes(&self, cluster: u32) -> Result<Vec<u8>, BadFat> {
+        let g = &self.geometry;
+        if g.bits != 32 && cluster == 0 {
+            let mut bytes = vec![0u8; (g.data_start() - g.root_start()) as usize];
             self.dev
-                .read_exact_at(&mut bytes, self.base + at)
+                .read_exact_at(&mut bytes, self.base + g.root_start())
                 .map_err(|e| format!("reading the root directory: {e}"))?;
             return Ok(bytes);
         }
-        let chain = self.chain(cluster, 65_536 * 32 / self.cluster_bytes + 1)?;
-        let mut bytes = vec![0u8; chain.len() * self.cluster_bytes as usize];
+        let cb = self.cluster_bytes();
+        let chain = self.chain(cluster, 65_536 * 32 / cb + 1)?;
+        let cb = cb as usize;
+        let mut bytes = vec![0u8; chain.len() * cb];
         for (i, c) in chain.iter().enumerate() {
-            let cb = self.cluster_bytes as usize;
             self.read_cluster(*c, &mut bytes[i * cb..(i + 1) * cb])?;
         }
         Ok(bytes)
     }
 
     /// Finds an entry by path (case-insensitive, as FAT is).
-    pub fn find(&self, path: &str) -> Result<Option<FatEntry>, String> {
+    pub fn find(&self, path: &str) -> Result<Option<FatEntry>, BadFat> {
         let want = path.to_lowercase();
         Ok(self
             .list()?
@@ -295,7 +397,7 @@ impl<'a> FatVolume<'a> {
     }
 
     /// Streams a file's content to `sink` in cluster-sized pieces.
-    pub fn read_file(&self, e: &FatEntry, sink: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+    pub fn read_file(&self, e: &FatEntry, sink: &mut dyn FnMut(&[u8])) -> Result<(), BadFat> {
         self.read_file_while(e, &mut |b| {
             sink(b);
             true
@@ -308,23 +410,21 @@ impl<'a> FatVolume<'a> {
         &self,
         e: &FatEntry,
         sink: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), BadFat> {
         if e.is_dir {
-            return Err(format!("{} is a directory", e.path));
+            return Err(format!("{} is a directory", e.path).into());
         }
         if e.size == 0 {
             return Ok(());
         }
-        let n = e.size.div_ceil(self.cluster_bytes);
+        let cb = self.cluster_bytes();
+        let n = e.size.div_ceil(cb);
         let chain = self.chain(e.first_cluster, n)?;
         if (chain.len() as u64) < n {
-            return Err(format!(
-                "{}: cluster chain shorter than the file's size",
-                e.path
-            ));
+            return Err(format!("{}: cluster chain shorter than the file's size", e.path).into());
         }
-        let per = ((1u64 << 20) / self.cluster_bytes).max(1) as usize;
-        let mut buf = vec![0u8; per * self.cluster_bytes as usize];
+        let per = ((1u64 << 20) / cb).max(1) as usize;
+        let mut buf = vec![0u8; per * cb as usize];
         let mut left = e.size;
         let mut i = 0;
         while i < chain.len() && left > 0 {
@@ -333,7 +433,7 @@ impl<'a> FatVolume<'a> {
             while i + k < chain.len() && k < per && chain[i + k] == chain[i] + k as u32 {
                 k += 1;
             }
-            let bytes = (k as u64 * self.cluster_bytes).min(left) as usize;
+            let bytes = (k as u64 * cb).min(left) as usize;
             let at = self.base + self.cluster_offset(chain[i]);
             self.dev
                 .read_exact_at(&mut buf[..bytes], at)
@@ -440,39 +540,19 @@ fn short_name(s: &[u8; 11], case: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{FsSpec, FsWriter, fat::Fat32};
-    use crate::plan::tree::{Entry, Node, Source, Tree};
+    use crate::format::FsWriter;
+    use crate::format::fat::{Fat32, testing};
+    use crate::plan::tree::Tree;
     use crate::sink::MemSink;
 
     fn volume() -> (Vec<u8>, Tree) {
-        let mut t = Tree::new();
-        for (p, text) in [
+        let t = testing::text_tree(&[
             ("/config.txt", "hello".to_string()),
             ("/overlays/a-long-name.dtbo", "x".repeat(3000)),
             ("/Image", String::new()),
             ("/Ünïcødé notes.txt", "u".into()),
-        ] {
-            t.insert(Entry {
-                path: p.into(),
-                node: Node::File {
-                    size: text.len() as u64,
-                    source: Source::Text(text),
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            })
-            .unwrap();
-        }
-        let spec = FsSpec {
-            label: Some("BOOT"),
-            uuid: [9; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: Default::default(),
-        };
+        ]);
+        let spec = testing::spec(&t, Some("BOOT"), 9, Default::default());
         let m = Fat32.measure(&spec).unwrap();
         let size = m.min_size();
         let mut sink = MemSink::new(size as usize);

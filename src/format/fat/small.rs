@@ -7,10 +7,10 @@
 //! other directories and files are contiguous cluster runs, directories first. Only metadata
 //! and file data are written.
 
-use super::{Fat32, Names, Stamp, bad, label_bytes, put16, put32};
-use crate::error::{Error, Result};
+use super::read::BadFat;
+use super::{Fat32, Layout, Names, bad, label_bytes, put16, put32, write_volume};
+use crate::error::Result;
 use crate::format::{FatOptions, FileRecord, FsSpec, FsWriter, Measure};
-use crate::plan::tree::Node;
 use crate::sink::Sink;
 
 /// Where `mkfs.fat` switches to FAT32 when no type is asked for.
@@ -46,108 +46,22 @@ impl SmallGeometry {
         self.root_start() + (self.root_entries * 32).div_ceil(self.sector) * self.sector
     }
 
-    fn cluster_offset(&self, cluster: u32) -> u64 {
-        self.data_start() + (u64::from(cluster) - 2) * self.cluster_bytes()
+    fn layout(&self) -> Layout {
+        Layout {
+            cluster_bytes: self.cluster_bytes(),
+            clusters: self.clusters,
+            fat_start: self.reserved * self.sector,
+            fat_bytes: self.fat_sectors * self.sector,
+            fixed_root: Some((self.root_start(), self.data_start() - self.root_start())),
+            data_start: self.data_start(),
+        }
     }
 
     /// The FAT12 or FAT16 geometry `mkfs.fat` makes on an image file of `bytes` with these
     /// options (`bits` 12, 16 or none for its own choice), or why it would refuse.
-    pub fn choose(bytes: u64, o: &FatOptions) -> std::result::Result<SmallGeometry, String> {
-        let ss = u64::from(o.sector_size.unwrap_or(512));
-        if !ss.is_power_of_two() || !(512..=32768).contains(&ss) {
-            return Err(format!("{ss} is not a FAT sector size (512 … 32768)"));
-        }
-        if let Some(s) = o.cluster_sectors
-            && (s == 0 || !s.is_power_of_two())
-        {
-            return Err(format!("{s} sectors per cluster is not a power of two"));
-        }
-        let bits = match o.bits {
-            Some(12) => 12,
-            Some(16) => 16,
-            None if bytes >= FAT32_FROM => return Err("is FAT32 at this size".into()),
-            None => 0,
-            Some(b) => return Err(format!("FAT{b} is not FAT12 or FAT16")),
-        };
-        let total = bytes / ss;
-        let (mut heads, mut spt) = if total <= 524_288 {
-            let h = match total {
-                0..=32_768 => 2,
-                32_769..=65_536 => 4,
-                65_537..=262_144 => 8,
-                _ => 16,
-            };
-            (h, if total <= 4096 { 16 } else { 32 })
-        } else {
-            let h = match total {
-                t if t <= 16 * 63 * 1024 => 16,
-                t if t <= 32 * 63 * 1024 => 32,
-                t if t <= 64 * 63 * 1024 => 64,
-                t if t <= 128 * 63 * 1024 => 128,
-                _ => 255,
-            };
-            (h, 63)
-        };
-        let (mut media, mut cluster, mut root_entries) = (0xF8u8, 4u64, 512u64);
-        // Image files whose size is a floppy's get that floppy's parameters.
-        let floppy = match bytes / 1024 {
-            360 => Some((9, 0xFD, 2, 112)),
-            720 => Some((9, 0xF9, 2, 112)),
-            1200 => Some((15, 0xF9, 1, 224)),
-            1440 => Some((18, 0xF0, 1, 224)),
-            2880 => Some((36, 0xF0, 2, 224)),
-            _ => None,
-        };
-        if let Some((s, m, c, r)) = floppy {
-            (spt, heads, media, cluster, root_entries) = (s, 2, m, c, r);
-        }
-        let sectors = (bytes / ss) / spt * spt;
-        let align = sectors > 8192;
-        let up = |v: u64, c: u64| if align { v.div_ceil(c) * c } else { v };
-        let root_sectors = (root_entries * 32).div_ceil(ss);
-        let max_cluster = match o.cluster_sectors {
-            Some(s) => {
-                cluster = u64::from(s);
-                u64::from(s)
-            }
-            None => 128,
-        };
-        let mut found = None;
-        while cluster <= max_cluster {
-            let Some(data) = sectors
-                .checked_sub(up(1, cluster))
-                .and_then(|d| d.checked_sub(up(root_sectors, cluster)))
-            else {
-                break;
-            };
-            // FAT12: 1.5 bytes an entry.
-            let mut c12 = 2 * (data * ss + 6) / (2 * cluster * ss + 6);
-            let f12 = up((((c12 + 2) * 3 + 1) >> 1).div_ceil(ss), cluster);
-            c12 = data.saturating_sub(2 * f12) / cluster;
-            if c12 > ((f12 * 2 * ss) / 3).min(4084) {
-                c12 = 0;
-            }
-            let mut c16 = (data * ss + 8) / (cluster * ss + 4);
-            let f16 = up(((c16 + 2) * 2).div_ceil(ss), cluster);
-            c16 = data.saturating_sub(2 * f16) / cluster;
-            if c16 > ((f16 * ss) / 2).min(65_524) || c16 < 4087 {
-                c16 = 0;
-            }
-            let ok12 = c12 > 0 && bits != 16;
-            let ok16 = c16 > 0 && bits != 12;
-            if ok12 || ok16 {
-                let b = match bits {
-                    0 if c16 > c12 => 16,
-                    0 => 12,
-                    b => b,
-                };
-                let (clusters, fat) = if b == 16 { (c16, f16) } else { (c12, f12) };
-                found = Some((b, cluster, clusters, fat));
-                break;
-            }
-            cluster <<= 1;
-        }
-        let Some((bits, cluster, clusters, fat)) = found else {
+    pub fn choose(bytes: u64, o: &FatOptions) -> std::result::Result<SmallGeometry, BadFat> {
+        let f = Frame::new(bytes, o)?;
+        let Some((bits, cluster, clusters, fat)) = f.search() else {
             return Err(match o.cluster_sectors {
                 Some(_) => "too few or too many clusters for this cluster size".into(),
                 None => "too small or too large for FAT12/16".into(),
@@ -155,20 +69,20 @@ impl SmallGeometry {
         };
         let g = SmallGeometry {
             bits,
-            sector: ss,
-            sectors,
+            sector: f.ss,
+            sectors: f.sectors,
             sectors_per_cluster: cluster,
-            reserved: up(1, cluster),
-            root_entries: if align {
-                up(root_sectors, cluster) * (ss / 32)
+            reserved: f.up(1, cluster),
+            root_entries: if f.align {
+                f.up(f.root_sectors(), cluster) * (f.ss / 32)
             } else {
-                root_entries
+                f.root_entries
             },
             fat_sectors: fat,
             clusters,
-            media,
-            heads,
-            sectors_per_track: spt as u16,
+            media: f.media,
+            heads: f.heads,
+            sectors_per_track: f.spt as u16,
         };
         // mkfs.fat wants 32 KiB of data area past the metadata.
         if bytes / 1024 < g.data_start().div_ceil(1024) + 32 {
@@ -181,6 +95,165 @@ impl SmallGeometry {
     fn for_spec(spec: &FsSpec<'_>, bytes: u64) -> Result<SmallGeometry> {
         SmallGeometry::choose(bytes, &spec.fat)
             .map_err(|m| bad(spec, "/", &format!("{bytes} bytes: {m}")))
+    }
+}
+
+/// What the size and options fix before the cluster size is searched: `mkfs.fat`'s
+/// choices, in its order.
+struct Frame {
+    /// Sector size.
+    ss: u64,
+    /// 12, 16, or 0 for whichever holds more clusters.
+    bits: u8,
+    /// Sectors, rounded down to whole tracks.
+    sectors: u64,
+    /// Past 4 MiB the reserved area, root directory and FATs grow to whole clusters.
+    align: bool,
+    root_entries: u64,
+    media: u8,
+    heads: u16,
+    spt: u64,
+    /// Sectors per cluster to start from, and the largest to try.
+    cluster: u64,
+    max_cluster: u64,
+}
+
+impl Frame {
+    fn new(bytes: u64, o: &FatOptions) -> std::result::Result<Frame, BadFat> {
+        let ss = u64::from(o.sector_size.unwrap_or(512));
+        if !ss.is_power_of_two() || !(512..=32768).contains(&ss) {
+            return Err(format!("{ss} is not a FAT sector size (512 … 32768)").into());
+        }
+        if let Some(s) = o.cluster_sectors
+            && (s == 0 || !s.is_power_of_two())
+        {
+            return Err(format!("{s} sectors per cluster is not a power of two").into());
+        }
+        let bits = match o.bits {
+            Some(12) => 12,
+            Some(16) => 16,
+            None if bytes >= FAT32_FROM => return Err("is FAT32 at this size".into()),
+            None => 0,
+            Some(b) => return Err(format!("FAT{b} is not FAT12 or FAT16").into()),
+        };
+        let (mut heads, mut spt) = tracks(bytes / ss);
+        let (mut media, mut cluster, mut root_entries) = (0xF8u8, 4u64, 512u64);
+        if let Some((s, m, c, r)) = floppy(bytes) {
+            (spt, heads, media, cluster, root_entries) = (s, 2, m, c, r);
+        }
+        let sectors = (bytes / ss) / spt * spt;
+        let max_cluster = match o.cluster_sectors {
+            Some(s) => {
+                cluster = u64::from(s);
+                u64::from(s)
+            }
+            None => 128,
+        };
+        Ok(Frame {
+            ss,
+            bits,
+            sectors,
+            align: sectors > 8192,
+            root_entries,
+            media,
+            heads,
+            spt,
+            cluster,
+            max_cluster,
+        })
+    }
+
+    fn up(&self, v: u64, c: u64) -> u64 {
+        if self.align { v.div_ceil(c) * c } else { v }
+    }
+
+    fn root_sectors(&self) -> u64 {
+        (self.root_entries * 32).div_ceil(self.ss)
+    }
+
+    /// The first cluster size, from the start one doubling, at which FAT12 or FAT16 fits:
+    /// (bits, sectors per cluster, clusters, FAT sectors).
+    fn search(&self) -> Option<(u8, u64, u64, u64)> {
+        let mut cluster = self.cluster;
+        while cluster <= self.max_cluster {
+            let data = self
+                .sectors
+                .checked_sub(self.up(1, cluster))?
+                .checked_sub(self.up(self.root_sectors(), cluster))?;
+            if let Some((b, clusters, fat)) = self.fit(data, cluster) {
+                return Some((b, cluster, clusters, fat));
+            }
+            cluster <<= 1;
+        }
+        None
+    }
+
+    /// FAT12's and FAT16's cluster counts for `data` sectors in clusters of `cluster`
+    /// sectors, and the one chosen when either is allowed: (bits, clusters, FAT sectors).
+    fn fit(&self, data: u64, cluster: u64) -> Option<(u8, u64, u64)> {
+        let ss = self.ss;
+        // FAT12: 1.5 bytes an entry.
+        let mut c12 = 2 * (data * ss + 6) / (2 * cluster * ss + 6);
+        let f12 = self.up((((c12 + 2) * 3 + 1) >> 1).div_ceil(ss), cluster);
+        c12 = data.saturating_sub(2 * f12) / cluster;
+        if c12 > ((f12 * 2 * ss) / 3).min(4084) {
+            c12 = 0;
+        }
+        let mut c16 = (data * ss + 8) / (cluster * ss + 4);
+        let f16 = self.up(((c16 + 2) * 2).div_ceil(ss), cluster);
+        c16 = data.saturating_sub(2 * f16) / cluster;
+        if c16 > ((f16 * ss) / 2).min(65_524) || c16 < 4087 {
+            c16 = 0;
+        }
+        let ok12 = c12 > 0 && self.bits != 16;
+        let ok16 = c16 > 0 && self.bits != 12;
+        if !(ok12 || ok16) {
+            return None;
+        }
+        let b = match self.bits {
+            0 if c16 > c12 => 16,
+            0 => 12,
+            b => b,
+        };
+        Some(if b == 16 {
+            (16, c16, f16)
+        } else {
+            (b, c12, f12)
+        })
+    }
+}
+
+/// `mkfs.fat`'s heads and sectors per track for `total` sectors.
+fn tracks(total: u64) -> (u16, u64) {
+    if total <= 524_288 {
+        let h = match total {
+            0..=32_768 => 2,
+            32_769..=65_536 => 4,
+            65_537..=262_144 => 8,
+            _ => 16,
+        };
+        return (h, if total <= 4096 { 16 } else { 32 });
+    }
+    let h = match total {
+        t if t <= 16 * 63 * 1024 => 16,
+        t if t <= 32 * 63 * 1024 => 32,
+        t if t <= 64 * 63 * 1024 => 64,
+        t if t <= 128 * 63 * 1024 => 128,
+        _ => 255,
+    };
+    (h, 63)
+}
+
+/// Image files whose size is a floppy's get that floppy's parameters: sectors per track,
+/// media byte, sectors per cluster and root entries.
+fn floppy(bytes: u64) -> Option<(u64, u8, u64, u64)> {
+    match bytes / 1024 {
+        360 => Some((9, 0xFD, 2, 112)),
+        720 => Some((9, 0xF9, 2, 112)),
+        1200 => Some((15, 0xF9, 1, 224)),
+        1440 => Some((18, 0xF0, 1, 224)),
+        2880 => Some((36, 0xF0, 2, 224)),
+        _ => None,
     }
 }
 
@@ -292,65 +365,18 @@ impl FsWriter for FatSmall {
                 ),
             ));
         }
-        // The root takes no clusters here: allocate from cluster 2 for everything else.
-        let cb = g.cluster_bytes();
-        let mut next: u32 = 2;
-        for d in 1..names.dirs.len() {
-            let n = names.dir_bytes(&names.dirs[d]).div_ceil(cb).max(1) as u32;
-            let it = &mut names.items[names.dirs[d].item];
-            it.first = next;
-            it.clusters = n;
-            next += n;
-        }
-        for it in &mut names.items {
-            if let Node::File { size, .. } = it.entry.node {
-                let n = size.div_ceil(cb) as u32;
-                if n > 0 {
-                    it.first = next;
-                    it.clusters = n;
-                    next += n;
-                }
-            }
-        }
-        let root = names.dirs[0].item;
-        names.items[root].first = 0;
-        names.items[root].clusters = 0;
-        if u64::from(next) - 2 > g.clusters {
-            return Err(Error::DoesNotFit {
-                partition: spec.part.to_string(),
-                needs: u64::from(next - 2) * cb,
-                has: g.clusters * cb,
-            });
-        }
-        let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
-        let stamp = Stamp::new(spec.epoch);
-        let label = label_bytes(spec)?;
-
+        // The root lives in its fixed region: clusters from 2 go to everything else.
+        let l = g.layout();
+        let next = names.place(spec, &l)?;
         let mut boot = vec![0u8; (g.reserved * g.sector) as usize];
-        boot_sector(spec, &g, &label, &mut boot[..g.sector as usize]);
-        sink.data(0, &boot).map_err(io)?;
-
+        boot_sector(
+            spec,
+            &g,
+            &label_bytes(spec)?,
+            &mut boot[..g.sector as usize],
+        );
         let fat = fat_table(&names, next, &g);
-        for copy in 0..2 {
-            let at = (g.reserved + copy * g.fat_sectors) * g.sector;
-            sink.data(at, &fat).map_err(io)?;
-            let len = g.fat_sectors * g.sector - fat.len() as u64;
-            sink.zeros(at + fat.len() as u64, len).map_err(io)?;
-        }
-
-        for (i, d) in names.dirs.iter().enumerate() {
-            let mut bytes = dir_entries(&names, i, &label, &stamp);
-            if i == 0 {
-                bytes.resize((g.data_start() - g.root_start()) as usize, 0);
-                sink.data(g.root_start(), &bytes).map_err(io)?;
-            } else {
-                let it = &names.items[d.item];
-                bytes.resize((u64::from(it.clusters) * cb) as usize, 0);
-                sink.data(g.cluster_offset(it.first), &bytes).map_err(io)?;
-            }
-        }
-
-        super::write_files(spec, &names, sink, |c| g.cluster_offset(c), cb)
+        write_volume(spec, &names, &l, &boot, &fat, sink)
     }
 }
 
@@ -398,19 +424,7 @@ pub(crate) fn volume_id(spec: &FsSpec<'_>) -> [u8; 4] {
 /// The used part of one FAT (12- or 16-bit entries): entries 0 and 1, then every chain.
 fn fat_table(names: &Names<'_>, next: u32, g: &SmallGeometry) -> Vec<u8> {
     let eoc: u32 = if g.bits == 12 { 0xFFF } else { 0xFFFF };
-    let mut fat = vec![0u32; next as usize];
-    fat[0] = (eoc & !0xFF) | u32::from(g.media);
-    fat[1] = eoc;
-    for it in &names.items {
-        for c in 0..it.clusters {
-            let at = (it.first + c) as usize;
-            fat[at] = if c + 1 == it.clusters {
-                eoc
-            } else {
-                it.first + c + 1
-            };
-        }
-    }
+    let fat = names.chains(next, (eoc & !0xFF) | u32::from(g.media), eoc);
     if g.bits == 16 {
         return fat.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect();
     }
@@ -428,15 +442,11 @@ fn fat_table(names: &Names<'_>, next: u32, g: &SmallGeometry) -> Vec<u8> {
     out
 }
 
-/// A directory's entries, unpadded; the root (index 0) starts with the label, others with
-/// `.` and `..` (`..` is 0 for a parent that is the root).
-fn dir_entries(names: &Names<'_>, d: usize, label: &[u8; 11], stamp: &Stamp) -> Vec<u8> {
-    super::dir_entries(names, &names.dirs[d], label, stamp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::fat::testing;
+    use crate::plan::tree::Node;
 
     const MIB: u64 = 1 << 20;
 
@@ -485,15 +495,7 @@ mod tests {
     fn ours(bytes: u64, o: FatOptions) -> Option<Vec<u8>> {
         let g = SmallGeometry::choose(bytes, &o).ok()?;
         let t = crate::plan::tree::Tree::new();
-        let spec = FsSpec {
-            label: None,
-            uuid: [1; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: o,
-        };
+        let spec = testing::spec(&t, None, 1, o);
         let mut b = vec![0u8; g.sector as usize];
         boot_sector(&spec, &g, b"NO NAME    ", &mut b);
         Some(b)
@@ -547,43 +549,19 @@ mod tests {
     }
 
     fn tree() -> crate::plan::tree::Tree {
-        use crate::plan::tree::{Entry, Source, Tree};
-        let mut t = Tree::new();
-        let files = [
+        testing::text_tree(&[
             ("/zImage", "z".repeat(70_000)),
             ("/extlinux/extlinux.conf", "label linux\n".to_string()),
             ("/overlays/a-long-overlay-name.dtbo", "o".repeat(3000)),
             ("/uEnv.txt", String::new()),
-        ];
-        for (p, text) in files {
-            t.insert(Entry {
-                path: p.into(),
-                node: Node::File {
-                    size: text.len() as u64,
-                    source: Source::Text(text),
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            })
-            .unwrap();
-        }
-        t
+        ])
     }
 
     /// Writes `tree` with `writer` at its smallest size (or `size`) and reads every file
     /// back with the FAT reader.
     fn round_trip(writer: &FatSmall, size: Option<u64>, want: &str) {
         let t = tree();
-        let spec = FsSpec {
-            label: Some("BOOT"),
-            uuid: [5; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: FatOptions::default(),
-        };
+        let spec = testing::spec(&t, Some("BOOT"), 5, FatOptions::default());
         let m = writer.measure(&spec).unwrap();
         let size = size.unwrap_or_else(|| m.min_size());
         assert!(m.fits(size), "{size}");
@@ -620,30 +598,11 @@ mod tests {
 
     #[test]
     fn a_full_root_directory_is_refused() {
-        use crate::plan::tree::{Entry, Source, Tree};
-        let mut t = Tree::new();
-        for i in 0..300 {
-            t.insert(Entry {
-                path: format!("/a-long-file-name-{i}.txt"),
-                node: Node::File {
-                    size: 0,
-                    source: Source::Text(String::new()),
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            })
-            .unwrap();
-        }
-        let spec = FsSpec {
-            label: None,
-            uuid: [5; 16],
-            epoch: 0,
-            tree: &t,
-            offset: 0,
-            part: "boot",
-            fat: FatOptions::default(),
-        };
+        let files: Vec<(String, &str)> = (0..300)
+            .map(|i| (format!("/a-long-file-name-{i}.txt"), ""))
+            .collect();
+        let t = testing::text_tree(&files);
+        let spec = testing::spec(&t, None, 5, FatOptions::default());
         let m = FAT16.measure(&spec).unwrap();
         assert!(!m.fits(16 * MIB));
         let mut sink = crate::sink::MemSink::new((16 * MIB) as usize);
@@ -655,15 +614,7 @@ mod tests {
     fn damaged_fat12_and_fat16_volumes_are_errors_not_panics() {
         for (writer, size) in [(&FAT12, 2 * MIB), (&FAT16, 16 * MIB)] {
             let t = tree();
-            let spec = FsSpec {
-                label: None,
-                uuid: [3; 16],
-                epoch: 0,
-                tree: &t,
-                offset: 0,
-                part: "boot",
-                fat: FatOptions::default(),
-            };
+            let spec = testing::spec(&t, None, 3, FatOptions::default());
             let mut sink = crate::sink::MemSink::new(size as usize);
             writer.write(&spec, size, &mut sink).unwrap();
             let clean = sink.buf;

@@ -54,51 +54,36 @@ struct Geo {
 const SECTOR: u64 = 512;
 
 impl Geo {
-    /// The geometry as the reader (`FatVolume::open`) takes it, with the same checks, for a
-    /// volume in a partition of `len` bytes.
-    fn read(bs: &[u8], len: u64, part: &str) -> Result<Geo> {
+    /// The geometry the reader (`FatVolume::open`) found, with what an in-place edit
+    /// further needs: 512-byte sectors, FAT32 and mirrored FATs.
+    fn of(vol: &FatVolume<'_>, part: &str) -> Result<Geo> {
         let damaged = |m: &str| damaged(part, m);
-        let u16_at = |i: usize| u64::from(u16::from_le_bytes([bs[i], bs[i + 1]]));
-        let u32_at =
-            |i: usize| u64::from(u32::from_le_bytes([bs[i], bs[i + 1], bs[i + 2], bs[i + 3]]));
-        if u16_at(11) != SECTOR {
+        let g = vol.geometry();
+        if g.sector != SECTOR {
             return Err(damaged(&format!(
                 "{}-byte sectors (only 512 is edited)",
-                u16_at(11)
+                g.sector
             )));
         }
-        if u16_at(40) & 0x80 != 0 {
+        if g.bits != 32 {
+            return Err(damaged(&format!(
+                "boot sector: a FAT{} volume (only FAT32 is edited)",
+                g.bits
+            )));
+        }
+        if g.ext_flags & 0x80 != 0 {
             return Err(damaged("FAT mirroring is off (one active FAT): not edited"));
         }
-        let reserved = u16_at(14);
-        let nfats = u64::from(bs[16]);
-        let fat_sectors = u32_at(36);
-        let spc = u64::from(bs[13]);
-        let total = match u16_at(19) {
-            0 => u32_at(32),
-            n => n,
-        };
-        if total * SECTOR > len {
-            return Err(damaged("boot sector: volume larger than its partition"));
-        }
-        let clusters = total
-            .checked_sub(reserved + nfats * fat_sectors)
-            .filter(|_| spc > 0 && nfats > 0 && reserved > 0)
-            .ok_or_else(|| damaged("boot sector: FATs larger than the volume"))?
-            / spc;
-        if clusters + 2 > fat_sectors * SECTOR / 4 {
-            return Err(damaged("boot sector: FAT too small for the clusters"));
-        }
         // Sectors outside the reserved area are not what their fields claim: leave them.
-        let inside = |s: u64| (1..reserved).contains(&s).then_some(s);
+        let inside = |s: u64| (1..g.reserved).contains(&s).then_some(s);
         Ok(Geo {
-            reserved,
-            nfats,
-            fat_sectors,
-            cluster_bytes: spc * SECTOR,
-            clusters: clusters as u32,
-            fsinfo: inside(u16_at(48)),
-            backup: inside(u16_at(50)),
+            reserved: g.reserved,
+            nfats: g.nfats,
+            fat_sectors: g.fat_sectors,
+            cluster_bytes: g.cluster_bytes(),
+            clusters: g.clusters,
+            fsinfo: inside(g.fsinfo_sector),
+            backup: inside(g.backup_sector),
         })
     }
 }
@@ -170,11 +155,10 @@ struct OnCard {
 }
 
 impl OnCard {
-    fn read(disk: &GuardedDisk, span: PartSpan, part: &str) -> Result<OnCard> {
+    fn read(disk: &GuardedDisk, span: PartSpan, geo: Geo) -> Result<OnCard> {
         let start = span.start;
         let mut boot_sector = vec![0u8; 512];
         disk.read_at(start, &mut boot_sector)?;
-        let geo = Geo::read(&boot_sector, span.size, part)?;
         let sector_at = |n: Option<u64>| -> Result<Option<[u8; 512]>> {
             let Some(n) = n else { return Ok(None) };
             let mut b = [0u8; 512];
@@ -220,12 +204,11 @@ struct OldTree {
 
 impl OldTree {
     fn read(vol: &FatVolume<'_>, geo: &Geo, part: &str) -> Result<OldTree> {
-        let damaged = |m: String| damaged(part, m);
-        let listed = vol.list().map_err(damaged)?;
+        let listed = vol.list().map_err(|m| damaged(part, m))?;
         let mut used: HashSet<u32> = HashSet::new();
         let root_chain = vol
             .chain(vol.root_cluster(), u64::from(geo.clusters))
-            .map_err(damaged)?;
+            .map_err(|m| damaged(part, m))?;
         used.extend(&root_chain);
         let mut files = Vec::with_capacity(listed.len());
         for mut e in listed {
@@ -236,10 +219,10 @@ impl OldTree {
             let chain = Self::chain_of(vol, geo, &e, part)?;
             for c in &chain {
                 if !used.insert(*c) {
-                    return Err(damaged(format!(
-                        "{}: cluster {c} belongs to two files",
-                        e.path
-                    )));
+                    return Err(damaged(
+                        part,
+                        format!("{}: cluster {c} belongs to two files", e.path),
+                    ));
                 }
             }
             files.push(Old { e, chain });
@@ -670,7 +653,7 @@ impl BootEdit {
     ) -> Result<BootEdit> {
         let part = spec.part.to_string();
         let vol = FatVolume::open(disk, span.start, span.size).map_err(|e| damaged(&part, e))?;
-        let card = OnCard::read(disk, span, &part)?;
+        let card = OnCard::read(disk, span, Geo::of(&vol, &part)?)?;
         let geo = card.geo;
         let old = OldTree::read(&vol, &geo, &part)?;
         let mut new = NewTree::build(

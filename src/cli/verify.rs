@@ -8,7 +8,7 @@ use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
 use skiff_flash::image::manifest;
-use skiff_flash::ops::verify::{self, Reference};
+use skiff_flash::ops::verify::{self, Finding, Reference};
 use skiff_flash::units::{bytes, human};
 use skiff_flash::{Error, Result, plan};
 
@@ -64,18 +64,13 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         );
     } else {
         for f in &verdict.findings {
-            let mut line = f.region.clone();
-            if let Some(p) = &f.path {
-                line += &format!(" {p}");
-            }
-            line += &format!(": {}", f.message);
-            if let Some(o) = f.offset {
-                line += &format!(" (offset {})", bytes(o));
-            }
-            if let (Some(e), Some(g)) = (&f.expected, &f.found) {
-                line += &format!("; expected {e}, found {g}");
-            }
-            out!("{line}");
+            out!("{}", finding_line(f));
+        }
+        for f in &verdict.changed_by_system {
+            out!(
+                "{} (changed by the system, not a difference)",
+                finding_line(f)
+            );
         }
         out!(
             "{}: {} ({} mode, {} compared)",
@@ -94,4 +89,20 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
             at: None,
         })
     }
+}
+
+/// One finding as a line: region, file, what, where, both hashes.
+fn finding_line(f: &Finding) -> String {
+    let mut line = f.region.clone();
+    if let Some(p) = &f.path {
+        line += &format!(" {p}");
+    }
+    line += &format!(": {}", f.message);
+    if let Some(o) = f.offset {
+        line += &format!(" (offset {})", bytes(o));
+    }
+    if let (Some(e), Some(g)) = (&f.expected, &f.found) {
+        line += &format!("; expected {e}, found {g}");
+    }
+    line
 }

@@ -7,8 +7,10 @@
 //!   they are is the card's own, so a card flashed at any size, grown at first boot or
 //!   upgraded verifies), every file of the fixed filesystems matches its source where the
 //!   card's table puts the partition, raw blobs match at their offsets; the growing
-//!   partition (persist, the user's data) is only checked to be the right filesystem with
-//!   the right label. A card that has booted and written to persist still verifies.
+//!   partition (persist, the user's data) is checked to be the right filesystem with the
+//!   right label, holding the files the build placed there (what the user added is
+//!   ignored; files SkiffOS rewrites at boot are reported apart, not as differences). A card
+//!   that has booted and written to persist still verifies.
 //!
 //! Findings name the region, the file, the byte offset of the first difference and both
 //! hashes. Never writes.
@@ -69,6 +71,10 @@ pub struct Verdict {
     /// Bytes compared.
     pub bytes_checked: u64,
     pub findings: Vec<Finding>,
+    /// Differences in files the build placed on the user-data partition that SkiffOS itself
+    /// rewrites at boot (see `SYSTEM_REWRITES`): reported, not failures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_by_system: Vec<Finding>,
 }
 
 impl Verdict {
@@ -191,6 +197,7 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
         mode: "bytes",
         bytes_checked: checked,
         findings,
+        changed_by_system: Vec::new(),
     }
 }
 
@@ -253,6 +260,7 @@ pub fn bytes_image(
         mode: "bytes",
         bytes_checked: checked,
         findings,
+        changed_by_system: Vec::new(),
     })
 }
 
@@ -286,6 +294,7 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         mode: "meaning",
         bytes_checked: 0,
         findings: Vec::new(),
+        changed_by_system: Vec::new(),
     };
     let entries = table(dev, plan, &mut v.findings);
     for (i, planned) in plan.partitions.iter().enumerate() {
@@ -312,13 +321,20 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
                 ..Finding::new(&region, "filesystem label differs")
             });
         }
-        if p.grows {
-            // The user's data: only its kind and label are the build's.
-            continue;
-        }
+        // On the partition that holds the user's data only what the build placed there is
+        // compared; what the user added is theirs.
+        let before = v.findings.len();
         match fs.kind {
             crate::define::board::FsKind::Ext4 => ext4_files(dev, p, &region, &mut v),
             _ => fat_files(dev, p, &region, &mut v),
+        }
+        if p.grows {
+            let (system, other): (Vec<_>, Vec<_>) = v
+                .findings
+                .drain(before..)
+                .partition(|f| f.path.as_deref().is_some_and(rewritten_by_system));
+            v.findings.extend(other);
+            v.changed_by_system.extend(system);
         }
     }
     for r in &plan.raw {
@@ -348,6 +364,27 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         }
     }
     v
+}
+
+/// Files under the persist partition that SkiffOS's boot script
+/// (`configs-base/pre/root_overlay/opt/skiff/scripts/mount-all.sh`) writes itself, so a
+/// build's copy of them does not survive the first boot: the `readme` files it rewrites at
+/// every boot, the hostname and machine id it stores when they are empty, the SSH
+/// configuration it copies there and the host keys sshd makes, and the journal.
+const SYSTEM_REWRITES: &[&str] = &[
+    "/skiff/keys/readme",
+    "/skiff/connections/readme",
+    "/skiff/etc/readme",
+    "/skiff/hostname",
+    "/skiff/machine-id",
+    "/skiff/ssh/",
+    "/skiff/journal/",
+];
+
+fn rewritten_by_system(path: &str) -> bool {
+    SYSTEM_REWRITES
+        .iter()
+        .any(|r| path == *r || r.ends_with('/') && path.starts_with(r))
 }
 
 /// The planned partition where the card's table puts it (the plan's place when the card
@@ -448,16 +485,25 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) -> Vec<Tabl
         }
         (Table::Gpt { .. }, Ok(DiskTable { gpt_problem, .. })) => {
             let e = gpt_problem.unwrap_or_else(|| "no GPT".into());
-            return no_table(findings, Finding::new("table", format!("expected a GPT: {e}")));
+            return no_table(
+                findings,
+                Finding::new("table", format!("expected a GPT: {e}")),
+            );
         }
         (Table::Gpt { .. }, Err(e)) => {
-            return no_table(findings, Finding::new("table", format!("expected a GPT: {e}")));
+            return no_table(
+                findings,
+                Finding::new("table", format!("expected a GPT: {e}")),
+            );
         }
         // An MBR reader sees the first sector's entries whatever else the disk holds.
         (Table::Mbr { .. }, _) => match mbr(&dev.read_padded(0, 512)) {
             Some((_, e)) => e,
             None => {
-                return no_table(findings, Finding::new("table", "expected an MBR: no partition table"));
+                return no_table(
+                    findings,
+                    Finding::new("table", "expected an MBR: no partition table"),
+                );
             }
         },
     };
@@ -756,6 +802,30 @@ fn ext4_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mu
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_skiffos_rewrites_at_boot_is_the_systems() {
+        for p in [
+            "/skiff/keys/readme",
+            "/skiff/hostname",
+            "/skiff/ssh/ssh_host_ed25519_key",
+        ] {
+            assert!(rewritten_by_system(p), "{p}");
+        }
+        for p in [
+            "/boot/bzImage",
+            "/skiff/hostname.bak",
+            "/skiff/sshd",
+            "/skiff/keys/a.pub",
+        ] {
+            assert!(!rewritten_by_system(p), "{p}");
         }
     }
 }

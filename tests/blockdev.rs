@@ -307,7 +307,7 @@ fn writes_land_at_their_offsets() {
     );
     dev.sync().unwrap();
 
-    let at = |offset: u64, len: u64| read_range(&file, offset, len);
+    let at = |offset: u64, len: u64| read_range(file, offset, len);
     assert_eq!(at(0, 12), b"first sector");
     assert_eq!(at(4096, 12), b"\0\0\0unaligned");
     assert_eq!(at(16 * MIB - 4, 4), b"tail");
@@ -335,7 +335,7 @@ fn zeros_really_zero_the_range() {
     dev.zeros(start, len).unwrap();
     dev.sync().unwrap();
 
-    let all = fs::read(&file).unwrap();
+    let all = fs::read(file).unwrap();
     let end = (start + len) as usize;
     assert!(
         all[..start as usize].iter().all(|b| *b == 0xAA),

@@ -52,13 +52,43 @@ fn open(lo: &Loop) -> Device {
     Device::open_exclusive(&inspect(lo.path()).unwrap()).unwrap()
 }
 
-/// A loop device over a 64 MiB disk partitioned by `gpt`, its partitions added.
-fn gpt_loop(dir: &Path) -> Loop {
-    let file = sparse(dir, 64 * MIB);
-    gpt(&file);
-    let lo = Loop::bare(&file, &[]);
-    tool_ok("partx", &["-a", lo.dev.as_str()]);
-    lo
+/// A sparse disk file in its own temporary directory, behind a loop device. Fields drop in
+/// order: the loop device is detached before its directory goes.
+struct Disk {
+    lo: Loop,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Disk {
+    /// `len` bytes behind a loop device set up with `losetup_args`; None (the test is over)
+    /// where loop-device tests cannot run.
+    fn new(len: u64, losetup_args: &[&str]) -> Option<Disk> {
+        Disk::prepared(len, losetup_args, |_| {})
+    }
+
+    /// As `new`, with `prepare` run on the file before the loop device is set up.
+    fn prepared(len: u64, losetup_args: &[&str], prepare: impl FnOnce(&Path)) -> Option<Disk> {
+        if !can_run() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = sparse(dir.path(), len);
+        prepare(&file);
+        let lo = Loop::bare(&file, losetup_args);
+        Some(Disk {
+            lo,
+            file,
+            _dir: dir,
+        })
+    }
+
+    /// 64 MiB partitioned by `gpt`, its partitions added.
+    fn gpt() -> Option<Disk> {
+        let disk = Disk::prepared(64 * MIB, &[], gpt)?;
+        tool_ok("partx", &["-a", disk.lo.dev.as_str()]);
+        Some(disk)
+    }
 }
 
 /// The planned partitions matching `gpt`.
@@ -84,11 +114,10 @@ fn card_policy(min_size: u64) -> SafetyPolicy {
 
 #[test]
 fn inspect_reports_size_sectors_and_loop_transport() {
-    if !can_run() {
+    let Some(disk) = Disk::new(64 * MIB, &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::bare(&sparse(dir.path(), 64 * MIB), &[]);
+    };
+    let lo = &disk.lo;
     let info = inspect(lo.path()).unwrap();
     assert_eq!(info.name, lo.name());
     assert_eq!(info.path, lo.dev);
@@ -138,11 +167,10 @@ fn the_running_system_disk_is_refused() {
 
 #[test]
 fn a_partition_is_refused_and_partitions_are_listed() {
-    if !can_run() {
+    let Some(disk) = Disk::gpt() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = gpt_loop(dir.path());
+    };
+    let lo = &disk.lo;
 
     let err = inspect(&lo.part_path(1)).unwrap_err();
     assert_eq!(err.exit_code(), 2);
@@ -188,11 +216,10 @@ fn a_regular_file_and_a_missing_path_are_refused() {
 
 #[test]
 fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
-    if !can_run() {
+    let Some(disk) = Disk::gpt() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = gpt_loop(dir.path());
+    };
+    let lo = &disk.lo;
     tool_ok(
         "mkfs.ext4",
         &["-q", "-F", lo.part_path(2).to_str().unwrap()],
@@ -226,11 +253,10 @@ fn a_mounted_partition_is_refused_and_blocks_exclusive_open() {
 
 #[test]
 fn a_device_smaller_than_the_image_is_refused_with_both_sizes() {
-    if !can_run() {
+    let Some(disk) = Disk::new(8 * MIB, &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &[]);
+    };
+    let lo = &disk.lo;
     let info = inspect(lo.path()).unwrap();
     let msg = check(&info, &card_policy(16 * MIB))
         .unwrap_err()
@@ -247,11 +273,10 @@ fn a_device_smaller_than_the_image_is_refused_with_both_sizes() {
 
 #[test]
 fn a_read_only_device_is_refused() {
-    if !can_run() {
+    let Some(disk) = Disk::new(8 * MIB, &["-r"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &["-r"]);
+    };
+    let lo = &disk.lo;
     let info = inspect(lo.path()).unwrap();
     assert!(info.read_only);
     let msg = check(&info, &card_policy(0)).unwrap_err().to_string();
@@ -266,13 +291,11 @@ fn a_read_only_device_is_refused() {
 
 #[test]
 fn writes_land_at_their_offsets() {
-    if !can_run() {
+    let Some(disk) = Disk::new(16 * MIB, &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 16 * MIB);
-    let lo = Loop::bare(&file, &[]);
-    let mut dev = open(&lo);
+    };
+    let (file, lo) = (&disk.file, &disk.lo);
+    let mut dev = open(lo);
     assert_eq!(dev.size(), 16 * MIB);
 
     dev.data(0, b"first sector").unwrap();
@@ -284,7 +307,7 @@ fn writes_land_at_their_offsets() {
     );
     dev.sync().unwrap();
 
-    let at = |offset: u64, len: u64| read_range(&file, offset, len);
+    let at = |offset: u64, len: u64| read_range(file, offset, len);
     assert_eq!(at(0, 12), b"first sector");
     assert_eq!(at(4096, 12), b"\0\0\0unaligned");
     assert_eq!(at(16 * MIB - 4, 4), b"tail");
@@ -294,13 +317,11 @@ fn writes_land_at_their_offsets() {
 
 #[test]
 fn zeros_really_zero_the_range() {
-    if !can_run() {
+    let Some(disk) = Disk::new(16 * MIB, &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 16 * MIB);
-    let lo = Loop::bare(&file, &[]);
-    let mut dev = open(&lo);
+    };
+    let (file, lo) = (&disk.file, &disk.lo);
+    let mut dev = open(lo);
     dev.data(0, &vec![0xAA; (16 * MIB) as usize]).unwrap();
     dev.sync().unwrap();
     // Pull the range into the device's page cache, so a zeroing that left it stale shows.
@@ -314,7 +335,7 @@ fn zeros_really_zero_the_range() {
     dev.zeros(start, len).unwrap();
     dev.sync().unwrap();
 
-    let all = fs::read(&file).unwrap();
+    let all = fs::read(file).unwrap();
     let end = (start + len) as usize;
     assert!(
         all[..start as usize].iter().all(|b| *b == 0xAA),
@@ -336,11 +357,12 @@ fn zeros_really_zero_the_range() {
 /// `partx`-free: the kernel learns a GPT written into the device from `reread_partitions`,
 /// again after its partitions were deleted, and a changed plan replaces them.
 fn reread_makes_partitions_appear(losetup_args: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = sparse(dir.path(), 64 * MIB);
-    let lo = Loop::bare(&file, losetup_args);
-    gpt(&file);
-    let dev = open(&lo);
+    let Some(disk) = Disk::new(64 * MIB, losetup_args) else {
+        return;
+    };
+    let lo = &disk.lo;
+    gpt(&disk.file);
+    let dev = open(lo);
 
     let outcome = device::reread_partitions(&dev, &PLAN).unwrap();
     eprintln!("{} {losetup_args:?}: {outcome:?}", lo.dev.as_str());
@@ -367,16 +389,12 @@ fn reread_makes_partitions_appear(losetup_args: &[&str]) {
 
 #[test]
 fn reread_partitions_on_a_loop_without_partscan() {
-    if can_run() {
-        reread_makes_partitions_appear(&[]);
-    }
+    reread_makes_partitions_appear(&[]);
 }
 
 #[test]
 fn reread_partitions_on_a_loop_with_partscan() {
-    if can_run() {
-        reread_makes_partitions_appear(&["-P"]);
-    }
+    reread_makes_partitions_appear(&["-P"]);
 }
 
 /// Partition 1 at `start`, `size` bytes long.
@@ -390,12 +408,10 @@ fn part(start: u64, size: u64) -> PlannedPart {
 
 #[test]
 fn reread_partitions_rejects_a_misaligned_plan() {
-    if !can_run() {
+    let Some(disk) = Disk::new(8 * MIB, &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let lo = Loop::bare(&sparse(dir.path(), 8 * MIB), &[]);
-    let dev = open(&lo);
+    };
+    let dev = open(&disk.lo);
     let err = device::reread_partitions(&dev, &[part(1000, MIB)]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let err = device::reread_partitions(&dev, &[part(MIB, 8 * MIB)]).unwrap_err();

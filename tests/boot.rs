@@ -329,18 +329,24 @@ fn busybox(arch: &str) -> PathBuf {
     if dpkg_arches()[0] == arch {
         return PathBuf::from("/bin/busybox");
     }
-    let deb = deb(&format!("busybox-static:{arch}"));
+    extracted(&format!("busybox-static:{arch}"), "busybox", "bin/busybox")
+}
+
+/// File `want` of package `spec`, the package extracted (once) under
+/// `cache()/DIR/<package file stem>/`.
+fn extracted(spec: &str, dir: &str, want: &str) -> PathBuf {
+    let deb = deb(spec);
     let root = cache()
-        .join("busybox")
+        .join(dir)
         .join(deb.file_stem().unwrap().to_string_lossy().as_ref());
-    let bin = root.join("bin/busybox");
-    if !bin.exists() {
+    let file = root.join(want);
+    if !file.exists() {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
     }
-    assert!(bin.exists(), "{} has no bin/busybox", deb.display());
-    bin
+    assert!(file.exists(), "{} has no {want}", deb.display());
+    file
 }
 
 // ---------------------------------------------------------------------------------------
@@ -549,6 +555,18 @@ struct Expect {
     sqpath: String,
 }
 
+impl Expect {
+    /// An initramfs root, no squashfs: only persist's token (written into `dir`) to report.
+    fn initramfs_root(dir: &Path) -> Expect {
+        Expect {
+            squashfs: "none".into(),
+            persist: persist_and_release(dir),
+            root_part: None,
+            sqpath: "-".into(),
+        }
+    }
+}
+
 /// A token in `persist_part/` (returned) and the `skiff-release` every SkiffOS build has.
 fn persist_and_release(dir: &Path) -> String {
     let pe = token("persist");
@@ -681,16 +699,11 @@ fn orangepi_images(dir: &Path) -> Expect {
         )),
         &dir.join(ORANGEPI_ZERO_DTB),
     );
-    let uboot = deb("u-boot-sunxi:armhf");
-    let root = cache()
-        .join("u-boot-sunxi")
-        .join(uboot.file_stem().unwrap().to_string_lossy().as_ref());
-    let spl = root.join("usr/lib/u-boot/orangepi_zero/u-boot-sunxi-with-spl.bin");
-    if !spl.exists() {
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        sh(Command::new("dpkg-deb").arg("-x").arg(&uboot).arg(&root));
-    }
+    let spl = extracted(
+        "u-boot-sunxi:armhf",
+        "u-boot-sunxi",
+        "usr/lib/u-boot/orangepi_zero/u-boot-sunxi-with-spl.bin",
+    );
     place(&spl, &dir.join("u-boot-sunxi-with-spl.bin"));
     let conf = "BOOT_LABEL=boot\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=persist\n\
                 ROOT_LABEL=\nNO_BIND=1c10000.mmc\n";
@@ -711,13 +724,7 @@ fn orangepi_images(dir: &Path) -> Expect {
         .arg(&lz4)
         .arg(dir.join("rootfs.cpio.uboot")));
     std::fs::remove_file(&lz4).unwrap();
-    let persist = persist_and_release(dir);
-    Expect {
-        squashfs: "none".into(),
-        persist,
-        root_part: None,
-        sqpath: "-".into(),
-    }
+    Expect::initramfs_root(dir)
 }
 
 const PI4_DTB: &str = "bcm2711-rpi-4-b.dtb";
@@ -777,13 +784,7 @@ fn pi4_images(dir: &Path) -> Expect {
         initramfs(&k, &bb, conf, PI_MODULES),
     )
     .unwrap();
-    let persist = persist_and_release(dir);
-    Expect {
-        squashfs: "none".into(),
-        persist,
-        root_part: None,
-        sqpath: "-".into(),
-    }
+    Expect::initramfs_root(dir)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1147,12 +1148,33 @@ fn qemu_raspi3b(i: &Image, dir: &Path) -> Command {
         get(f);
     }
     let cmdline = std::fs::read_to_string(from_fat.join("cmdline.txt")).unwrap();
-    let mut c = Command::new("qemu-system-aarch64");
-    // raspi3b always has 4 vCPUs; the 3 the kernel has not started yet spin in the boot
-    // stub, which with one host thread per vCPU starves the one that boots (2-4x slower).
+    let load = PiLoad {
+        kernel: from_fat.join("Image"),
+        dtb: from_fat.join(PI3_DTB),
+        initrd: from_fat.join("rootfs.cpio.lz4"),
+        cmdline,
+    };
+    qemu_pi(Path::new("qemu-system-aarch64"), "raspi3b", load, &i.img)
+}
+
+/// What a Pi's firmware hands the kernel, read back from the card.
+struct PiLoad {
+    kernel: PathBuf,
+    dtb: PathBuf,
+    initrd: PathBuf,
+    /// The card's cmdline.txt; the serial console is added.
+    cmdline: String,
+}
+
+/// QEMU (`qemu`) as Raspberry Pi `machine`, loading `load` and the card `img`.
+fn qemu_pi(qemu: &Path, machine: &str, load: PiLoad, img: &Path) -> Command {
+    let mut c = Command::new(qemu);
+    // The Pi machines always have 4 vCPUs; the 3 the kernel has not started yet spin in the
+    // boot stub, which with one host thread per vCPU starves the one that boots (2-4x
+    // slower on raspi3b).
     c.args([
         "-M",
-        "raspi3b",
+        machine,
         "-accel",
         "tcg,thread=single",
         "-display",
@@ -1160,15 +1182,15 @@ fn qemu_raspi3b(i: &Image, dir: &Path) -> Command {
     ])
     .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
     .arg("-kernel")
-    .arg(from_fat.join("Image"))
+    .arg(load.kernel)
     .arg("-dtb")
-    .arg(from_fat.join(PI3_DTB))
+    .arg(load.dtb)
     .arg("-initrd")
-    .arg(from_fat.join("rootfs.cpio.lz4"))
+    .arg(load.initrd)
     .arg("-append")
-    .arg(format!("{} console=ttyAMA0", cmdline.trim()))
+    .arg(format!("{} console=ttyAMA0", load.cmdline.trim()))
     .arg("-drive")
-    .arg(format!("if=sd,format=raw,file={}", i.img.display()));
+    .arg(format!("if=sd,format=raw,file={}", img.display()));
     c
 }
 
@@ -1207,46 +1229,104 @@ fn qemu_raspi4b(i: &Image, dir: &Path) -> Command {
     };
     let kernel = value("kernel").expect("config.txt names the kernel");
     let initramfs = value("initramfs").expect("config.txt names the initramfs");
-    let cmdline = std::fs::read_to_string(get("cmdline.txt")).unwrap();
-    let mut c = Command::new(qemu_new("qemu-system-aarch64"));
-    c.args([
-        "-M",
-        "raspi4b",
-        "-accel",
-        "tcg,thread=single",
-        "-display",
-        "none",
-    ])
-    .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
-    .arg("-kernel")
-    .arg(get(&kernel))
-    .arg("-dtb")
-    .arg(get(PI4_DTB))
-    .arg("-initrd")
-    .arg(get(&initramfs))
-    .arg("-append")
-    .arg(format!("{} console=ttyAMA0", cmdline.trim()))
-    .arg("-drive")
-    .arg(format!("if=sd,format=raw,file={}", i.img.display()));
-    c
+    let load = PiLoad {
+        kernel: get(&kernel),
+        dtb: get(PI4_DTB),
+        initrd: get(&initramfs),
+        cmdline: std::fs::read_to_string(get("cmdline.txt")).unwrap(),
+    };
+    qemu_pi(&qemu_new("qemu-system-aarch64"), "raspi4b", load, &i.img)
 }
 
-/// Boots an image that must not boot (`what` says why it should not); returns the failure,
-/// printed.
-fn must_fail(
-    name: &str,
+/// What the serial line of a boot that must fail shows, or (`shown` false) does not; `why`
+/// explains a failure.
+struct SerialCheck {
+    text: String,
+    shown: bool,
+    why: String,
+}
+
+/// A boot that must not happen: how to boot, why it should not, how it waits (the boot's own
+/// timeout, no prompt, unless set), and what the failure says and the serial line shows.
+struct MustFail<'a> {
     qemu: Command,
-    prompt: Option<&str>,
+    what: &'a str,
+    prompt: Option<&'a str>,
     timeout: Duration,
-    log: &Path,
-    what: &str,
-) -> String {
-    let err = match boot(name, qemu, prompt, timeout, log) {
-        Ok(b) => panic!("{name}: booted {what}: {:?}", b.marker),
+    says: Vec<String>,
+    serial: Vec<SerialCheck>,
+}
+
+impl<'a> MustFail<'a> {
+    /// Booting `qemu` fails (`what` says why it should not boot), saying `says`.
+    fn new(qemu: Command, what: &'a str, says: &str) -> MustFail<'a> {
+        MustFail {
+            qemu,
+            what,
+            prompt: None,
+            timeout: BOOT_TIMEOUT,
+            says: vec![says.to_string()],
+            serial: Vec::new(),
+        }
+    }
+
+    fn prompt(self, prompt: &'a str) -> MustFail<'a> {
+        MustFail {
+            prompt: Some(prompt),
+            ..self
+        }
+    }
+
+    fn timeout(self, timeout: Duration) -> MustFail<'a> {
+        MustFail { timeout, ..self }
+    }
+
+    /// The failure also says `text`.
+    fn says(mut self, text: &str) -> MustFail<'a> {
+        self.says.push(text.to_string());
+        self
+    }
+
+    /// The serial line shows `text`, or (`shown` false) does not; `why` explains a failure.
+    fn serial(mut self, text: &str, shown: bool, why: &str) -> MustFail<'a> {
+        self.serial.push(SerialCheck {
+            text: text.to_string(),
+            shown,
+            why: why.to_string(),
+        });
+        self
+    }
+}
+
+/// A broken config must fail loudly: skipped where `start` says so; otherwise `prepare` fills
+/// the run directory and says how to boot and how it must fail, the serial line logged to
+/// `serial.log` there.
+fn must_not_boot<'a>(name: &str, host: Host, prepare: impl FnOnce(&Path) -> MustFail<'a>) {
+    let Some((_serial, dir)) = start(name, host) else {
+        return;
+    };
+    let m = prepare(&dir);
+    let log = dir.join("serial.log");
+    let err = match boot(name, m.qemu, m.prompt, m.timeout, &log) {
+        Ok(b) => panic!("{name}: booted {}: {:?}", m.what, b.marker),
         Err(e) => e,
     };
     println!("{err}");
-    err
+    for text in &m.says {
+        assert!(err.contains(text.as_str()), "{err}");
+    }
+    if m.serial.is_empty() {
+        return;
+    }
+    let serial = clean(&std::fs::read(&log).unwrap());
+    for c in &m.serial {
+        assert_eq!(
+            serial.contains(c.text.as_str()),
+            c.shown,
+            "{name}: {}:\n{serial}",
+            c.why
+        );
+    }
 }
 
 /// The text of `file` in board `board`'s definition (`boards show --json`).
@@ -1475,34 +1555,29 @@ fn qemu_boot_raspi4b_pi4() {
 #[test]
 fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
     let name = "raspi4b-pi4-other-initramfs";
-    let Some((_serial, dir)) = start(name, Host::Raspi4b) else {
-        return;
-    };
-    let images = dir.join("images");
-    pi4_images(&images);
-    let k = kernel("linux-image-arm64:arm64");
-    let conf = "BOOT_LABEL=BOOT\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=nolabel\nROOT_LABEL=\n";
-    std::fs::create_dir_all(images.join("boot_part")).unwrap();
-    std::fs::write(
-        images.join("boot_part/other.cpio.lz4"),
-        initramfs(&k, &busybox("arm64"), conf, PI_MODULES),
-    )
-    .unwrap();
-    let text = board_file_text("pi/4", "config.txt")
-        .replace("initramfs rootfs.cpio.lz4", "initramfs other.cpio.lz4");
-    assert!(text.contains("initramfs other.cpio.lz4"), "{text}");
-    std::fs::write(images.join("config.txt"), text).unwrap();
-    let i = Image::build(name, "pi/4", &dir, None, &["--size", "512MiB"]);
-    let log = dir.join("serial.log");
-    let err = must_fail(
-        name,
-        qemu_raspi4b(&i, &dir),
-        None,
-        BOOT_TIMEOUT,
-        &log,
-        "the initramfs config.txt does not name",
-    );
-    assert!(err.contains("labels BOOT/nolabel/ not found"), "{err}");
+    must_not_boot(name, Host::Raspi4b, |dir| {
+        let images = dir.join("images");
+        pi4_images(&images);
+        let k = kernel("linux-image-arm64:arm64");
+        let conf =
+            "BOOT_LABEL=BOOT\nBOOT_FS=vfat\nSQUASHFS=-\nPERSIST_LABEL=nolabel\nROOT_LABEL=\n";
+        std::fs::create_dir_all(images.join("boot_part")).unwrap();
+        std::fs::write(
+            images.join("boot_part/other.cpio.lz4"),
+            initramfs(&k, &busybox("arm64"), conf, PI_MODULES),
+        )
+        .unwrap();
+        let text = board_file_text("pi/4", "config.txt")
+            .replace("initramfs rootfs.cpio.lz4", "initramfs other.cpio.lz4");
+        assert!(text.contains("initramfs other.cpio.lz4"), "{text}");
+        std::fs::write(images.join("config.txt"), text).unwrap();
+        let i = Image::build(name, "pi/4", dir, None, &["--size", "512MiB"]);
+        MustFail::new(
+            qemu_raspi4b(&i, dir),
+            "the initramfs config.txt does not name",
+            "labels BOOT/nolabel/ not found",
+        )
+    });
 }
 
 /// orangepi/zero with its SPL one sector past 8 KiB: the boot ROM finds no SPL, nothing
@@ -1510,39 +1585,22 @@ fn qemu_boot_raspi4b_pi4_config_txt_decides_fails_loudly() {
 #[test]
 fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
     let name = "orangepi-zero-spl-moved";
-    let Some((_serial, dir)) = start(name, Host::OrangePi) else {
-        return;
-    };
-    orangepi_images(&dir.join("images"));
-    let user = user_board(
-        &dir,
-        "orangepi-zero-spl-moved",
-        "description = \"orangepi/zero with the SPL one sector late\"\n\
-         inherit = \"orangepi/zero\"\n\n\
-         [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
-    );
-    let i = Image::build(
-        name,
-        "test/orangepi-zero-spl-moved",
-        &dir,
-        user,
-        &["--size", "512MiB"],
-    );
-    let log = dir.join("serial.log");
-    let err = must_fail(
-        name,
-        qemu_orangepi(&i.img),
-        None,
-        Duration::from_secs(30),
-        &log,
-        "with the SPL moved",
-    );
-    assert!(err.contains("no marker"), "{err}");
-    let serial = clean(&std::fs::read(&log).unwrap());
-    assert!(
-        !serial.contains("U-Boot SPL"),
-        "{name}: the boot ROM found an SPL it should not have:\n{serial}"
-    );
+    must_not_boot(name, Host::OrangePi, |dir| {
+        orangepi_images(&dir.join("images"));
+        let user = user_board(
+            dir,
+            "orangepi-zero-spl-moved",
+            "description = \"orangepi/zero with the SPL one sector late\"\n\
+             inherit = \"orangepi/zero\"\n\n\
+             [[raw]]\nname = \"u-boot\"\noffset = 8704\n",
+        );
+        let board = "test/orangepi-zero-spl-moved";
+        let i = Image::build(name, board, dir, user, &["--size", "512MiB"]);
+        let spl = "the boot ROM found an SPL it should not have";
+        MustFail::new(qemu_orangepi(&i.img), "with the SPL moved", "no marker")
+            .timeout(Duration::from_secs(30))
+            .serial("U-Boot SPL", false, spl)
+    });
 }
 
 /// A user board (`--board-dir`) inheriting virt/qemu-arm64 whose boot.txt loads a kernel
@@ -1550,40 +1608,27 @@ fn qemu_boot_orangepi_zero_spl_moved_fails_loudly() {
 #[test]
 fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
     let name = "arm64-bootscr-broken";
-    let Some((_serial, dir)) = start(name, Host::Arm64) else {
-        return;
-    };
-    arm64_images(&dir.join("images"));
-    let text = board_file_text("virt/qemu-arm64", "boot.txt");
-    let good = "${kernel_addr_r} Image\n";
-    assert!(text.contains(good), "{text}");
-    let broken = text.replace(good, "${kernel_addr_r} Image-6.1\n");
-    let user = user_board(
-        &dir,
-        "qemu-arm64-typo",
-        &format!(
-            "description = \"virt/qemu-arm64 with a wrong kernel name\"\n\
-             inherit = \"virt/qemu-arm64\"\n\n\
-             [[files]]\nname = \"boot.txt\"\ntext = '''\n{broken}'''\n"
-        ),
-    );
-    let i = Image::build(name, "test/qemu-arm64-typo", &dir, user, &[]);
-    let log = dir.join("serial.log");
-    let qemu = qemu_arm64(&i.img);
-    let err = must_fail(
-        name,
-        qemu,
-        Some(UBOOT_PROMPT),
-        BOOT_TIMEOUT,
-        &log,
-        "with a wrong kernel name",
-    );
-    assert!(err.contains("no marker"), "{err}");
-    let serial = clean(&std::fs::read(&log).unwrap());
-    assert!(
-        serial.contains("Failed to load 'Image-6.1'"),
-        "U-Boot names the missing file:\n{serial}"
-    );
+    must_not_boot(name, Host::Arm64, |dir| {
+        arm64_images(&dir.join("images"));
+        let text = board_file_text("virt/qemu-arm64", "boot.txt");
+        let good = "${kernel_addr_r} Image\n";
+        assert!(text.contains(good), "{text}");
+        let broken = text.replace(good, "${kernel_addr_r} Image-6.1\n");
+        let user = user_board(
+            dir,
+            "qemu-arm64-typo",
+            &format!(
+                "description = \"virt/qemu-arm64 with a wrong kernel name\"\n\
+                 inherit = \"virt/qemu-arm64\"\n\n\
+                 [[files]]\nname = \"boot.txt\"\ntext = '''\n{broken}'''\n"
+            ),
+        );
+        let i = Image::build(name, "test/qemu-arm64-typo", dir, user, &[]);
+        let named = "U-Boot names the missing file";
+        MustFail::new(qemu_arm64(&i.img), "with a wrong kernel name", "no marker")
+            .prompt(UBOOT_PROMPT)
+            .serial("Failed to load 'Image-6.1'", true, named)
+    });
 }
 
 /// intel/desktop with a refind_linux.conf whose root= names a PARTUUID that is not on the
@@ -1591,25 +1636,13 @@ fn qemu_boot_arm64_bootscr_wrong_kernel_name_fails_loudly() {
 #[test]
 fn qemu_boot_x86_64_refind_wrong_partuuid_fails_loudly() {
     let name = "x86_64-intel-desktop-broken";
-    let Some((_serial, dir)) = start(name, Host::X86) else {
-        return;
-    };
     let wrong = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-    let conf = include_str!("boot/refind_linux.conf").replace("{SKIFFOS_PARTUUID}", wrong);
-    intel_images(&dir.join("images"), &conf);
-    let i = Image::build(name, "intel/desktop", &dir, None, &[]);
-    let log = dir.join("serial.log");
-    let err = must_fail(
-        name,
-        qemu_x86_64(&i.img, &dir),
-        None,
-        BOOT_TIMEOUT,
-        &log,
-        "with a wrong PARTUUID",
-    );
-    assert!(err.contains("without the marker"), "{err}");
-    assert!(
-        err.contains(&format!("root=PARTUUID={wrong} names no partition")),
-        "{err}"
-    );
+    must_not_boot(name, Host::X86, |dir| {
+        let conf = include_str!("boot/refind_linux.conf").replace("{SKIFFOS_PARTUUID}", wrong);
+        intel_images(&dir.join("images"), &conf);
+        let i = Image::build(name, "intel/desktop", dir, None, &[]);
+        let why = "with a wrong PARTUUID";
+        MustFail::new(qemu_x86_64(&i.img, dir), why, "without the marker")
+            .says(&format!("root=PARTUUID={wrong} names no partition"))
+    });
 }

@@ -8,10 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-fn board_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
-    vec![dev, "--board", "pi/4", "--images", images, "--yes"]
-}
-
 /// The tools `check_card` runs.
 fn need_checkers() -> bool {
     need_all(&[
@@ -19,6 +15,21 @@ fn need_checkers() -> bool {
         ("e2fsck", "e2fsprogs"),
         ("sgdisk", "gdisk"),
     ])
+}
+
+/// `flash DEV --image IMG --yes EXTRA...`, run.
+fn flash_image(dev: &str, img: &Path, extra: &[&str]) -> std::process::Output {
+    let args = ["flash", dev, "--image", img.to_str().unwrap(), "--yes"];
+    run(&[&args[..], extra].concat())
+}
+
+/// A loop-device card of `size` bytes, where `check_card`'s tools are here; None (the test
+/// is over) otherwise.
+fn checked_card(size: u64) -> Option<Card> {
+    if !need_checkers() {
+        return None;
+    }
+    Card::new(size)
 }
 
 fn check_card(card: &Card) {
@@ -34,14 +45,11 @@ fn check_card(card: &Card) {
 
 #[test]
 fn board_flash_is_seen_by_the_kernel_clean_and_fills_the_device() {
-    if !need_checkers() {
-        return;
-    }
-    let Some(card) = Card::new(2 << 30) else {
+    let Some(card) = checked_card(2 << 30) else {
         return;
     };
     let f = fixtures();
-    let out = run(&board_args(&card.dev, f.to_str().unwrap()));
+    let out = run(&pi4_flash_args(&card.dev, f.to_str().unwrap()));
     ok(&out);
     let name = Path::new(&card.dev)
         .file_name()
@@ -89,7 +97,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
     tool_ok("mkfs.ext4", &["-q", "-L", "oldfs", &card.part(2)]);
     tool_ok("partx", &["-d", &card.dev]);
     let f = fixtures();
-    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&pi4_flash_args(&card.dev, f.to_str().unwrap())));
     check_card(&card);
     let w = tool_ok(
         "wipefs",
@@ -108,10 +116,7 @@ fn old_tables_and_filesystems_leave_no_trace() {
 
 #[test]
 fn compressed_image_writes_only_mapped_bytes_and_verifies() {
-    if !need_checkers() {
-        return;
-    }
-    let Some(card) = Card::new(1 << 30) else {
+    let Some(card) = checked_card(1 << 30) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -127,14 +132,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
         .trim()
         .parse()
         .unwrap();
-    let out = run(&[
-        "flash",
-        &card.dev,
-        "--image",
-        img.to_str().unwrap(),
-        "--yes",
-        "--json",
-    ]);
+    let out = flash_image(&card.dev, &img, &["--json"]);
     let text = ok(&out);
     let done: serde_json::Value = text
         .lines()
@@ -196,7 +194,7 @@ fn refusals_write_nothing() {
     };
     let f = fixtures();
     let images = f.to_str().unwrap();
-    ok(&run(&board_args(&card.dev, images)));
+    ok(&run(&pi4_flash_args(&card.dev, images)));
 
     // No terminal and no --yes.
     refused(
@@ -206,27 +204,31 @@ fn refusals_write_nothing() {
     );
     // A partition path.
     tool_ok("partx", &["-u", &card.dev]);
-    refused(&card, &board_args(&card.part(1), images), "is a partition");
+    refused(
+        &card,
+        &pi4_flash_args(&card.part(1), images),
+        "is a partition",
+    );
     // A mounted partition.
     let m = Mount::ro(&card.part(3));
-    refused(&card, &board_args(&card.dev, images), "mounted");
+    refused(&card, &pi4_flash_args(&card.dev, images), "mounted");
     drop(m);
     // Not a block device: a regular file is never written as a device.
     let file = tempfile::NamedTempFile::new().unwrap();
     let before = std::fs::read(file.path()).unwrap();
-    let out = run(&board_args(file.path().to_str().unwrap(), images));
+    let out = run(&pi4_flash_args(file.path().to_str().unwrap(), images));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a block device"));
     assert_eq!(std::fs::read(file.path()).unwrap(), before);
     // A missing device is not created.
-    let out = run(&board_args("/dev/skiff-flash-no-such-card", images));
+    let out = run(&pi4_flash_args("/dev/skiff-flash-no-such-card", images));
     assert_eq!(out.status.code(), Some(2));
     assert!(!Path::new("/dev/skiff-flash-no-such-card").exists());
 
     let Some(small) = Card::new(64 << 20) else {
         return;
     };
-    refused(&small, &board_args(&small.dev, images), "needs");
+    refused(&small, &pi4_flash_args(&small.dev, images), "needs");
 }
 
 #[test]
@@ -238,20 +240,14 @@ fn truncated_image_is_refused_before_the_card_is_written() {
         return;
     };
     let f = fixtures();
-    ok(&run(&board_args(&card.dev, f.to_str().unwrap())));
+    ok(&run(&pi4_flash_args(&card.dev, f.to_str().unwrap())));
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("pi4.img.zst");
     build_pi4(&f, &img, &["--bmap"]);
     let bytes = std::fs::read(&img).unwrap();
     std::fs::write(&img, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let before = card.hash();
-    let out = run(&[
-        "flash",
-        &card.dev,
-        "--image",
-        img.to_str().unwrap(),
-        "--yes",
-    ]);
+    let out = flash_image(&card.dev, &img, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     // The bmap is checked against the whole image before any device is opened: the
     // truncation is found there, and the card keeps its old content.

@@ -13,33 +13,59 @@ use serde_json::Value;
 const MIB: u64 = 1 << 20;
 const DTB: &str = "tegra210-p3448-0000-p3449-0000-b00.dtb";
 
-/// The Nano's `sdcard` partitions after APP as L4T 32.x lists them: name, size in bytes, file
-/// (empty: none), and whether the file is signed (in `signed/`) or plain (in `bootloader/`).
-const SD: [(&str, u64, &str, bool); 13] = [
-    ("TBC", 131072, "nvtboot_cpu.bin.encrypt", true),
-    (
-        "RP1",
-        458752,
-        "tegra210-p3448-0000-p3449-0000-b00.dtb.encrypt",
-        true,
-    ),
-    ("EBT", 589824, "cboot.bin.encrypt", true),
-    ("WB0", 65536, "warmboot.bin.encrypt", true),
-    ("BPF", 196608, "sc7entry-firmware.bin.encrypt", true),
-    ("BPF-DTB", 393216, "", false),
-    ("FX", 65536, "", false),
-    ("TOS", 589824, "tos-mon-only.img.encrypt", true),
-    (
-        "DTB",
-        458752,
-        "tegra210-p3448-0000-p3449-0000-b00.dtb.encrypt",
-        true,
-    ),
-    ("LNX", 655360, "boot.img.encrypt", true),
-    ("EKS", 65536, "eks.img", false),
-    ("BMP", 81920, "bmp.blob", false),
-    ("RP4", 131072, "rp4.blob", false),
-];
+/// One partition of the Nano's `sdcard` device after APP.
+struct Part {
+    name: &'static str,
+    /// Size in bytes.
+    size: u64,
+    /// The file it holds, empty for none.
+    file: &'static str,
+    /// Whether the file is signed (in `signed/`) or plain (in `bootloader/`).
+    signed: bool,
+}
+
+/// The signed device tree, which two partitions hold.
+const DTB_SIGNED: &str = "tegra210-p3448-0000-p3449-0000-b00.dtb.encrypt";
+
+/// The Nano's `sdcard` partitions after APP as L4T 32.x lists them, one a line:
+/// name, size in bytes, `signed`/`plain`/`-` (no file), file.
+const SD_ROWS: &str = "
+TBC     131072 signed nvtboot_cpu.bin.encrypt
+RP1     458752 signed DTB
+EBT     589824 signed cboot.bin.encrypt
+WB0      65536 signed warmboot.bin.encrypt
+BPF     196608 signed sc7entry-firmware.bin.encrypt
+BPF-DTB 393216 -
+FX       65536 -
+TOS     589824 signed tos-mon-only.img.encrypt
+DTB     458752 signed DTB
+LNX     655360 signed boot.img.encrypt
+EKS      65536 plain  eks.img
+BMP      81920 plain  bmp.blob
+RP4     131072 plain  rp4.blob
+";
+
+/// `SD_ROWS` read once.
+static SD: std::sync::LazyLock<Vec<Part>> = std::sync::LazyLock::new(|| {
+    SD_ROWS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&'static str> = l.split_whitespace().collect();
+            let file = match f.get(3) {
+                Some(&"DTB") => DTB_SIGNED,
+                Some(file) => file,
+                None => "",
+            };
+            Part {
+                name: f[0],
+                size: f[1].parse().unwrap(),
+                file,
+                signed: f[2] == "signed",
+            }
+        })
+        .collect()
+});
 
 fn partition_xml(name: &str, size: u64, file: &str) -> String {
     let file = if file.is_empty() {
@@ -66,8 +92,8 @@ fn flash_xml() -> String {
     x += "    </device>\n    <device type=\"sdcard\" instance=\"0\">\n";
     x += "        <partition name=\"GP1\" type=\"GP1\"> <size> 512 </size> </partition>\n";
     x += &partition_xml("APP", 15032385536, "system.img");
-    for (name, size, file, _) in SD {
-        x += &partition_xml(name, size, file);
+    for p in SD.iter() {
+        x += &partition_xml(p.name, p.size, p.file);
     }
     x += "        <partition name=\"GPT\" type=\"GPT\"> <size> 512 </size> </partition>\n";
     x += "    </device>\n</partition_layout>\n";
@@ -111,15 +137,19 @@ impl Images {
         w("persist_part/skiff/hello.txt", b"persisted\n");
         let boot = "linux4tegra/bootloader";
         w(&format!("{boot}/signed/flash.xml"), flash_xml().as_bytes());
-        for (name, size, file, signed) in SD {
-            if file.is_empty() {
+        for p in SD.iter() {
+            if p.file.is_empty() {
                 continue;
             }
             // Files smaller than their partition, one exactly its size.
-            let len = if name == "BMP" { size } else { size / 3 + 11 };
-            let data = pattern(file, len as usize);
-            let at = if signed { "signed/" } else { "" };
-            w(&format!("{boot}/{at}{file}"), &data);
+            let len = if p.name == "BMP" {
+                p.size
+            } else {
+                p.size / 3 + 11
+            };
+            let data = pattern(p.file, len as usize);
+            let at = if p.signed { "signed/" } else { "" };
+            w(&format!("{boot}/{at}{}", p.file), &data);
         }
         // An unsigned copy beside a signed file must lose.
         w(&format!("{boot}/cboot.bin"), b"unsigned");
@@ -138,21 +168,39 @@ impl Images {
         self.path().to_str().unwrap()
     }
 
+    /// `plan` of jetson/nano over these images, with `extra` arguments.
+    fn plan(&self, extra: &[&str]) -> std::process::Output {
+        let args = ["plan", "--board", "jetson/nano", "--images", self.s()];
+        run(&[&args[..], extra].concat())
+    }
+
+    /// `verify` of `target` (an image or a device) against jetson/nano and these images.
+    fn verify(&self, target: &str) -> std::process::Output {
+        run(&[
+            "verify",
+            target,
+            "--board",
+            "jetson/nano",
+            "--images",
+            self.s(),
+        ])
+    }
+
     fn signed(&self) -> PathBuf {
         self.path().join("linux4tegra/bootloader/signed")
     }
 
     /// Where partition `name`'s file is (None: no file).
     fn file(&self, name: &str) -> Option<PathBuf> {
-        let (_, _, file, signed) = SD.iter().find(|p| p.0 == name).unwrap();
-        if file.is_empty() {
+        let p = SD.iter().find(|p| p.name == name).unwrap();
+        if p.file.is_empty() {
             return None;
         }
         let boot = self.path().join("linux4tegra/bootloader");
-        Some(if *signed {
-            boot.join("signed").join(file)
+        Some(if p.signed {
+            boot.join("signed").join(p.file)
         } else {
-            boot.join(file)
+            boot.join(p.file)
         })
     }
 }
@@ -202,7 +250,7 @@ fn check_table(dev: &str, disk: u64, app_fills: bool) -> Vec<(u64, u64)> {
     }
     assert_eq!(parts[0]["name"], "APP", "{p}");
     let mut end = MIB;
-    for (i, (name, size, _, _)) in SD.iter().enumerate() {
+    for (i, Part { name, size, .. }) in SD.iter().enumerate() {
         let (start, len) = out[i + 1];
         assert_eq!(parts[i + 1]["name"], *name, "{p}");
         assert_eq!(len, *size, "{name}: {p}");
@@ -222,7 +270,7 @@ fn check_table(dev: &str, disk: u64, app_fills: bool) -> Vec<(u64, u64)> {
 
 /// Every partition with a file holds exactly it, zeros after; one without holds zeros.
 fn check_partition_bytes(images: &Images, dev: &Path, ranges: &[(u64, u64)]) {
-    for (i, (name, _, _, _)) in SD.iter().enumerate() {
+    for (i, Part { name, .. }) in SD.iter().enumerate() {
         let (start, len) = ranges[i + 1];
         let got = read_range(dev, start, len);
         let want = images
@@ -235,6 +283,16 @@ fn check_partition_bytes(images: &Images, dev: &Path, ranges: &[(u64, u64)]) {
             "{name}: zeros after the file"
         );
     }
+}
+
+/// Dumps `inside` of the ext4 filesystem `app` into `to` with debugfs; `to` is removed first,
+/// so a file debugfs cannot find leaves nothing behind.
+fn debugfs_dump(app: &str, inside: &str, to: &Path) {
+    let _ = std::fs::remove_file(to);
+    tool_ok(
+        "debugfs",
+        &["-R", &format!("dump {inside} {}", to.display()), app],
+    );
 }
 
 /// APP is a clean ext4 `persist` with what SkiffOS's install puts there.
@@ -261,11 +319,7 @@ fn check_app(images: &Images, app: &str) {
         ),
     ] {
         let to = dump.path().join("f");
-        let _ = std::fs::remove_file(&to);
-        tool_ok(
-            "debugfs",
-            &["-R", &format!("dump {inside} {}", to.display()), app],
-        );
+        debugfs_dump(app, inside, &to);
         assert_eq!(
             std::fs::read(&to).unwrap_or_default(),
             std::fs::read(&source).unwrap(),
@@ -273,10 +327,7 @@ fn check_app(images: &Images, app: &str) {
         );
     }
     let txt = dump.path().join("boot.txt");
-    tool_ok(
-        "debugfs",
-        &["-R", &format!("dump /boot/boot.txt {}", txt.display()), app],
-    );
+    debugfs_dump(app, "/boot/boot.txt", &txt);
     let txt = std::fs::read_to_string(txt).unwrap();
     for line in [
         "setenv ramdisk_addr_r \"0x93200000\"",
@@ -292,10 +343,7 @@ fn check_app(images: &Images, app: &str) {
         );
     }
     let scr = dump.path().join("boot.scr");
-    tool_ok(
-        "debugfs",
-        &["-R", &format!("dump /boot/boot.scr {}", scr.display()), app],
-    );
+    debugfs_dump(app, "/boot/boot.scr", &scr);
     let scr = std::fs::read(scr).unwrap();
     assert_eq!(
         &scr[..4],
@@ -310,19 +358,12 @@ fn check_app(images: &Images, app: &str) {
 #[test]
 fn plan_lists_the_flash_xml_partitions() {
     let images = Images::new();
-    let out = ok(&run(&[
-        "plan",
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-        "--json",
-    ]));
+    let out = ok(&images.plan(&["--json"]));
     let plan: Value = serde_json::from_str(&out).unwrap();
     let parts = plan["partitions"].as_array().unwrap();
     let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
     let mut want = vec!["APP"];
-    want.extend(SD.iter().map(|p| p.0));
+    want.extend(SD.iter().map(|p| p.name));
     assert_eq!(names, want);
     assert_eq!(parts[0]["id"], "persist");
     assert_eq!(parts[0]["number"], 1);
@@ -338,13 +379,7 @@ fn plan_lists_the_flash_xml_partitions() {
     assert!(src.ends_with("bootloader/eks.img"), "{src}");
     assert!(parts.iter().find(|p| p["name"] == "FX").unwrap()["image"].is_null());
     // The table for people too.
-    let text = ok(&run(&[
-        "plan",
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-    ]));
+    let text = ok(&images.plan(&[]));
     assert!(text.contains("l4t-sd"), "{text}");
     assert!(text.contains("RP4"), "{text}");
 }
@@ -377,14 +412,7 @@ fn build_writes_every_partition_and_the_persist() {
     check_partition_bytes(&images, &big, &ranges);
 
     // And the manifest-free check of a built image against the board passes.
-    let out = run(&[
-        "verify",
-        img.to_str().unwrap(),
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-    ]);
+    let out = images.verify(img.to_str().unwrap());
     ok(&out);
 }
 
@@ -394,15 +422,7 @@ fn verify_board_finds_a_damaged_bootloader_partition() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("nano.img");
     ok(&build(&images, &img, &["--size", "512MiB"]));
-    let plan: Value = serde_json::from_str(&ok(&run(&[
-        "plan",
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-        "--json",
-    ])))
-    .unwrap();
+    let plan: Value = serde_json::from_str(&ok(&images.plan(&["--json"]))).unwrap();
     let ebt = plan["partitions"]
         .as_array()
         .unwrap()
@@ -416,14 +436,7 @@ fn verify_board_finds_a_damaged_bootloader_partition() {
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(&[0], ebt + 100).unwrap();
     }
-    let out = run(&[
-        "verify",
-        img.to_str().unwrap(),
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-    ]);
+    let out = images.verify(img.to_str().unwrap());
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let all =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -468,14 +481,7 @@ fn flash_writes_the_card_the_kernel_reads() {
         );
     }
     check_app(&images, &card.part(1));
-    ok(&run(&[
-        "verify",
-        &card.dev,
-        "--board",
-        "jetson/nano",
-        "--images",
-        images.s(),
-    ]));
+    ok(&images.verify(&card.dev));
 }
 
 /// Runs a build expected to be refused: exit 2, one line naming `what`, no output left.
@@ -518,7 +524,7 @@ fn missing_signed_output_names_the_flash_sh_step() {
         ],
     );
     // plan says the same.
-    let out = run(&["plan", "--board", "jetson/nano", "--images", images.s()]);
+    let out = images.plan(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("flash.sh --no-flash --sign"));
 }

@@ -50,18 +50,19 @@ fn images_b(dir: &Path) -> PathBuf {
     b
 }
 
+/// `upgrade TARGET --board BOARD --images IMAGES EXTRA...`, to run.
+fn upgrade_cmd(board: &str, target: &str, images: &str, extra: &[&str]) -> Sf {
+    let args = ["upgrade", target, "--board", board, "--images", images];
+    sf(&[&args[..], extra].concat())
+}
+
+/// Upgrades `target` as pi/4 from `images` to build B, confirmed.
 fn upgrade(target: &str, images: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut args = vec![
-        "upgrade",
-        target,
-        "--board",
-        "pi/4",
-        "--images",
-        images.to_str().unwrap(),
-        "--yes",
-    ];
-    args.extend_from_slice(extra);
-    sf(&args).epoch(EPOCH_B).envs(env).output()
+    let extra = [&["--yes"][..], extra].concat();
+    upgrade_cmd("pi/4", target, images.to_str().unwrap(), &extra)
+        .epoch(EPOCH_B)
+        .envs(env)
+        .output()
 }
 
 /// A 1 GiB image of the board built from `images`.
@@ -207,35 +208,70 @@ fn actions(report: &serde_json::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Build B's images dir, and build A as a small (400 MiB) image `a.img`: for tests that copy
-/// or patch the image many times.
-fn small_a_and_b(dir: &Path) -> (PathBuf, PathBuf) {
-    let b = images_b(dir);
-    let img = dir.join("a.img");
-    build_sized(&fixtures(), &img, EPOCH, "400MiB");
-    (b, img)
+/// Build A and build B of one test, in its own temporary directory: B's images dir, A's
+/// image, where A's boot partition starts, and A's persist range with its hash.
+struct Pair {
+    dir: tempfile::TempDir,
+    b: PathBuf,
+    img: PathBuf,
+    boot: u64,
+    persist: (u64, u64),
+    persist_hash: String,
 }
 
-/// Build B's images dir, and build A as a 1 GiB image `card.img`.
-fn build_a_and_b(dir: &Path) -> (PathBuf, PathBuf) {
-    let b = images_b(dir);
-    let img = dir.join("card.img");
-    build(&fixtures(), &img, EPOCH);
-    (b, img)
+impl Pair {
+    /// A as a small (400 MiB) image `a.img`: for tests that copy or patch the image many
+    /// times. None (the test is over) without the oracle tools.
+    fn small() -> Option<Pair> {
+        Pair::build("a.img", |img| {
+            build_sized(&fixtures(), img, EPOCH, "400MiB")
+        })
+    }
+
+    /// A as a 1 GiB image `card.img`.
+    fn full() -> Option<Pair> {
+        Pair::build("card.img", |img| build(&fixtures(), img, EPOCH))
+    }
+
+    fn build(name: &str, build_a: impl FnOnce(&Path)) -> Option<Pair> {
+        if !needs_oracles() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let b = images_b(dir.path());
+        let img = dir.path().join(name);
+        build_a(&img);
+        let s = img.to_str().unwrap();
+        let (boot, _) = part_range(s, 1);
+        let persist = part_range(s, 3);
+        let persist_hash = hash_range(s, persist);
+        Some(Pair {
+            dir,
+            b,
+            img,
+            boot,
+            persist,
+            persist_hash,
+        })
+    }
 }
 
 #[test]
 fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
-    if !needs_oracles() {
+    let Some(Pair {
+        dir,
+        b,
+        img,
+        boot: o1,
+        persist,
+        persist_hash: before,
+    }) = Pair::full()
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (b, img) = build_a_and_b(dir.path());
+    };
     let fresh_b = dir.path().join("b.img");
     build(&b, &fresh_b, EPOCH_B);
     let s = img.to_str().unwrap();
-    let persist = part_range(s, 3);
-    let before = hash_range(s, persist);
 
     // A dry run writes nothing and says what will happen.
     let pristine = std::fs::read(&img).unwrap();
@@ -262,7 +298,6 @@ fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
 
     assert_eq!(hash_range(s, persist), before, "persist bytes changed");
     fsck_image(&img);
-    let (o1, _) = part_range(s, 1);
     let (b1, _) = part_range(fresh_b.to_str().unwrap(), 1);
     assert_eq!(
         boot_set(s, Some(o1)),
@@ -289,22 +324,19 @@ fn image_upgrade_lands_build_b_keeps_persist_and_is_idempotent() {
 
 #[test]
 fn edited_config_and_user_files_are_kept_as_asked() {
-    if !needs_oracles() {
+    let Some(pair) = Pair::full() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (b, img) = build_a_and_b(dir.path());
-    let s = img.to_str().unwrap();
-    let (o1, _) = part_range(s, 1);
+    };
+    let (s, o1) = (pair.img.to_str().unwrap(), pair.boot);
     let at = format!("{s}@@{o1}");
     // The user edits config.txt and adds files, on the card (mtools stamps them now).
-    let edited = dir.path().join("config.txt");
+    let edited = pair.dir.path().join("config.txt");
     std::fs::write(&edited, b"# mine\ndtoverlay=my-hat\n").unwrap();
     tool_ok(
         "mcopy",
         &["-o", "-i", &at, edited.to_str().unwrap(), "::/config.txt"],
     );
-    let mine = dir.path().join("my-hat.dtbo");
+    let mine = pair.dir.path().join("my-hat.dtbo");
     std::fs::write(&mine, pseudo(5000, 3)).unwrap();
     tool_ok(
         "mcopy",
@@ -321,7 +353,7 @@ fn edited_config_and_user_files_are_kept_as_asked() {
     tool_ok("mren", &["-i", &at, "::/Overlays.tmp", "::/Overlays"]);
     let r = json(&upgrade(
         s,
-        &b,
+        &pair.b,
         &["--json", "--keep", "/overlays/my-*.dtbo"],
         &[],
     ));
@@ -334,52 +366,48 @@ fn edited_config_and_user_files_are_kept_as_asked() {
     assert_eq!(set["config.txt"], digest(&edited));
     assert_eq!(set["overlays/my-hat.dtbo"], digest(&mine));
     assert!(!set.contains_key("scratch.bin"));
-    fsck_image(&img);
+    fsck_image(&pair.img);
 
     // --force-config replaces it; the kept overlay stays only while asked for.
-    let r = json(&upgrade(s, &b, &["--json", "--force-config"], &[]));
+    let r = json(&upgrade(s, &pair.b, &["--json", "--force-config"], &[]));
     let a = actions(&r);
     assert_eq!(a["boot:/config.txt"], "replaced");
     assert_eq!(a["boot:/overlays/my-hat.dtbo"], "removed");
     let set = boot_set(s, Some(o1));
     assert_ne!(set["config.txt"], digest(&edited));
-    fsck_image(&img);
+    fsck_image(&pair.img);
 }
 
 #[test]
 fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
     need_fault_injection();
-    if !needs_oracles() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     // Small images: the card is copied afresh for every fault point.
-    let (b, a_img) = small_a_and_b(dir.path());
-    let b_img = dir.path().join("b.img");
-    build_sized(&b, &b_img, EPOCH_B, "400MiB");
-    let (o1, _) = part_range(a_img.to_str().unwrap(), 1);
+    let Some(pair) = Pair::small() else {
+        return;
+    };
+    let (a_img, o1, persist) = (&pair.img, pair.boot, pair.persist);
+    let b_img = pair.dir.path().join("b.img");
+    build_sized(&pair.b, &b_img, EPOCH_B, "400MiB");
     let old_set = boot_set(a_img.to_str().unwrap(), Some(o1));
     let new_set = boot_set(b_img.to_str().unwrap(), Some(o1));
     assert_ne!(old_set, new_set);
-    let persist = part_range(a_img.to_str().unwrap(), 3);
-    let persist_hash = hash_range(a_img.to_str().unwrap(), persist);
 
     // How many writes a whole upgrade makes.
-    let probe = dir.path().join("probe.img");
-    sparse_copy(&a_img, &probe);
-    let total = json(&upgrade(probe.to_str().unwrap(), &b, &["--json"], &[]))["writes"]
+    let probe = pair.dir.path().join("probe.img");
+    sparse_copy(a_img, &probe);
+    let total = json(&upgrade(probe.to_str().unwrap(), &pair.b, &["--json"], &[]))["writes"]
         .as_u64()
         .unwrap();
     assert!(total > 5, "{total} writes");
 
-    let card = dir.path().join("card.img");
+    let card = pair.dir.path().join("card.img");
     let (mut old_seen, mut new_seen) = (0, 0);
     for k in 0..total {
-        sparse_copy(&a_img, &card);
+        sparse_copy(a_img, &card);
         let s = card.to_str().unwrap();
         let out = upgrade(
             s,
-            &b,
+            &pair.b,
             &[],
             &[("SKIFF_FLASH_FAULT_AFTER_WRITES", &k.to_string())],
         );
@@ -399,14 +427,14 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
         }
         assert_eq!(
             hash_range(s, persist),
-            persist_hash,
+            pair.persist_hash,
             "persist written (k={k})"
         );
         // Re-running completes the upgrade.
-        ok(&upgrade(s, &b, &[], &[]));
+        ok(&upgrade(s, &pair.b, &[], &[]));
         assert_eq!(boot_set(s, Some(o1)), new_set, "re-run after {k} writes");
         fsck_parts(&card, &[1, 2]);
-        assert_eq!(hash_range(s, persist), persist_hash);
+        assert_eq!(hash_range(s, persist), pair.persist_hash);
     }
     assert!(
         old_seen > 0 && new_seen > 0,
@@ -417,7 +445,7 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
     // the writes since the last flush reaches the medium (three subsets per point).
     for k in 0..=total {
         for seed in 1..=3u32 {
-            sparse_copy(&a_img, &card);
+            sparse_copy(a_img, &card);
             let s = card.to_str().unwrap();
             let env = [
                 ("SKIFF_FLASH_FAULT_AFTER_WRITES", k.to_string()),
@@ -425,7 +453,7 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
                 ("SKIFF_FLASH_FAULT_SEED", seed.to_string()),
             ];
             let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (*a, b.as_str())).collect();
-            let out = upgrade(s, &b, &[], &env);
+            let out = upgrade(s, &pair.b, &[], &env);
             assert!(
                 out.status.code() == Some(FAULT_EXIT) || (k == total && out.status.success()),
                 "k={k}: {}",
@@ -437,7 +465,7 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
                 "power lost after {k} of {total} writes (cache subset {seed}): the boot set is neither old nor new"
             );
             if seed == 1 {
-                ok(&upgrade(s, &b, &[], &[]));
+                ok(&upgrade(s, &pair.b, &[], &[]));
                 assert_eq!(
                     boot_set(s, Some(o1)),
                     new_set,
@@ -460,15 +488,7 @@ fn loop_device_upgrade_keeps_user_data_written_by_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let b = images_b(dir.path());
     let f = fixtures();
-    ok(&sf(&[
-        &card.dev,
-        "--board",
-        "pi/4",
-        "--images",
-        f.to_str().unwrap(),
-        "--yes",
-    ])
-    .output());
+    ok(&sf(&pi4_flash_args(&card.dev, f.to_str().unwrap())).output());
     // User data through a real kernel mount of persist.
     let mut written = BTreeMap::new();
     {
@@ -593,48 +613,20 @@ fn refusals_write_nothing() {
 
     // No terminal to confirm on and no --yes: nothing is written.
     let bdir = images_b(&dir.path().join("b2"));
-    let out = sf(&[
-        "upgrade",
-        &card.dev,
-        "--board",
-        "pi/4",
-        "--images",
-        bdir.to_str().unwrap(),
-    ])
-    .epoch(EPOCH_B)
-    .output();
+    let out = upgrade_cmd("pi/4", &card.dev, bdir.to_str().unwrap(), &[])
+        .epoch(EPOCH_B)
+        .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(card.hash(), h);
 
     // --reformat never combines with --dry-run (it would erase persist).
-    let out = sf(&[
-        "upgrade",
-        &card.dev,
-        "--board",
-        "pi/4",
-        "--images",
-        fs,
-        "--reformat",
-        "--dry-run",
-        "--yes",
-    ])
-    .output();
+    let out = upgrade_cmd("pi/4", &card.dev, fs, &["--reformat", "--dry-run", "--yes"]).output();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(card.hash(), h);
 
     // --reformat is the explicit way to start over: a full flash, here to another layout.
-    ok(&sf(&[
-        "upgrade",
-        &card.dev,
-        "--board",
-        "pi/3x64",
-        "--images",
-        fs,
-        "--reformat",
-        "--yes",
-    ])
-    .output());
+    ok(&upgrade_cmd("pi/3x64", &card.dev, fs, &["--reformat", "--yes"]).output());
     let dump = tool_ok("sfdisk", &["--dump", &card.dev]);
     assert!(dump.contains("label: dos"), "{dump}");
 
@@ -818,19 +810,14 @@ fn card_formatted_by_mkfs_tools_is_upgraded() {
 /// directory): the upgrade refuses or proceeds, but never panics and never writes persist.
 #[test]
 fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
-    if !needs_oracles() {
+    let Some(pair) = Pair::small() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (b, a_img) = small_a_and_b(dir.path());
-    let s = a_img.to_str().unwrap();
-    let (o1, _) = part_range(s, 1);
-    let persist = part_range(s, 3);
-    let persist_hash = hash_range(s, persist);
-    let card = dir.path().join("card.img");
+    };
+    let (a_img, o1, persist) = (&pair.img, pair.boot, pair.persist);
+    let card = pair.dir.path().join("card.img");
     let (mut refused, mut done) = (0, 0);
     for i in 0..40u64 {
-        sparse_copy(&a_img, &card);
+        sparse_copy(a_img, &card);
         let f = std::fs::OpenOptions::new().write(true).open(&card).unwrap();
         let noise = pseudo(64, i);
         // Boot sector, FSInfo, first FAT sectors, the root directory's first cluster.
@@ -841,7 +828,7 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
         drop(f);
         let cs = card.to_str().unwrap();
         for extra in [&["--dry-run"][..], &[]] {
-            let out = upgrade(cs, &b, extra, &[]);
+            let out = upgrade(cs, &pair.b, extra, &[]);
             let code = out.status.code();
             assert!(
                 code == Some(0) || code == Some(1) || code == Some(2),
@@ -860,7 +847,7 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
         }
         assert_eq!(
             hash_range(cs, persist),
-            persist_hash,
+            pair.persist_hash,
             "damage {i}: persist written"
         );
     }
@@ -874,21 +861,21 @@ fn damaged_cards_are_refused_or_upgraded_never_a_panic() {
 /// not followed: no write lands in file data through them.
 #[test]
 fn boot_sector_fields_outside_the_reserved_area_are_not_written_through() {
-    if !needs_oracles() {
+    let Some(pair) = Pair::small() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (b, img) = small_a_and_b(dir.path());
-    let s = img.to_str().unwrap();
-    let (o1, _) = part_range(s, 1);
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    };
+    let (s, o1) = (pair.img.to_str().unwrap(), pair.boot);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pair.img)
+        .unwrap();
     // FSInfo at sector 4628 and the backup boot sector at 40000: inside the data area.
     std::os::unix::fs::FileExt::write_all_at(&f, &4628u16.to_le_bytes(), o1 + 48).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &40000u16.to_le_bytes(), o1 + 50).unwrap();
     drop(f);
-    let before = std::fs::read(&img).unwrap();
-    ok(&upgrade(s, &b, &[], &[]));
-    let after = std::fs::read(&img).unwrap();
+    let before = std::fs::read(&pair.img).unwrap();
+    ok(&upgrade(s, &pair.b, &[], &[]));
+    let after = std::fs::read(&pair.img).unwrap();
     for sector in [4628u64, 40000] {
         let at = (o1 + sector * 512) as usize;
         assert_eq!(
@@ -897,7 +884,7 @@ fn boot_sector_fields_outside_the_reserved_area_are_not_written_through() {
             "sector {sector} written"
         );
     }
-    verify_ok(s, "pi/4", b.to_str().unwrap(), &[]);
+    verify_ok(s, "pi/4", pair.b.to_str().unwrap(), &[]);
 }
 
 /// An ext4 boot partition (odroid/m1) cannot be switched atomically: refused unless the

@@ -48,6 +48,12 @@ pub fn build_cmd(board: &str, images: &Path, out: &Path, extra: &[&str]) -> Sf {
     sf(&args)
 }
 
+/// `DEV --board pi/4 --images IMAGES --yes`: flashing pi/4 from `images` onto `dev`, the verb
+/// left to its default.
+pub fn pi4_flash_args<'a>(dev: &'a str, images: &'a str) -> Vec<&'a str> {
+    vec![dev, "--board", "pi/4", "--images", images, "--yes"]
+}
+
 /// Builds `board` from `images` into `out`; the build must succeed. Returns stdout.
 pub fn build(board: &str, images: &Path, out: &Path, extra: &[&str]) -> String {
     ok(&build_cmd(board, images, out, extra).output())

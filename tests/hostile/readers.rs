@@ -689,15 +689,11 @@ fn interrupted_flash(signal: &str, after: &str, board: bool) {
     assert!(tool("sfdisk", &["--dump", &card.dev]).1.contains("start="));
     let f = fixtures();
     let args: Vec<&str> = if board {
-        vec![
-            "flash",
-            &card.dev,
-            "--board",
-            "pi/4",
-            "--images",
-            f.to_str().unwrap(),
-            "--yes",
+        [
+            &["flash"][..],
+            &pi4_flash_args(&card.dev, f.to_str().unwrap()),
         ]
+        .concat()
     } else {
         vec!["flash", &card.dev, "--image", image, "--yes"]
     };

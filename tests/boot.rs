@@ -1434,6 +1434,14 @@ fn qemu_boot_arm64_after_upgrade() {
     let a = arm64_images(&dir.join("images"));
     let mut i = Image::build(name, "virt/qemu-arm64", &dir, None, &[]);
     let b = arm64_images(&dir.join("images-b"));
+    // An upgrade never writes persist, and verify checks the files a build places there:
+    // build B carries the persist file the card already holds, as a release that changes
+    // only the system does.
+    std::fs::copy(
+        dir.join("images/persist_part/skiff-test-token"),
+        dir.join("images-b/persist_part/skiff-test-token"),
+    )
+    .unwrap();
     i.images = dir.join("images-b");
     let img = i.img.to_str().unwrap().to_string();
     let out = ok(&run(&[

@@ -38,8 +38,7 @@ impl Kind {
 }
 
 /// What a probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
+pub struct Probe<'a> {
     pub kind: Kind,
     pub label: Option<String>,
     /// The identifier as stored: ext4's 16-byte UUID, or FAT's 4-byte volume id (the rest
@@ -49,12 +48,14 @@ pub struct Probe {
     pub size: Option<u64>,
     /// Why a volume with a FAT signature could not be opened.
     pub problem: Option<String>,
+    /// The FAT volume, opened, for a caller that reads on (its FAT is read once).
+    pub fat: Option<FatVolume<'a>>,
 }
 
 const EXT4_SB: usize = 1024;
 
 /// Identifies the filesystem at `[start, start+len)`.
-pub fn probe(dev: &dyn ReadAt, start: u64, len: u64) -> Probe {
+pub fn probe(dev: &dyn ReadAt, start: u64, len: u64) -> Probe<'_> {
     let head = dev.read_padded(start, 4096.min(len as usize));
     let mut p = Probe {
         kind: Kind::Unknown,
@@ -62,6 +63,7 @@ pub fn probe(dev: &dyn ReadAt, start: u64, len: u64) -> Probe {
         id: None,
         size: None,
         problem: None,
+        fat: None,
     };
     if let Some(sb) = head.get(EXT4_SB..EXT4_SB + 136)
         && sb[56..58] == [0x53, 0xEF]
@@ -114,6 +116,7 @@ pub fn probe(dev: &dyn ReadAt, start: u64, len: u64) -> Probe {
             };
             p.label = Some(v.label.clone());
             p.size = Some(u64::from(v.clusters()) * v.cluster_bytes());
+            p.fat = Some(v);
         }
         Err(e) => p.problem = Some(e.to_string()),
     }

@@ -5,14 +5,15 @@
 //! Not for the image itself (`file`, `read`).
 
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::codec;
-use super::read::{codec_of, corrupt, open_image};
+use super::read::{codec_of, decode_each, read_ranges};
 use crate::error::{Error, Result};
-use crate::io::{hex, read_full};
+use crate::io::hex;
 use crate::sink::stream::{BLOCK, StreamSummary};
 use crate::units::{Extent, bytes, human};
 
@@ -256,38 +257,24 @@ impl<'a> RangeHasher<'a> {
 /// given: a raw image of the expected size is read only over the mapped ranges, a
 /// compressed one is decoded whole.
 fn read_through(image: &Path, size: u64, mut hasher: Option<&mut RangeHasher<'_>>) -> Result<u64> {
-    let mut buf = vec![0u8; MIB as usize];
     if codec_of(image)?.is_none() {
         let io = |e| Error::io(format!("reading {}", image.display()), e);
-        let f = std::fs::File::open(image).map_err(io)?;
-        let actual = f.metadata().map_err(io)?.len();
+        let actual = std::fs::metadata(image).map_err(io)?.len();
         let Some(h) = hasher.filter(|_| actual == size) else {
             return Ok(actual);
         };
-        for &Extent { start, len } in h.ranges {
-            let mut at = start;
-            while at < start + len {
-                let n = (start + len - at).min(MIB) as usize;
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..n], at)
-                    .map_err(|e| corrupt(image, at, e))?;
-                h.feed(at, &buf[..n]);
-                at += n as u64;
-            }
-        }
+        read_ranges(image, h.ranges, MIB, |at, data| {
+            h.feed(at, &data);
+            Ok(())
+        })?;
         return Ok(actual);
     }
-    let mut r = open_image(image)?;
-    let mut at = 0u64;
-    loop {
-        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(image, at, e))?;
-        if n == 0 {
-            return Ok(at);
-        }
+    decode_each(image, MIB as usize, |at, data| {
         if let Some(h) = hasher.as_deref_mut() {
-            h.feed(at, &buf[..n]);
+            h.feed(at, data);
         }
-        at += n as u64;
-    }
+        ControlFlow::Continue(())
+    })
 }
 
 /// The part of `[o, o+len)` covered by mapped ranges (sorted, non-overlapping).

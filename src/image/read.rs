@@ -5,13 +5,14 @@
 //! Not for block maps (`bmap`) or for what is inside the image (`format`).
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::bmap::{self, Bmap};
 use super::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::io::read_full;
-use crate::units::bytes;
+use crate::units::{Extent, bytes};
 
 const MIB: usize = 1 << 20;
 
@@ -89,17 +90,55 @@ pub fn image_size(path: &Path, known: Option<u64>) -> Result<u64> {
     if let Some(size) = known {
         return Ok(size);
     }
+    decode_each(path, MIB, |_, _| ControlFlow::Continue(()))
+}
+
+/// Decodes the image from its start and hands it to `each` in pieces of `chunk` bytes (the
+/// last may be shorter) with their offset; `each` may edit a piece or stop early. Returns the
+/// bytes decoded. A stream that breaks is `corrupt`, naming where.
+pub fn decode_each(
+    path: &Path,
+    chunk: usize,
+    mut each: impl FnMut(u64, &mut [u8]) -> ControlFlow<()>,
+) -> Result<u64> {
     let mut r = open_image(path)?;
-    let mut buf = vec![0u8; MIB];
-    let mut total = 0u64;
+    let mut buf = vec![0u8; chunk];
+    let mut at = 0u64;
     loop {
-        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, total, e))?;
+        let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, at, e))?;
         if n == 0 {
-            break;
+            return Ok(at);
         }
-        total += n as u64;
+        let stop = each(at, &mut buf[..n]).is_break();
+        at += n as u64;
+        if stop {
+            return Ok(at);
+        }
     }
-    Ok(total)
+}
+
+/// Reads `ranges` of a raw image file in pieces of at most `piece` bytes, handing each to
+/// `each` with its offset; the first error (a short file: `corrupt`) stops.
+pub fn read_ranges(
+    path: &Path,
+    ranges: &[Extent],
+    piece: u64,
+    mut each: impl FnMut(u64, Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let f = std::fs::File::open(path).map_err(io)?;
+    for &Extent { start, len } in ranges {
+        let mut at = start;
+        while at < start + len {
+            let mut buf = vec![0u8; (start + len - at).min(piece) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
+                .map_err(|e| corrupt(path, at, e))?;
+            let n = buf.len() as u64;
+            each(at, buf)?;
+            at += n;
+        }
+    }
+    Ok(())
 }
 
 /// A compressed image whose stream ends or breaks after `at` uncompressed bytes.

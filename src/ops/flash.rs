@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::format::table::read::{DiskTable, Scheme};
 use crate::format::table::{self, gpt};
 use crate::image::bmap::mapped_parts;
-use crate::image::read::{ImageSource, codec_of, corrupt, open_image};
+use crate::image::read::{ImageSource, codec_of, corrupt, open_image, read_ranges};
 use crate::io::{nonzero_runs, read_full};
 use crate::plan::{self, Plan};
 use crate::progress::{Callback, Event};
@@ -571,21 +571,11 @@ fn stop_requested(image: &Path) -> Result<()> {
 }
 
 fn feed_mapped(image: &Path, mapped: &[Extent], fan: &mut Fanout) -> Result<()> {
-    let io = |e| Error::io(format!("reading {}", image.display()), e);
-    let f = std::fs::File::open(image).map_err(io)?;
-    for &Extent { start, len } in mapped {
-        let mut at = start;
-        while at < start + len {
-            stop_requested(image)?;
-            let n = (start + len - at).min(MIB) as usize;
-            let mut buf = vec![0u8; n];
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at)
-                .map_err(|e| corrupt(image, at, e))?;
-            fan.send(at, Arc::new(buf));
-            at += n as u64;
-        }
-    }
-    Ok(())
+    stop_requested(image)?;
+    read_ranges(image, mapped, MIB, |at, buf| {
+        fan.send(at, Arc::new(buf));
+        stop_requested(image)
+    })
 }
 
 /// Decodes the whole image; chunks without a mapped byte need no device write and are not

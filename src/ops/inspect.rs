@@ -7,7 +7,6 @@
 
 use serde::Serialize;
 
-use crate::format::fat::read::FatVolume;
 use crate::format::probe::{Kind, probe};
 use crate::format::table::read::{
     DiskTable, Scheme, ebr_chain, is_extended as ebr_type, mbr as mbr_entries,
@@ -281,8 +280,8 @@ pub fn filesystem(
     }
     if let Some(e) = p.problem {
         problems.push(format!("partition {n} (FAT): {e}"));
-    } else if p.kind.is_fat() {
-        match FatVolume::open(dev, start, len).and_then(|v| v.list()) {
+    } else if let Some(v) = p.fat {
+        match v.list() {
             Ok(list) => {
                 fs.files = Some(
                     list.into_iter()

@@ -16,19 +16,20 @@
 //! hashes. Never writes.
 
 use std::io::Read;
+use std::ops::ControlFlow;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::fat::read::FatVolume;
+use crate::format::probe::probe;
 use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
 use crate::format::table::{SECTOR, TableEntry};
 use crate::image::bmap::{self, mapped_parts};
 use crate::image::manifest::Manifest;
-use crate::image::read::{image_size, open_image};
+use crate::image::read::{decode_each, image_size};
 use crate::io::{ReadAt, hex, read_full};
-use crate::ops::inspect;
 use crate::plan::tree::{Node, Source};
 use crate::plan::{Plan, Table};
 use crate::units::Extent;
@@ -211,25 +212,15 @@ pub fn bytes_image(
     let map = bmap.map(bmap::read).transpose()?;
     let image_size = image_size(image, map.as_ref().map(|b| b.size))?;
     let mapped = map.map(|b| b.ranges);
-    let mut r = open_image(image)?;
     let mut findings = Vec::new();
     let mut checked = 0u64;
-    let mut at = 0u64;
-    let mut buf = vec![0u8; CHUNK];
     // Flashing a GPT image onto a larger device moves the backup GPT to the device's end
     // (and edits the protective MBR and primary header to match): expect those edits.
     let mut moved: Vec<(u64, Vec<u8>)> = Vec::new();
-    loop {
-        let n = read_full(&mut r, &mut buf).map_err(|e| Error::BadArtifact {
-            path: image.to_path_buf(),
-            message: format!("corrupt or truncated after {} bytes: {e}", bytes(at)),
-        })?;
-        if n == 0 {
-            break;
-        }
+    decode_each(image, CHUNK, |at, buf| {
+        let n = buf.len();
         if at == 0
-            && let (_, Some(mut pieces)) =
-                crate::ops::flash::table_of(&buf[..n], dev.size(), image_size)
+            && let (_, Some(mut pieces)) = crate::ops::flash::table_of(buf, dev.size(), image_size)
         {
             let (_, head) = pieces.remove(0);
             let k = head.len().min(n);
@@ -247,11 +238,12 @@ pub fn bytes_image(
             checked += l;
             compare_at(dev, a, want, "image", &mut findings);
         }
-        at += n as u64;
         if findings.len() > 100 {
-            break;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-    }
+    })?;
     for (a, want) in moved {
         checked += want.len() as u64;
         compare_at(dev, a, &want, "backup GPT", &mut findings);
@@ -304,12 +296,13 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         }
         let Some(fs) = &p.fs else { continue };
         let region = format!("partition {}", p.id);
-        let found = inspect::filesystem(dev, p.start, p.size, p.number, &mut Vec::new());
+        // Kind and label only: the files are compared below, read once.
+        let found = probe(dev, p.start, p.size);
         let kind = format!("{:?}", fs.kind).to_lowercase();
-        if found.kind != kind {
+        if found.kind.as_str() != kind {
             v.findings.push(Finding {
                 expected: Some(kind.clone()),
-                found: Some(found.kind.clone()),
+                found: Some(found.kind.as_str().to_string()),
                 ..Finding::new(&region, "filesystem kind differs")
             });
             continue;
@@ -324,9 +317,13 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         // On the partition that holds the user's data only what the build placed there is
         // compared; what the user added is theirs.
         let before = v.findings.len();
-        match fs.kind {
-            crate::define::board::FsKind::Ext4 => ext4_files(dev, p, &region, &mut v),
-            _ => fat_files(dev, p, &region, &mut v),
+        match (fs.kind, found.fat) {
+            (crate::define::board::FsKind::Ext4, _) => ext4_files(dev, p, &region, &mut v),
+            (_, Some(vol)) => fat_files(&vol, p, &region, &mut v),
+            (_, None) => v.findings.push(Finding::new(
+                &region,
+                found.problem.unwrap_or_else(|| "no FAT volume".into()),
+            )),
         }
         if p.grows {
             let (system, other): (Vec<_>, Vec<_>) = v
@@ -677,12 +674,8 @@ impl<'a> Compare<'a> {
     }
 }
 
-fn fat_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
+fn fat_files(vol: &FatVolume<'_>, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
     let Some(fs) = &p.fs else { return };
-    let vol = match FatVolume::open(dev, p.start, p.size) {
-        Ok(vol) => vol,
-        Err(e) => return v.findings.push(Finding::new(region, e.to_string())),
-    };
     let list = match vol.list() {
         Ok(l) => l,
         Err(e) => return v.findings.push(Finding::new(region, e.to_string())),

@@ -18,7 +18,7 @@ tools=(
   e2fsck:e2fsprogs debugfs:e2fsprogs mkfs.ext4:e2fsprogs unsquashfs:squashfs-tools
   mksquashfs:squashfs-tools mkimage:u-boot-tools dumpimage:u-boot-tools
   bmaptool:bmap-tools zstd:zstd xz:xz-utils gzip:gzip genimage:genimage
-  mkfs.vfat:dosfstools dtc:device-tree-compiler lz4:lz4
+  mkfs.vfat:dosfstools dtc:device-tree-compiler lz4:lz4 minisign:minisign
 )
 # Packages of the QEMU boot tests (tests/boot.rs), most of them firmware rather than tools.
 boot_packages=(

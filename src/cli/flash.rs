@@ -48,6 +48,8 @@ pub struct FlashArgs {
     /// Block map of the image (default: IMAGE.bmap beside it, if present).
     #[arg(long, value_name = "FILE", requires = "image")]
     pub(super) bmap: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) trusted: super::sign::TrustedKeys,
     /// Do not ask for confirmation.
     #[arg(short, long)]
     pub(super) yes: bool,
@@ -78,12 +80,22 @@ pub fn flash(
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
-    run(&request(a, &load, epoch), a.yes, a.json, quiet)
+    let trusted = match a.image {
+        Some(_) => a.trusted.load()?,
+        None => Vec::new(),
+    };
+    run(&request(a, &load, epoch, trusted), a.yes, a.json, quiet)
 }
 
 /// Checks, asks unless `yes`, writes and reports one flash request.
 pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) -> Result<()> {
     let prepared = flash::prepare(req)?;
+    if let Summary::Image {
+        path, signed_by, ..
+    } = prepared.summary()
+    {
+        say_signature(path, signed_by.as_deref(), json, quiet);
+    }
     if !yes {
         confirm(&prepared)?;
     }
@@ -93,15 +105,38 @@ pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) ->
     summarize(json, quiet, outcomes)
 }
 
+/// One line on whether the image's signature was checked (stdout: stderr is for errors).
+fn say_signature(path: &std::path::Path, signed_by: Option<&str>, json: bool, quiet: bool) {
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({"event": "source", "image": path, "signed_by": signed_by})
+        );
+    } else if !quiet {
+        match signed_by {
+            Some(id) => out!(
+                "{}: manifest signed by trusted key {id}; every range is checked as it is written",
+                path.display()
+            ),
+            None => out!(
+                "{}: signature not checked (no --trusted-key): written as it is",
+                path.display()
+            ),
+        }
+    }
+}
+
 fn request<'a>(
     a: &FlashArgs,
     load: &'a impl Fn(&str) -> Result<Board>,
     epoch: i64,
+    trusted: Vec<skiff_flash::image::sign::PublicKey>,
 ) -> FlashRequest<'a> {
     let source = match &a.image {
         Some(image) => FlashSource::Image {
             path: image.clone(),
             bmap: a.bmap.clone(),
+            trusted,
         },
         None => {
             let shown = a.genimage.as_ref().map(|g| g.display().to_string());
@@ -126,7 +161,7 @@ fn confirm(prepared: &Prepared) -> Result<()> {
     need_terminal()?;
     let what = match prepared.summary() {
         Summary::Board { name } => format!("board {name}"),
-        Summary::Image { path, size } => format!("image {} ({})", path.display(), human(*size)),
+        Summary::Image { path, size, .. } => format!("image {} ({})", path.display(), human(*size)),
     };
     let mut err = std::io::stderr();
     let _ = writeln!(err, "About to write {what} to:");

@@ -23,6 +23,7 @@ macro_rules! out_raw {
 mod flash;
 mod inspect;
 mod render;
+mod sign;
 mod upgrade;
 mod verify;
 
@@ -137,6 +138,13 @@ Against a board, the partition that grows to the card (persist) is not compared 
   skiff-flash inspect /dev/sdb
   skiff-flash inspect pi4.img --json")]
     Inspect(inspect::InspectArgs),
+    /// Make an Ed25519 key pair for signing releases (minisign's file formats).
+    #[command(after_help = "Examples:
+  skiff-flash keygen release.key                 # writes release.key (0600) and release.key.pub
+  skiff-flash build --board pi/4 -o skiffos-pi4.img.zst --sign release.key
+  skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --trusted-key release.key.pub
+  minisign -V -p release.key.pub -m skiffos-pi4.img.zst.manifest.json -x skiffos-pi4.img.zst.manifest.json.sig")]
+    Keygen(sign::KeygenArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   skiff-flash completions bash > /etc/bash_completion.d/skiff-flash
@@ -153,20 +161,13 @@ Against a board, the partition that grows to the card (persist) is not compared 
     Man,
 }
 
-/// Subcommand names, to recognise `skiff-flash /dev/sdb ...` as `flash`.
-const COMMANDS: &[&str] = &[
-    "plan",
-    "build",
-    "boards",
-    "flash",
-    "devices",
-    "upgrade",
-    "verify",
-    "inspect",
-    "completions",
-    "man",
-    "help",
-];
+/// Whether `name` is a subcommand (else `skiff-flash /dev/sdb ...` means `flash`).
+fn is_command(name: &str) -> bool {
+    name == "help"
+        || <Cli as clap::CommandFactory>::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == name)
+}
 
 /// Buildroot's images directory and the SkiffOS configs, as every command that reads a
 /// build takes them.
@@ -284,6 +285,10 @@ struct BuildArgs {
     /// Compression level (zstd 1-22, default 3; gzip/xz 0-9, default 6).
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
     level: Option<i32>,
+    /// Sign the manifest with this secret key (from `keygen`, or `minisign -G -W`): writes
+    /// IMAGE.manifest.json.sig in minisign's format.
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -315,7 +320,7 @@ pub fn run() -> i32 {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(first) = args.get(1).and_then(|a| a.to_str())
         && !first.starts_with('-')
-        && !COMMANDS.contains(&first)
+        && !is_command(first)
     {
         args.insert(1, "flash".into());
     }
@@ -402,6 +407,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         ),
         Command::Verify(a) => verify::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Keygen(a) => sign::keygen(a, cli.quiet),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -543,6 +549,11 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
     // Refused before anything is read or written.
     Format::from_path(&a.output, a.level)?;
     skiff_flash::image::output::cleanup_on_signals()?;
+    let key = a
+        .sign
+        .as_deref()
+        .map(skiff_flash::image::sign::SecretKey::load)
+        .transpose()?;
     let plan = make_plan(catalog, &a.inputs)?;
     warn(cli, &plan.warnings);
     let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
@@ -567,6 +578,7 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         format: Format::from_path(&a.output, a.level)?,
         bmap: a.bmap,
         checksums: a.checksums,
+        sign: key.as_ref(),
     };
     let result = skiff_flash::ops::build::build_image(&plan, &a.output, opts, &progress);
     bar.finish_and_clear();

@@ -7,4 +7,6 @@ pub mod file;
 pub mod manifest;
 pub mod output;
 pub mod read;
+pub mod sign;
 pub mod sums;
+pub mod trust;

@@ -23,6 +23,9 @@ pub struct ImageSource {
     pub path: PathBuf,
     pub bmap: Option<Bmap>,
     pub size: u64,
+    /// Checked against a trusted key: the signed manifest's ranges are the block map, and
+    /// every one is checked as it streams.
+    pub signed: Option<super::trust::Signed>,
 }
 
 impl ImageSource {
@@ -40,6 +43,27 @@ impl ImageSource {
             path: path.to_path_buf(),
             bmap: map,
             size,
+            signed: None,
+        })
+    }
+
+    /// As `open`; with trusted keys, the image's manifest must be signed by one of them, and
+    /// its ranges replace any bmap.
+    pub fn open_trusted(
+        path: &Path,
+        bmap: Option<&Path>,
+        trusted: &[super::sign::PublicKey],
+    ) -> Result<ImageSource> {
+        if trusted.is_empty() {
+            return ImageSource::open(path, bmap);
+        }
+        check_image_file(path)?;
+        let (_, map, signed) = super::trust::open(path, trusted)?;
+        Ok(ImageSource {
+            path: path.to_path_buf(),
+            size: map.size,
+            bmap: Some(map),
+            signed: Some(signed),
         })
     }
 }

@@ -6,13 +6,15 @@ use std::path::Path;
 use crate::error::Result;
 
 /// How `build_image` writes its outputs.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildOptions {
+#[derive(Clone, Copy)]
+pub struct BuildOptions<'a> {
     pub format: crate::image::file::Format,
     /// Also write the bmap file.
     pub bmap: bool,
     /// Also hash every output into SHA256SUMS (and the whole image).
     pub checksums: bool,
+    /// Sign the manifest with this key (`MANIFEST.sig` beside it).
+    pub sign: Option<&'a crate::image::sign::SecretKey>,
 }
 
 /// What a build produced.
@@ -24,10 +26,14 @@ pub struct BuildReport {
     pub extra: Vec<std::path::PathBuf>,
 }
 
-/// The files a build of `output` writes, in commit order: the manifest, the bmap (when
-/// asked for), SHA256SUMS (when asked for), the image.
+/// The files a build of `output` writes, in commit order: the manifest, its signature
+/// (when signing), the bmap (when asked for), SHA256SUMS (when asked for), the image.
 pub fn build_outputs(output: &Path, opts: BuildOptions) -> Vec<(std::path::PathBuf, &'static str)> {
-    let mut v = vec![(crate::image::manifest::path_for(output), "manifest")];
+    let manifest = crate::image::manifest::path_for(output);
+    let mut v = vec![(manifest.clone(), "manifest")];
+    if opts.sign.is_some() {
+        v.push((crate::image::sign::sig_path(&manifest), "signature"));
+    }
     if opts.bmap {
         v.push((crate::image::bmap::bmap_path(output), "bmap"));
     }
@@ -77,6 +83,7 @@ pub fn build_image(
         |sink| crate::compose::write(plan, sink, progress),
     )?;
     let mut set = crate::image::output::Set::new();
+    let mut stale = Vec::new();
     let mut extra = Vec::new();
     let mut sums = Vec::new();
     let name = |p: &Path| {
@@ -89,9 +96,18 @@ pub fn build_image(
     let text = serde_json::to_string_pretty(&record).unwrap_or_default() + "\n";
     set.push(crate::image::file::stage(&mpath, text.as_bytes())?);
     sums.push((name(&mpath), crate::io::sha256(text.as_bytes())));
+    if let Some(key) = opts.sign {
+        let sig = key.sign(text.as_bytes(), &name(&mpath), plan.epoch);
+        let spath = crate::image::sign::sig_path(&mpath);
+        set.push(crate::image::file::stage(&spath, sig.as_bytes())?);
+        sums.push((name(&spath), crate::io::sha256(sig.as_bytes())));
+        extra.push(spath);
+    } else {
+        // A signature beside the manifest that no longer signs it would only mislead.
+        stale.push(crate::image::sign::sig_path(&mpath));
+    }
     extra.push(mpath);
     let bmap_path = crate::image::bmap::bmap_path(output);
-    let mut stale = Vec::new();
     if opts.bmap {
         let text = crate::image::bmap::render(&written.stream);
         set.push(crate::image::file::stage(&bmap_path, text.as_bytes())?);

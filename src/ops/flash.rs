@@ -61,6 +61,9 @@ pub enum FlashSource<'a> {
     Image {
         path: PathBuf,
         bmap: Option<PathBuf>,
+        /// When not empty, the image's manifest must be signed by one of these keys and
+        /// every byte written must match it (`image::trust`).
+        trusted: Vec<crate::image::sign::PublicKey>,
     },
 }
 
@@ -76,8 +79,15 @@ pub struct BoardSource<'a> {
 /// What will be written, for the confirmation.
 #[derive(Debug, Clone)]
 pub enum Summary {
-    Board { name: String },
-    Image { path: PathBuf, size: u64 },
+    Board {
+        name: String,
+    },
+    Image {
+        path: PathBuf,
+        size: u64,
+        /// The key id that signed the manifest, when trusted keys were given.
+        signed_by: Option<String>,
+    },
 }
 
 /// Checked and ready: nothing has been opened for writing yet.
@@ -91,7 +101,7 @@ pub struct Prepared {
 enum Job {
     Board(Vec<BoardTarget>),
     Image {
-        image: ImageSource,
+        image: Box<ImageSource>,
         devices: Vec<DeviceInfo>,
     },
 }
@@ -131,17 +141,25 @@ pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
         min_size,
     };
     let (summary, job) = match &req.source {
-        FlashSource::Image { path, bmap } => {
-            let image = ImageSource::open(path, bmap.as_deref())?;
+        FlashSource::Image {
+            path,
+            bmap,
+            trusted,
+        } => {
+            let image = ImageSource::open_trusted(path, bmap.as_deref(), trusted)?;
             check_all(&infos, &policy(image.size))?;
             let summary = Summary::Image {
                 path: path.clone(),
                 size: image.size,
+                signed_by: image
+                    .signed
+                    .as_ref()
+                    .map(|s| crate::image::sign::key_id_hex(&s.key.id)),
             };
             (
                 summary,
                 Job::Image {
-                    image,
+                    image: Box::new(image),
                     devices: infos,
                 },
             )
@@ -537,7 +555,12 @@ fn write_image(
         .map(|(info, r)| Outcome {
             device: info.path.clone(),
             result: match (&read, r) {
-                // A bad image is the cause of every device's failure: say so first.
+                // A bad image is the cause of every device's failure: say so first; one
+                // found only mid-stream (a signed range that does not match) is still the
+                // input's fault, and the device was left with no table.
+                (Err(e), Err(_)) if e.exit_code() == 2 => Err(Error::Usage(format!(
+                    "{e}; the device was left without a partition table"
+                ))),
                 (Err(e), Err(d)) => Err(Error::io(
                     e.to_string(),
                     std::io::Error::other(d.to_string()),
@@ -551,13 +574,32 @@ fn write_image(
 /// Reads the image and sends it in 1 MiB chunks to every live device, then the empty chunk
 /// at the image's size that marks a complete stream.
 fn feed(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
+    let mut check = Checked(image.signed.as_ref().map(|s| s.checker(&image.path)));
     match &image.bmap {
         // A raw image with a block map: read only the mapped ranges.
-        Some(b) if codec_of(&image.path)?.is_none() => feed_mapped(&image.path, &b.ranges, fan)?,
-        _ => feed_decoded(image, fan)?,
+        Some(b) if codec_of(&image.path)?.is_none() => {
+            feed_mapped(&image.path, &b.ranges, fan, &mut check)?
+        }
+        _ => feed_decoded(image, fan, &mut check)?,
+    }
+    if let Some(c) = &check.0 {
+        c.finish()?;
     }
     fan.send(image.size, Arc::new(Vec::new()));
     Ok(())
+}
+
+/// The signature check of what is sent, when the image is trusted.
+struct Checked<'a>(Option<crate::image::trust::RangeCheck<'a>>);
+
+impl Checked<'_> {
+    fn send(&mut self, fan: &mut Fanout, at: u64, buf: Vec<u8>) -> Result<()> {
+        if let Some(c) = &mut self.0 {
+            c.feed(at, &buf)?;
+        }
+        fan.send(at, Arc::new(buf));
+        Ok(())
+    }
 }
 
 fn stop_requested(image: &Path) -> Result<()> {
@@ -570,17 +612,22 @@ fn stop_requested(image: &Path) -> Result<()> {
     Ok(())
 }
 
-fn feed_mapped(image: &Path, mapped: &[Extent], fan: &mut Fanout) -> Result<()> {
+fn feed_mapped(
+    image: &Path,
+    mapped: &[Extent],
+    fan: &mut Fanout,
+    check: &mut Checked<'_>,
+) -> Result<()> {
     stop_requested(image)?;
     read_ranges(image, mapped, MIB, |at, buf| {
-        fan.send(at, Arc::new(buf));
+        check.send(fan, at, buf)?;
         stop_requested(image)
     })
 }
 
 /// Decodes the whole image; chunks without a mapped byte need no device write and are not
 /// sent.
-fn feed_decoded(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
+fn feed_decoded(image: &ImageSource, fan: &mut Fanout, check: &mut Checked<'_>) -> Result<()> {
     let path = &image.path;
     let mut r = open_image(path)?;
     let mut at = 0u64;
@@ -594,7 +641,7 @@ fn feed_decoded(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
         buf.truncate(n);
         let mapped = image.bmap.as_ref().map(|b| b.ranges.as_slice());
         if mapped.is_none_or(|m| !mapped_parts(m, at, n as u64).is_empty()) {
-            fan.send(at, Arc::new(buf));
+            check.send(fan, at, buf)?;
         }
         at += n as u64;
     }

@@ -1,0 +1,209 @@
+//! Trusting a release image: its manifest must carry a valid signature by one of the
+//! trusted keys (`sign`), and then every byte a device is given must match the hashes that
+//! signed manifest records for it, checked as the image streams.
+//!
+//! The signed manifest replaces the (unsigned) bmap as the map of what to write, so no byte
+//! reaches a device that the signature does not cover. A mismatch is found at the end of
+//! the range that holds it, after earlier bytes went to the device: the caller holds the
+//! partition table back until the stream is complete (as `flash` does), so a tampered image
+//! never leaves a card with a table.
+//!
+//! Not for the key and signature formats (`sign`) or for reading images (`read`).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::bmap::Bmap;
+use super::manifest::{self, Manifest};
+use super::sign::{self, PublicKey};
+use crate::error::{Error, Result};
+use crate::io::hex;
+use crate::units::{Extent, bytes};
+
+/// A release checked against a trusted key: what it was signed by, and the hash every
+/// mapped range must have.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub key: PublicKey,
+    pub manifest: PathBuf,
+    ranges: Vec<(Extent, String)>,
+}
+
+/// Checks the manifest beside `image` against `trusted`; gives the signed manifest, the
+/// block map it implies, and the ranges to check.
+pub fn open(image: &Path, trusted: &[PublicKey]) -> Result<(Manifest, Bmap, Signed)> {
+    let path = manifest::path_for(image);
+    if !path.is_file() {
+        return Err(Error::BadArtifact {
+            path: image.to_path_buf(),
+            message: format!(
+                "no manifest beside the image ({} is missing): a trusted key needs the \
+                 signed manifest",
+                path.display()
+            ),
+        });
+    }
+    let (text, key) = sign::check_file(&path, trusted)?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| Error::BadArtifact {
+        path: path.clone(),
+        message: format!("signed, but not a manifest: {e}"),
+    })?;
+    let ranges = mapped(&m);
+    let bmap = Bmap {
+        size: m.image.size,
+        ranges: ranges.iter().map(|(e, _)| *e).collect(),
+    };
+    Ok((
+        m,
+        bmap,
+        Signed {
+            key,
+            manifest: path,
+            ranges,
+        },
+    ))
+}
+
+/// The manifest's mapped ranges in bytes, each with its hash.
+fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
+    let bs = m.image.block_size;
+    m.image
+        .mapped
+        .iter()
+        .map(|r| {
+            let start = r.first * bs;
+            let end = ((r.last + 1) * bs).min(m.image.size);
+            (Extent::new(start, end - start), r.sha256.clone())
+        })
+        .collect()
+}
+
+impl Signed {
+    /// A checker for one pass over the image at `path`.
+    pub fn checker(&self, path: &Path) -> RangeCheck<'_> {
+        RangeCheck {
+            path: path.to_path_buf(),
+            ranges: &self.ranges,
+            next: 0,
+            done: 0,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+/// Hashes the mapped bytes of an image as they pass, in order, and compares each range with
+/// the signed hash when it is complete.
+pub struct RangeCheck<'a> {
+    path: PathBuf,
+    ranges: &'a [(Extent, String)],
+    next: usize,
+    /// Bytes of `ranges[next]` hashed so far.
+    done: u64,
+    hasher: Sha256,
+}
+
+impl RangeCheck<'_> {
+    /// Takes the image's bytes at `at`; bytes outside every range are not looked at. Pieces
+    /// come in increasing order and cover each range without gaps.
+    pub fn feed(&mut self, at: u64, data: &[u8]) -> Result<()> {
+        let end = at + data.len() as u64;
+        let mut pos = at;
+        while let Some((r, want)) = self.ranges.get(self.next) {
+            let from = pos.max(r.start);
+            if from >= end {
+                break;
+            }
+            if from != r.start + self.done {
+                return Err(self.bad(
+                    r.start + self.done,
+                    "bytes of a signed range were skipped".into(),
+                ));
+            }
+            let to = end.min(r.end());
+            self.hasher
+                .update(&data[(from - at) as usize..(to - at) as usize]);
+            self.done += to - from;
+            pos = to;
+            if self.done == r.len {
+                let got = hex(&std::mem::take(&mut self.hasher).finalize());
+                if &got != want {
+                    return Err(self.bad(
+                        r.start,
+                        format!(
+                            "bytes {}..{} do not match the signed manifest (SHA-256 {got}, \
+                             signed {want})",
+                            bytes(r.start),
+                            bytes(r.end())
+                        ),
+                    ));
+                }
+                self.next += 1;
+                self.done = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every signed range was seen and matched.
+    pub fn finish(&self) -> Result<()> {
+        match self.ranges.get(self.next) {
+            None => Ok(()),
+            Some((r, _)) => Err(self.bad(
+                r.start + self.done,
+                "the image ended before every signed range".into(),
+            )),
+        }
+    }
+
+    fn bad(&self, at: u64, message: String) -> Error {
+        Error::BadArtifact {
+            path: self.path.clone(),
+            message: format!("{message} (image offset {})", bytes(at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(ranges: Vec<(Extent, &[u8])>) -> Signed {
+        Signed {
+            key: crate::image::sign::SecretKey::generate().unwrap().public(),
+            manifest: PathBuf::from("m"),
+            ranges: ranges
+                .into_iter()
+                .map(|(e, b)| (e, hex(&Sha256::digest(b))))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ranges_split_over_pieces_check() {
+        let img: Vec<u8> = (0..100u8).collect();
+        let s = signed(vec![
+            (Extent::new(10, 20), &img[10..30]),
+            (Extent::new(50, 30), &img[50..80]),
+        ]);
+        let mut c = s.checker(Path::new("x"));
+        for (i, piece) in img.chunks(7).enumerate() {
+            c.feed(i as u64 * 7, piece).unwrap();
+        }
+        c.finish().unwrap();
+    }
+
+    #[test]
+    fn a_changed_byte_and_a_short_stream_are_refused() {
+        let img = vec![1u8; 64];
+        let s = signed(vec![(Extent::new(0, 32), &img[..32])]);
+        let mut bad = img.clone();
+        bad[31] ^= 1;
+        let mut c = s.checker(Path::new("x"));
+        let e = c.feed(0, &bad).unwrap_err().to_string();
+        assert!(e.contains("do not match the signed manifest"), "{e}");
+        let mut c = s.checker(Path::new("x"));
+        c.feed(0, &img[..16]).unwrap();
+        assert!(c.finish().is_err());
+    }
+}

@@ -16,6 +16,8 @@ pub enum Phase {
     Write,
     /// Being read back from the medium and compared.
     Verify,
+    /// Being downloaded (an image from a URL; no device).
+    Download,
 }
 
 impl Phase {
@@ -23,6 +25,7 @@ impl Phase {
         match self {
             Phase::Write => "write",
             Phase::Verify => "verify",
+            Phase::Download => "download",
         }
     }
 }

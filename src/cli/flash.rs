@@ -50,6 +50,13 @@ pub struct FlashArgs {
     pub(super) bmap: Option<PathBuf>,
     #[command(flatten)]
     pub(super) trusted: super::sign::TrustedKeys,
+    /// For an http(s) --image: keep a checked copy here, keyed by its SHA-256, and use it
+    /// for the next card while the server holds the same file.
+    #[arg(long, value_name = "DIR", requires = "image")]
+    pub(super) cache: Option<PathBuf>,
+    /// For an http(s) --image: seconds a server may say nothing before it is given up.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "image")]
+    pub(super) timeout: u64,
     /// Do not ask for confirmation.
     #[arg(short, long)]
     pub(super) yes: bool,
@@ -100,7 +107,9 @@ pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) ->
         confirm(&prepared)?;
     }
     let devices: Vec<PathBuf> = prepared.devices().iter().map(|i| i.path.clone()).collect();
-    let render = progress(json, quiet, &devices);
+    let download = matches!(prepared.summary(), Summary::Image { path, .. }
+        if skiff_flash::image::remote::is_url(path));
+    let render = progress(json, quiet, &devices, download);
     let outcomes = prepared.write(&*render)?;
     summarize(json, quiet, outcomes)
 }
@@ -137,6 +146,10 @@ fn request<'a>(
             path: image.clone(),
             bmap: a.bmap.clone(),
             trusted,
+            fetch: skiff_flash::image::remote::Options {
+                timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+                cache: a.cache.clone(),
+            },
         },
         None => {
             let shown = a.genimage.as_ref().map(|g| g.display().to_string());
@@ -228,7 +241,12 @@ pub(super) fn need_terminal() -> Result<()> {
 
 /// Renders progress events: JSON lines (one per device, phase and percent), one bar per
 /// device on a terminal, or nothing.
-fn progress(json: bool, quiet: bool, devices: &[PathBuf]) -> Box<dyn Fn(&Event) + Sync> {
+fn progress(
+    json: bool,
+    quiet: bool,
+    devices: &[PathBuf],
+    download: bool,
+) -> Box<dyn Fn(&Event) + Sync> {
     if json {
         let last = Mutex::new(std::collections::HashMap::<PathBuf, (&str, u64)>::new());
         return Box::new(move |p: &Event| {
@@ -254,17 +272,23 @@ fn progress(json: bool, quiet: bool, devices: &[PathBuf]) -> Box<dyn Fn(&Event) 
     )
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     .progress_chars("=> ");
-    let bars: Vec<(PathBuf, indicatif::ProgressBar)> = devices
-        .iter()
+    // The download (an image from a URL) has its own bar, keyed by no device.
+    let rows: Vec<Option<&PathBuf>> = download
+        .then_some(None)
+        .into_iter()
+        .chain(devices.iter().map(Some))
+        .collect();
+    let bars: Vec<(Option<PathBuf>, indicatif::ProgressBar)> = rows
+        .into_iter()
         .map(|d| {
             let b = multi.add(indicatif::ProgressBar::new(0));
             b.set_style(style.clone());
-            b.set_prefix(d.display().to_string());
-            (d.clone(), b)
+            b.set_prefix(d.map_or("download".into(), |d| d.display().to_string()));
+            (d.cloned(), b)
         })
         .collect();
     Box::new(move |p: &Event| {
-        if let Some((_, b)) = bars.iter().find(|(d, _)| Some(d) == p.device.as_ref()) {
+        if let Some((_, b)) = bars.iter().find(|(d, _)| d.as_ref() == p.device.as_ref()) {
             b.set_message(p.phase.as_str());
             b.set_length(p.total);
             b.set_position(p.done);

@@ -103,7 +103,11 @@ pub fn render(summary: &StreamSummary) -> String {
 
 /// The mapped ranges of an image: from its bmap (block ranges) or, without one, everything.
 pub fn read(path: &Path) -> Result<Bmap> {
-    let text = crate::io::read_small_text(path, "bmap file")?;
+    parse(&crate::io::read_small_text(path, "bmap file")?, path)
+}
+
+/// A bmap document's mapped ranges; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Bmap> {
     let bad = |m: &str| Error::BadArtifact {
         path: path.to_path_buf(),
         message: format!("not a bmap file: {m}"),
@@ -149,7 +153,11 @@ pub fn read(path: &Path) -> Result<Bmap> {
 /// The `chksum` of every `<Range>` of a bmap, in order, when its checksum type is SHA-256
 /// (the only type written since bmap 2.0); `None` for older or unchecked bmaps.
 fn range_sums(path: &Path) -> Result<Option<Vec<String>>> {
-    let text = crate::io::read_small_text(path, "bmap file")?;
+    range_sums_of(&crate::io::read_small_text(path, "bmap file")?, path)
+}
+
+/// `range_sums` of a bmap document's text.
+pub fn range_sums_of(text: &str, path: &Path) -> Result<Option<Vec<String>>> {
     let kind = text
         .split_once("<ChecksumType>")
         .and_then(|(_, r)| r.split_once('<'))

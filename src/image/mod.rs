@@ -3,10 +3,12 @@
 
 pub mod bmap;
 pub mod codec;
+pub mod fetch;
 pub mod file;
 pub mod manifest;
 pub mod output;
 pub mod read;
+pub mod remote;
 pub mod sign;
 pub mod sums;
 pub mod trust;

@@ -7,6 +7,7 @@
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::bmap::{self, Bmap};
 use super::codec::{self, Codec};
@@ -23,9 +24,11 @@ pub struct ImageSource {
     pub path: PathBuf,
     pub bmap: Option<Bmap>,
     pub size: u64,
-    /// Checked against a trusted key: the signed manifest's ranges are the block map, and
-    /// every one is checked as it streams.
-    pub signed: Option<super::trust::Signed>,
+    /// The hash every mapped range must have, checked as it streams: from a manifest signed
+    /// by a trusted key (its ranges are then the block map), or a served bmap's checksums.
+    pub checked: Option<super::trust::Checked>,
+    /// An image on a server, streamed.
+    pub remote: Option<Arc<super::fetch::Fetched>>,
 }
 
 impl ImageSource {
@@ -43,7 +46,8 @@ impl ImageSource {
             path: path.to_path_buf(),
             bmap: map,
             size,
-            signed: None,
+            checked: None,
+            remote: None,
         })
     }
 
@@ -58,12 +62,13 @@ impl ImageSource {
             return ImageSource::open(path, bmap);
         }
         check_image_file(path)?;
-        let (_, map, signed) = super::trust::open(path, trusted)?;
+        let (_, map, checked) = super::trust::open(path, trusted)?;
         Ok(ImageSource {
             path: path.to_path_buf(),
             size: map.size,
             bmap: Some(map),
-            signed: Some(signed),
+            checked: Some(checked),
+            remote: None,
         })
     }
 }

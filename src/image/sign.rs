@@ -324,22 +324,32 @@ pub fn check(
 
 /// Checks the file at `signed` against its `.sig` beside it; gives its bytes.
 pub fn check_file(signed: &Path, trusted: &[PublicKey]) -> Result<(Vec<u8>, PublicKey)> {
-    let bad = |e: BadSignature| Error::BadArtifact {
-        path: signed.to_path_buf(),
-        message: e.to_string(),
-    };
     let message =
         std::fs::read(signed).map_err(|e| Error::io(format!("reading {}", signed.display()), e))?;
     let sig = sig_path(signed);
     let text = match std::fs::read_to_string(&sig) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(bad(BadSignature::Missing(sig)));
-        }
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(format!("reading {}", sig.display()), e)),
     };
-    let key = check(&message, &text, trusted).map_err(bad)?;
+    let key = check_named(signed, &message, text.as_deref(), trusted)?;
     Ok((message, key))
+}
+
+/// Checks `message` (named `origin`, its signature beside it) against the signature's text,
+/// `None` when there is none.
+pub fn check_named(
+    origin: &Path,
+    message: &[u8],
+    sig_text: Option<&str>,
+    trusted: &[PublicKey],
+) -> Result<PublicKey> {
+    let bad = |e: BadSignature| Error::BadArtifact {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    };
+    let text = sig_text.ok_or_else(|| bad(BadSignature::Missing(sig_path(origin))))?;
+    check(message, text, trusted).map_err(bad)
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {

@@ -21,32 +21,41 @@ use crate::error::{Error, Result};
 use crate::io::hex;
 use crate::units::{Extent, bytes};
 
-/// A release checked against a trusted key: what it was signed by, and the hash every
-/// mapped range must have.
+/// The hash every mapped range of an image must have, and who vouches for them: a trusted
+/// key (a signed manifest) or nobody (a bmap's checksums, for integrity only).
 #[derive(Debug, Clone)]
-pub struct Signed {
-    pub key: PublicKey,
-    pub manifest: PathBuf,
+pub struct Checked {
+    pub key: Option<PublicKey>,
     ranges: Vec<(Extent, String)>,
 }
 
 /// Checks the manifest beside `image` against `trusted`; gives the signed manifest, the
 /// block map it implies, and the ranges to check.
-pub fn open(image: &Path, trusted: &[PublicKey]) -> Result<(Manifest, Bmap, Signed)> {
+pub fn open(image: &Path, trusted: &[PublicKey]) -> Result<(Manifest, Bmap, Checked)> {
     let path = manifest::path_for(image);
     if !path.is_file() {
-        return Err(Error::BadArtifact {
-            path: image.to_path_buf(),
-            message: format!(
-                "no manifest beside the image ({} is missing): a trusted key needs the \
-                 signed manifest",
-                path.display()
-            ),
-        });
+        return Err(no_manifest(image, &path));
     }
     let (text, key) = sign::check_file(&path, trusted)?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| Error::BadArtifact {
-        path: path.clone(),
+    from_signed(&path, &text, key)
+}
+
+/// The refusal for a trusted image without its manifest.
+pub fn no_manifest(image: &Path, manifest: &Path) -> Error {
+    Error::BadArtifact {
+        path: image.to_path_buf(),
+        message: format!(
+            "no manifest beside the image ({} is missing): a trusted key needs the signed \
+             manifest",
+            manifest.display()
+        ),
+    }
+}
+
+/// A manifest whose signature by `key` was checked.
+pub fn from_signed(path: &Path, text: &[u8], key: PublicKey) -> Result<(Manifest, Bmap, Checked)> {
+    let m: Manifest = serde_json::from_slice(text).map_err(|e| Error::BadArtifact {
+        path: path.to_path_buf(),
         message: format!("signed, but not a manifest: {e}"),
     })?;
     let ranges = mapped(&m);
@@ -57,12 +66,20 @@ pub fn open(image: &Path, trusted: &[PublicKey]) -> Result<(Manifest, Bmap, Sign
     Ok((
         m,
         bmap,
-        Signed {
-            key,
-            manifest: path,
+        Checked {
+            key: Some(key),
             ranges,
         },
     ))
+}
+
+/// A bmap's range checksums, when it has SHA-256 ones for every range.
+pub fn from_bmap(bmap: &Bmap, sums: Option<Vec<String>>) -> Option<Checked> {
+    let sums = sums.filter(|s| s.len() == bmap.ranges.len())?;
+    Some(Checked {
+        key: None,
+        ranges: bmap.ranges.iter().copied().zip(sums).collect(),
+    })
 }
 
 /// The manifest's mapped ranges in bytes, each with its hash.
@@ -79,11 +96,12 @@ fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
         .collect()
 }
 
-impl Signed {
+impl Checked {
     /// A checker for one pass over the image at `path`.
     pub fn checker(&self, path: &Path) -> RangeCheck<'_> {
         RangeCheck {
             path: path.to_path_buf(),
+            signed: self.key.is_some(),
             ranges: &self.ranges,
             next: 0,
             done: 0,
@@ -96,6 +114,7 @@ impl Signed {
 /// the signed hash when it is complete.
 pub struct RangeCheck<'a> {
     path: PathBuf,
+    signed: bool,
     ranges: &'a [(Extent, String)],
     next: usize,
     /// Bytes of `ranges[next]` hashed so far.
@@ -131,10 +150,15 @@ impl RangeCheck<'_> {
                     return Err(self.bad(
                         r.start,
                         format!(
-                            "bytes {}..{} do not match the signed manifest (SHA-256 {got}, \
-                             signed {want})",
+                            "bytes {}..{} do not match the {} (SHA-256 {got}, expected \
+                             {want})",
                             bytes(r.start),
-                            bytes(r.end())
+                            bytes(r.end()),
+                            if self.signed {
+                                "signed manifest"
+                            } else {
+                                "bmap's checksum"
+                            }
                         ),
                     ));
                 }
@@ -168,10 +192,9 @@ impl RangeCheck<'_> {
 mod tests {
     use super::*;
 
-    fn signed(ranges: Vec<(Extent, &[u8])>) -> Signed {
-        Signed {
-            key: crate::image::sign::SecretKey::generate().unwrap().public(),
-            manifest: PathBuf::from("m"),
+    fn signed(ranges: Vec<(Extent, &[u8])>) -> Checked {
+        Checked {
+            key: Some(crate::image::sign::SecretKey::generate().unwrap().public()),
             ranges: ranges
                 .into_iter()
                 .map(|(e, b)| (e, hex(&Sha256::digest(b))))

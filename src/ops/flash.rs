@@ -64,6 +64,8 @@ pub enum FlashSource<'a> {
         /// When not empty, the image's manifest must be signed by one of these keys and
         /// every byte written must match it (`image::trust`).
         trusted: Vec<crate::image::sign::PublicKey>,
+        /// For an http(s) URL: timeouts and the cache.
+        fetch: crate::image::remote::Options,
     },
 }
 
@@ -145,16 +147,23 @@ pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
             path,
             bmap,
             trusted,
+            fetch,
         } => {
-            let image = ImageSource::open_trusted(path, bmap.as_deref(), trusted)?;
+            let image = if crate::image::remote::is_url(path) {
+                let url = path.to_string_lossy();
+                crate::image::fetch::open_url(&url, bmap.as_deref(), trusted, fetch)?
+            } else {
+                ImageSource::open_trusted(path, bmap.as_deref(), trusted)?
+            };
             check_all(&infos, &policy(image.size))?;
             let summary = Summary::Image {
                 path: path.clone(),
                 size: image.size,
                 signed_by: image
-                    .signed
+                    .checked
                     .as_ref()
-                    .map(|s| crate::image::sign::key_id_hex(&s.key.id)),
+                    .and_then(|c| c.key.as_ref())
+                    .map(|k| crate::image::sign::key_id_hex(&k.id)),
             };
             (
                 summary,
@@ -542,7 +551,7 @@ fn write_image(
                 s.spawn(move || device_worker(info, stream, total, verify, progress))
             })
             .collect();
-        let read = feed(image, &mut fan);
+        let read = feed(image, &mut fan, progress);
         // Dropping the senders ends every stream; after a read error each device sees its
         // stream end early, fails and wipes its table.
         drop(fan);
@@ -573,20 +582,50 @@ fn write_image(
 
 /// Reads the image and sends it in 1 MiB chunks to every live device, then the empty chunk
 /// at the image's size that marks a complete stream.
-fn feed(image: &ImageSource, fan: &mut Fanout) -> Result<()> {
-    let mut check = Checked(image.signed.as_ref().map(|s| s.checker(&image.path)));
-    match &image.bmap {
+fn feed(image: &ImageSource, fan: &mut Fanout, progress: Callback<'_>) -> Result<()> {
+    let mut check = Checked(image.checked.as_ref().map(|s| s.checker(&image.path)));
+    match (&image.remote, &image.bmap) {
+        (Some(remote), _) => {
+            let r = remote_reader(remote)?;
+            feed_decoded(image, r, fan, &mut check, &|| {
+                let (done, total) = remote.progress();
+                progress(&Event {
+                    phase: crate::progress::Phase::Download,
+                    device: None,
+                    done,
+                    total: total.unwrap_or(done),
+                })
+            })?
+        }
         // A raw image with a block map: read only the mapped ranges.
-        Some(b) if codec_of(&image.path)?.is_none() => {
+        (None, Some(b)) if codec_of(&image.path)?.is_none() => {
             feed_mapped(&image.path, &b.ranges, fan, &mut check)?
         }
-        _ => feed_decoded(image, fan, &mut check)?,
+        (None, _) => feed_decoded(image, open_image(&image.path)?, fan, &mut check, &|| {})?,
     }
     if let Some(c) = &check.0 {
         c.finish()?;
     }
+    if let Some(remote) = &image.remote {
+        remote.keep()?;
+    }
     fan.send(image.size, Arc::new(Vec::new()));
     Ok(())
+}
+
+/// The downloaded image, decompressed by its magic.
+fn remote_reader(remote: &crate::image::fetch::Fetched) -> Result<Box<dyn std::io::Read + Send>> {
+    use std::io::BufRead;
+    let io = |e| Error::io(remote.url.clone(), e);
+    let dl = remote
+        .take()
+        .ok_or_else(|| Error::Internal(format!("{} was already read", remote.url)))?;
+    let mut r = std::io::BufReader::with_capacity(MIB as usize, dl);
+    let head = r.fill_buf().map_err(io)?;
+    Ok(match crate::image::codec::Codec::sniff(head) {
+        Some(c) => c.decoder(r).map_err(io)?,
+        None => Box::new(r),
+    })
 }
 
 /// The signature check of what is sent, when the image is trusted.
@@ -627,11 +666,17 @@ fn feed_mapped(
 
 /// Decodes the whole image; chunks without a mapped byte need no device write and are not
 /// sent.
-fn feed_decoded(image: &ImageSource, fan: &mut Fanout, check: &mut Checked<'_>) -> Result<()> {
+fn feed_decoded(
+    image: &ImageSource,
+    mut r: Box<dyn std::io::Read + Send>,
+    fan: &mut Fanout,
+    check: &mut Checked<'_>,
+    each: &dyn Fn(),
+) -> Result<()> {
     let path = &image.path;
-    let mut r = open_image(path)?;
     let mut at = 0u64;
     loop {
+        each();
         stop_requested(path)?;
         let mut buf = vec![0u8; MIB as usize];
         let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, at, e))?;

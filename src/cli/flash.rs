@@ -57,6 +57,10 @@ pub struct FlashArgs {
     /// Skip reading back and comparing what was written.
     #[arg(long)]
     pub(super) no_verify: bool,
+    /// Before writing, check that each card stores as much as it claims (see
+    /// `check-capacity`); a counterfeit card is refused with nothing of the flash written.
+    #[arg(long)]
+    pub(super) check_capacity: bool,
     /// Progress events and the final report as JSON lines.
     #[arg(long)]
     pub(super) json: bool,
@@ -119,6 +123,7 @@ fn request<'a>(
         source,
         verify: !a.no_verify,
         allow_fixed: a.allow_fixed_disk,
+        check_capacity: a.check_capacity,
     }
 }
 

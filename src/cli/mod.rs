@@ -20,6 +20,7 @@ macro_rules! out_raw {
     };
 }
 
+mod capacity;
 mod flash;
 mod inspect;
 mod render;
@@ -118,6 +119,20 @@ power loss the card holds the old set or the new one, and re-running completes i
 partition that grows to the card (persist) is never written. A config.txt or cmdline.txt
 edited on the card is kept unless --force-config.")]
     Upgrade(upgrade::UpgradeArgs),
+    /// Check that a card stores as much as it claims (counterfeit cards do not).
+    #[command(
+        name = "check-capacity",
+        after_help = "Examples:
+  skiff-flash check-capacity /dev/sdb
+  skiff-flash check-capacity /dev/sdb --yes --json
+  skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --check-capacity
+
+Tagged blocks are written across the whole claimed size (first and last sector included,
+denser around powers of two), read back past every cache and put back afterwards. A card
+whose writes wrap around or vanish is refused (exit 2) naming its real size. The same
+device checks as flash apply: mounted, busy, system and fixed disks are refused."
+    )]
+    CheckCapacity(capacity::CapacityArgs),
     /// List removable disks: path, model, size, partitions, mounted?
     #[command(after_help = "Examples:
   skiff-flash devices
@@ -163,6 +178,7 @@ const COMMANDS: &[&str] = &[
     "upgrade",
     "verify",
     "inspect",
+    "check-capacity",
     "completions",
     "man",
     "help",
@@ -402,6 +418,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         ),
         Command::Verify(a) => verify::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::CheckCapacity(a) => capacity::check(a, cli.quiet),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

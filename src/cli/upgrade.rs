@@ -135,6 +135,7 @@ fn reformat(
         })),
         verify: true,
         allow_fixed: a.allow_fixed_disk,
+        check_capacity: false,
     };
     super::flash::run(&request, a.yes, a.json, quiet)
 }

@@ -50,6 +50,18 @@ pub struct FlashRequest<'a> {
     pub verify: bool,
     /// Accept disks that are not removable, USB, SD, MMC or loop.
     pub allow_fixed: bool,
+    /// Probe each device for its real capacity (`ops::capacity`) before writing it; a
+    /// device that stores less than it claims is refused with nothing of the flash written.
+    pub check_capacity: bool,
+}
+
+/// How carefully each device is written.
+#[derive(Debug, Clone, Copy)]
+struct Care {
+    /// Read back and compare everything written.
+    verify: bool,
+    /// Probe the real capacity first.
+    check_capacity: bool,
 }
 
 /// Where the bytes come from.
@@ -84,7 +96,7 @@ pub enum Summary {
 pub struct Prepared {
     summary: Summary,
     job: Job,
-    verify: bool,
+    care: Care,
 }
 
 /// Each device with what it gets.
@@ -173,7 +185,10 @@ pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
     Ok(Prepared {
         summary,
         job,
-        verify: req.verify,
+        care: Care {
+            verify: req.verify,
+            check_capacity: req.check_capacity,
+        },
     })
 }
 
@@ -224,18 +239,18 @@ impl Prepared {
         crate::signals::install_interrupt_flag()
             .map_err(|e| Error::io("installing the signal handlers", e))?;
         Ok(match &self.job {
-            Job::Board(targets) => write_boards(targets, self.verify, progress),
-            Job::Image { image, devices } => write_image(devices, image, self.verify, progress),
+            Job::Board(targets) => write_boards(targets, self.care, progress),
+            Job::Image { image, devices } => write_image(devices, image, self.care, progress),
         })
     }
 }
 
 /// One thread per device, each composing its own plan.
-fn write_boards(targets: &[BoardTarget], verify: bool, progress: Callback<'_>) -> Vec<Outcome> {
+fn write_boards(targets: &[BoardTarget], care: Care, progress: Callback<'_>) -> Vec<Outcome> {
     std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
-            .map(|t| s.spawn(move || flash_plan(&t.info, &t.plan, verify, progress)))
+            .map(|t| s.spawn(move || flash_plan(&t.info, &t.plan, care, progress)))
             .collect();
         targets
             .iter()
@@ -366,18 +381,29 @@ fn fail(dev: &mut Device, e: Error) -> Error {
 fn flash_plan(
     info: &DeviceInfo,
     plan: &Plan,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Result<FlashReport> {
     let started = Instant::now();
-    let mut dev = Device::open_exclusive(info)?;
+    let mut dev = open_checked(info, care)?;
     let written = compose_onto(&mut dev, plan, progress).map_err(|e| fail(&mut dev, e))?;
     let done = Done {
         parts: parts_of(plan),
         written,
         started,
     };
-    finish(info, dev, done, verify, progress)
+    finish(info, dev, done, care.verify, progress)
+}
+
+/// Claims the device and, when asked, probes its real capacity: a refused device is left
+/// as it was (the probed blocks are put back) and nothing of the flash is written. A
+/// passed device keeps the probe patterns, which the flash overwrites.
+fn open_checked(info: &DeviceInfo, care: Care) -> Result<Device> {
+    let dev = Device::open_exclusive(info)?;
+    if care.check_capacity {
+        crate::ops::capacity::probe(&dev, crate::ops::capacity::Restore::OnRefusal)?;
+    }
+    Ok(dev)
 }
 
 fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
@@ -502,7 +528,7 @@ struct Stream<'a> {
 fn write_image(
     infos: &[DeviceInfo],
     image: &ImageSource,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Vec<Outcome> {
     let total: u64 = image
@@ -521,7 +547,7 @@ fn write_image(
                     mapped: image.bmap.as_ref().map(|b| b.ranges.as_slice()),
                     size: image.size,
                 };
-                s.spawn(move || device_worker(info, stream, total, verify, progress))
+                s.spawn(move || device_worker(info, stream, total, care, progress))
             })
             .collect();
         let read = feed(image, &mut fan);
@@ -612,14 +638,14 @@ fn device_worker(
     info: &DeviceInfo,
     stream: Stream<'_>,
     total: u64,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Result<FlashReport> {
     let started = Instant::now();
-    let mut dev = Device::open_exclusive(info)?;
+    let mut dev = open_checked(info, care)?;
     let done =
         write_stream(&mut dev, &stream, total, progress, started).map_err(|e| fail(&mut dev, e))?;
-    finish(info, dev, done, verify, progress)
+    finish(info, dev, done, care.verify, progress)
 }
 
 /// Writes every chunk of the stream, table sectors last.

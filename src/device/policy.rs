@@ -110,6 +110,12 @@ pub fn check(info: &DeviceInfo, policy: &SafetyPolicy) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether `info` may be read as a consistent whole (`backup`): nothing on it mounted or
+/// in use as swap, so no filesystem changes while it is read.
+pub fn check_unmounted(info: &DeviceInfo) -> Result<(), Refusal> {
+    check_mounts(info)
+}
+
 fn system_refusal(info: &DeviceInfo) -> Refusal {
     let all = (info.mountpoints.iter()).chain(info.partitions.iter().flat_map(|p| &p.mountpoints));
     let uses: Vec<&str> = all

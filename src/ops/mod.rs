@@ -2,6 +2,7 @@
 //! installed card in place, verifying a card against a build, inspecting any disk, checking
 //! that a card stores what it claims.
 
+pub mod backup;
 pub mod build;
 pub mod capacity;
 pub mod flash;

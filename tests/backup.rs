@@ -21,6 +21,7 @@ fn can_run() -> bool {
             ("sfdisk", "fdisk"),
             ("sgdisk", "gdisk"),
             ("diff", "diffutils"),
+            ("resize2fs", "e2fsprogs"),
         ])
 }
 
@@ -116,6 +117,41 @@ fn backup_restores_every_file_onto_a_larger_card() {
     let m = Mount::ro(&b.part(3));
     let back = std::fs::read(Path::new(m.path()).join("user/dir3/file4.bin")).unwrap();
     assert_eq!(back, pseudo(back.len(), 304));
+    drop(m);
+    grown_restore(&image, &a);
+}
+
+/// `flash --image --grow` onto a 1.5 GiB card: the last partition's entry reaches the last
+/// usable sector, the table is valid, its ext4 is clean and `resize2fs` can grow it into
+/// the room, keeping every file.
+fn grown_restore(image: &Path, a: &Card) {
+    let size = 3u64 << 29;
+    let Some(c) = Card::new(size) else { return };
+    let args = [
+        "flash",
+        &c.dev,
+        "--image",
+        image.to_str().unwrap(),
+        "--grow",
+        "--yes",
+    ];
+    ok(&sf(&args).output());
+    tool_ok("sgdisk", &["-v", &c.dev]);
+    let dump = tool_ok("sfdisk", &["--json", &c.dev]);
+    let table: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let p3 = &table["partitiontable"]["partitions"][2];
+    let last_usable = size / 512 - 34;
+    assert_eq!(
+        p3["start"].as_u64().unwrap() + p3["size"].as_u64().unwrap() - 1,
+        last_usable,
+        "{dump}"
+    );
+    tool_ok("e2fsck", &["-fn", &c.part(3)]);
+    // -f: e2fsck -n above found it clean but records no check time.
+    tool_ok("resize2fs", &["-f", &c.part(3)]);
+    tool_ok("e2fsck", &["-fn", &c.part(3)]);
+    let (old, new) = (Mount::ro(&a.part(3)), Mount::ro(&c.part(3)));
+    same_tree(old.path(), new.path());
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct FlashArgs {
     /// `check-capacity`); a counterfeit card is refused with nothing of the flash written.
     #[arg(long)]
     pub(super) check_capacity: bool,
+    /// With --image onto a larger device: extend the last partition's table entry to the
+    /// device's end (GPT or MBR). Its filesystem keeps its size: grow it with `resize2fs`
+    /// (SkiffOS grows persist at boot).
+    #[arg(long, requires = "image")]
+    pub(super) grow: bool,
     /// Progress events and the final report as JSON lines.
     #[arg(long)]
     pub(super) json: bool,
@@ -124,6 +129,7 @@ fn request<'a>(
         verify: !a.no_verify,
         allow_fixed: a.allow_fixed_disk,
         check_capacity: a.check_capacity,
+        grow: a.grow,
     }
 }
 

@@ -85,24 +85,25 @@ fn ext4_used(dev: &dyn ReadAt, start: u64, len: u64) -> Result<Vec<Extent>, Stri
     let backups = Backups::read(dev, start, sb, groups);
     let mut out = Runs::default();
     // Block 0 holds the boot sector and, with 4 KiB blocks, the superblock.
-    out.push(0, (first + head) * bs);
+    out.push(0, first.saturating_add(head).saturating_mul(bs));
     for g in 0..groups {
         let d = fs.group_desc(g).map_err(|e| e.to_string())?;
-        let gstart = first + g * bpg;
+        let gstart = first.saturating_add(g.saturating_mul(bpg));
         let glen = bpg.min(sb.blocks_count.saturating_sub(gstart));
+        // Hostile descriptors may name any block: products saturate, `finish` clips.
         if backups.has(g) {
-            out.push(gstart * bs, head * bs);
+            out.push(gstart.saturating_mul(bs), head * bs);
         }
-        out.push(d.block_bitmap * bs, bs);
-        out.push(d.inode_bitmap * bs, bs);
-        out.push(d.inode_table * bs, itable * bs);
+        out.push(d.block_bitmap.saturating_mul(bs), bs);
+        out.push(d.inode_bitmap.saturating_mul(bs), bs);
+        out.push(d.inode_table.saturating_mul(bs), itable * bs);
         if d.flags & BLOCK_UNINIT != 0 {
             continue;
         }
         let bitmap = fs.read_block(d.block_bitmap).map_err(|e| e.to_string())?;
         for i in 0..glen.min(bitmap.len() as u64 * 8) {
             if bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0 {
-                out.push((gstart + i) * bs, bs);
+                out.push((gstart + i).saturating_mul(bs), bs);
             }
         }
     }
@@ -156,7 +157,9 @@ impl Runs {
             return;
         }
         match self.0.last_mut() {
-            Some(l) if l.end() == start => l.len += len,
+            Some(l) if l.start.checked_add(l.len) == Some(start) => {
+                l.len = l.len.saturating_add(len)
+            }
             _ => self.0.push(Extent::new(start, len)),
         }
     }
@@ -166,7 +169,7 @@ impl Runs {
         self.0.sort_unstable();
         let mut out: Vec<Extent> = Vec::with_capacity(self.0.len());
         for e in self.0 {
-            let end = e.end().min(len);
+            let end = e.start.saturating_add(e.len).min(len);
             if e.start >= end {
                 continue;
             }

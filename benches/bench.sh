@@ -4,6 +4,19 @@
 # This is a benchmark, not a test. One run prints one table and one "ratios" block (with
 # PASS/FAIL against the targets) per section. Sections (BENCH_SECTIONS, default all):
 #
+#   ratios  the headline ratios, medians of RATIO_REPS (default 5) interleaved runs on a pi/4
+#           images dir as a real build leaves it: Debian's arm64 kernel and Raspberry Pi DTBs
+#           (`apt-get download` of the package linux-image-arm64 points at, cached in
+#           target/boot-cache/debs), an lz4 initramfs holding busybox (busybox-static:arm64)
+#           and a 20 MiB incompressible blob in an xz squashfs. Each run, in turn: build .img;
+#           genimage of the same layout; `cat` of every payload file into one file (the
+#           copy-once limit); build .img.zst (and its peak RSS); build .img then
+#           `zstd -T0 -3`; as root, on 1 GiB loop devices with cold caches: `bmaptool copy`,
+#           `flash --image` with read-back verify, and an .img.zst flashed to one card and to
+#           four at once. Prints the medians and the ratios with PASS/FAIL against the goals:
+#           genimage/build >= 3, build/copy <= 1.5, (build+zstd)/(.img.zst) >= 1.5 with
+#           peak RSS <= 64 MiB, flash-with-verify/bmaptool <= 1.0, 4 cards/1 card <= 1.3.
+#
 #   build   skiff-flash vs genimage composing the same Raspberry Pi 4 disk image.
 #           REPS runs (wall seconds and max RSS via `/usr/bin/time -f '%e %M'`) of
 #             a. `skiff-flash build --board pi/4` with --size 1GiB and --size 16GiB;
@@ -84,7 +97,8 @@
 #           bytes written <= 1.05x the changed bytes.
 #
 # Environment (defaults sized for a 2-core machine; a full run takes a few minutes):
-#   BENCH_SECTIONS     sections to run, any of "build flash zst verify upgrade" (default all)
+#   BENCH_SECTIONS     sections to run, any of "ratios build flash zst verify upgrade" (default all)
+#   RATIO_REPS         ratios: interleaved runs (default 5)
 #   PAYLOAD_MIB        build: payload, MiB (default 100)
 #   REPS               build: repetitions per measurement (default 3)
 #   FLASH_PAYLOAD_MIB  flash and zst: payload, MiB (default 300)
@@ -115,7 +129,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH_SECTIONS=${BENCH_SECTIONS:-build flash zst verify upgrade}
+BENCH_SECTIONS=${BENCH_SECTIONS:-ratios build flash zst verify upgrade}
+RATIO_REPS=${RATIO_REPS:-5}
+RATIO_LOOPS=()
 PAYLOAD_MIB=${PAYLOAD_MIB:-100}
 REPS=${REPS:-3}
 FLASH_PAYLOAD_MIB=${FLASH_PAYLOAD_MIB:-300}
@@ -156,7 +172,7 @@ done
 read -r -a SECTIONS <<<"$BENCH_SECTIONS"
 ((${#SECTIONS[@]})) || die "BENCH_SECTIONS is empty"
 for s in "${SECTIONS[@]}"; do
-    [[ $s =~ ^(build|flash|zst|verify|upgrade)$ ]] || die "unknown section '$s' in BENCH_SECTIONS (build flash zst verify upgrade)"
+    [[ $s =~ ^(ratios|build|flash|zst|verify|upgrade)$ ]] || die "unknown section '$s' in BENCH_SECTIONS (ratios build flash zst verify upgrade)"
 done
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
@@ -171,6 +187,11 @@ fi
 if want flash && ((IS_ROOT)); then PKG+=([losetup]=mount [bmaptool]=bmap-tools); fi
 if want upgrade && ((IS_ROOT)); then PKG+=([losetup]=mount [sfdisk]=fdisk); fi
 if want zst; then PKG+=([zstd]=zstd [xz]=xz-utils); fi
+if want ratios; then
+    PKG+=([genimage]=genimage [mkfs.vfat]=dosfstools [mcopy]=mtools [mke2fs]=e2fsprogs
+          [zstd]=zstd [lz4]=lz4 [cpio]=cpio [dpkg-deb]=dpkg)
+    if ((IS_ROOT)); then PKG+=([losetup]=mount [bmaptool]=bmap-tools); fi
+fi
 missing=()
 for cmd in "${!PKG[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
@@ -190,6 +211,8 @@ fi
 WORK=$(mktemp -d "$BENCH_TMP/skiff-flash-bench.XXXXXX")
 LOOPDEV=""
 cleanup() {
+    local l
+    for l in "${RATIO_LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
     if [[ -n $LOOPDEV ]]; then
         losetup -d "$LOOPDEV" 2>/dev/null || log "bench: could not detach $LOOPDEV"
         LOOPDEV=""
@@ -455,6 +478,160 @@ gen_cfg() {
         echo '    }'
         echo '}'
     } >"$cfg"
+}
+
+
+# === section ratios: the headline ratios on a realistic payload ==================================
+# real_deb SPEC: the cached .deb of SPEC (name:arch), fetched once with `apt-get download`
+# into target/boot-cache/debs (shared with the QEMU boot tests).
+real_deb() {
+    local spec=$1 name=${1%%:*} arch=${1##*:} dir="$ROOT/target/boot-cache/debs" f
+    mkdir -p "$dir"
+    f=$(ls "$dir/${name}_"*"_$arch.deb" 2>/dev/null | sort | tail -n 1 || true)
+    if [[ -z $f ]]; then
+        (cd "$dir" && apt-get download -q "$spec" >/dev/null) || die "apt-get download $spec failed"
+        f=$(ls "$dir/${name}_"*"_$arch.deb" | sort | tail -n 1)
+    fi
+    printf '%s\n' "$f"
+}
+# real_payload DIR: a pi/4 images dir as a real build leaves it: Debian's arm64 kernel
+# (uncompressed Image) and its Raspberry Pi DTBs, an lz4 initramfs holding busybox, and a
+# 20 MiB incompressible blob in an xz squashfs (in rootfs_part/).
+real_payload() {
+    local dir=$1 k="$WORK/kpkg" b="$WORK/bbpkg" r="$WORK/initramfs" sq="$WORK/sqsrc" kpkg dtb
+    if ! dpkg --print-foreign-architectures | grep -qx arm64 && [[ $(dpkg --print-architecture) != arm64 ]]; then
+        ((IS_ROOT)) || die "the ratios section needs the arm64 dpkg architecture (dpkg --add-architecture arm64; apt-get update)"
+        dpkg --add-architecture arm64 && apt-get update -qq >/dev/null
+    fi
+    kpkg=$(apt-cache depends linux-image-arm64:arm64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
+    [[ -n $kpkg ]] || die "apt-cache names no kernel for linux-image-arm64:arm64"
+    [[ $kpkg == *:* ]] || kpkg="$kpkg:arm64"
+    rm -rf "$k" "$b" "$r" "$sq"
+    dpkg-deb -x "$(real_deb "$kpkg")" "$k"
+    dpkg-deb -x "$(real_deb busybox-static:arm64)" "$b"
+    cp -a "$ROOT/fixtures/pi4/images" "$dir"
+    zcat -f "$k"/boot/vmlinuz-* >"$dir/Image"
+    for dtb in "$dir"/*.dtb; do
+        local real; real=$(find "$k/usr/lib" -name "$(basename "$dtb")" | head -n 1)
+        [[ -n $real ]] && cp "$real" "$dtb"
+    done
+    mkdir -p "$r/bin" "$r/dev" "$r/proc" "$r/sys"
+    cp "$b/bin/busybox" "$r/bin/busybox"
+    printf '#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\nexec /bin/busybox sh\n' >"$r/init"
+    chmod 0755 "$r/init"
+    (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --reproducible --quiet) >"$dir/rootfs.cpio"
+    lz4 -q -l -9 -f "$dir/rootfs.cpio" "$dir/rootfs.cpio.lz4"
+    mkdir -p "$sq"
+    head -c $((20 * MIB)) /dev/urandom >"$sq/blob"
+    mksquashfs "$sq" "$dir/rootfs_part/data.squashfs" -comp xz -noappend -all-root -no-xattrs \
+        -quiet -no-progress >/dev/null
+    rm -rf "$k" "$b" "$r" "$sq"
+}
+
+# now: seconds since the epoch, with nanoseconds.
+now() { date +%s.%N; }
+# clock OUT CMD...: runs CMD (stdout/stderr to OUT.log), appends its wall seconds to OUT.times.
+clock() {
+    local out=$1 t0 t1; shift
+    sync
+    t0=$(now)
+    "$@" >"$out.log" 2>&1 || { cat "$out.log" >&2; die "failed: $*"; }
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f\n", b - a}' >>"$out.times"
+}
+# med OUT: the median of OUT.times.
+med() { median "$1.times"; }
+
+section_ratios() {
+    echo
+    echo "== ratios: pi/4 with a realistic payload, medians of $RATIO_REPS interleaved runs =="
+    local images="$WORK/real-images" out="$WORK/ratios" plan cfg payload files r i size
+    real_payload "$images"
+    mkdir -p "$out"
+    mapfile -t files < <(find "$images" -type f | LC_ALL=C sort)
+    payload=$(cat "${files[@]}" | wc -c)
+    echo "payload: $(mib "$payload") MiB in ${#files[@]} files (kernel $(mib "$(stat -c %s "$images/Image")") MiB, initramfs $(mib "$(stat -c %s "$images/rootfs.cpio.lz4")") MiB lz4, squashfs $(mib "$(stat -c %s "$images/rootfs_part/data.squashfs")") MiB xz)"
+    size=1GiB
+    plan="$WORK/ratios-plan.json"
+    "$SF" plan --board "$BOARD" --images "$images" --size "$size" --json >"$plan"
+    cfg="$WORK/ratios-genimage.cfg"
+    IMAGES=$images gen_cfg "$plan" "$cfg" "$WORK/ratios-text"
+    mkdir -p "$WORK/empty-root" "$WORK/input"
+
+    local devs=() backs=() d
+    if ((IS_ROOT)); then
+        for i in 1 2 3 4; do
+            backs+=("$WORK/card$i.bin")
+            fallocate -l 1G "${backs[-1]}"
+            d=$(losetup -f --show --direct-io=on "${backs[-1]}" 2>/dev/null || losetup -f --show "${backs[-1]}")
+            devs+=("$d")
+        done
+        RATIO_LOOPS=("${devs[@]}")
+    fi
+    "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" --bmap -o "$out/flash.img"
+    "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" -o "$out/fan.img.zst"
+
+    for ((r = 1; r <= RATIO_REPS; r++)); do
+        log "ratios: run $r/$RATIO_REPS"
+        rm -f "$out/b.img" "$out/b.img.manifest.json"
+        clock "$out/build" "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" -o "$out/b.img"
+        rm -rf "$out/gi"; mkdir -p "$out/gi/out"
+        clock "$out/genimage" genimage --config "$cfg" --rootpath "$WORK/empty-root" \
+            --tmppath "$out/gi/tmp" --inputpath "$WORK/input" --outputpath "$out/gi/out"
+        rm -f "$out/copy.bin"
+        clock "$out/copy" sh -c 'cat "$@" >"$0"' "$out/copy.bin" "${files[@]}"
+        rm -f "$out/z.img.zst" "$out/z.img.zst.manifest.json"
+        /usr/bin/time -f '%M' -o "$out/zst.rss.$r" \
+            "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" -o "$out/z.img.zst" 2>/dev/null
+        rm -f "$out/z.img.zst" "$out/z.img.zst.manifest.json"
+        clock "$out/zst" "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" -o "$out/z.img.zst"
+        rm -f "$out/p.img" "$out/p.img.zst" "$out/p.img.manifest.json"
+        clock "$out/img+zstd" sh -c '"$1" build --quiet --board "$2" --images "$3" --size "$4" -o "$5" && zstd -q -T0 -3 "$5" -o "$5.zst"' \
+            _ "$SF" "$BOARD" "$images" "$size" "$out/p.img"
+        if ((IS_ROOT)); then
+            drop_caches
+            clock "$out/bmaptool" bmaptool -q copy --bmap "$out/flash.img.bmap" "$out/flash.img" "${devs[0]}"
+            drop_caches
+            clock "$out/flash" "$SF" flash "${devs[0]}" --image "$out/flash.img" --yes --quiet
+            drop_caches
+            clock "$out/one" "$SF" flash "${devs[0]}" --image "$out/fan.img.zst" --yes --quiet --no-verify
+            drop_caches
+            clock "$out/four" "$SF" flash "${devs[@]}" --image "$out/fan.img.zst" --yes --quiet --no-verify
+        fi
+    done
+    for i in "${devs[@]}"; do losetup -d "$i" 2>/dev/null || true; done
+    RATIO_LOOPS=()
+    rm -f "${backs[@]}"
+
+    local rss; rss=$(cat "$out"/zst.rss.* | sort -g | tail -n 1 | awk '{printf "%.1f", $1/1024}')
+    printf '  %-48s %8s s\n' "build .img (skiff-flash)" "$(med "$out/build")" \
+        "genimage (staging + mkfs.vfat/mcopy/mke2fs)" "$(med "$out/genimage")" \
+        "copying the payload bytes once (cat)" "$(med "$out/copy")" \
+        "build .img.zst (skiff-flash)" "$(med "$out/zst")" \
+        "build .img, then zstd -T0 -3" "$(med "$out/img+zstd")"
+    if ((IS_ROOT)); then
+        printf '  %-48s %8s s\n' "bmaptool copy (bmap, no read-back)" "$(med "$out/bmaptool")" \
+            "flash --image (bmap) with read-back verify" "$(med "$out/flash")" \
+            "flash .img.zst to 1 card (--no-verify)" "$(med "$out/one")" \
+            "flash .img.zst to 4 cards at once (--no-verify)" "$(med "$out/four")"
+    fi
+    local x
+    echo "ratios (goal):"
+    x=$(ratio "$(med "$out/genimage")" "$(med "$out/build")")
+    printf "$RATIO_X" "genimage / build (>= 3)" "$x" "$(mark "$x" 3 ge)"
+    x=$(ratio "$(med "$out/build")" "$(med "$out/copy")")
+    printf "$RATIO_X" "build / payload copy (<= 1.5)" "$x" "$(mark "$x" 1.5 le)"
+    x=$(ratio "$(med "$out/img+zstd")" "$(med "$out/zst")")
+    printf "$RATIO_X" "(build + zstd) / build .img.zst (>= 1.5)" "$x" "$(mark "$x" 1.5 ge)"
+    printf "$RATIO_M" "peak RSS of build .img.zst (<= 64)" "$rss" "$(mark "$rss" 64 le)"
+    if ((IS_ROOT)); then
+        x=$(ratio "$(med "$out/flash")" "$(med "$out/bmaptool")")
+        printf "$RATIO_X" "flash with verify / bmaptool copy (<= 1.0)" "$x" "$(mark "$x" 1.0 le)"
+        x=$(ratio "$(med "$out/four")" "$(med "$out/one")")
+        printf "$RATIO_X" "4 cards / 1 card (<= 1.3)" "$x" "$(mark "$x" 1.3 le)"
+    else
+        echo "  (flash ratios need root: loop devices)"
+    fi
 }
 
 

@@ -20,6 +20,9 @@ tools=(
   bmaptool:bmap-tools zstd:zstd xz:xz-utils gzip:gzip genimage:genimage
   mkfs.vfat:dosfstools dtc:device-tree-compiler lz4:lz4 minisign:minisign
 )
+# Packages that are libraries rather than tools: the counterfeit-card tests' FUSE fake
+# (tests/capacity/fakecard.py).
+test_packages=(python3-fusepy)
 # Packages of the QEMU boot tests (tests/boot.rs), most of them firmware rather than tools.
 boot_packages=(
   qemu-system-x86 qemu-system-arm ovmf u-boot-qemu refind busybox-static lz4
@@ -31,7 +34,7 @@ for pair in "${tools[@]}"; do
     missing+=("$pkg")
   fi
 done
-for pkg in "${boot_packages[@]}"; do
+for pkg in "${test_packages[@]}" "${boot_packages[@]}"; do
   if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]; then
     missing+=("$pkg")
   fi

@@ -21,6 +21,7 @@ pub fn exercise(bytes: &[u8]) {
     tables(bytes);
     inspect(bytes);
     uimage(bytes);
+    used(bytes);
     bmap(bytes);
     manifest(bytes);
     genimage(bytes);
@@ -66,7 +67,8 @@ fn tables_once(data: &[u8]) {
 }
 
 /// The bytes as a whole disk: `inspect` (and its result serialised), then every FAT32
-/// volume it found and one at offset 0 opened, listed and every file read. Once as given
+/// volume it found and one at offset 0 opened, listed and every file read, and every
+/// partition's used ranges (`backup`'s). Once as given
 /// and once more with the GPT CRCs recomputed.
 pub fn inspect(bytes: &[u8]) {
     let mut disk = bytes.to_vec();
@@ -81,9 +83,11 @@ fn inspect_once(disk: &Vec<u8>) {
     let _ = serde_json::to_string(&found);
     let size = disk.len() as u64;
     for p in &found.partitions {
+        let len = p.size.min(size.saturating_sub(p.start));
         if p.fs.kind == "fat32" {
-            fat_at(disk, p.start, p.size.min(size.saturating_sub(p.start)));
+            fat_at(disk, p.start, len);
         }
+        used_at(disk, p.start, len);
     }
     fat_at(disk, 0, size);
 }
@@ -105,6 +109,23 @@ fn fat_at(disk: &Vec<u8>, base: u64, len: u64) {
     for e in &list {
         let mut n = 0u64;
         let _ = v.read_file(e, &mut |b| n += b.len() as u64);
+    }
+}
+
+/// The bytes as one partition: its filesystem probed and the ranges `backup` would copy.
+pub fn used(bytes: &[u8]) {
+    let disk = bytes.to_vec();
+    used_at(&disk, 0, disk.len() as u64);
+}
+
+fn used_at(disk: &Vec<u8>, base: u64, len: u64) {
+    use crate::format::used::{Used, used};
+    let p = crate::format::probe::probe(disk, base, len);
+    if let Used::Allocated(v) = used(disk, base, len, &p) {
+        assert!(
+            v.iter().all(|e| e.end() <= len),
+            "a used range past the partition"
+        );
     }
 }
 

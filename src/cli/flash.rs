@@ -66,6 +66,15 @@ pub struct FlashArgs {
     /// Skip reading back and comparing what was written.
     #[arg(long)]
     pub(super) no_verify: bool,
+    /// Before writing, check that each card stores as much as it claims (see
+    /// `check-capacity`); a counterfeit card is refused with nothing of the flash written.
+    #[arg(long)]
+    pub(super) check_capacity: bool,
+    /// With --image onto a larger device: extend the last partition's table entry to the
+    /// device's end (GPT or MBR). Its filesystem keeps its size: grow it with `resize2fs`
+    /// (SkiffOS grows persist at boot).
+    #[arg(long, requires = "image")]
+    pub(super) grow: bool,
     /// Progress events and the final report as JSON lines.
     #[arg(long)]
     pub(super) json: bool,
@@ -167,6 +176,8 @@ fn request<'a>(
         source,
         verify: !a.no_verify,
         allow_fixed: a.allow_fixed_disk,
+        check_capacity: a.check_capacity,
+        grow: a.grow,
     }
 }
 

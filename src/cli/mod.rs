@@ -20,6 +20,8 @@ macro_rules! out_raw {
     };
 }
 
+mod backup;
+mod capacity;
 mod flash;
 mod inspect;
 mod render;
@@ -119,6 +121,30 @@ power loss the card holds the old set or the new one, and re-running completes i
 partition that grows to the card (persist) is never written. A config.txt or cmdline.txt
 edited on the card is kept unless --force-config.")]
     Upgrade(upgrade::UpgradeArgs),
+    /// Back up a card into an image file: tables, bootloader area, and only the used
+    /// blocks of each FAT/ext4 partition.
+    #[command(after_help = "Examples:
+  skiff-flash backup /dev/sdb card.img.zst
+  skiff-flash backup /dev/sdb card.img --json          # sparse, with card.img.bmap
+  skiff-flash flash /dev/sdc --image card.img.zst      # restore (same or larger card)
+
+Partitions without a FAT, ext4 or squashfs filesystem are copied whole (the command says
+so). Nothing on the card may be mounted while it is read.")]
+    Backup(backup::BackupArgs),
+    /// Check that a card stores as much as it claims (counterfeit cards do not).
+    #[command(
+        name = "check-capacity",
+        after_help = "Examples:
+  skiff-flash check-capacity /dev/sdb
+  skiff-flash check-capacity /dev/sdb --yes --json
+  skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --check-capacity
+
+Tagged blocks are written across the whole claimed size (first and last sector included,
+denser around powers of two), read back past every cache and put back afterwards. A card
+whose writes wrap around or vanish is refused (exit 2) naming its real size. The same
+device checks as flash apply: mounted, busy, system and fixed disks are refused."
+    )]
+    CheckCapacity(capacity::CapacityArgs),
     /// List removable disks: path, model, size, partitions, mounted?
     #[command(after_help = "Examples:
   skiff-flash devices
@@ -408,6 +434,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Verify(a) => verify::verify(a, |b| board_or_skiff(&catalog, &a.dir, b), epoch()?),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Keygen(a) => sign::keygen(a, cli.quiet),
+        Command::CheckCapacity(a) => capacity::check(a, cli.quiet),
+        Command::Backup(a) => backup::backup(a, cli.quiet),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -556,20 +584,10 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         .transpose()?;
     let plan = make_plan(catalog, &a.inputs)?;
     warn(cli, &plan.warnings);
-    let bar = if cli.quiet || a.json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message(format!("building {}", a.output.display()));
-        b
-    };
+    let bar = file_bar(
+        cli.quiet || a.json,
+        format!("building {}", a.output.display()),
+    );
     let progress = |e: &skiff_flash::progress::Event| {
         bar.set_length(e.total);
         bar.set_position(e.done);
@@ -604,4 +622,22 @@ fn build(cli: &Cli, catalog: &Catalog, a: &BuildArgs) -> Result<()> {
         out!("{}", render::built(&plan, &a.output, &report, elapsed));
     }
     Ok(())
+}
+
+/// The progress bar of a command writing one image file: hidden when `quiet` or when
+/// stderr is not a terminal.
+pub(super) fn file_bar(quiet: bool, message: String) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(message);
+    b
 }

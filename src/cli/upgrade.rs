@@ -135,6 +135,8 @@ fn reformat(
         })),
         verify: true,
         allow_fixed: a.allow_fixed_disk,
+        check_capacity: false,
+        grow: false,
     };
     super::flash::run(&request, a.yes, a.json, quiet)
 }

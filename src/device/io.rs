@@ -106,7 +106,7 @@ impl Device {
     }
 
     /// Flushes written data to the device (fsync, which also flushes the device's cache).
-    pub fn sync(&mut self) -> Result<()> {
+    pub fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
@@ -124,23 +124,49 @@ impl Device {
         let sector = u64::from(self.logical_sector);
         let start = offset - offset % sector;
         let span = (end.next_multiple_of(sector).min(self.size) - start) as usize;
-        let reader = self.direct_reader().map_err(|e| Error::io(context(), e))?;
-        // Over-allocate by one alignment unit and read into the aligned part: no unsafe
-        // allocation needed. 4096 satisfies every DMA alignment the kernel asks of O_DIRECT.
-        let align = sector.max(4096) as usize;
-        let mut raw = vec![0u8; span + align];
-        let skip = raw.as_ptr().align_offset(align);
-        let buf = &mut raw[skip..skip + span];
+        let reader = self
+            .direct(OFlags::RDONLY)
+            .map_err(|e| Error::io(context(), e))?;
+        let mut raw = Aligned::new(span, sector);
         reader
-            .read_exact_at(buf, start)
+            .read_exact_at(raw.buf(), start)
             .map_err(|e| Error::io(context(), e))?;
         let from = (offset - start) as usize;
-        Ok(buf[from..from + len].to_vec())
+        Ok(raw.buf()[from..from + len].to_vec())
     }
 
-    fn direct_reader(&self) -> io::Result<File> {
+    /// Writes `bytes` at `offset` past the page cache (O_DIRECT), so that the medium, not a
+    /// cached page, receives them now; both must be whole logical sectors. For probing
+    /// what a device really stores; `sync` still flushes the device's own cache.
+    pub fn write_direct(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let context = || format!("writing {} at {offset}", self.path.display());
+        let sector = u64::from(self.logical_sector);
+        if !offset.is_multiple_of(sector) || !(bytes.len() as u64).is_multiple_of(sector) {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "not whole sectors");
+            return Err(Error::io(context(), e));
+        }
+        self.bounds(offset, bytes.len() as u64)
+            .map_err(|e| Error::io(context(), e))?;
+        let writer = self
+            .direct(OFlags::WRONLY)
+            .map_err(|e| Error::io(context(), e))?;
+        let mut raw = Aligned::new(bytes.len(), sector);
+        raw.buf().copy_from_slice(bytes);
+        writer
+            .write_all_at(raw.buf(), offset)
+            .map_err(|e| Error::io(context(), e))
+    }
+
+    /// The device's logical sector size: the unit of direct I/O.
+    pub fn logical_sector(&self) -> u32 {
+        self.logical_sector
+    }
+
+    /// A second descriptor of the very same device (reopened through /proc/self/fd) with
+    /// O_DIRECT and `access`.
+    fn direct(&self, access: OFlags) -> io::Result<File> {
         let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        let flags = OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+        let flags = access | OFlags::DIRECT | OFlags::CLOEXEC;
         Ok(File::from(rustix::fs::open(path, flags, Mode::empty())?))
     }
 
@@ -227,5 +253,27 @@ impl Sink for Device {
 
     fn size(&self) -> u64 {
         self.size
+    }
+}
+
+/// A buffer aligned for O_DIRECT: over-allocated by one alignment unit and used from its
+/// aligned part, so no unsafe allocation is needed. 4096 satisfies every DMA alignment the
+/// kernel asks of O_DIRECT.
+struct Aligned {
+    raw: Vec<u8>,
+    skip: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize, sector: u64) -> Aligned {
+        let align = sector.max(4096) as usize;
+        let raw = vec![0u8; len + align];
+        let skip = raw.as_ptr().align_offset(align);
+        Aligned { raw, skip, len }
+    }
+
+    fn buf(&mut self) -> &mut [u8] {
+        &mut self.raw[self.skip..self.skip + self.len]
     }
 }

@@ -17,5 +17,5 @@ mod reread;
 
 pub use discover::{DeviceInfo, PartInfo, SWAP, Transport, inspect, list};
 pub use io::{Device, drop_partition_caches};
-pub use policy::{Refusal, SafetyPolicy, check};
+pub use policy::{Refusal, SafetyPolicy, check, check_unmounted};
 pub use reread::{PlannedPart, RereadMethod, RereadOutcome, partition_name, reread_partitions};

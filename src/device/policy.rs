@@ -1,6 +1,6 @@
 //! Whether a device may be overwritten: the refusals (missing, not a block device, a
 //! partition, the running system, mounted, swap, held by device-mapper or md, read-only,
-//! fixed, too small, busy, changed) and `check`, which names the first that applies.
+//! fixed, too small, counterfeit, busy, changed) and `check`, which names the first that applies.
 //!
 //! Not for: finding the facts (discover.rs gathers them into a `DeviceInfo`) or enforcing
 //! them at open time (io.rs claims the device exclusively, which the kernel refuses while it
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use super::discover::{SWAP, SYSTEM_MOUNTS};
 use super::{DeviceInfo, Transport};
 use crate::error::Error;
-use crate::units::bytes;
+use crate::units::{bytes, human};
 
 /// Why a device is not written. Each message is one line naming the device.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,16 @@ pub enum Refusal {
         device: PathBuf,
         needs: u64,
         has: u64,
+    },
+    #[error(
+        "{} claims {} but stores only {} ({} bytes): {how}; a counterfeit or failing card, refused",
+        .device.display(), human(*.claimed), human(*.real), bytes(*.real)
+    )]
+    Counterfeit {
+        device: PathBuf,
+        claimed: u64,
+        real: u64,
+        how: String,
     },
     #[error("{} is busy (mounted or in use)", .0.display())]
     Busy(PathBuf),
@@ -98,6 +108,12 @@ pub fn check(info: &DeviceInfo, policy: &SafetyPolicy) -> Result<(), Refusal> {
         });
     }
     Ok(())
+}
+
+/// Whether `info` may be read as a consistent whole (`backup`): nothing on it mounted or
+/// in use as swap, so no filesystem changes while it is read.
+pub fn check_unmounted(info: &DeviceInfo) -> Result<(), Refusal> {
+    check_mounts(info)
 }
 
 fn system_refusal(info: &DeviceInfo) -> Refusal {

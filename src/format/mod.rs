@@ -10,6 +10,7 @@ pub mod fat;
 pub mod probe;
 pub mod squashfs;
 pub mod table;
+pub mod used;
 
 use serde::Serialize;
 

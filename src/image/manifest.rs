@@ -133,7 +133,7 @@ fn partition_entry(
 }
 
 /// The image file as written: sizes, hashes and the mapped ranges.
-fn image_record(size: u64, out: &Path, written: &Written) -> Image {
+pub(crate) fn image_record(size: u64, out: &Path, written: &Written) -> Image {
     Image {
         size,
         file: out

@@ -50,6 +50,23 @@ pub struct FlashRequest<'a> {
     pub verify: bool,
     /// Accept disks that are not removable, USB, SD, MMC or loop.
     pub allow_fixed: bool,
+    /// Probe each device for its real capacity (`ops::capacity`) before writing it; a
+    /// device that stores less than it claims is refused with nothing of the flash written.
+    pub check_capacity: bool,
+    /// Image onto a larger device: extend the last partition's table entry to the device's
+    /// end (its filesystem is not grown).
+    pub grow: bool,
+}
+
+/// How carefully each device is written.
+#[derive(Debug, Clone, Copy)]
+struct Care {
+    /// Read back and compare everything written.
+    verify: bool,
+    /// Probe the real capacity first.
+    check_capacity: bool,
+    /// Extend the image's last partition entry to the device's end.
+    grow: bool,
 }
 
 /// Where the bytes come from.
@@ -96,7 +113,7 @@ pub enum Summary {
 pub struct Prepared {
     summary: Summary,
     job: Job,
-    verify: bool,
+    care: Care,
 }
 
 /// Each device with what it gets.
@@ -200,7 +217,11 @@ pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
     Ok(Prepared {
         summary,
         job,
-        verify: req.verify,
+        care: Care {
+            verify: req.verify,
+            check_capacity: req.check_capacity,
+            grow: req.grow,
+        },
     })
 }
 
@@ -251,18 +272,18 @@ impl Prepared {
         crate::signals::install_interrupt_flag()
             .map_err(|e| Error::io("installing the signal handlers", e))?;
         Ok(match &self.job {
-            Job::Board(targets) => write_boards(targets, self.verify, progress),
-            Job::Image { image, devices } => write_image(devices, image, self.verify, progress),
+            Job::Board(targets) => write_boards(targets, self.care, progress),
+            Job::Image { image, devices } => write_image(devices, image, self.care, progress),
         })
     }
 }
 
 /// One thread per device, each composing its own plan.
-fn write_boards(targets: &[BoardTarget], verify: bool, progress: Callback<'_>) -> Vec<Outcome> {
+fn write_boards(targets: &[BoardTarget], care: Care, progress: Callback<'_>) -> Vec<Outcome> {
     std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
-            .map(|t| s.spawn(move || flash_plan(&t.info, &t.plan, verify, progress)))
+            .map(|t| s.spawn(move || flash_plan(&t.info, &t.plan, care, progress)))
             .collect();
         targets
             .iter()
@@ -393,18 +414,29 @@ fn fail(dev: &mut Device, e: Error) -> Error {
 fn flash_plan(
     info: &DeviceInfo,
     plan: &Plan,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Result<FlashReport> {
     let started = Instant::now();
-    let mut dev = Device::open_exclusive(info)?;
+    let mut dev = open_checked(info, care)?;
     let written = compose_onto(&mut dev, plan, progress).map_err(|e| fail(&mut dev, e))?;
     let done = Done {
         parts: parts_of(plan),
         written,
         started,
     };
-    finish(info, dev, done, verify, progress)
+    finish(info, dev, done, care.verify, progress)
+}
+
+/// Claims the device and, when asked, probes its real capacity: a refused device is left
+/// as it was (the probed blocks are put back) and nothing of the flash is written. A
+/// passed device keeps the probe patterns, which the flash overwrites.
+fn open_checked(info: &DeviceInfo, care: Care) -> Result<Device> {
+    let dev = Device::open_exclusive(info)?;
+    if care.check_capacity {
+        crate::ops::capacity::probe(&dev, crate::ops::capacity::Restore::OnRefusal)?;
+    }
+    Ok(dev)
 }
 
 fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
@@ -522,6 +554,8 @@ struct Stream<'a> {
     mapped: Option<&'a [Extent]>,
     /// The image's size: an empty chunk at this offset ends a complete stream.
     size: u64,
+    /// Extend the last partition's table entry to the device's end.
+    grow: bool,
 }
 
 /// Writes an image to every device at once: the file is read and decoded once, each device
@@ -529,7 +563,7 @@ struct Stream<'a> {
 fn write_image(
     infos: &[DeviceInfo],
     image: &ImageSource,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Vec<Outcome> {
     let total: u64 = image
@@ -547,8 +581,9 @@ fn write_image(
                     rx,
                     mapped: image.bmap.as_ref().map(|b| b.ranges.as_slice()),
                     size: image.size,
+                    grow: care.grow,
                 };
-                s.spawn(move || device_worker(info, stream, total, verify, progress))
+                s.spawn(move || device_worker(info, stream, total, care, progress))
             })
             .collect();
         let read = feed(image, &mut fan, progress);
@@ -704,14 +739,14 @@ fn device_worker(
     info: &DeviceInfo,
     stream: Stream<'_>,
     total: u64,
-    verify: bool,
+    care: Care,
     progress: Callback<'_>,
 ) -> Result<FlashReport> {
     let started = Instant::now();
-    let mut dev = Device::open_exclusive(info)?;
+    let mut dev = open_checked(info, care)?;
     let done =
         write_stream(&mut dev, &stream, total, progress, started).map_err(|e| fail(&mut dev, e))?;
-    finish(info, dev, done, verify, progress)
+    finish(info, dev, done, care.verify, progress)
 }
 
 /// Writes every chunk of the stream, table sectors last.
@@ -742,7 +777,7 @@ fn write_stream(
             continue;
         }
         if offset == 0 {
-            tables.learn(&mut data, rec.size(), stream.size);
+            tables.learn(&mut data, rec.size(), stream.size, stream.grow);
         }
         let io = |e| Error::io(format!("writing {}", path.display()), e);
         match stream.mapped {
@@ -794,16 +829,19 @@ impl HeldTables {
     }
 
     /// Learns the tables from the image's first chunk. For a GPT image on a larger device
-    /// the primary header changes with the disk size (the rest of the head is the image's).
-    fn learn(&mut self, head: &mut Arc<Vec<u8>>, dev_size: u64, image_size: u64) {
+    /// the primary header changes with the disk size (the rest of the head is the image's),
+    /// and with `grow` the last partition's entry too: pieces inside the chunk replace its
+    /// bytes, the rest (the backup GPT at the device's end) wait in `tail`.
+    fn learn(&mut self, head: &mut Arc<Vec<u8>>, dev_size: u64, image_size: u64, grow: bool) {
         self.areas = table_areas(head, image_size);
-        let (parts, moved) = table_of(head, dev_size, image_size);
+        let (parts, moved) = table_for(head, dev_size, image_size, grow);
         self.parts = parts;
-        if let Some(mut pieces) = moved {
-            let (_, first) = pieces.remove(0);
-            let d = Arc::make_mut(head);
-            d[..first.len()].copy_from_slice(&first);
-            self.tail = pieces.split_off(1);
+        let d = Arc::make_mut(head);
+        for (o, b) in moved.into_iter().flatten() {
+            match d.get_mut(o as usize..o as usize + b.len()) {
+                Some(place) if o < image_size => place.copy_from_slice(&b),
+                _ => self.tail.push((o, b)),
+            }
         }
     }
 
@@ -900,9 +938,34 @@ pub(crate) fn table_of(
     dev_size: u64,
     image_size: u64,
 ) -> (Vec<PlannedPart>, Option<Pieces>) {
-    let Ok(found) = DiskTable::parse(head) else {
+    table_for(head, dev_size, image_size, false)
+}
+
+/// `table_of`, and with `grow` (on a larger device) the last partition's entry extended
+/// to the device's end: a GPT's to its last usable sector, an MBR's (a primary, not an
+/// extended one) to the device's end or the 2 TiB an MBR can address.
+fn table_for(
+    head: &[u8],
+    dev_size: u64,
+    image_size: u64,
+    grow: bool,
+) -> (Vec<PlannedPart>, Option<Pieces>) {
+    let Ok(mut found) = DiskTable::parse(head) else {
         return (Vec::new(), None);
     };
+    let grow = grow && dev_size > image_size;
+    let mbr_grown = match found.scheme {
+        Scheme::Mbr { .. } if grow => grow_mbr(head, &mut found.entries, dev_size),
+        _ => None,
+    };
+    if grow && let Scheme::Gpt(_) = found.scheme {
+        let end = (dev_size / table::SECTOR - 1 - gpt::ARRAY_SECTORS) * table::SECTOR;
+        if let Some(last) = found.entries.iter_mut().max_by_key(|e| e.start)
+            && end > last.start + last.size
+        {
+            last.size = end - last.start;
+        }
+    }
     let parts = found
         .entries
         .iter()
@@ -913,7 +976,7 @@ pub(crate) fn table_of(
         })
         .collect();
     let Scheme::Gpt(h) = &found.scheme else {
-        return (parts, None);
+        return (parts, mbr_grown);
     };
     let standard = h.entries == 128 && h.entry_size == 128 && h.my_lba == 1;
     if dev_size <= image_size || !standard {
@@ -923,4 +986,58 @@ pub(crate) fn table_of(
     code.copy_from_slice(&head[..440]);
     let pieces = gpt::pieces(dev_size, &code, h.disk_guid, h.array_lba, &found.entries);
     (parts, Some(pieces))
+}
+
+/// Sector 0 with its last primary partition extended to the device's end, or `None` when
+/// that partition is an extended one (its logical partitions are not moved) or already
+/// reaches the end. Updates `entries` to match.
+fn grow_mbr(head: &[u8], entries: &mut [table::TableEntry], dev_size: u64) -> Option<Pieces> {
+    let sector = table::SECTOR;
+    let last = entries.iter_mut().max_by_key(|e| e.start)?;
+    if last.mbr_type.is_none_or(table::read::is_extended) || !(1..=4).contains(&last.number) {
+        return None;
+    }
+    let end = (dev_size / sector).min(u64::from(u32::MAX)) * sector;
+    if end <= last.start + last.size {
+        return None;
+    }
+    last.size = end - last.start;
+    let mut mbr = head.get(..sector as usize)?.to_vec();
+    let at = 446 + 16 * (last.number as usize - 1) + 12;
+    mbr[at..at + 4].copy_from_slice(&((last.size / sector) as u32).to_le_bytes());
+    Some(vec![(0, mbr)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mbr_with(types: &[(u8, u32, u32)]) -> Vec<u8> {
+        let mut s = vec![0u8; 512];
+        for (i, (t, start, len)) in types.iter().enumerate() {
+            let e = 446 + 16 * i;
+            s[e + 4] = *t;
+            s[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+            s[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+        }
+        s[510..].copy_from_slice(&[0x55, 0xAA]);
+        s
+    }
+
+    #[test]
+    fn grow_extends_the_last_mbr_partition_only() {
+        let head = mbr_with(&[(0x0c, 2048, 2048), (0x83, 4096, 4096)]);
+        let (parts, pieces) = table_for(&head, 1 << 30, 8 << 20, true);
+        assert_eq!(parts[1].size, (1 << 30) - 4096 * 512);
+        let sector = &pieces.unwrap()[0].1;
+        let (_, entries) = table::read::mbr(sector).unwrap();
+        assert_eq!(entries[0].size, 2048 * 512);
+        assert_eq!(entries[1].size, (1 << 30) - 4096 * 512);
+        // Without --grow, or onto a device no larger, nothing changes.
+        assert!(table_for(&head, 1 << 30, 8 << 20, false).1.is_none());
+        assert!(table_for(&head, 8 << 20, 8 << 20, true).1.is_none());
+        // An extended partition last: its logical partitions would not follow.
+        let ext = mbr_with(&[(0x0c, 2048, 2048), (0x05, 4096, 4096)]);
+        assert!(table_for(&ext, 1 << 30, 8 << 20, true).1.is_none());
+    }
 }

@@ -170,6 +170,7 @@ fn plan_options(images: PathBuf) -> crate::plan::Options {
         seed: None,
         ids: None,
         configs: Vec::new(),
+        custom: None,
     }
 }
 

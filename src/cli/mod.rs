@@ -20,6 +20,7 @@ macro_rules! out_raw {
     };
 }
 
+mod custom;
 mod flash;
 mod inspect;
 mod render;
@@ -224,6 +225,7 @@ impl ImagesDir {
             seed,
             ids: None,
             configs: self.skiff().dirs.clone(),
+            custom: None,
         }
     }
 }
@@ -254,6 +256,8 @@ struct Inputs {
     /// Seed for the disk, partition and filesystem identifiers (default: the board name).
     #[arg(long)]
     seed: Option<String>,
+    #[command(flatten)]
+    custom: custom::CustomArgs,
 }
 
 #[derive(Args)]
@@ -529,10 +533,16 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
         )?,
         None => load_board(catalog, &i.dir.board(i.board.as_deref(), catalog)?)?,
     };
+    let spec = i.custom.spec()?;
+    let custom = match spec.is_empty() {
+        true => None,
+        false => Some(spec.resolve(None)?),
+    };
     plan::make(
         &board,
         &plan::Options {
             size: i.size,
+            custom,
             ..i.dir.plan_options(epoch()?, i.seed.clone())
         },
     )

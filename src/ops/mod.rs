@@ -2,7 +2,9 @@
 //! installed card in place, verifying a card against a build, inspecting any disk.
 
 pub mod build;
+pub mod cards;
 pub mod flash;
+pub mod flashlog;
 pub mod inspect;
 pub mod upgrade;
 pub mod verify;

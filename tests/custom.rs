@@ -120,7 +120,12 @@ fn flashed_persist_holds_every_customisation_by_skiffos_conventions() {
     assert_eq!(parsed["connection"]["type"], "wifi");
     let uuid = parsed["connection"]["uuid"].as_str().unwrap();
     assert_eq!(uuid.len(), 36);
-    assert_eq!(&uuid[14..15], "5", "a version 5 UUID: {uuid}");
+    let v5 = "import uuid; print(uuid.uuid5(uuid.NAMESPACE_URL, 'skiff-flash:wifi:pi/4:Home Net'))";
+    assert_eq!(
+        uuid,
+        tool_ok("python3", &["-c", v5]).trim(),
+        "name-based v5 UUID"
+    );
     assert_eq!(parsed["wifi"]["ssid"], "Home Net");
     assert_eq!(parsed["wifi"]["mode"], "infrastructure");
     assert_eq!(parsed["wifi-security"]["key-mgmt"], "wpa-psk");

@@ -720,9 +720,10 @@ fn customise(board: &Board, c: &custom::Custom, trees: &mut artifacts::Trees) ->
             ));
         }
     }
+    // `collect` made a tree for every partition with a filesystem.
     let tree = trees
-        .entry(custom::PERSIST.to_string())
-        .or_insert_with(Tree::new);
+        .get_mut(custom::PERSIST)
+        .ok_or_else(|| Error::Internal("the persist partition has no content tree".into()))?;
     c.apply(&board.name, tree)
 }
 

@@ -13,8 +13,8 @@ use skiff_flash::{Error, Result};
 
 #[derive(Args, Clone, Default)]
 pub(super) struct CustomArgs {
-    /// Hostname written to persist's skiff/hostname (`flash`: `{n}` is the card's number in
-    /// the order given, `{serial}` its serial number).
+    /// Hostname written to persist's skiff/hostname. `flash` fills the templates `{serial}`
+    /// (the card's serial number) and `n` in braces (its number in the order given).
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
     /// An OpenSSH public key file copied to persist's skiff/keys/ (root's authorized keys at
@@ -28,8 +28,8 @@ pub(super) struct CustomArgs {
     /// File holding the Wi-Fi passphrase (WPA-PSK, one line).
     #[arg(long, value_name = "FILE", requires = "wifi")]
     wifi_psk_file: Option<PathBuf>,
-    /// Copy file SRC to DEST (relative to persist's root; `flash`: `{n}`, `{serial}` are
-    /// filled per card); repeatable.
+    /// Copy file SRC to DEST, relative to persist's root (`flash` fills the per-card
+    /// templates, as in --hostname); repeatable.
     #[arg(long = "persist-file", value_name = "SRC:DEST", value_parser = FileSpec::parse)]
     persist_files: Vec<FileSpec>,
 }

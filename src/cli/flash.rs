@@ -64,8 +64,8 @@ pub struct FlashArgs {
     pub(super) json: bool,
     #[command(flatten)]
     pub(super) custom: super::custom::CustomArgs,
-    /// Per-card values: a CSV with a header `device,hostname,ssh_key,wifi,wifi_psk_file,
-    /// persist_file` (any of those columns); a row's non-empty cells replace the command
+    /// Per-card values: a CSV with a header `device` and any of `hostname`, `ssh_key`,
+    /// `wifi`, `wifi_psk_file`, `persist_file`; a row's non-empty cells replace the command
     /// line's values for that device.
     #[arg(long, value_name = "FILE.csv", conflicts_with = "image")]
     pub(super) per_card: Option<PathBuf>,

@@ -87,7 +87,8 @@ enum Command {
   skiff-flash build --board pi/4 --images fixtures/pi4/images --output pi4.img
   SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB
   skiff-flash build --board pi/4 --output skiffos-pi4.img.zst --bmap --checksums
-  skiff-flash build --genimage board/acme/genimage.cfg --images \"$BINARIES_DIR\" -o sdcard.img")]
+  skiff-flash build --genimage board/acme/genimage.cfg --images \"$BINARIES_DIR\" -o sdcard.img
+  skiff-flash build --board pi/4 -o lab.img --hostname lab-pi --ssh-key ops.pub")]
     Build(BuildArgs),
     /// List the known boards, or show one board's resolved definition.
     #[command(after_help = "Examples:
@@ -102,6 +103,10 @@ enum Command {
   skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --yes --json
   skiff-flash flash /dev/mmcblk0 --board pi/4 --no-verify
   skiff-flash flash /dev/sdb --genimage board/raspberrypi/genimage.cfg --images output/images
+  skiff-flash flash /dev/sdb --board pi/4 --hostname kitchen --ssh-key ~/.ssh/id_ed25519.pub \
+      --wifi \"Home Net\" --wifi-psk-file psk.txt --persist-file motd:skiff/etc/motd
+  skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --yes --hostname 'node-{serial}' --log cards.jsonl
+  skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --yes --per-card cards.csv
 
 Only removable, USB, SD and MMC disks are accepted unless --allow-fixed-disk. Mounted, busy,
 system and too-small disks and partition paths are refused before anything is written.")]

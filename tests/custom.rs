@@ -274,6 +274,11 @@ fn customised_builds_are_byte_identical_and_the_manifest_keeps_no_passphrase() {
     assert_eq!(c["wifi"]["ssid"], "Home Net");
     assert_eq!(c["wifi"]["psk_set"], true);
     assert_eq!(c["files"][0], "/etc/motd");
+    // Templates are filled per card: a build has none to fill.
+    let img = out.path().join("c.img");
+    let templated = build_cmd("pi/4", &f, &img, &["--hostname", "node-{n}"]).output();
+    refused(&templated, 2, &["filled per card by `flash` only"]);
+    assert!(!img.exists());
     let plan = ok(&plan_cmd("pi/4", &f, &extra).output());
     assert!(!plan.contains("correct horse"), "plan shows no passphrase");
     assert!(plan.contains("Home_Net.nmconnection"));
@@ -349,6 +354,15 @@ fn bad_values_are_refused_before_anything_is_written() {
         (
             vec!["--persist-file".into(), format!("{}:x", d.display())],
             "not a regular file",
+        ),
+        (
+            vec![
+                "--hostname".into(),
+                "h".into(),
+                "--persist-file".into(),
+                format!("{motd}:skiff/hostname"),
+            ],
+            "--hostname writes that file",
         ),
     ];
     for (args, expect) in cases {

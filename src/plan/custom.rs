@@ -157,6 +157,22 @@ pub struct WifiRecord {
     pub keyfile: String,
 }
 
+impl Record {
+    /// The flag that generates persist file `path`, if one does.
+    fn written_by(&self, path: &str) -> Option<&'static str> {
+        if self.hostname.is_some() && path == "/skiff/hostname" {
+            return Some("--hostname");
+        }
+        if self.ssh_keys.iter().any(|k| k.file == path) {
+            return Some("--ssh-key");
+        }
+        if self.wifi.as_ref().is_some_and(|w| w.keyfile == path) {
+            return Some("--wifi");
+        }
+        None
+    }
+}
+
 impl Spec {
     pub fn is_empty(&self) -> bool {
         self.hostname.is_none()
@@ -410,7 +426,8 @@ impl Custom {
     pub fn apply(&self, board: &str, tree: &mut Tree) -> Result<()> {
         let mut put = |path: String, source: Source, mode: u32| {
             let size = match &source {
-                Source::Text(t) | Source::Secret(t) => t.len() as u64,
+                Source::Text(t) => t.len() as u64,
+                Source::Secret(t) => t.expose().len() as u64,
                 Source::Bytes(b) => b.len() as u64,
                 Source::Path(_) => 0,
             };
@@ -428,13 +445,18 @@ impl Custom {
             put(path, Source::Text(k.line.clone()), 0o644)?;
         }
         if let Some(w) = &self.wifi {
-            put(
-                keyfile_path(&w.ssid),
-                Source::Secret(keyfile(w, board)),
-                0o600,
-            )?;
+            let body = Secret::new(keyfile(w, board));
+            put(keyfile_path(&w.ssid), Source::Secret(body), 0o600)?;
         }
+        let generated = self.record();
         for f in &self.files {
+            if let Some(flag) = generated.written_by(&f.dest) {
+                return Err(Error::Usage(format!(
+                    "--persist-file {}:{}: {flag} writes that file",
+                    f.source.display(),
+                    &f.dest[1..]
+                )));
+            }
             let source = Source::Path(f.source.clone());
             insert(tree, f.dest.clone(), source, f.size, f.mode)?;
         }

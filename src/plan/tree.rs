@@ -21,10 +21,10 @@ pub enum Source {
     Bytes(#[serde(serialize_with = "as_hex")] Vec<u8>),
     /// Generated text that holds a secret (a Wi-Fi passphrase): written like `Text`, never
     /// shown.
-    Secret(#[serde(serialize_with = "hidden")] String),
+    Secret(#[serde(serialize_with = "hidden")] crate::plan::custom::Secret),
 }
 
-fn hidden<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+fn hidden<S: serde::Serializer>(_: &crate::plan::custom::Secret, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("(not shown)")
 }
 

@@ -282,6 +282,16 @@ fn customised_builds_are_byte_identical_and_the_manifest_keeps_no_passphrase() {
     let plan = ok(&plan_cmd("pi/4", &f, &extra).output());
     assert!(!plan.contains("correct horse"), "plan shows no passphrase");
     assert!(plan.contains("Home_Net.nmconnection"));
+    let mut text = vec!["plan", "--board", "pi/4", "--images", f.to_str().unwrap()];
+    text.extend_from_slice(&extra);
+    let shown = ok(&run(&text));
+    assert!(!shown.contains("correct horse"), "{shown}");
+    assert!(shown.contains("hostname  pi-lab-1"), "{shown}");
+    assert!(shown.contains(&inputs.fingerprint()), "{shown}");
+    assert!(
+        shown.contains("wifi      Home Net (passphrase set"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -153,11 +153,17 @@ fn two_cards_get_their_own_hostname_and_the_log_a_line_each() {
     let log = inputs.dir.path().join("production.jsonl");
     let mut extra = inputs.args("node-{n}");
     extra.extend(["--log".to_string(), log.to_str().unwrap().to_string()]);
+    let id = format!("{}:skiff/etc/id-{{serial}}", inputs.path("motd"));
+    extra.extend(["--persist-file".to_string(), id]);
     ok(&flash_pi4(&[&a.dev, &b.dev], &extra));
     for (card, want) in [(&a, "node-1\n"), (&b, "node-2\n")] {
         let m = Mount::ro(&card.part(3));
         let got = std::fs::read_to_string(m.dir.path().join("skiff/hostname")).unwrap();
         assert_eq!(got, want, "{}", card.dev);
+        // A loop device has no serial number: its kernel name stands in.
+        let name = Path::new(&card.dev).file_name().unwrap().to_str().unwrap();
+        let id = m.dir.path().join(format!("skiff/etc/id-{name}"));
+        assert!(id.is_file(), "{} holds {}", card.dev, id.display());
     }
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -419,4 +425,32 @@ fn boards_without_a_persist_filesystem_are_refused() {
     ok(&plan_cmd("test/nopersist", &f, &args[..2]).output());
     let out = plan_cmd("test/nopersist", &f, &args).output();
     refused(&out, 2, &["board test/nopersist", "no persist filesystem"]);
+}
+
+#[test]
+fn a_write_that_fails_is_logged_with_its_error() {
+    let Some(inputs) = Inputs::new() else { return };
+    let Some(card) = Card::new(512 << 20) else {
+        return;
+    };
+    let log = inputs.dir.path().join("production.jsonl");
+    let f = fixtures();
+    let mut args = pi4_flash_args(&card.dev, f.to_str().unwrap());
+    args.extend(["--hostname", "doomed", "--log", log.to_str().unwrap()]);
+    let out = sf(&args)
+        .env("SKIFF_FLASH_FAULT_AFTER_WRITES", "20")
+        .env("SKIFF_FLASH_FAULT_SIGNAL", "TERM")
+        .output();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let l = &lines[0];
+    assert_eq!(l["device"], card.dev.as_str());
+    assert_eq!(l["hostname"], "doomed");
+    assert!(l["error"].as_str().unwrap().contains("interrupted"), "{l}");
+    assert!(l["bytes_written"].is_null() && l["verify"].is_null(), "{l}");
 }

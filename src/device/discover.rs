@@ -386,12 +386,12 @@ fn serial(sys: &Path) -> Option<String> {
     if let Some(s) = found(&sys.join("device/serial")) {
         return Some(s);
     }
-    let dev = fs::canonicalize(sys.join("device")).ok()?;
-    let usb = dev
-        .ancestors()
-        .take(8)
-        .find(|d| d.join("idVendor").is_file())
-        .and_then(|d| found(&d.join("serial")));
+    let usb = fs::canonicalize(sys.join("device")).ok().and_then(|dev| {
+        dev.ancestors()
+            .take(8)
+            .find(|d| d.join("idVendor").is_file())
+            .and_then(|d| found(&d.join("serial")))
+    });
     usb.or_else(|| found(&sys.join("device/wwid")))
         .or_else(|| found(&sys.join("wwid")))
 }

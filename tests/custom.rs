@@ -72,6 +72,16 @@ fn flash_pi4(devs: &[&str], extra: &[String]) -> std::process::Output {
     run(&args)
 }
 
+/// The log's text and its lines, each of which must be a JSON object.
+fn log_lines(log: &Path) -> (String, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (text, lines)
+}
+
 /// Mode bits, owner and group of a path on the mounted persist.
 fn stat(root: &Path, rel: &str) -> (u32, u32, u32) {
     let m = std::fs::symlink_metadata(root.join(rel)).unwrap();
@@ -165,11 +175,7 @@ fn two_cards_get_their_own_hostname_and_the_log_a_line_each() {
         let id = m.dir.path().join(format!("skiff/etc/id-{name}"));
         assert!(id.is_file(), "{} holds {}", card.dev, id.display());
     }
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = log_lines(&log);
     assert_eq!(lines.len(), 2, "{text}");
     assert!(
         !text.contains("correct horse"),
@@ -204,8 +210,9 @@ fn two_cards_get_their_own_hostname_and_the_log_a_line_each() {
         ],
     );
     refused(&bad, 2, &["hostname `bad_name`"]);
-    let text = std::fs::read_to_string(&log).unwrap();
-    let last: serde_json::Value = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
+    let (text, lines) = log_lines(&log);
+    assert_eq!(lines.len(), 3, "{text}");
+    let last = &lines[2];
     assert!(
         last["error"].as_str().unwrap().contains("bad_name"),
         "{last}"
@@ -442,11 +449,7 @@ fn a_write_that_fails_is_logged_with_its_error() {
         .env("SKIFF_FLASH_FAULT_SIGNAL", "TERM")
         .output();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = log_lines(&log);
     assert_eq!(lines.len(), 1, "{text}");
     let l = &lines[0];
     assert_eq!(l["device"], card.dev.as_str());

@@ -457,3 +457,45 @@ fn a_write_that_fails_is_logged_with_its_error() {
     assert!(l["error"].as_str().unwrap().contains("interrupted"), "{l}");
     assert!(l["bytes_written"].is_null() && l["verify"].is_null(), "{l}");
 }
+
+#[test]
+fn runs_at_once_append_whole_lines_to_one_log() {
+    let Some(inputs) = Inputs::new() else { return };
+    let (Some(a), Some(b)) = (Card::new(512 << 20), Card::new(512 << 20)) else {
+        return;
+    };
+    let log = inputs.dir.path().join("shared.jsonl");
+    let f = fixtures();
+    let motd = format!("{}:skiff/etc/", inputs.path("motd"));
+    let runs: Vec<_> = [(&a, "left"), (&b, "right")]
+        .into_iter()
+        .map(|(card, host)| {
+            let mut args = pi4_flash_args(&card.dev, f.to_str().unwrap());
+            args.extend(["--hostname", host, "--log", log.to_str().unwrap()]);
+            args.extend(["--persist-file", &motd]);
+            sf(&args).spawn()
+        })
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (text, lines) = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{text}");
+    let mut hosts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["hostname"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["left", "right"]);
+    // DEST ending in `/` keeps the file's name.
+    let m = Mount::ro(&a.part(3));
+    assert_eq!(
+        std::fs::read_to_string(m.dir.path().join("skiff/etc/motd")).unwrap(),
+        "welcome\n"
+    );
+}

@@ -387,8 +387,17 @@ fn parse_key_line(line: &str) -> std::result::Result<(&str, Vec<u8>, Option<&str
     Ok((kind, blob, comment))
 }
 
-/// A file to copy onto persist: DEST relative, without `..`, `.` or empty components.
+/// A file to copy onto persist: DEST relative, without `..`, `.` or empty components; a
+/// DEST ending in `/` is a directory the file keeps its name in.
 fn persist_file(source: &Path, dest: &str) -> Result<PersistFile> {
+    let named;
+    let dest = match (dest.ends_with('/'), source.file_name()) {
+        (true, Some(name)) => {
+            named = format!("{dest}{}", name.to_string_lossy());
+            named.as_str()
+        }
+        _ => dest,
+    };
     let bad = |why: &str| {
         Err(Error::Usage(format!(
             "--persist-file {}:{dest}: {why}",
@@ -398,7 +407,7 @@ fn persist_file(source: &Path, dest: &str) -> Result<PersistFile> {
     if dest.starts_with('/') {
         return bad("DEST must be relative to the persist partition's root");
     }
-    let parts: Vec<&str> = dest.trim_end_matches('/').split('/').collect();
+    let parts: Vec<&str> = dest.split('/').collect();
     if parts
         .iter()
         .any(|p| p.is_empty() || *p == "." || *p == "..")

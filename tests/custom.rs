@@ -97,7 +97,17 @@ fn flashed_persist_holds_every_customisation_by_skiffos_conventions() {
     let Some(card) = Card::new(1 << 30) else {
         return;
     };
-    ok(&flash_pi4(&[&card.dev], &inputs.args("pi-lab-1")));
+    let mut args = inputs.args("pi-lab-1");
+    args.push("--json".into());
+    let stdout = ok(&flash_pi4(&[&card.dev], &args));
+    let done: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "done")
+        .unwrap();
+    assert_eq!(done["custom"]["hostname"], "pi-lab-1", "{done}");
+    assert_eq!(done["custom"]["wifi"]["psk_set"], true, "{done}");
+    assert!(!stdout.contains("correct horse"));
     let (code, out) = tool("e2fsck", &["-fn", &card.part(3)]);
     assert_eq!(code, 0, "e2fsck persist: {out}");
     let persist = Mount::ro(&card.part(3));

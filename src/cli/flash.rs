@@ -331,11 +331,16 @@ fn summarize(json: bool, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
     let mut failed = Vec::new();
     // Refused devices alone (busy, changed) are bad input: exit 2 unless a write failed.
     let mut refused_only = true;
-    for Outcome { device, result, .. } in outcomes {
+    for Outcome {
+        device,
+        result,
+        custom,
+    } in outcomes
+    {
         match result {
             Ok(rep) if json => out!(
                 "{}",
-                serde_json::json!({"event": "done", "ok": true, "report": rep})
+                serde_json::json!({"event": "done", "ok": true, "report": rep, "custom": custom})
             ),
             Ok(rep) if !quiet => out!(
                 "{}: wrote {} in {:.1} s{}",

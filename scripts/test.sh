@@ -19,6 +19,7 @@ tools=(
   mksquashfs:squashfs-tools mkimage:u-boot-tools dumpimage:u-boot-tools
   bmaptool:bmap-tools zstd:zstd xz:xz-utils gzip:gzip genimage:genimage
   mkfs.vfat:dosfstools dtc:device-tree-compiler lz4:lz4 minisign:minisign
+  ssh-keygen:openssh-client python3:python3
 )
 # Packages that are libraries rather than tools: the counterfeit-card tests' FUSE fake
 # (tests/capacity/fakecard.py).

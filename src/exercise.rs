@@ -1,6 +1,6 @@
 //! Runs every reader of outside data on arbitrary bytes: partition tables, whole disks
 //! (`inspect` and the FAT reader behind it), U-Boot legacy images, build manifests, bmap
-//! files, genimage configs and board files. None of them may panic, whatever the bytes; the
+//! files, genimage configs, board files, SSH public keys and per-card CSV files. None of them may panic, whatever the bytes; the
 //! fuzz targets and the corpus regression test call these entry points so both exercise
 //! exactly the same calls.
 //!
@@ -26,6 +26,7 @@ pub fn exercise(bytes: &[u8]) {
     manifest(bytes);
     genimage(bytes);
     board(bytes);
+    customisation(bytes);
 }
 
 /// The bytes as the head of a disk: MBR, GPT from the head, and a GPT header tried at byte
@@ -148,6 +149,14 @@ pub fn manifest(bytes: &[u8]) {
     });
 }
 
+/// The bytes as an SSH public key file and as a `--per-card` CSV.
+pub fn customisation(bytes: &[u8]) {
+    with_scratch("key.pub", bytes, |p| {
+        let _ = crate::plan::custom::read_key(p);
+        let _ = crate::ops::cards::PerCard::load(p);
+    });
+}
+
 /// The bytes as a genimage config: parse, typed config, translation to a board and, when
 /// that succeeds, a plan over the images directory.
 pub fn genimage(bytes: &[u8]) {
@@ -191,6 +200,7 @@ fn plan_options(images: PathBuf) -> crate::plan::Options {
         seed: None,
         ids: None,
         configs: Vec::new(),
+        custom: None,
     }
 }
 

@@ -85,6 +85,7 @@ pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>
             Box::new(f.take(size))
         }
         Source::Text(t) => Box::new(t.as_bytes()),
+        Source::Secret(t) => Box::new(t.expose().as_bytes()),
         Source::Bytes(b) => Box::new(&b[..]),
     };
     Ok(HashReader::new(inner))

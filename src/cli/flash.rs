@@ -2,7 +2,7 @@
 //! library prepared, confirm, write, report. Every check is the library's (`ops::flash`).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use clap::Args;
@@ -11,9 +11,11 @@ use super::ImagesDir;
 
 use skiff_flash::define::board::Board;
 use skiff_flash::device::{self, DeviceInfo};
+use skiff_flash::ops::cards::PerCard;
 use skiff_flash::ops::flash::{
     self, BoardSource, FlashRequest, FlashSource, Outcome, Prepared, Summary,
 };
+use skiff_flash::ops::flashlog::{self, Entry, Written};
 use skiff_flash::progress::Event;
 use skiff_flash::units::{bytes, human};
 use skiff_flash::{Error, Result};
@@ -78,6 +80,16 @@ pub struct FlashArgs {
     /// Progress events and the final report as JSON lines.
     #[arg(long)]
     pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) custom: super::custom::CustomArgs,
+    /// Per-card values: a CSV with a header `device` and any of `hostname`, `ssh_key`,
+    /// `wifi`, `wifi_psk_file`, `persist_file`; a row's non-empty cells replace the command
+    /// line's values for that device.
+    #[arg(long, value_name = "FILE.csv", conflicts_with = "image")]
+    pub(super) per_card: Option<PathBuf>,
+    /// Append one JSON line per card and attempt to this production log.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(super) log: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -96,16 +108,67 @@ pub fn flash(
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
+    if let Some(l) = &a.log {
+        // An unwritable log is refused before any card is touched.
+        flashlog::append(l, &[])?;
+    }
     let trusted = match a.image {
         Some(_) => a.trusted.load()?,
         None => Vec::new(),
     };
-    run(&request(a, &load, epoch, trusted), a.yes, a.json, quiet)
+    let req = match request(a, &load, epoch, trusted) {
+        Ok(r) => r,
+        Err(e) => return Err(logged(a.log.as_deref(), &a.devices, &written_by(a), e)),
+    };
+    run(&req, a.yes, a.json, quiet, a.log.as_deref())
 }
 
-/// Checks, asks unless `yes`, writes and reports one flash request.
-pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) -> Result<()> {
-    let prepared = flash::prepare(req)?;
+/// What a request writes, as the log names it.
+fn written_by(a: &FlashArgs) -> Written {
+    match &a.image {
+        Some(i) => Written::Image(i.clone()),
+        None => Written::Board(
+            a.board
+                .clone()
+                .or(a.genimage.as_ref().map(|g| g.display().to_string()))
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// Logs a refusal before any write as a failed attempt on every device, and returns it.
+fn logged(log: Option<&Path>, devices: &[PathBuf], what: &Written, e: Error) -> Error {
+    let Some(log) = log else { return e };
+    let entries: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            let info = device::inspect(d).ok();
+            Entry::new(d, info.as_ref(), what).with_result(Err(&e))
+        })
+        .collect();
+    match flashlog::append(log, &entries) {
+        Ok(()) => e,
+        Err(l) => Error::Usage(format!("{e} (and the log: {l})")),
+    }
+}
+
+/// Checks, asks unless `yes`, writes and reports one flash request; with a log, every
+/// card's attempt is appended to it (refusals too).
+pub(super) fn run(
+    req: &FlashRequest<'_>,
+    yes: bool,
+    json: bool,
+    quiet: bool,
+    log: Option<&Path>,
+) -> Result<()> {
+    let what = match &req.source {
+        FlashSource::Image { path, .. } => Written::Image(path.clone()),
+        FlashSource::Board(b) => Written::Board(b.name.clone()),
+    };
+    let prepared = match flash::prepare(req) {
+        Ok(p) => p,
+        Err(e) => return Err(logged(log, &req.devices, &what, e)),
+    };
     if let Summary::Image {
         path, signed_by, ..
     } = prepared.summary()
@@ -115,12 +178,31 @@ pub(super) fn run(req: &FlashRequest<'_>, yes: bool, json: bool, quiet: bool) ->
     if !yes {
         confirm(&prepared)?;
     }
+    let what = match (prepared.summary(), what) {
+        (Summary::Board { name }, Written::Board(_)) => Written::Board(name.clone()),
+        (_, w) => w,
+    };
     let devices: Vec<PathBuf> = prepared.devices().iter().map(|i| i.path.clone()).collect();
     let download = matches!(prepared.summary(), Summary::Image { path, .. }
         if skiff_flash::image::remote::is_url(path));
     let render = progress(json, quiet, &devices, download);
     let outcomes = prepared.write(&*render)?;
-    summarize(json, quiet, outcomes)
+    let logged = match log {
+        Some(l) => {
+            let entries: Vec<_> = outcomes
+                .iter()
+                .zip(prepared.devices())
+                .map(|(o, info)| {
+                    Entry::new(&o.device, Some(info), &what)
+                        .with_custom(o.custom.as_ref())
+                        .with_result(o.result.as_ref())
+                })
+                .collect();
+            flashlog::append(l, &entries)
+        }
+        None => Ok(()),
+    };
+    summarize(json, quiet, outcomes).and(logged)
 }
 
 /// One line on whether the image's signature was checked (stdout: stderr is for errors).
@@ -149,7 +231,12 @@ fn request<'a>(
     load: &'a impl Fn(&str) -> Result<Board>,
     epoch: i64,
     trusted: Vec<skiff_flash::image::sign::PublicKey>,
-) -> FlashRequest<'a> {
+) -> Result<FlashRequest<'a>> {
+    if a.image.is_some() && a.custom.any() {
+        return Err(Error::Usage(
+            "--hostname, --ssh-key, --wifi and --persist-file customise a board's persist partition; an --image is written as it is".into(),
+        ));
+    }
     let source = match &a.image {
         Some(image) => FlashSource::Image {
             path: image.clone(),
@@ -168,17 +255,19 @@ fn request<'a>(
                 load: Box::new(move || load(&asked)),
                 name,
                 options: a.dir.plan_options(epoch, a.seed.clone()),
+                custom: a.custom.spec()?,
+                per_card: a.per_card.as_deref().map(PerCard::load).transpose()?,
             }))
         }
     };
-    FlashRequest {
+    Ok(FlashRequest {
         devices: a.devices.clone(),
         source,
         verify: !a.no_verify,
         allow_fixed: a.allow_fixed_disk,
         check_capacity: a.check_capacity,
         grow: a.grow,
-    }
+    })
 }
 
 fn confirm(prepared: &Prepared) -> Result<()> {
@@ -312,11 +401,16 @@ fn summarize(json: bool, quiet: bool, outcomes: Vec<Outcome>) -> Result<()> {
     let mut failed = Vec::new();
     // Refused devices alone (busy, changed) are bad input: exit 2 unless a write failed.
     let mut refused_only = true;
-    for Outcome { device, result } in outcomes {
+    for Outcome {
+        device,
+        result,
+        custom,
+    } in outcomes
+    {
         match result {
             Ok(rep) if json => out!(
                 "{}",
-                serde_json::json!({"event": "done", "ok": true, "report": rep})
+                serde_json::json!({"event": "done", "ok": true, "report": rep, "custom": custom})
             ),
             Ok(rep) if !quiet => out!(
                 "{}: wrote {} in {:.1} s{}",

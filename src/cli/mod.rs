@@ -22,6 +22,7 @@ macro_rules! out_raw {
 
 mod backup;
 mod capacity;
+mod custom;
 mod flash;
 mod inspect;
 mod render;
@@ -89,7 +90,8 @@ enum Command {
   skiff-flash build --board pi/4 --images fixtures/pi4/images --output pi4.img
   SOURCE_DATE_EPOCH=1700000000 skiff-flash build --board pi/4 --output pi4.img --size 2GiB
   skiff-flash build --board pi/4 --output skiffos-pi4.img.zst --bmap --checksums
-  skiff-flash build --genimage board/acme/genimage.cfg --images \"$BINARIES_DIR\" -o sdcard.img")]
+  skiff-flash build --genimage board/acme/genimage.cfg --images \"$BINARIES_DIR\" -o sdcard.img
+  skiff-flash build --board pi/4 -o lab.img --hostname lab-pi --ssh-key ops.pub")]
     Build(BuildArgs),
     /// List the known boards, or show one board's resolved definition.
     #[command(after_help = "Examples:
@@ -104,6 +106,10 @@ enum Command {
   skiff-flash flash /dev/sdb --image skiffos-pi4.img.zst --yes --json
   skiff-flash flash /dev/mmcblk0 --board pi/4 --no-verify
   skiff-flash flash /dev/sdb --genimage board/raspberrypi/genimage.cfg --images output/images
+  skiff-flash flash /dev/sdb --board pi/4 --hostname kitchen --ssh-key ~/.ssh/id_ed25519.pub \
+      --wifi \"Home Net\" --wifi-psk-file psk.txt --persist-file motd:skiff/etc/motd
+  skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --yes --hostname 'node-{serial}' --log cards.jsonl
+  skiff-flash flash /dev/sdb /dev/sdc --board pi/4 --yes --per-card cards.csv
 
 Only removable, USB, SD and MMC disks are accepted unless --allow-fixed-disk. Mounted, busy,
 system and too-small disks and partition paths are refused before anything is written.")]
@@ -251,6 +257,7 @@ impl ImagesDir {
             seed,
             ids: None,
             configs: self.skiff().dirs.clone(),
+            custom: None,
         }
     }
 }
@@ -281,6 +288,8 @@ struct Inputs {
     /// Seed for the disk, partition and filesystem identifiers (default: the board name).
     #[arg(long)]
     seed: Option<String>,
+    #[command(flatten)]
+    custom: custom::CustomArgs,
 }
 
 #[derive(Args)]
@@ -563,10 +572,16 @@ fn make_plan(catalog: &Catalog, i: &Inputs) -> Result<plan::Plan> {
         )?,
         None => load_board(catalog, &i.dir.board(i.board.as_deref(), catalog)?)?,
     };
+    let spec = i.custom.spec()?;
+    let custom = match spec.is_empty() {
+        true => None,
+        false => Some(spec.resolve(None)?),
+    };
     plan::make(
         &board,
         &plan::Options {
             size: i.size,
+            custom,
             ..i.dir.plan_options(epoch()?, i.seed.clone())
         },
     )

@@ -14,6 +14,24 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// What a customisation adds to persist, one line each (never the passphrase).
+fn custom(c: &skiff_flash::plan::custom::Record) -> String {
+    let mut o = String::from("persist customised:\n");
+    if let Some(h) = &c.hostname {
+        let _ = writeln!(o, "  hostname  {h}");
+    }
+    for k in &c.ssh_keys {
+        let _ = writeln!(o, "  ssh key   {} {} ({})", k.fingerprint, k.kind, k.file);
+    }
+    if let Some(w) = &c.wifi {
+        let _ = writeln!(o, "  wifi      {} (passphrase set, {})", w.ssid, w.keyfile);
+    }
+    for f in &c.files {
+        let _ = writeln!(o, "  file      {f}");
+    }
+    o
+}
+
 pub fn plan(p: &Plan, verbose: u8) -> String {
     let mut o = String::new();
     let table = match &p.table {
@@ -34,6 +52,9 @@ pub fn plan(p: &Plan, verbose: u8) -> String {
     );
     for part in &p.partitions {
         let _ = writeln!(o, "{}", partition_row(part));
+    }
+    if let Some(c) = &p.custom {
+        o.push_str(&custom(c));
     }
     if verbose > 0 {
         for part in &p.partitions {

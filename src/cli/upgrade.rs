@@ -132,13 +132,15 @@ fn reformat(
             load: Box::new(move || load(&asked)),
             name,
             options: a.dir.plan_options(epoch, None),
+            custom: Default::default(),
+            per_card: None,
         })),
         verify: true,
         allow_fixed: a.allow_fixed_disk,
         check_capacity: false,
         grow: false,
     };
-    super::flash::run(&request, a.yes, a.json, quiet)
+    super::flash::run(&request, a.yes, a.json, quiet, None)
 }
 
 fn confirm(a: &UpgradeArgs, r: &UpgradeReport) -> Result<()> {

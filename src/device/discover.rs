@@ -106,6 +106,8 @@ pub struct DeviceInfo {
     pub transport: Transport,
     pub model: Option<String>,
     pub vendor: Option<String>,
+    /// The card's serial number (SD/MMC CID serial, USB or NVMe serial), else its WWID.
+    pub serial: Option<String>,
     pub read_only: bool,
     pub partitions: Vec<PartInfo>,
     /// Where the whole disk itself is mounted; `[SWAP]` when it is active swap.
@@ -214,6 +216,7 @@ fn describe(name: &str, path: PathBuf, usage: &Uses) -> Result<DeviceInfo> {
         transport: transport(name, &sys),
         model: model(&sys),
         vendor: vendor(&sys),
+        serial: serial(&sys),
         read_only: read_attr(&sys.join("ro")).as_deref() == Some("1"),
         mountpoints: usage.mountpoints(major, minor),
         holders: holders(&sys, &partitions),
@@ -374,6 +377,23 @@ fn model(sys: &Path) -> Option<String> {
 /// ("0x1af4"), which tells a person nothing.
 fn vendor(sys: &Path) -> Option<String> {
     read_attr(&sys.join("device/vendor")).filter(|v| !v.is_empty() && !v.starts_with("0x"))
+}
+
+/// SD/MMC and NVMe disks have `device/serial`; a USB reader's serial is on the USB device
+/// above the SCSI disk (the first ancestor with `idVendor`); others may have a WWID.
+fn serial(sys: &Path) -> Option<String> {
+    let found = |p: &Path| read_attr(p).filter(|s| !s.is_empty());
+    if let Some(s) = found(&sys.join("device/serial")) {
+        return Some(s);
+    }
+    let usb = fs::canonicalize(sys.join("device")).ok().and_then(|dev| {
+        dev.ancestors()
+            .take(8)
+            .find(|d| d.join("idVendor").is_file())
+            .and_then(|d| found(&d.join("serial")))
+    });
+    usb.or_else(|| found(&sys.join("device/wwid")))
+        .or_else(|| found(&sys.join("wwid")))
 }
 
 // ---------------------------------------------------------------------------------------

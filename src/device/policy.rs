@@ -160,6 +160,7 @@ mod tests {
 
     fn card(mountpoints: &[&str]) -> DeviceInfo {
         DeviceInfo {
+            serial: None,
             path: "/dev/sdb".into(),
             name: "sdb".into(),
             major: 8,

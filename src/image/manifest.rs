@@ -10,7 +10,9 @@
 //! - `table`: kind and identifiers; `partitions`: number, id, start, size, type, PARTUUID,
 //!   filesystem kind, label and UUID, `sha256` of the whole partition (not for a partition
 //!   that grows to the card: it holds user data), and every file with size and SHA-256;
-//! - `raw`: bootloader blobs with offset, length and SHA-256.
+//! - `raw`: bootloader blobs with offset, length and SHA-256;
+//! - `custom` (when the persist partition was customised): hostname, SSH key fingerprints,
+//!   Wi-Fi SSID and `psk_set` (never the passphrase), extra files.
 //!
 //! Not for checking: that is `verify`.
 
@@ -40,6 +42,10 @@ pub struct Manifest {
     pub table: Table,
     pub partitions: Vec<PartitionEntry>,
     pub raw: Vec<Raw>,
+    /// What was added to the persist partition (hostname, SSH key fingerprints, Wi-Fi SSID
+    /// and whether a passphrase is set, extra files); absent for a plain build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<crate::plan::custom::Record>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +235,7 @@ pub fn make(
                 sha256: r.sha256.clone(),
             })
             .collect(),
+        custom: plan.custom.clone(),
     }
 }
 

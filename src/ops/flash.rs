@@ -29,6 +29,8 @@ use crate::format::table::{self, gpt};
 use crate::image::bmap::mapped_parts;
 use crate::image::read::{ImageSource, codec_of, corrupt, open_image, read_ranges};
 use crate::io::{nonzero_runs, read_full};
+use crate::ops::cards::{self, PerCard};
+use crate::plan::custom::{self, Record};
 use crate::plan::{self, Plan};
 use crate::progress::{Callback, Event};
 use crate::sink::Sink;
@@ -93,6 +95,10 @@ pub struct BoardSource<'a> {
     pub load: Box<dyn Fn() -> Result<Board> + 'a>,
     pub name: String,
     pub options: plan::Options,
+    /// What is added to persist; `{n}` and `{serial}` are filled per card.
+    pub custom: custom::Spec,
+    /// Per-card values (`--per-card`), replacing `custom`'s for the devices they name.
+    pub per_card: Option<PerCard>,
 }
 
 /// What will be written, for the confirmation.
@@ -148,6 +154,8 @@ pub struct FlashReport {
 pub struct Outcome {
     pub device: PathBuf,
     pub result: Result<FlashReport>,
+    /// What was added to this card's persist partition.
+    pub custom: Option<Record>,
 }
 
 /// Checks everything that can refuse, in the order the refusals are reported: the devices
@@ -195,18 +203,24 @@ pub fn prepare(req: &FlashRequest<'_>) -> Result<Prepared> {
                 load,
                 name,
                 options,
+                custom,
+                per_card,
             } = &**b;
+            let customs = cards::resolve_all(custom, per_card.as_ref(), &infos)?;
             let board = load()?;
-            let opts = |size| plan::Options {
+            let opts = |size, custom: &Option<custom::Custom>| plan::Options {
                 size,
+                custom: custom.clone(),
                 ..options.clone()
             };
-            let min = plan::make(&board, &opts(None))?.disk_size;
+            let first = customs.first().cloned().flatten();
+            let min = plan::make(&board, &opts(None, &first))?.disk_size;
             check_all(&infos, &policy(min))?;
             let targets = infos
                 .into_iter()
-                .map(|info| {
-                    let plan = plan::make(&board, &opts(Some(info.size)))?;
+                .zip(&customs)
+                .map(|(info, c)| {
+                    let plan = plan::make(&board, &opts(Some(info.size), c))?;
                     Ok(BoardTarget { info, plan })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -291,6 +305,7 @@ fn write_boards(targets: &[BoardTarget], care: Care, progress: Callback<'_>) -> 
             .map(|(t, h)| Outcome {
                 device: t.info.path.clone(),
                 result: joined(h),
+                custom: t.plan.custom.clone(),
             })
             .collect()
     })
@@ -598,6 +613,7 @@ fn write_image(
         .zip(results)
         .map(|(info, r)| Outcome {
             device: info.path.clone(),
+            custom: None,
             result: match (&read, r) {
                 // A bad image is the cause of every device's failure: say so first; one
                 // found only mid-stream (a signed range that does not match) is still the

@@ -5,7 +5,9 @@
 pub mod backup;
 pub mod build;
 pub mod capacity;
+pub mod cards;
 pub mod flash;
+pub mod flashlog;
 pub mod inspect;
 pub mod upgrade;
 pub mod verify;

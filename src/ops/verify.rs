@@ -607,6 +607,7 @@ fn expected(source: &Source) -> std::result::Result<Box<dyn Read + '_>, String> 
             Box::new(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?)
         }
         Source::Text(t) => Box::new(t.as_bytes()),
+        Source::Secret(t) => Box::new(t.expose().as_bytes()),
         Source::Bytes(b) => Box::new(&b[..]),
     })
 }

@@ -3,6 +3,7 @@
 //! `skiff-flash plan`, executed by `compose`.
 
 pub mod artifacts;
+pub mod custom;
 pub mod layout;
 pub mod tree;
 
@@ -38,6 +39,8 @@ pub struct Options {
     /// SkiffOS config directories whose `resources/` supply boot configs (see
     /// [`crate::define::skiffos`]); empty outside SkiffOS.
     pub configs: Vec<PathBuf>,
+    /// What is added to the persist partition (hostname, SSH keys, Wi-Fi, files).
+    pub custom: Option<custom::Custom>,
 }
 
 /// A complete plan.
@@ -59,6 +62,9 @@ pub struct Plan {
     /// What the board's definition asks for that is not done exactly.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What was added to the persist partition beyond the build (no passphrase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom: Option<custom::Record>,
 }
 
 /// A byte range copied from a file to a fixed disk offset.
@@ -658,6 +664,9 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         configs: &opts.configs,
     };
     let mut trees = artifacts::collect(board, &ctx)?;
+    if let Some(c) = &opts.custom {
+        customise(board, c, &mut trees)?;
+    }
     let raw = raw_writes(board, &opts.images)?;
     let pending = layout
         .partitions
@@ -679,9 +688,43 @@ pub fn make(board: &Board, opts: &Options) -> Result<Plan> {
         images: opts.images.clone(),
         raw,
         warnings: board.warnings.clone(),
+        custom: opts.custom.as_ref().map(custom::Custom::record),
     };
     check_raw(board, &plan)?;
     Ok(plan)
+}
+
+/// Adds the customisation to the persist partition's tree: the board must have an ext4
+/// `persist` (owners and modes must hold).
+fn customise(board: &Board, c: &custom::Custom, trees: &mut artifacts::Trees) -> Result<()> {
+    let persist = board
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.id == custom::PERSIST);
+    match persist.and_then(|p| p.fs) {
+        Some(FsKind::Ext4) => {}
+        Some(_) => {
+            return Err(Error::board(
+                &board.name,
+                "the persist partition is not ext4: hostname, keys, Wi-Fi and files need owners and modes",
+            ));
+        }
+        None => {
+            return Err(Error::board(
+                &board.name,
+                format!(
+                    "layout `{}` has no persist filesystem to hold the hostname, keys, Wi-Fi or files",
+                    board.layout.name
+                ),
+            ));
+        }
+    }
+    // `collect` made a tree for every partition with a filesystem.
+    let tree = trees
+        .get_mut(custom::PERSIST)
+        .ok_or_else(|| Error::Internal("the persist partition has no content tree".into()))?;
+    c.apply(&board.name, tree)
 }
 
 /// What identifiers are derived from: `--seed`, else the board's seed, else its name.

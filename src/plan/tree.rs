@@ -19,6 +19,13 @@ pub enum Source {
     Text(String),
     /// Generated binary content (compiled boot scripts), shown as hex.
     Bytes(#[serde(serialize_with = "as_hex")] Vec<u8>),
+    /// Generated text that holds a secret (a Wi-Fi passphrase): written like `Text`, never
+    /// shown.
+    Secret(#[serde(serialize_with = "hidden")] crate::plan::custom::Secret),
+}
+
+fn hidden<S: serde::Serializer>(_: &crate::plan::custom::Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("(not shown)")
 }
 
 fn as_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {

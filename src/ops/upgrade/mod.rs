@@ -156,6 +156,7 @@ pub fn plan(req: &UpgradeRequest) -> Result<UpgradePlan> {
             seed: None,
             ids: Some(card.ids.clone()),
             configs: req.configs.clone(),
+            custom: None,
         },
     )?;
     let mut decided = Decided::default();

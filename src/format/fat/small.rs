@@ -10,7 +10,7 @@
 use super::read::BadFat;
 use super::{Fat32, Layout, Names, bad, label_bytes, put16, put32, write_volume};
 use crate::error::Result;
-use crate::format::{FatOptions, FileRecord, FsSpec, FsWriter, Measure};
+use crate::format::{FatOptions, FsSpec, FsWriter, Measure, Placed};
 use crate::sink::Sink;
 
 /// Where `mkfs.fat` switches to FAT32 when no type is asked for.
@@ -54,6 +54,7 @@ impl SmallGeometry {
             fat_bytes: self.fat_sectors * self.sector,
             fixed_root: Some((self.root_start(), self.data_start() - self.root_start())),
             data_start: self.data_start(),
+            sector: self.sector,
         }
     }
 
@@ -346,7 +347,7 @@ impl FsWriter for FatSmall {
         }))
     }
 
-    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>> {
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Placed> {
         let opts = self.options(spec);
         if opts.bits.is_none() && size >= FAT32_FROM {
             return Fat32.write(spec, size, sink);
@@ -567,7 +568,7 @@ mod tests {
         assert!(m.fits(size), "{size}");
         let mut sink = crate::sink::MemSink::new(size as usize);
         let recs = writer.write(&spec, size, &mut sink).unwrap();
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.files.len(), 4);
         let vol = crate::format::fat::read::FatVolume::open(&sink.buf, 0, size).unwrap();
         assert_eq!(vol.fat_type, want);
         assert_eq!(vol.label, "BOOT");

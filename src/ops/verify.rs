@@ -280,15 +280,12 @@ fn by_chunks(
     checked
 }
 
-/// Places named for one differing chunk: at most this many, then a count.
-const PLACES_PER_CHUNK: usize = 16;
-
 /// A differing chunk's places: each file or structure it overlaps, with the range of it the
-/// chunk covers.
+/// chunk covers. The hash cannot say which of them differs, so every one is named.
 fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mut Vec<Finding>) {
     let places = map.places(chunk);
     let n = places.len();
-    for p in places.iter().take(PLACES_PER_CHUNK) {
+    for p in &places {
         let mut f = located(p, p.span.start, Some(p.span.len));
         if n > 1 {
             f.message += &format!(" (one of {n} places in a differing chunk)");
@@ -297,16 +294,6 @@ fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mu
             expected: Some(want.to_string()),
             found: Some(found.to_string()),
             ..f
-        });
-    }
-    if n > PLACES_PER_CHUNK {
-        findings.push(Finding {
-            offset: Some(chunk.start),
-            within: Some(chunk.len),
-            ..Finding::new(
-                &places[0].region,
-                format!("and {} more places in the same chunk", n - PLACES_PER_CHUNK),
-            )
         });
     }
 }

@@ -21,18 +21,44 @@ struct Flashed {
     img: PathBuf,
     manifest: PathBuf,
     card: Card,
+    /// Each partition's number, id and whether it is FAT (else ext4).
+    parts: Vec<(usize, &'static str, bool)>,
     _dir: tempfile::TempDir,
 }
 
-/// A pi/4 image (with a squashfs on boot) built and flashed onto a card of its size.
-fn flashed() -> Option<Flashed> {
+/// A pi/4 image (with a squashfs on boot) built with `extra` and flashed onto a card of its
+/// size.
+fn pi4(extra: &[&str]) -> Option<Flashed> {
+    let images = fixtures_with_squashfs();
+    let parts = vec![
+        (1, "boot", true),
+        (2, "rootfs", false),
+        (3, "persist", false),
+    ];
+    flashed("pi/4", images.path(), extra, parts)
+}
+
+/// An odroid/m1 image (ext4 boot holding the kernel, DTBs, initramfs and `rootfs/`) flashed
+/// onto a card of its size.
+fn odroid_m1() -> Option<Flashed> {
+    let images = images_copy();
+    std::fs::write(images.path().join("rootfs.cpio.uboot"), pseudo(300_000, 7)).unwrap();
+    let parts = vec![(1, "boot", false), (2, "persist", false)];
+    flashed("odroid/m1", images.path(), &[], parts)
+}
+
+fn flashed(
+    board: &str,
+    images: &Path,
+    extra: &[&str],
+    parts: Vec<(usize, &'static str, bool)>,
+) -> Option<Flashed> {
     if !need_fs_tools() {
         return None;
     }
-    let images = fixtures_with_squashfs();
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("pi4.img");
-    build_pi4(images.path(), &img, &["--bmap"]);
+    let img = dir.path().join("disk.img");
+    build(board, images, &img, &[&["--bmap"], extra].concat());
     let card = Card::new(std::fs::metadata(&img).unwrap().len())?;
     ok(&run(&[
         "flash",
@@ -42,9 +68,10 @@ fn flashed() -> Option<Flashed> {
         "--yes",
     ]));
     Some(Flashed {
-        manifest: dir.path().join("pi4.img.manifest.json"),
+        manifest: dir.path().join("disk.img.manifest.json"),
         img,
         card,
+        parts,
         _dir: dir,
     })
 }
@@ -80,7 +107,10 @@ impl Flashed {
     }
 
     fn by_manifest(&self) -> (i32, Vec<Value>) {
-        verify(&self.card.dev, &["--manifest", self.manifest.to_str().unwrap()])
+        verify(
+            &self.card.dev,
+            &["--manifest", self.manifest.to_str().unwrap()],
+        )
     }
 
     fn by_image(&self, img: &Path) -> (i32, Vec<Value>) {
@@ -98,7 +128,12 @@ fn verify(dev: &str, args: &[&str]) -> (i32, Vec<Value>) {
     let mut all = vec!["verify", dev, "--json"];
     all.extend_from_slice(args);
     let out = run(&all);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     (out.status.code().unwrap_or(-1), findings)
 }
@@ -112,44 +147,43 @@ struct Placed {
     runs: Vec<Run>,
 }
 
-/// Every non-empty file of boot (mtools), rootfs and persist (debugfs).
+/// Every non-empty file of the card: FAT ones placed by mtools, ext4 ones by debugfs.
 fn files_on(f: &Flashed) -> Vec<Placed> {
     let mut out = Vec::new();
-    let boot = f.fat(1);
-    let boot_start = partition_start(&f.card.dev, 1);
-    let g = fat_geometry(&boot);
-    for path in fat_files(&boot) {
-        let size = fat_size(&boot, &path);
-        let runs = fat_extents(&boot, &g, &path)
-            .into_iter()
-            .map(|r| Run {
-                start: boot_start + r.start,
-                len: r.len,
-            })
-            .collect();
-        out.push(Placed {
-            partition: "boot",
-            path,
-            size,
-            runs,
-        });
-    }
-    for (n, id) in [(2, "rootfs"), (3, "persist")] {
-        let part = f.card.part(n);
-        let start = partition_start(&f.card.dev, n as usize);
-        for (path, size) in ext4_files(&part) {
-            let runs = ext4_extents(&part, &path)
+    for &(n, id, fat) in &f.parts {
+        let start = partition_start(&f.card.dev, n);
+        let found: Vec<(String, u64, Vec<Run>)> = if fat {
+            let vol = f.fat(n);
+            let g = fat_geometry(&vol);
+            fat_files(&vol)
                 .into_iter()
-                .map(|r| Run {
-                    start: start + r.start,
-                    len: r.len,
+                .map(|path| {
+                    let (size, runs) = (fat_size(&vol, &path), fat_extents(&vol, &g, &path));
+                    (path, size, runs)
                 })
-                .collect();
+                .collect()
+        } else {
+            let part = f.card.part(n as u32);
+            ext4_files(&part)
+                .into_iter()
+                .map(|(path, size)| {
+                    let runs = ext4_extents(&part, &path);
+                    (path, size, runs)
+                })
+                .collect()
+        };
+        for (path, size, runs) in found {
             out.push(Placed {
                 partition: id,
                 path,
                 size,
-                runs,
+                runs: runs
+                    .into_iter()
+                    .map(|r| Run {
+                        start: start + r.start,
+                        len: r.len,
+                    })
+                    .collect(),
             });
         }
     }
@@ -157,18 +191,14 @@ fn files_on(f: &Flashed) -> Vec<Placed> {
     out
 }
 
-#[test]
-fn flips_inside_files_are_named_by_file_and_offset() {
-    let Some(f) = flashed() else {
-        return;
-    };
-    let files = files_on(&f);
-    for want in ["/rootfs.squashfs", "/Image", "/modules.squashfs", "/data/blob.bin"] {
-        assert!(files.iter().any(|p| p.path == want), "{want} not found on the card");
-    }
+/// 25 flips at random bytes of random files, each restored after: `--manifest` names the
+/// file and a range of at most 1 MiB of it holding the byte, `--image` the file and the
+/// byte exactly.
+fn random_flips_are_named(f: &Flashed, seed: u64) {
+    let files = files_on(f);
     let (code, found) = f.by_manifest();
     assert_eq!(code, 0, "fresh card: {found:?}");
-    let mut rng = Rng::new(0x5EED_0B1A);
+    let mut rng = Rng::new(seed);
     for _ in 0..25 {
         let p = &files[rng.below(files.len())];
         let off = rng.next() % p.size;
@@ -207,8 +237,46 @@ fn flips_inside_files_are_named_by_file_and_offset() {
 }
 
 #[test]
+fn flips_inside_files_are_named_by_file_and_offset() {
+    let Some(f) = pi4(&[]) else {
+        return;
+    };
+    let files = files_on(&f);
+    for want in [
+        "/rootfs.squashfs",
+        "/Image",
+        "/modules.squashfs",
+        "/data/blob.bin",
+    ] {
+        assert!(
+            files.iter().any(|p| p.path == want),
+            "{want} not found on the card"
+        );
+    }
+    random_flips_are_named(&f, 0x5EED_0B1A);
+}
+
+#[test]
+fn flips_inside_files_of_an_ext4_boot_are_named_by_file_and_offset() {
+    let Some(f) = odroid_m1() else {
+        return;
+    };
+    let files = files_on(&f);
+    for want in ["/Image", "/rootfs.cpio.uboot", "/rootfs/modules.squashfs"] {
+        assert!(
+            files
+                .iter()
+                .any(|p| p.partition == "boot" && p.path == want),
+            "{want} not found on boot"
+        );
+    }
+    random_flips_are_named(&f, 0x0D_01D0);
+}
+
+#[test]
 fn flips_in_metadata_name_the_structure() {
-    let Some(f) = flashed() else {
+    // Large enough for persist to span several block groups.
+    let Some(f) = pi4(&["--size", "1GiB"]) else {
         return;
     };
     let dev = &f.card.dev;
@@ -220,21 +288,35 @@ fn flips_in_metadata_name_the_structure() {
     let p3 = f.card.part(3);
     let bs = ext4_block_size(&p3);
     let (block_bitmap, _, inode_table) = ext4_group(&p3, 0);
+    let group = ext4_blocks_per_group(&p3) * bs;
     let data_dir = ext4_extents(&p3, "/data");
-    // (disk offset, region, structure): ext4 keeps its superblock at byte 1024 and the group
-    // descriptors in the block after it.
+    // (disk offset, region, structure): ext4 keeps its superblock at byte 1024, the group
+    // descriptors in the block after it, and backups of the superblock at the start of
+    // groups 1 and powers of 3, 5 and 7.
     let cases: Vec<(u64, &str, String)> = vec![
         (512 + 16, "partition table", "GPT header".into()),
         (1024 + 130, "partition table", "GPT entries".into()),
         (boot + 13, "partition boot", "boot sector".into()),
-        (boot + g.fat(0).start + 12, "partition boot", "FAT (copy 1)".into()),
-        (boot + g.fat(1).start + 12, "partition boot", "FAT (copy 2)".into()),
+        (
+            boot + g.fat(0).start + 12,
+            "partition boot",
+            "FAT (copy 1)".into(),
+        ),
+        (
+            boot + g.fat(1).start + 12,
+            "partition boot",
+            "FAT (copy 2)".into(),
+        ),
         (
             boot + overlays[0].start + 40,
             "partition boot",
             "FAT directory /overlays".into(),
         ),
-        (rootfs + 1024 + 0x20, "partition rootfs", "ext4 superblock".into()),
+        (
+            rootfs + 1024 + 0x20,
+            "partition rootfs",
+            "ext4 superblock".into(),
+        ),
         (
             rootfs + bs + 8,
             "partition rootfs",
@@ -249,6 +331,11 @@ fn flips_in_metadata_name_the_structure() {
             persist + inode_table * bs + 256 + 4,
             "partition persist",
             "ext4 inode table (group 0)".into(),
+        ),
+        (
+            persist + 3 * group + 0x20,
+            "partition persist",
+            "ext4 superblock (backup in group 3)".into(),
         ),
         (
             persist + data_dir[0].start + 30,
@@ -269,7 +356,10 @@ fn flips_in_metadata_name_the_structure() {
         let (icode, ifound) = f.by_image(&f.img);
         f.restore(*at, old);
         assert_eq!((code, icode), (1, 1), "{name} at {at}");
-        assert!(by_hash, "{name} at {at} not named by --manifest: {found:#?}");
+        assert!(
+            by_hash,
+            "{name} at {at} not named by --manifest: {found:#?}"
+        );
         assert_eq!(ifound.len(), 1, "{ifound:#?}");
         let x = &ifound[0];
         assert_eq!(x["region"], *region, "{x}");
@@ -283,14 +373,15 @@ fn flips_in_metadata_name_the_structure() {
     f.restore(at, old);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.lines().any(|l| l.starts_with("boot: FAT (copy 1): differs within")),
+        text.lines()
+            .any(|l| l.starts_with("boot: FAT (copy 1): differs within")),
         "{text}"
     );
 }
 
 #[test]
 fn a_format_1_manifest_and_a_bare_image_still_name_partitions() {
-    let Some(f) = flashed() else {
+    let Some(f) = pi4(&[]) else {
         return;
     };
     // The previous format: no chunk hashes, no map.
@@ -330,7 +421,7 @@ fn a_format_1_manifest_and_a_bare_image_still_name_partitions() {
     );
     // An image with no manifest beside it: the partition and the exact offset.
     let bare_dir = tempfile::tempdir().unwrap();
-    let bare = bare_dir.path().join("pi4.img");
+    let bare = bare_dir.path().join("disk.img");
     std::fs::hard_link(&f.img, &bare).unwrap();
     let (code, found) = f.by_image(&bare);
     f.restore(at, flipped);

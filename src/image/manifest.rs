@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose;
 use crate::error::{Error, Result};
-use crate::format::table::gpt::{ARRAY_SECTORS, TAIL};
 use crate::format::table::SECTOR;
+use crate::format::table::gpt::{ARRAY_SECTORS, TAIL};
 use crate::format::{FileRecord, Structure};
 use crate::image::file::Written;
 use crate::plan::tree::{Node, Source};
@@ -128,7 +128,11 @@ fn table_structures(plan: &Plan) -> Vec<Structure> {
             hybrid,
             ..
         } => {
-            let mbr = if *hybrid { "hybrid MBR" } else { "protective MBR" };
+            let mbr = if *hybrid {
+                "hybrid MBR"
+            } else {
+                "protective MBR"
+            };
             let mut out = vec![
                 Structure::at(mbr, 0, SECTOR),
                 Structure::at("GPT header", SECTOR, SECTOR),
@@ -149,7 +153,11 @@ fn table_structures(plan: &Plan) -> Vec<Structure> {
             let mut out = vec![Structure::at("MBR", 0, SECTOR)];
             for p in &plan.partitions {
                 if let Some(at) = p.ebr {
-                    out.push(Structure::at(format!("EBR of partition {}", p.id), at, SECTOR));
+                    out.push(Structure::at(
+                        format!("EBR of partition {}", p.id),
+                        at,
+                        SECTOR,
+                    ));
                 }
             }
             out

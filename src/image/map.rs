@@ -186,11 +186,7 @@ impl Map {
             return self.owned(&p, start, Span::new(at, p.end - at));
         }
         // Unowned: up to the next piece, within the partition or gap holding `at`.
-        let next = self
-            .pieces
-            .range(at..)
-            .next()
-            .map_or(u64::MAX, |(a, _)| *a);
+        let next = self.pieces.range(at..).next().map_or(u64::MAX, |(a, _)| *a);
         let edge = self
             .partitions
             .iter()
@@ -271,7 +267,11 @@ mod tests {
         m.claim(&[Span::new(0, 440)], raw);
         let mbr = m.owner("partition table", None, Kind::Structure("MBR".into()));
         m.claim(&[Span::new(0, 512)], mbr);
-        let f = m.owner("partition boot", Some("boot".into()), Kind::File("/a".into()));
+        let f = m.owner(
+            "partition boot",
+            Some("boot".into()),
+            Kind::File("/a".into()),
+        );
         m.claim(&[Span::new(2000, 100), Span::new(1500, 50)], f);
         m.partitions.push(("boot".into(), Span::new(1024, 4096)));
         m

@@ -25,12 +25,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
+use crate::format::Span;
 use crate::format::fat::read::FatVolume;
 use crate::format::probe::probe;
 use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
 use crate::format::table::{SECTOR, TableEntry};
 use crate::image::bmap::{self, mapped_parts};
-use crate::format::Span;
 use crate::image::manifest::{Manifest, MappedRange};
 use crate::image::map::{Map, Place, What};
 use crate::image::read::{decode_each, image_size};
@@ -186,7 +186,10 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     let mut checked = 0;
     for r in &m.image.mapped {
         let at = r.first * m.image.block_size;
-        let span = Span::new(at, ((r.last + 1) * m.image.block_size).min(m.image.size) - at);
+        let span = Span::new(
+            at,
+            ((r.last + 1) * m.image.block_size).min(m.image.size) - at,
+        );
         let chunk = m.image.chunk_size;
         checked += match &map {
             // Chunks that do not tile the range (a damaged manifest) leave the range's hash.
@@ -258,7 +261,11 @@ fn by_chunks(
     findings: &mut Vec<Finding>,
 ) -> u64 {
     let mut checked = 0;
-    for (want, at) in r.chunks.iter().zip((span.start..span.end()).step_by(chunk as usize)) {
+    for (want, at) in r
+        .chunks
+        .iter()
+        .zip((span.start..span.end()).step_by(chunk as usize))
+    {
         let n = chunk.min(span.end() - at);
         let got = match read(dev, at, n as usize) {
             Ok(b) => b,
@@ -304,7 +311,11 @@ fn located(p: &Place, at: u64, within: Option<u64>) -> Finding {
     let rel = at - p.span.start;
     let range = |o: u64, of: &str| match within {
         None => format!("differs at byte {} of {of}", bytes(o)),
-        Some(n) => format!("differs within bytes {}..{} of {of}", bytes(o), bytes(o + n)),
+        Some(n) => format!(
+            "differs within bytes {}..{} of {of}",
+            bytes(o),
+            bytes(o + n)
+        ),
     };
     let mut f = Finding {
         partition: p.partition.clone(),

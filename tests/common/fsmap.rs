@@ -178,6 +178,11 @@ pub fn ext4_block_size(part: &str) -> u64 {
     debugfs_stat(part, "Block size:")
 }
 
+/// Blocks per group of the ext4 filesystem on `part` (`debugfs stats`).
+pub fn ext4_blocks_per_group(part: &str) -> u64 {
+    debugfs_stat(part, "Blocks per group:")
+}
+
 fn debugfs_stat(part: &str, key: &str) -> u64 {
     let text = debugfs(part, "stats");
     minfo_field(&text, key).unwrap_or_else(|| panic!("debugfs stats: no `{key}`"))

@@ -441,6 +441,33 @@ mod tests {
     }
 
     #[test]
+    fn mapped_ranges_are_hashed_in_chunks_from_their_start() {
+        let size = 4 * CHUNK;
+        let mut s = Sequencer::new(Mem::default(), size, false);
+        let data: Vec<u8> = (0..(2 * CHUNK + 5000)).map(|i| (i % 251) as u8).collect();
+        // One range from block 1, written in pieces that straddle chunk edges, then a
+        // declared-zero tail; a second range of one block.
+        s.data(BLOCK, &data[..700_000]).unwrap();
+        s.data(BLOCK + 700_000, &data[700_000..]).unwrap();
+        s.zeros(BLOCK + data.len() as u64, 3000).unwrap();
+        s.data(3 * CHUNK, b"last").unwrap();
+        let (out, sum) = s.finish().unwrap();
+        assert_eq!(sum.ranges.len(), 2);
+        for r in &sum.ranges {
+            let a = r.first * BLOCK;
+            let b = (r.last + 1) * BLOCK;
+            let want: Vec<String> = (a..b)
+                .step_by(CHUNK as usize)
+                .map(|c| sha(&out.0[c as usize..(c + CHUNK).min(b) as usize]))
+                .collect();
+            assert_eq!(r.chunks, want, "range {}..={}", r.first, r.last);
+            assert_eq!(r.sha256, sha(&out.0[a as usize..b as usize]));
+        }
+        assert_eq!(sum.ranges[0].chunks.len(), 3);
+        assert_eq!(sum.ranges[1].chunks.len(), 1);
+    }
+
+    #[test]
     fn adjacent_blocks_form_one_range() {
         let mut s = Sequencer::new(Mem::default(), 5 * BLOCK, false);
         s.data(100, &[1; 10]).unwrap();

@@ -585,7 +585,26 @@ mod tests {
             vol.read_file(found, &mut |b| got.extend_from_slice(b))
                 .unwrap();
             assert_eq!(got, text.as_bytes(), "{}", e.path);
+            // The reported extents hold the file's bytes.
+            let rec = recs.files.iter().find(|r| r.path == e.path).unwrap();
+            let placed: Vec<u8> = rec
+                .extents
+                .iter()
+                .flat_map(|x| sink.buf[x.start as usize..x.end() as usize].to_vec())
+                .collect();
+            assert_eq!(placed, text.as_bytes(), "{}", e.path);
         }
+        // The fixed root directory is where the boot sector says.
+        let root = recs
+            .structures
+            .iter()
+            .find(|s| s.name == "FAT directory /")
+            .unwrap();
+        let b = &sink.buf;
+        let sector = u64::from(u16::from_le_bytes([b[11], b[12]]));
+        let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+        let fat = u64::from(u16::from_le_bytes([b[22], b[23]]));
+        assert_eq!(root.extents[0].start, (reserved + 2 * fat) * sector);
     }
 
     #[test]

@@ -288,12 +288,39 @@ fn by_chunks(
 }
 
 /// A differing chunk's places: each file or structure it overlaps, with the range of it the
-/// chunk covers. The hash cannot say which of them differs, so every one is named.
+/// chunk covers. The hash cannot say which of them differs, so every one is named; the
+/// bytes between them that no file or structure holds (a cluster's slack, free space a
+/// writer zeroed) are one more finding, not one each.
 fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mut Vec<Finding>) {
-    let places = map.places(chunk);
-    let n = places.len();
-    for p in &places {
-        let mut f = located(p, p.span.start, Some(p.span.len));
+    let (owned, loose): (Vec<Place>, Vec<Place>) = map
+        .places(chunk)
+        .into_iter()
+        .partition(|p| !matches!(p.what, What::Partition { .. } | What::Outside));
+    let mut named: Vec<Finding> = owned
+        .iter()
+        .map(|p| located(p, p.span.start, Some(p.span.len)))
+        .collect();
+    match loose.as_slice() {
+        [] => {}
+        [one] => named.push(located(one, one.span.start, Some(one.span.len))),
+        [first, ..] => {
+            let n: u64 = loose.iter().map(|p| p.span.len).sum();
+            named.push(Finding {
+                partition: first.partition.clone(),
+                offset: Some(chunk.start),
+                within: Some(chunk.len),
+                ..Finding::new(
+                    &first.region,
+                    format!(
+                        "differs within {} bytes between files and structures",
+                        bytes(n)
+                    ),
+                )
+            });
+        }
+    }
+    let n = named.len();
+    for mut f in named {
         if n > 1 {
             f.message += &format!(" (one of {n} places in a differing chunk)");
         }

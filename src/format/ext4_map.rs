@@ -112,7 +112,7 @@ pub fn structures(meta: &Captured) -> mkext4::Result<Vec<Structure>> {
 fn has_backup(g: u64) -> bool {
     let power_of = |base: u64| {
         let mut n = g;
-        while n % base == 0 {
+        while n.is_multiple_of(base) {
             n /= base;
         }
         n == 1

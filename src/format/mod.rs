@@ -106,13 +106,15 @@ impl Span {
         Span { start, len }
     }
 
+    /// The first byte after the range (the last possible one for a range read from a
+    /// damaged record that would run past it).
     pub const fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 
     /// The same range `by` bytes further on.
     pub const fn shifted(self, by: u64) -> Self {
-        Span::new(self.start + by, self.len)
+        Span::new(self.start.saturating_add(by), self.len)
     }
 }
 

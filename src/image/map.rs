@@ -128,7 +128,7 @@ impl Map {
 
     /// Gives `owner` the bytes of `extents` (in its own order) that no one has yet.
     fn claim(&mut self, extents: &[Span], owner: usize) {
-        let mut base = 0;
+        let mut base = 0u64;
         for s in extents {
             let mut at = s.start;
             let taken: Vec<(u64, u64)> = self.overlapping(*s).map(|(a, p)| (a, p.end)).collect();
@@ -137,13 +137,13 @@ impl Map {
                     let piece = Piece {
                         end: start,
                         owner,
-                        base: base + (at - s.start),
+                        base: base.saturating_add(at - s.start),
                     };
                     self.pieces.insert(at, piece);
                 }
                 at = at.max(end);
             }
-            base += s.len;
+            base = base.saturating_add(s.len);
         }
     }
 
@@ -201,7 +201,7 @@ impl Map {
 
     fn owned(&self, p: &Piece, start: u64, span: Span) -> Place {
         let o = &self.owners[p.owner];
-        let offset = p.base + (span.start - start);
+        let offset = p.base.saturating_add(span.start - start);
         let what = match &o.kind {
             Kind::File(path) => What::File {
                 path: path.clone(),

@@ -336,43 +336,42 @@ fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mu
 /// `within` bytes from `at`), named by what the place is.
 fn located(p: &Place, at: u64, within: Option<u64>) -> Finding {
     let rel = at - p.span.start;
-    let range = |o: u64, of: &str| match within {
-        None => format!("differs at byte {} of {of}", bytes(o)),
+    let (base, of) = match &p.what {
+        What::File { offset, .. } => (*offset, "of the file"),
+        What::Raw { offset } => (*offset, "of the blob"),
+        What::Partition { offset } => (*offset, "of the partition"),
+        What::Structure { offset, .. } => (*offset, ""),
+        What::Outside => (at, ""),
+    };
+    let o = base.saturating_add(rel);
+    let (its, of) = if of.is_empty() {
+        ("its ", "")
+    } else {
+        ("", of)
+    };
+    let message = match within {
+        _ if p.what == What::Outside => "differs outside every partition".into(),
+        None => format!("differs at {its}byte {} {of}", bytes(o)),
         Some(n) => format!(
-            "differs within bytes {}..{} of {of}",
+            "differs within {its}bytes {}..{} {of}",
             bytes(o),
-            bytes(o + n)
+            bytes(o.saturating_add(n))
         ),
     };
     let mut f = Finding {
         partition: p.partition.clone(),
         offset: Some(at),
         within,
-        ..Finding::new(&p.region, "")
+        ..Finding::new(&p.region, message.trim_end())
     };
     match &p.what {
-        What::File { path, offset } => {
+        What::File { path, .. } => {
             f.path = Some(path.clone());
-            f.offset_in_file = Some(offset + rel);
-            f.message = range(offset + rel, "the file");
+            f.offset_in_file = Some(o);
         }
-        What::Structure { name, offset } => {
-            f.structure = Some(name.clone());
-            f.message = match within {
-                None => format!("differs at its byte {}", bytes(offset + rel)),
-                Some(n) => format!(
-                    "differs within its bytes {}..{}",
-                    bytes(offset + rel),
-                    bytes(offset + rel + n)
-                ),
-            };
-        }
-        What::Raw { offset } => {
-            f.offset_in_file = Some(offset + rel);
-            f.message = range(offset + rel, "the blob");
-        }
-        What::Partition { offset } => f.message = range(offset + rel, "the partition"),
-        What::Outside => f.message = "differs outside every partition".into(),
+        What::Raw { .. } => f.offset_in_file = Some(o),
+        What::Structure { name, .. } => f.structure = Some(name.clone()),
+        What::Partition { .. } | What::Outside => {}
     }
     f
 }

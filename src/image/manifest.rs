@@ -119,7 +119,7 @@ pub struct Raw {
     pub sha256: String,
 }
 
-/// Where the partition table's pieces lie on a disk of `disk_size` bytes.
+/// Where the partition table's pieces lie on the plan's disk.
 fn table_structures(plan: &Plan) -> Vec<Structure> {
     match &plan.table {
         Table::Gpt {

@@ -192,8 +192,11 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
         );
         let chunk = m.image.chunk_size;
         checked += match &map {
-            // Chunks that do not tile the range (a damaged manifest) leave the range's hash.
-            Some(map) if r.chunks.len() as u64 == span.len.div_ceil(chunk) => {
+            // Chunks that do not tile the range, or are larger than a read (a damaged
+            // manifest), leave the range's hash.
+            Some(map)
+                if chunk <= CHUNK as u64 && r.chunks.len() as u64 == span.len.div_ceil(chunk) =>
+            {
                 by_chunks(dev, r, span, chunk, map, &mut findings)
             }
             _ => by_range(dev, m, r, span, &mut findings),

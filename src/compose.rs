@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::table::{gpt, mbr};
-use crate::format::{self, FileRecord};
+use crate::format::{self, FileRecord, Placed, Span, Structure};
 use crate::io::{HashReader, nonzero_runs, read_full};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
 use crate::progress::Callback;
@@ -41,7 +41,10 @@ pub struct PartitionRecord {
     pub id: String,
     pub start: u64,
     pub size: u64,
+    /// Files with their extents on the disk.
     pub files: Vec<FileRecord>,
+    /// The filesystem's structures, on the disk.
+    pub structures: Vec<Structure>,
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`.
@@ -112,21 +115,41 @@ impl Job<'_> {
 const BOOT_CODE: u64 = 440;
 
 fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<PartitionRecord> {
-    let files = match (plan.fs_spec(p), &p.image) {
+    let placed = match (plan.fs_spec(p), &p.image) {
         (Some((kind, spec)), _) => {
             let size = p.fs.as_ref().map_or(p.size, |f| f.size);
             let mut w = Window::new(sink, p.start, size)
                 .map_err(|e| Error::io(format!("partition {}", p.id), e))?;
             format::writer(kind).write(&spec, size, &mut w)?
         }
-        (None, Some(image)) => vec![write_image(p, image, sink)?],
-        (None, None) => Vec::new(),
+        (None, Some(image)) => Placed {
+            files: vec![write_image(p, image, sink)?],
+            structures: Vec::new(),
+        },
+        (None, None) => Placed::default(),
     };
+    // Writers place within their window: the disk's offsets are the partition's further on.
+    let on_disk = |spans: Vec<Span>| spans.into_iter().map(|s| s.shifted(p.start)).collect();
     Ok(PartitionRecord {
         id: p.id.clone(),
         start: p.start,
         size: p.size,
-        files,
+        files: placed
+            .files
+            .into_iter()
+            .map(|f| FileRecord {
+                extents: on_disk(f.extents),
+                ..f
+            })
+            .collect(),
+        structures: placed
+            .structures
+            .into_iter()
+            .map(|s| Structure {
+                extents: on_disk(s.extents),
+                ..s
+            })
+            .collect(),
     })
 }
 
@@ -167,6 +190,7 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         path: image.source.display().to_string(),
         size: image.size,
         sha256: reader.finish(),
+        extents: vec![Span::new(0, image.size)],
     })
 }
 

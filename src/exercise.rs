@@ -145,7 +145,14 @@ pub fn bmap(bytes: &[u8]) {
 /// The bytes as a build manifest.
 pub fn manifest(bytes: &[u8]) {
     with_scratch("manifest", bytes, |p| {
-        let _ = crate::image::manifest::load(p);
+        // A manifest read is also a map: every place it names must be computable.
+        if let Ok(m) = crate::image::manifest::load(p) {
+            let map = crate::image::map::Map::of_manifest(&m);
+            for at in [0, 512, 1 << 20, m.image.size / 2, u64::MAX - 1] {
+                let _ = map.place_from(at);
+                let _ = map.places(crate::format::Span::new(at, 1 << 20));
+            }
+        }
     });
 }
 

@@ -93,6 +93,13 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
 
 /// One finding as a line: region, file, what, where, both hashes.
 fn finding_line(f: &Finding) -> String {
+    if f.partition.is_some()
+        || f.structure.is_some()
+        || f.offset_in_file.is_some()
+        || f.within.is_some()
+    {
+        return placed_line(f);
+    }
     let mut line = f.region.clone();
     if let Some(p) = &f.path {
         line += &format!(" {p}");
@@ -102,6 +109,30 @@ fn finding_line(f: &Finding) -> String {
         line += &format!(" (offset {})", bytes(o));
     }
     if let (Some(e), Some(g)) = (&f.expected, &f.found) {
+        line += &format!("; expected {e}, found {g}");
+    }
+    line
+}
+
+/// A byte finding placed through the image's map: `boot:/Image: differs at byte 40,000 of
+/// the file (disk offset 1,089,576)`, `partition table: GPT header: …`.
+fn placed_line(f: &Finding) -> String {
+    let mut line = match (&f.partition, &f.path) {
+        (Some(p), Some(path)) => format!("{p}:{path}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => f.region.clone(),
+    };
+    if let Some(s) = &f.structure {
+        line += &format!(": {s}");
+    }
+    line += &format!(": {}", f.message);
+    match (f.offset, f.within) {
+        (Some(o), Some(n)) => line += &format!(" (disk offsets {}..{})", bytes(o), bytes(o + n)),
+        (Some(o), None) => line += &format!(" (disk offset {})", bytes(o)),
+        _ => {}
+    }
+    // A chunk's hashes say nothing a reader can act on: the place says it all.
+    if let (Some(e), Some(g), None) = (&f.expected, &f.found, f.within) {
         line += &format!("; expected {e}, found {g}");
     }
     line

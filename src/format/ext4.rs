@@ -3,14 +3,17 @@
 //! window, hashing each file as it passes.
 //!
 //! The smallest size is found by sealing candidate layouts (metadata only, no data read).
+//! Each file's extents come from the sealed layout; the metadata is kept aside as it passes
+//! so `ext4_map` can say where the filesystem's structures lie.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use mkext4::{FsBuilder, InodeHandle, Meta, Options, ROOT, RegionSink};
 
 use crate::error::{Error, Result};
-use crate::format::{FileRecord, FsSpec, FsWriter, Measure};
+use crate::format::ext4_map::{self, Captured};
+use crate::format::{FileRecord, FsSpec, FsWriter, Measure, Placed, Span, push_span};
 use crate::io::open;
 use crate::plan::tree::{Node, name_of, parent_of};
 use crate::sink::{Sink, Window};
@@ -75,11 +78,13 @@ fn declare(
     Ok((b, fills))
 }
 
-/// Passes writes through, ending the sink's hold at the first write after `released` is set.
+/// Passes writes through, ending the sink's hold at the first write after `released` is set;
+/// keeps the metadata (every write before then) in `meta`.
 struct Phased<'a> {
     inner: Window<'a>,
     released: Rc<Cell<bool>>,
     holding: bool,
+    meta: Rc<RefCell<Captured>>,
 }
 
 impl Phased<'_> {
@@ -95,6 +100,9 @@ impl Phased<'_> {
 impl RegionSink for Phased<'_> {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         self.release()?;
+        if self.holding {
+            self.meta.borrow_mut().keep(offset, bytes);
+        }
         Sink::data(&mut self.inner, offset, bytes)
     }
 
@@ -177,7 +185,7 @@ impl FsWriter for Ext4 {
         Ok(Box::new(Ext4Measure { min: hi }))
     }
 
-    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>> {
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Placed> {
         let (b, fills) = declare(spec, size).map_err(|e| ext4_err(spec, e))?;
         let layout = b.seal().map_err(|e| ext4_err(spec, e))?;
         let window = Window::new(sink, 0, usable(size))
@@ -186,14 +194,18 @@ impl FsWriter for Ext4 {
         // ascending offsets: hold the metadata until the data starts.
         let io = |e| Error::io(format!("writing {}", spec.part), e);
         let released = Rc::new(Cell::new(false));
+        let meta = Rc::new(RefCell::new(Captured::default()));
         let mut phased = Phased {
             inner: window,
             released: released.clone(),
             holding: true,
+            meta: meta.clone(),
         };
         phased.inner.hold(true).map_err(io)?;
         let mut w = layout.writer(&mut phased).map_err(|e| ext4_err(spec, e))?;
         released.set(true);
+        // All metadata has passed: map it, then let it go.
+        let structures = ext4_map::structures(&meta.take()).map_err(|e| ext4_err(spec, e))?;
         let entries: Vec<_> = spec.tree.iter().collect();
         let mut records = Vec::with_capacity(fills.len());
         for (h, i) in fills {
@@ -203,14 +215,22 @@ impl FsWriter for Ext4 {
             };
             let mut r = open(source, *size)?;
             w.fill(h, &mut r).map_err(|err| ext4_err(spec, err))?;
+            let mut extents = Vec::new();
+            for (at, len) in layout.extents(h) {
+                push_span(&mut extents, Span::new(at, len));
+            }
             records.push(FileRecord {
                 path: e.path.clone(),
                 size: *size,
                 sha256: r.finish(),
+                extents,
             });
         }
         w.finish().map_err(|e| ext4_err(spec, e))?;
         phased.release().map_err(io)?;
-        Ok(records)
+        Ok(Placed {
+            files: records,
+            structures,
+        })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bootcfg;
 pub mod ext4;
+pub mod ext4_map;
 pub mod fat;
 pub mod probe;
 pub mod squashfs;
@@ -75,14 +76,97 @@ pub struct FileRecord {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// Where the file's bytes lie, in file order (relative to the filesystem's window as a
+    /// writer reports them, to the disk once composed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extents: Vec<Span>,
+}
+
+/// A byte range, written `[start, len]` to keep maps small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(from = "[u64; 2]", into = "[u64; 2]")]
+pub struct Span {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl From<[u64; 2]> for Span {
+    fn from([start, len]: [u64; 2]) -> Self {
+        Span { start, len }
+    }
+}
+
+impl From<Span> for [u64; 2] {
+    fn from(s: Span) -> Self {
+        [s.start, s.len]
+    }
+}
+
+impl Span {
+    pub const fn new(start: u64, len: u64) -> Self {
+        Span { start, len }
+    }
+
+    /// The first byte after the range (the last possible one for a range read from a
+    /// damaged record that would run past it).
+    pub const fn end(&self) -> u64 {
+        self.start.saturating_add(self.len)
+    }
+
+    /// The same range `by` bytes further on.
+    pub const fn shifted(self, by: u64) -> Self {
+        Span::new(self.start.saturating_add(by), self.len)
+    }
+}
+
+/// Appends `s` to `spans`, merged into the last one when it continues it.
+pub fn push_span(spans: &mut Vec<Span>, s: Span) {
+    if s.len == 0 {
+        return;
+    }
+    match spans.last_mut() {
+        Some(last) if last.end() == s.start => last.len += s.len,
+        _ => spans.push(s),
+    }
+}
+
+/// One piece of a filesystem's own structure (a FAT copy, a directory, an inode table) and
+/// where it lies: for naming what a difference hit.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Structure {
+    pub name: String,
+    pub extents: Vec<Span>,
+}
+
+impl Structure {
+    pub fn new(name: impl Into<String>, extents: Vec<Span>) -> Self {
+        Structure {
+            name: name.into(),
+            extents,
+        }
+    }
+
+    /// One contiguous piece.
+    pub fn at(name: impl Into<String>, start: u64, len: u64) -> Self {
+        Structure::new(name, vec![Span::new(start, len)])
+    }
+}
+
+/// What a writer wrote: every file with its hash and extents, and where the filesystem's
+/// own structures lie.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    pub files: Vec<FileRecord>,
+    pub structures: Vec<Structure>,
 }
 
 /// A filesystem writer.
 pub trait FsWriter {
     /// Validates the tree for this filesystem (names, sizes) and measures it.
     fn measure(&self, spec: &FsSpec<'_>) -> Result<Box<dyn Measure>>;
-    /// Writes the filesystem, `size` bytes, into `sink` (a window on the disk).
-    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>>;
+    /// Writes the filesystem, `size` bytes, into `sink` (a window on the disk); extents in
+    /// the answer are relative to the window.
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Placed>;
 }
 
 /// The writer for a filesystem kind.

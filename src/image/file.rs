@@ -232,7 +232,6 @@ pub fn write_file<T>(
     size: u64,
     format: Format,
     hash_all: bool,
-    hash_ranges: &[crate::units::Extent],
     fill: impl FnOnce(&mut dyn crate::sink::Sink) -> Result<T>,
 ) -> Result<(T, Written, Staged)> {
     let staged = Staged::create(dest)?;
@@ -241,7 +240,6 @@ pub fn write_file<T>(
         let file = staged.file.try_clone().map_err(io_err)?;
         let enc = encoder(format, file).map_err(io_err)?;
         let mut seq = Sequencer::new(Stream(enc), size, hash_all);
-        seq.hash_ranges(hash_ranges);
         let value = fill(&mut seq)?;
         let (Stream(enc), stream) = seq.finish().map_err(io_err)?;
         let mut hw = enc.finish_box().map_err(io_err)?;
@@ -255,7 +253,6 @@ pub fn write_file<T>(
     } else {
         staged.file.set_len(size).map_err(io_err)?;
         let mut seq = Sequencer::new(SparseFile::new(&staged.file), size, hash_all);
-        seq.hash_ranges(hash_ranges);
         let value = fill(&mut seq)?;
         let (_, stream) = seq.finish().map_err(io_err)?;
         let written = Written {

@@ -1,20 +1,28 @@
 //! The manifest written beside every image (`IMAGE.manifest.json`): what was built from what,
-//! and what a correct copy holds. Format `skiff-flash-manifest/1`:
+//! what a correct copy holds, and a map of where everything lies. Format
+//! `skiff-flash-manifest/2`:
 //!
 //! - `tool`, `board`, `layout`, `epoch`;
 //! - `image`: `size`, `file` (name), `file_size`, `file_sha256` (the file as written,
-//!   compressed or not), `image_sha256` (uncompressed, when `--checksums`), `block_size` and
-//!   `mapped` — the blocks a device must hold, each range with its SHA-256 (bmaptool's model);
+//!   compressed or not), `image_sha256` (uncompressed, when `--checksums`), `block_size`,
+//!   `chunk_size` and `mapped` — the blocks a device must hold, each range with its SHA-256
+//!   (bmaptool's model) and the SHA-256 of each `chunk_size` piece of it from its start
+//!   (`chunks`), so a hash-only check places a difference within a chunk;
 //! - `inputs`: every file read from the images directory with its size and SHA-256 (for raw
 //!   blobs, of the range used);
-//! - `table`: kind and identifiers; `partitions`: number, id, start, size, type, PARTUUID,
-//!   filesystem kind, label and UUID, `sha256` of the whole partition (not for a partition
-//!   that grows to the card: it holds user data), and every file with size and SHA-256;
+//! - `table`: kind and identifiers; `structures`: where the partition table's pieces lie
+//!   (`name`, `extents` as `[start, length]` disk byte ranges);
+//! - `partitions`: number, id, start, size, type, PARTUUID, filesystem kind, label and UUID,
+//!   every file with size, SHA-256 and `extents` (its bytes on the disk, in file order), and
+//!   the filesystem's `structures` (boot sector, FATs, directories; superblocks, group
+//!   descriptors, bitmaps, inode tables, journal, directories);
 //! - `raw`: bootloader blobs with offset, length and SHA-256;
 //! - `custom` (when the persist partition was customised): hostname, SSH key fingerprints,
 //!   Wi-Fi SSID and `psk_set` (never the passphrase), extra files.
 //!
-//! Not for checking: that is `verify`.
+//! Format `/1` (no chunks, no map, a `sha256` per fixed partition) is still read.
+//!
+//! Not for checking: that is `verify`; not for looking places up: that is `image::map`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,12 +31,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose;
 use crate::error::{Error, Result};
-use crate::format::FileRecord;
+use crate::format::table::SECTOR;
+use crate::format::table::gpt::{ARRAY_SECTORS, TAIL};
+use crate::format::{FileRecord, Structure};
 use crate::image::file::Written;
 use crate::plan::tree::{Node, Source};
 use crate::plan::{Plan, Table};
 
-pub const FORMAT: &str = "skiff-flash-manifest/1";
+pub const FORMAT: &str = "skiff-flash-manifest/2";
+/// The format before the map and chunk hashes.
+pub const FORMAT_1: &str = "skiff-flash-manifest/1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -40,6 +52,9 @@ pub struct Manifest {
     pub image: Image,
     pub inputs: Vec<Input>,
     pub table: Table,
+    /// Where the table's pieces lie (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structures: Vec<Structure>,
     pub partitions: Vec<PartitionEntry>,
     pub raw: Vec<Raw>,
     /// What was added to the persist partition (hostname, SSH key fingerprints, Wi-Fi SSID
@@ -56,6 +71,9 @@ pub struct Image {
     pub file_sha256: Option<String>,
     pub image_sha256: Option<String>,
     pub block_size: u64,
+    /// Bytes each of a mapped range's `chunks` hashes (format 2; 0 before).
+    #[serde(default)]
+    pub chunk_size: u64,
     pub mapped: Vec<MappedRange>,
 }
 
@@ -65,6 +83,9 @@ pub struct MappedRange {
     pub first: u64,
     pub last: u64,
     pub sha256: String,
+    /// SHA-256 of each `chunk_size` piece from the range's start (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,8 +108,13 @@ pub struct PartitionEntry {
     pub fs: Option<String>,
     pub label: Option<String>,
     pub uuid: Option<String>,
+    /// Format 1 only: the whole partition's SHA-256 (format 2's chunk hashes cover its
+    /// mapped bytes without hashing them twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     pub files: Vec<FileRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structures: Vec<Structure>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,22 +125,54 @@ pub struct Raw {
     pub sha256: String,
 }
 
-/// Ranges to hash as partitions while the image streams: every partition that does not
-/// grow to the card.
-pub fn hashed_ranges(plan: &Plan) -> Vec<crate::units::Extent> {
-    plan.partitions
-        .iter()
-        .filter(|p| !p.grows)
-        .map(|p| crate::units::Extent::new(p.start, p.size))
-        .collect()
+/// Where the partition table's pieces lie on the plan's disk.
+fn table_structures(plan: &Plan) -> Vec<Structure> {
+    match &plan.table {
+        Table::Gpt {
+            array_lba,
+            no_backup,
+            hybrid,
+            ..
+        } => {
+            let mbr = if *hybrid {
+                "hybrid MBR"
+            } else {
+                "protective MBR"
+            };
+            let mut out = vec![
+                Structure::at(mbr, 0, SECTOR),
+                Structure::at("GPT header", SECTOR, SECTOR),
+                Structure::at("GPT entries", array_lba * SECTOR, ARRAY_SECTORS * SECTOR),
+            ];
+            if !no_backup {
+                let end = plan.disk_size / SECTOR * SECTOR;
+                out.push(Structure::at(
+                    "backup GPT entries",
+                    end - TAIL,
+                    ARRAY_SECTORS * SECTOR,
+                ));
+                out.push(Structure::at("backup GPT header", end - SECTOR, SECTOR));
+            }
+            out
+        }
+        Table::Mbr { .. } => {
+            let mut out = vec![Structure::at("MBR", 0, SECTOR)];
+            for p in &plan.partitions {
+                if let Some(at) = p.ebr {
+                    out.push(Structure::at(
+                        format!("EBR of partition {}", p.id),
+                        at,
+                        SECTOR,
+                    ));
+                }
+            }
+            out
+        }
+    }
 }
 
 /// A planned partition as recorded, with the hash of its bytes when it was hashed.
-fn partition_entry(
-    p: &crate::plan::Partition,
-    rec: &compose::PartitionRecord,
-    sha256: Option<&str>,
-) -> PartitionEntry {
+fn partition_entry(p: &crate::plan::Partition, rec: &compose::PartitionRecord) -> PartitionEntry {
     PartitionEntry {
         number: p.number,
         id: p.id.clone(),
@@ -133,8 +191,9 @@ fn partition_entry(
             .map(|f| format!("{:?}", f.kind).to_lowercase()),
         label: p.fs.as_ref().and_then(|f| f.label.clone()),
         uuid: p.fs.as_ref().map(|f| f.uuid.clone()),
-        sha256: sha256.map(str::to_string),
+        sha256: None,
         files: rec.files.clone(),
+        structures: rec.structures.clone(),
     }
 }
 
@@ -150,6 +209,7 @@ pub(crate) fn image_record(size: u64, out: &Path, written: &Written) -> Image {
         file_sha256: written.file_sha256.clone(),
         image_sha256: written.stream.sha256.clone(),
         block_size: crate::sink::stream::BLOCK,
+        chunk_size: crate::sink::stream::CHUNK,
         mapped: written
             .stream
             .ranges
@@ -158,6 +218,7 @@ pub(crate) fn image_record(size: u64, out: &Path, written: &Written) -> Image {
                 first: r.first,
                 last: r.last,
                 sha256: r.sha256.clone(),
+                chunks: r.chunks.clone(),
             })
             .collect(),
     }
@@ -171,12 +232,6 @@ pub fn make(
     written: &Written,
     m: &compose::Composed,
 ) -> Manifest {
-    let part_sha: BTreeMap<u64, &str> = written
-        .stream
-        .range_sha256
-        .iter()
-        .map(|(r, h)| (r.start, h.as_str()))
-        .collect();
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
     let mut add_input = |src: &Path, size: u64, sha256: &str| {
         let name = src
@@ -209,7 +264,7 @@ pub fn make(
                 add_input(src, *size, &f.sha256);
             }
         }
-        partitions.push(partition_entry(p, rec, part_sha.get(&p.start).copied()));
+        partitions.push(partition_entry(p, rec));
     }
     for (r, rec) in plan.raw.iter().zip(&m.raw) {
         add_input(&r.source, r.length, &rec.sha256);
@@ -224,6 +279,7 @@ pub fn make(
         image: image_record(plan.disk_size, out, written),
         inputs: inputs.into_values().collect(),
         table,
+        structures: table_structures(plan),
         partitions,
         raw: m
             .raw
@@ -255,10 +311,13 @@ pub fn load(path: &Path) -> Result<Manifest> {
         path: path.to_path_buf(),
         message: format!("not a skiff-flash manifest: {e}"),
     })?;
-    if m.format != FORMAT {
+    if m.format != FORMAT && m.format != FORMAT_1 {
         return Err(Error::BadArtifact {
             path: path.to_path_buf(),
-            message: format!("manifest format `{}`, expected `{FORMAT}`", m.format),
+            message: format!(
+                "manifest format `{}`, expected `{FORMAT}` or `{FORMAT_1}`",
+                m.format
+            ),
         });
     }
     Ok(m)

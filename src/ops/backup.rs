@@ -104,7 +104,7 @@ pub fn backup(
     let (table, extents, partitions) = layout(&dev, size)?;
     let total = extents.iter().map(|e| e.len).sum();
     let (copied, written, image) =
-        crate::image::file::write_file(output, size, format, false, &[], |sink| {
+        crate::image::file::write_file(output, size, format, false, |sink| {
             copy(&dev, source, &extents, total, sink, progress)
         })?;
     let manifest = BackupManifest {

@@ -73,13 +73,11 @@ pub fn build_image(
     } else {
         None
     };
-    let ranges = crate::image::manifest::hashed_ranges(plan);
     let (manifest, written, image) = crate::image::file::write_file(
         output,
         plan.disk_size,
         opts.format,
         opts.checksums,
-        &ranges,
         |sink| crate::compose::write(plan, sink, progress),
     )?;
     let mut set = crate::image::output::Set::new();

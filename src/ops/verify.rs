@@ -13,7 +13,10 @@
 //!   that has booted and written to persist still verifies.
 //!
 //! Findings name the region, the file, the byte offset of the first difference and both
-//! hashes. Never writes.
+//! hashes. Byte findings are placed through the image's map (`image::map`, from the
+//! manifest): the file and the byte of it, or the structure (a GPT header, a FAT copy, an
+//! inode table), with the disk offset — exactly against an image, within one hashed chunk
+//! against a manifest. Never writes.
 
 use std::io::Read;
 use std::ops::ControlFlow;
@@ -22,12 +25,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
+use crate::format::Span;
 use crate::format::fat::read::FatVolume;
 use crate::format::probe::probe;
 use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
 use crate::format::table::{SECTOR, TableEntry};
 use crate::image::bmap::{self, mapped_parts};
-use crate::image::manifest::Manifest;
+use crate::image::manifest::{Manifest, MappedRange};
+use crate::image::map::{Map, Place, What};
 use crate::image::read::{decode_each, image_size};
 use crate::io::{ReadAt, hex, read_full};
 use crate::plan::tree::{Node, Source};
@@ -40,11 +45,25 @@ use crate::units::bytes;
 pub struct Finding {
     /// "table", "partition boot", "raw u-boot", "image".
     pub region: String,
+    /// Byte findings: the partition the difference lies in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Byte offset of the first difference (on the disk, or in the file when `path` is set).
+    /// Byte findings: the structure the difference lies in ("GPT header", "FAT (copy 1)").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structure: Option<String>,
+    /// Byte offset of the first difference (on the disk, or in the file when `path` is set
+    /// and `offset_in_file` is not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Byte findings: the offset in the file (or raw blob) of the difference, or of the
+    /// first byte of the range it lies within.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset_in_file: Option<u64>,
+    /// Byte findings from hashes: the difference lies within this many bytes from `offset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,8 +75,12 @@ impl Finding {
     fn new(region: impl Into<String>, message: impl Into<String>) -> Self {
         Finding {
             region: region.into(),
+            partition: None,
             path: None,
+            structure: None,
             offset: None,
+            offset_in_file: None,
+            within: None,
             expected: None,
             found: None,
             message: message.into(),
@@ -144,10 +167,11 @@ fn region_of(m: &Manifest, at: u64) -> String {
         .unwrap_or_else(|| "table".into())
 }
 
-/// Bytes: the manifest's mapped ranges against the target, by hash.
+/// Bytes: the manifest's mapped ranges against the target, by hash: chunk by chunk when
+/// the manifest has chunk hashes (each difference placed within its chunk), else range by
+/// range (a format 1 manifest, named by partition as before).
 pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     let mut findings = Vec::new();
-    let mut checked = 0;
     if dev.size() < m.image.size {
         findings.push(Finding::new(
             "image",
@@ -158,41 +182,25 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
             ),
         ));
     }
+    let map = (m.image.chunk_size > 0).then(|| Map::of_manifest(m));
+    let mut checked = 0;
     for r in &m.image.mapped {
         let at = r.first * m.image.block_size;
-        let len = ((r.last + 1) * m.image.block_size).min(m.image.size) - at;
-        let mut h = Sha256::new();
-        let mut off = 0;
-        let mut failed = None;
-        while off < len {
-            let n = (len - off).min(CHUNK as u64) as usize;
-            match read(dev, at + off, n) {
-                Ok(b) => h.update(&b),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+        let span = Span::new(
+            at,
+            ((r.last + 1) * m.image.block_size).min(m.image.size) - at,
+        );
+        let chunk = m.image.chunk_size;
+        checked += match &map {
+            // Chunks that do not tile the range, or are larger than a read (a damaged
+            // manifest), leave the range's hash.
+            Some(map)
+                if chunk <= CHUNK as u64 && r.chunks.len() as u64 == span.len.div_ceil(chunk) =>
+            {
+                by_chunks(dev, r, span, chunk, map, &mut findings)
             }
-            off += n as u64;
-        }
-        checked += off;
-        let found = hex(&h.finalize());
-        if let Some(e) = failed {
-            findings.push(Finding {
-                offset: Some(at + off),
-                ..Finding::new(region_of(m, at), e)
-            });
-        } else if found != r.sha256 {
-            findings.push(Finding {
-                offset: Some(at),
-                expected: Some(r.sha256.clone()),
-                found: Some(found),
-                ..Finding::new(
-                    region_of(m, at),
-                    format!("bytes {}..{} differ", bytes(at), bytes(at + len)),
-                )
-            });
-        }
+            _ => by_range(dev, m, r, span, &mut findings),
+        };
     }
     Verdict {
         mode: "bytes",
@@ -202,16 +210,200 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     }
 }
 
+/// One mapped range against its SHA-256; returns the bytes read.
+fn by_range(
+    dev: &dyn ReadAt,
+    m: &Manifest,
+    r: &MappedRange,
+    span: Span,
+    findings: &mut Vec<Finding>,
+) -> u64 {
+    let (at, len) = (span.start, span.len);
+    let mut h = Sha256::new();
+    let mut off = 0;
+    let mut failed = None;
+    while off < len {
+        let n = (len - off).min(CHUNK as u64) as usize;
+        match read(dev, at + off, n) {
+            Ok(b) => h.update(&b),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+        off += n as u64;
+    }
+    let found = hex(&h.finalize());
+    if let Some(e) = failed {
+        findings.push(Finding {
+            offset: Some(at + off),
+            ..Finding::new(region_of(m, at), e)
+        });
+    } else if found != r.sha256 {
+        findings.push(Finding {
+            offset: Some(at),
+            expected: Some(r.sha256.clone()),
+            found: Some(found),
+            ..Finding::new(
+                region_of(m, at),
+                format!("bytes {}..{} differ", bytes(at), bytes(at + len)),
+            )
+        });
+    }
+    off
+}
+
+/// One mapped range against its chunk hashes; each differing chunk's places are findings.
+/// Returns the bytes read.
+fn by_chunks(
+    dev: &dyn ReadAt,
+    r: &MappedRange,
+    span: Span,
+    chunk: u64,
+    map: &Map,
+    findings: &mut Vec<Finding>,
+) -> u64 {
+    let mut checked = 0;
+    for (want, at) in r
+        .chunks
+        .iter()
+        .zip((span.start..span.end()).step_by(chunk as usize))
+    {
+        let n = chunk.min(span.end() - at);
+        let got = match read(dev, at, n as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                let region = map.place_from(at).region;
+                findings.push(Finding {
+                    offset: Some(at),
+                    ..Finding::new(region, e)
+                });
+                break;
+            }
+        };
+        checked += n;
+        let found = hex(&Sha256::digest(&got));
+        if found != *want {
+            chunk_findings(map, Span::new(at, n), want, &found, findings);
+        }
+    }
+    checked
+}
+
+/// A differing chunk's places: each file or structure it overlaps, with the range of it the
+/// chunk covers. The hash cannot say which of them differs, so every one is named; the
+/// bytes between them that no file or structure holds (a cluster's slack, free space a
+/// writer zeroed) are one more finding, not one each.
+fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mut Vec<Finding>) {
+    let (owned, loose): (Vec<Place>, Vec<Place>) = map
+        .places(chunk)
+        .into_iter()
+        .partition(|p| !matches!(p.what, What::Partition { .. } | What::Outside));
+    let mut named: Vec<Finding> = owned
+        .iter()
+        .map(|p| located(p, p.span.start, Some(p.span.len)))
+        .collect();
+    match loose.as_slice() {
+        [] => {}
+        [one] => named.push(located(one, one.span.start, Some(one.span.len))),
+        [first, ..] => {
+            let n: u64 = loose.iter().map(|p| p.span.len).sum();
+            named.push(Finding {
+                partition: first.partition.clone(),
+                offset: Some(chunk.start),
+                within: Some(chunk.len),
+                ..Finding::new(
+                    &first.region,
+                    format!(
+                        "differs within {} bytes between files and structures",
+                        bytes(n)
+                    ),
+                )
+            });
+        }
+    }
+    let n = named.len();
+    for mut f in named {
+        if n > 1 {
+            f.message += &format!(" (one of {n} places in a differing chunk)");
+        }
+        findings.push(Finding {
+            expected: Some(want.to_string()),
+            found: Some(found.to_string()),
+            ..f
+        });
+    }
+}
+
+/// A byte finding for a difference at disk offset `at` in place `p` (exact, or within
+/// `within` bytes from `at`), named by what the place is.
+fn located(p: &Place, at: u64, within: Option<u64>) -> Finding {
+    let rel = at - p.span.start;
+    let (base, of) = match &p.what {
+        What::File { offset, .. } => (*offset, "of the file"),
+        What::Raw { offset } => (*offset, "of the blob"),
+        What::Partition { offset } => (*offset, "of the partition"),
+        What::Structure { offset, .. } => (*offset, ""),
+        What::Outside => (at, ""),
+    };
+    let o = base.saturating_add(rel);
+    let (its, of) = if of.is_empty() {
+        ("its ", "")
+    } else {
+        ("", of)
+    };
+    let message = match within {
+        _ if p.what == What::Outside => "differs outside every partition".into(),
+        None => format!("differs at {its}byte {} {of}", bytes(o)),
+        Some(n) => format!(
+            "differs within {its}bytes {}..{} {of}",
+            bytes(o),
+            bytes(o.saturating_add(n))
+        ),
+    };
+    let mut f = Finding {
+        partition: p.partition.clone(),
+        offset: Some(at),
+        within,
+        ..Finding::new(&p.region, message.trim_end())
+    };
+    match &p.what {
+        What::File { path, .. } => {
+            f.path = Some(path.clone());
+            f.offset_in_file = Some(o);
+        }
+        What::Raw { .. } => f.offset_in_file = Some(o),
+        What::Structure { name, .. } => f.structure = Some(name.clone()),
+        What::Partition { .. } | What::Outside => {}
+    }
+    f
+}
+
+/// The map an image's bytes are named by: the one its manifest (beside it, for this image)
+/// records, or none.
+fn image_map(image: &std::path::Path) -> Result<Option<Map>> {
+    let path = crate::image::manifest::path_for(image);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let m = crate::image::manifest::load(&path)?;
+    let name = image.file_name().map(|n| n.to_string_lossy());
+    Ok((name.as_deref() == Some(m.image.file.as_str())).then(|| Map::of_manifest(&m)))
+}
+
 /// Bytes: an image file (raw or compressed) against the target, over the image's mapped
-/// ranges (its bmap), or over every byte when there is no bmap.
+/// ranges (its bmap), or over every byte when there is no bmap. Each difference is named
+/// through the image's manifest when it has one, else by the partition its table puts it
+/// in.
 pub fn bytes_image(
     dev: &dyn ReadAt,
     image: &std::path::Path,
     bmap: Option<&std::path::Path>,
 ) -> Result<Verdict> {
-    let map = bmap.map(bmap::read).transpose()?;
-    let image_size = image_size(image, map.as_ref().map(|b| b.size))?;
-    let mapped = map.map(|b| b.ranges);
+    let blocks = bmap.map(bmap::read).transpose()?;
+    let image_size = image_size(image, blocks.as_ref().map(|b| b.size))?;
+    let mapped = blocks.map(|b| b.ranges);
+    let mut names = image_map(image)?;
     let mut findings = Vec::new();
     let mut checked = 0u64;
     // Flashing a GPT image onto a larger device moves the backup GPT to the device's end
@@ -219,13 +411,19 @@ pub fn bytes_image(
     let mut moved: Vec<(u64, Vec<u8>)> = Vec::new();
     decode_each(image, CHUNK, |at, buf| {
         let n = buf.len();
-        if at == 0
-            && let (_, Some(mut pieces)) = crate::ops::flash::table_of(buf, dev.size(), image_size)
-        {
-            let (_, head) = pieces.remove(0);
-            let k = head.len().min(n);
-            buf[..k].copy_from_slice(&head[..k]);
-            moved = pieces.split_off(1);
+        if at == 0 {
+            if names.is_none() {
+                let head = &buf[..n.min(DiskTable::HEAD as usize)];
+                let entries = DiskTable::parse(head).map(|t| t.entries);
+                names = Some(Map::of_table(&entries.unwrap_or_default()));
+            }
+            if let (_, Some(mut pieces)) = crate::ops::flash::table_of(buf, dev.size(), image_size)
+            {
+                let (_, head) = pieces.remove(0);
+                let k = head.len().min(n);
+                buf[..k].copy_from_slice(&head[..k]);
+                moved = pieces.split_off(1);
+            }
         }
         let parts: Vec<Extent> = match &mapped {
             Some(m) => mapped_parts(m, at, n as u64),
@@ -236,7 +434,7 @@ pub fn bytes_image(
         for Extent { start: a, len: l } in parts {
             let want = &buf[(a - at) as usize..(a - at + l) as usize];
             checked += l;
-            compare_at(dev, a, want, "image", &mut findings);
+            compare_at(dev, a, want, names.as_ref(), "image", &mut findings);
         }
         if findings.len() > 100 {
             ControlFlow::Break(())
@@ -246,7 +444,7 @@ pub fn bytes_image(
     })?;
     for (a, want) in moved {
         checked += want.len() as u64;
-        compare_at(dev, a, &want, "backup GPT", &mut findings);
+        compare_at(dev, a, &want, None, "backup GPT", &mut findings);
     }
     Ok(Verdict {
         mode: "bytes",
@@ -256,15 +454,24 @@ pub fn bytes_image(
     })
 }
 
-/// Compares the target's bytes at `at` with `want`; a difference is a finding naming
-/// `region`, the disk offset of the first differing byte and both hashes.
-fn compare_at(dev: &dyn ReadAt, at: u64, want: &[u8], region: &str, findings: &mut Vec<Finding>) {
-    match read(dev, at, want.len()) {
-        Err(e) => findings.push(Finding {
+/// Compares the target's bytes at `at` with `want`. With a map, the first difference in
+/// each place (file, structure, partition) is a finding naming it, the exact offsets and
+/// both bytes; without, the first difference is one, naming `region` and both hashes.
+fn compare_at(
+    dev: &dyn ReadAt,
+    at: u64,
+    want: &[u8],
+    map: Option<&Map>,
+    region: &str,
+    findings: &mut Vec<Finding>,
+) {
+    match (read(dev, at, want.len()), map) {
+        (Err(e), _) => findings.push(Finding {
             offset: Some(at),
             ..Finding::new(region, e)
         }),
-        Ok(got) if got != want => {
+        (Ok(got), Some(map)) if got != want => each_difference(map, at, &got, want, findings),
+        (Ok(got), None) if got != want => {
             let i = got.iter().zip(want).position(|(x, y)| x != y).unwrap_or(0);
             findings.push(Finding {
                 offset: Some(at + i as u64),
@@ -276,7 +483,26 @@ fn compare_at(dev: &dyn ReadAt, at: u64, want: &[u8], region: &str, findings: &m
                 )
             });
         }
-        Ok(_) => {}
+        (Ok(_), _) => {}
+    }
+}
+
+/// The first difference between `got` and `want` (read at disk offset `at`) in each place
+/// of the map they cover.
+fn each_difference(map: &Map, at: u64, got: &[u8], want: &[u8], findings: &mut Vec<Finding>) {
+    let mut i = 0;
+    while let Some(k) = got[i..].iter().zip(&want[i..]).position(|(x, y)| x != y) {
+        let d = i + k;
+        let p = map.place_from(at + d as u64);
+        findings.push(Finding {
+            expected: Some(format!("0x{:02x}", want[d])),
+            found: Some(format!("0x{:02x}", got[d])),
+            ..located(&p, at + d as u64, None)
+        });
+        if findings.len() > 100 {
+            return;
+        }
+        i = (p.span.end() - at).min(got.len() as u64) as usize;
     }
 }
 

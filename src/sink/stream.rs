@@ -6,7 +6,9 @@
 //! and released in order as the stream reaches them. Gaps are zeros. It maps which 4 KiB
 //! blocks must be written to a device — data, and zeros a writer declared necessary (a
 //! FAT's free entries) — and hashes each mapped range (bmaptool's model); gaps are "don't
-//! care". It can also hash the whole stream for SHA256SUMS.
+//! care". Each mapped range is also hashed in chunks of at most `CHUNK` bytes from its start,
+//! in the same pass, so a hash-only check can place a difference within a chunk. It can also
+//! hash the whole stream for SHA256SUMS.
 //!
 //! Not for random-access targets (block devices): those take positioned writes directly.
 
@@ -17,7 +19,6 @@ use sha2::{Digest, Sha256};
 
 use crate::io::hex;
 use crate::sink::Sink;
-use crate::units::Extent;
 
 /// Block size of the map (bmaptool's default).
 pub const BLOCK: u64 = 4096;
@@ -31,19 +32,85 @@ pub trait Emit {
     fn zeros(&mut self, len: u64) -> io::Result<()>;
 }
 
-/// A mapped range of blocks (inclusive) and the SHA-256 of its bytes.
+/// Largest piece of a mapped range hashed on its own.
+pub const CHUNK: u64 = 1 << 20;
+
+/// A mapped range of blocks (inclusive), the SHA-256 of its bytes and of each `CHUNK` of
+/// them from its start (the last one shorter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub first: u64,
     pub last: u64,
     pub sha256: String,
+    pub chunks: Vec<String>,
+}
+
+/// The range being mapped: its first block and hashers.
+struct Open {
+    first: u64,
+    range: Sha256,
+    chunk: Sha256,
+    /// Bytes in `chunk` so far.
+    chunk_fill: u64,
+    chunks: Vec<String>,
+}
+
+impl Open {
+    fn new(first: u64) -> Self {
+        Open {
+            first,
+            range: Sha256::new(),
+            chunk: Sha256::new(),
+            chunk_fill: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Hashes `len` bytes (`bytes`, or zeros) into the range and its chunks.
+    fn absorb(&mut self, bytes: Option<&[u8]>, mut len: u64) {
+        let mut off = 0;
+        while len > 0 {
+            let n = (CHUNK - self.chunk_fill).min(len);
+            match bytes {
+                Some(b) => {
+                    let piece = &b[off..off + n as usize];
+                    self.range.update(piece);
+                    self.chunk.update(piece);
+                }
+                None => {
+                    zeros_into(&mut self.range, n);
+                    zeros_into(&mut self.chunk, n);
+                }
+            }
+            self.chunk_fill += n;
+            off += n as usize;
+            len -= n;
+            if self.chunk_fill == CHUNK {
+                self.end_chunk();
+            }
+        }
+    }
+
+    fn end_chunk(&mut self) {
+        let h = std::mem::take(&mut self.chunk);
+        self.chunks.push(hex(&h.finalize()));
+        self.chunk_fill = 0;
+    }
+}
+
+fn zeros_into(h: &mut Sha256, mut len: u64) {
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
 }
 
 /// Which blocks of the stream hold data, found as the stream passes.
 #[derive(Default)]
 struct Mapper {
     ranges: Vec<Range>,
-    open: Option<(u64, Sha256)>,
+    open: Option<Open>,
     /// First block after the open range.
     end_block: u64,
     /// Bytes up to here are in the open range's hash.
@@ -51,35 +118,31 @@ struct Mapper {
 }
 
 impl Mapper {
-    fn zeros_into(h: &mut Sha256, mut len: u64) {
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64) as usize;
-            h.update(&ZEROS[..n]);
-            len -= n as u64;
-        }
-    }
-
     fn close(&mut self) {
-        if let Some((first, mut h)) = self.open.take() {
-            Self::zeros_into(&mut h, self.end_block * BLOCK - self.hashed_to);
+        if let Some(mut o) = self.open.take() {
+            o.absorb(None, self.end_block * BLOCK - self.hashed_to);
+            if o.chunk_fill > 0 {
+                o.end_chunk();
+            }
             self.ranges.push(Range {
-                first,
+                first: o.first,
                 last: self.end_block - 1,
-                sha256: hex(&h.finalize()),
+                sha256: hex(&o.range.finalize()),
+                chunks: o.chunks,
             });
         }
     }
 
     fn data(&mut self, at: u64, bytes: &[u8]) {
-        self.mapped(at, bytes.len() as u64, |h| h.update(bytes));
+        self.mapped(at, Some(bytes), bytes.len() as u64);
     }
 
     fn zeros(&mut self, at: u64, len: u64) {
-        self.mapped(at, len, |h| Self::zeros_into(h, len));
+        self.mapped(at, None, len);
     }
 
-    /// Maps `[at, at+len)`; `feed` hashes its bytes.
-    fn mapped(&mut self, at: u64, len: u64, feed: impl FnOnce(&mut Sha256)) {
+    /// Maps `[at, at+len)`, hashing `bytes` (or zeros).
+    fn mapped(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
         if len == 0 {
             return;
         }
@@ -87,13 +150,13 @@ impl Mapper {
         let contiguous = self.open.is_some() && block <= self.end_block;
         if !contiguous {
             self.close();
-            self.open = Some((block, Sha256::new()));
+            self.open = Some(Open::new(block));
             self.hashed_to = block * BLOCK;
         }
         let gap = at - self.hashed_to;
-        if let Some((_, h)) = self.open.as_mut() {
-            Self::zeros_into(h, gap);
-            feed(h);
+        if let Some(o) = self.open.as_mut() {
+            o.absorb(None, gap);
+            o.absorb(bytes, len);
         }
         let end = at + len;
         self.hashed_to = end;
@@ -101,10 +164,10 @@ impl Mapper {
     }
 
     fn finish(&mut self, size: u64) -> Vec<Range> {
-        if let Some((_, h)) = self.open.as_mut() {
+        if let Some(o) = self.open.as_mut() {
             // The image may end inside its last block: hash only what exists.
             let end = (self.end_block * BLOCK).min(size);
-            Self::zeros_into(h, end.saturating_sub(self.hashed_to));
+            o.absorb(None, end.saturating_sub(self.hashed_to));
             self.hashed_to = self.end_block * BLOCK;
         }
         self.close();
@@ -121,8 +184,6 @@ pub struct StreamSummary {
     pub mapped_blocks: u64,
     /// SHA-256 of the whole image, when asked for.
     pub sha256: Option<String>,
-    /// The separately hashed ranges, each with its SHA-256.
-    pub range_sha256: Vec<(Extent, String)>,
 }
 
 /// Positioned writes in, one ascending stream out.
@@ -140,8 +201,6 @@ pub struct Sequencer<E: Emit> {
     holding: bool,
     map: Mapper,
     hash: Option<Sha256>,
-    /// Byte ranges hashed on their own (partitions), with their hashers.
-    ranges: Vec<(Extent, Sha256)>,
 }
 
 impl<E: Emit> Sequencer<E> {
@@ -155,27 +214,6 @@ impl<E: Emit> Sequencer<E> {
             holding: false,
             map: Mapper::default(),
             hash: hash_all.then(Sha256::new),
-            ranges: Vec::new(),
-        }
-    }
-
-    /// Also hashes each range of the stream on its own.
-    pub fn hash_ranges(&mut self, ranges: &[Extent]) {
-        self.ranges = ranges.iter().map(|&r| (r, Sha256::new())).collect();
-    }
-
-    /// Feeds `[at, at+len)` (`bytes`, or zeros) to the range hashers it overlaps.
-    fn feed_ranges(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
-        for (r, h) in &mut self.ranges {
-            let a = at.max(r.start);
-            let b = (at + len).min(r.end());
-            if a >= b {
-                continue;
-            }
-            match bytes {
-                Some(d) => h.update(&d[(a - at) as usize..(b - at) as usize]),
-                None => Mapper::zeros_into(h, b - a),
-            }
         }
     }
 
@@ -183,9 +221,8 @@ impl<E: Emit> Sequencer<E> {
         let len = to - self.cursor;
         if len > 0 {
             if let Some(h) = self.hash.as_mut() {
-                Mapper::zeros_into(h, len);
+                zeros_into(h, len);
             }
-            self.feed_ranges(self.cursor, None, len);
             self.out.zeros(len)?;
             self.cursor = to;
         }
@@ -213,9 +250,8 @@ impl<E: Emit> Sequencer<E> {
         self.gap(start)?;
         let len = end - start;
         if let Some(h) = self.hash.as_mut() {
-            Mapper::zeros_into(h, len);
+            zeros_into(h, len);
         }
-        self.feed_ranges(start, None, len);
         self.map.zeros(start, len);
         self.out.zeros(len)?;
         self.cursor = end;
@@ -228,7 +264,6 @@ impl<E: Emit> Sequencer<E> {
         if let Some(h) = self.hash.as_mut() {
             h.update(bytes);
         }
-        self.feed_ranges(at, Some(bytes), bytes.len() as u64);
         self.map.data(at, bytes);
         self.out.data(bytes)?;
         self.cursor += bytes.len() as u64;
@@ -256,10 +291,6 @@ impl<E: Emit> Sequencer<E> {
         let ranges = self.map.finish(self.size);
         let mapped_blocks = ranges.iter().map(|r| r.last - r.first + 1).sum();
         let sha256 = self.hash.take().map(|h| hex(&h.finalize()));
-        let range_sha256 = std::mem::take(&mut self.ranges)
-            .into_iter()
-            .map(|(r, h)| (r, hex(&h.finalize())))
-            .collect();
         Ok((
             self.out,
             StreamSummary {
@@ -267,7 +298,6 @@ impl<E: Emit> Sequencer<E> {
                 ranges,
                 mapped_blocks,
                 sha256,
-                range_sha256,
             },
         ))
     }
@@ -408,6 +438,33 @@ mod tests {
             let b = ((r.last + 1) * BLOCK) as usize;
             assert_eq!(r.sha256, sha(&want[a..b]));
         }
+    }
+
+    #[test]
+    fn mapped_ranges_are_hashed_in_chunks_from_their_start() {
+        let size = 4 * CHUNK;
+        let mut s = Sequencer::new(Mem::default(), size, false);
+        let data: Vec<u8> = (0..(2 * CHUNK + 5000)).map(|i| (i % 251) as u8).collect();
+        // One range from block 1, written in pieces that straddle chunk edges, then a
+        // declared-zero tail; a second range of one block.
+        s.data(BLOCK, &data[..700_000]).unwrap();
+        s.data(BLOCK + 700_000, &data[700_000..]).unwrap();
+        s.zeros(BLOCK + data.len() as u64, 3000).unwrap();
+        s.data(3 * CHUNK, b"last").unwrap();
+        let (out, sum) = s.finish().unwrap();
+        assert_eq!(sum.ranges.len(), 2);
+        for r in &sum.ranges {
+            let a = r.first * BLOCK;
+            let b = (r.last + 1) * BLOCK;
+            let want: Vec<String> = (a..b)
+                .step_by(CHUNK as usize)
+                .map(|c| sha(&out.0[c as usize..(c + CHUNK).min(b) as usize]))
+                .collect();
+            assert_eq!(r.chunks, want, "range {}..={}", r.first, r.last);
+            assert_eq!(r.sha256, sha(&out.0[a as usize..b as usize]));
+        }
+        assert_eq!(sum.ranges[0].chunks.len(), 3);
+        assert_eq!(sum.ranges[1].chunks.len(), 1);
     }
 
     #[test]

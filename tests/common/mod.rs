@@ -2,11 +2,13 @@
 //! the skip guard for missing tools and privileges (`need`: a missing tool fails the test
 //! with the package to install, unless SKIFF_FLASH_TEST_ALLOW_MISSING=1 opts out), the
 //! refusal checker (`refuse`), loop devices and mounts (`loopdev`), fixtures and builds
-//! (`images`), file trees (`files`), the pseudo-random generator (`prng`), and whole
-//! SkiffOS images directories (`synth`).
+//! (`images`), file trees (`files`), the pseudo-random generator (`prng`), whole SkiffOS
+//! images directories (`synth`), and where files lie as the filesystems' own tools see it
+//! (`fsmap`).
 #![allow(dead_code, unused_imports)]
 
 pub mod files;
+pub mod fsmap;
 pub mod images;
 pub mod loopdev;
 pub mod need;
@@ -16,6 +18,7 @@ pub mod run;
 pub mod synth;
 
 pub use files::*;
+pub use fsmap::*;
 pub use images::*;
 pub use loopdev::*;
 pub use need::*;

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::format::{FileRecord, FsSpec, FsWriter, Measure};
+use crate::format::{FileRecord, FsSpec, FsWriter, Measure, Placed, Span, Structure};
 use crate::io::{open, read_full};
 use crate::plan::tree::{Entry, Node, name_of, parent_of};
 use crate::sink::Sink;
@@ -64,6 +64,7 @@ impl Geometry {
             fat_bytes: self.fat_sectors * SECTOR,
             fixed_root: None,
             data_start: self.data_start(),
+            sector: SECTOR,
         }
     }
 
@@ -275,6 +276,8 @@ struct Layout {
     /// FAT12/16's fixed root directory region (offset, length); FAT32 keeps it in clusters.
     fixed_root: Option<(u64, u64)>,
     data_start: u64,
+    /// Logical sector size.
+    sector: u64,
 }
 
 impl Layout {
@@ -284,7 +287,8 @@ impl Layout {
 }
 
 /// Writes a placed volume: the reserved area, both FATs (the used part, then zeros), every
-/// directory and every file; returns each file's size and SHA-256.
+/// directory and every file; returns each file's size, SHA-256 and extent, and where each
+/// structure lies.
 fn write_volume(
     spec: &FsSpec<'_>,
     names: &Names<'_>,
@@ -292,32 +296,72 @@ fn write_volume(
     reserved: &[u8],
     fat: &[u8],
     sink: &mut dyn Sink,
-) -> Result<Vec<FileRecord>> {
+) -> Result<Placed> {
     let io = |e: std::io::Error| Error::io(format!("writing {}", spec.part), e);
     let stamp = Stamp::new(spec.epoch);
     let label = label_bytes(spec)?;
     sink.data(0, reserved).map_err(io)?;
+    let mut structures = reserved_structures(l, reserved.len() as u64);
     for copy in 0..2 {
         let at = l.fat_start + copy * l.fat_bytes;
         sink.data(at, fat).map_err(io)?;
         let len = l.fat_bytes - fat.len() as u64;
         sink.zeros(at + fat.len() as u64, len).map_err(io)?;
+        structures.push(Structure::at(
+            format!("FAT (copy {})", copy + 1),
+            at,
+            l.fat_bytes,
+        ));
     }
     for d in &names.dirs {
         let mut bytes = dir_entries(names, d, &label, &stamp);
         let it = &names.items[d.item];
-        match l.fixed_root.filter(|_| d.item == 0) {
+        let at = match l.fixed_root.filter(|_| d.item == 0) {
             Some((at, len)) => {
                 bytes.resize(len as usize, 0);
-                sink.data(at, &bytes).map_err(io)?;
+                at
             }
             None => {
                 bytes.resize((u64::from(it.clusters) * l.cluster_bytes) as usize, 0);
-                sink.data(l.cluster_offset(it.first), &bytes).map_err(io)?;
+                l.cluster_offset(it.first)
             }
-        }
+        };
+        sink.data(at, &bytes).map_err(io)?;
+        structures.push(Structure::at(
+            format!("FAT directory {}", it.entry.path),
+            at,
+            bytes.len() as u64,
+        ));
     }
-    write_files(spec, names, sink, l)
+    let files = write_files(spec, names, sink, l)?;
+    Ok(Placed { files, structures })
+}
+
+/// The reserved area's parts: the boot sector, on FAT32 its FSInfo sector and their backup
+/// (sectors 6 to 8), and the rest.
+fn reserved_structures(l: &Layout, len: u64) -> Vec<Structure> {
+    let parts: &[(&str, u64, u64)] = if l.fixed_root.is_none() {
+        &[
+            ("boot sector", 0, SECTOR),
+            ("FSInfo sector", SECTOR, SECTOR),
+            ("backup boot sector", 6 * SECTOR, 3 * SECTOR),
+        ]
+    } else {
+        &[("boot sector", 0, l.sector)]
+    };
+    let mut out = Vec::new();
+    let mut rest = Vec::new();
+    let mut at = 0;
+    for &(name, start, n) in parts.iter().filter(|p| p.1 + p.2 <= len) {
+        crate::format::push_span(&mut rest, Span::new(at, start - at));
+        out.push(Structure::at(name, start, n));
+        at = start + n;
+    }
+    crate::format::push_span(&mut rest, Span::new(at, len.saturating_sub(at)));
+    if !rest.is_empty() {
+        out.push(Structure::new("reserved sectors", rest));
+    }
+    out
 }
 
 struct FatMeasure {
@@ -369,7 +413,7 @@ impl FsWriter for Fat32 {
         Ok(Box::new(FatMeasure { needed }))
     }
 
-    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>> {
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Placed> {
         let g = Geometry::for_size(size).ok_or_else(|| {
             bad(
                 spec,
@@ -424,10 +468,16 @@ fn write_files(
         if slack > 0 {
             sink.zeros(pos, slack).map_err(io)?;
         }
+        // Each file is one run of clusters.
+        let extents = match *size {
+            0 => Vec::new(),
+            n => vec![Span::new(l.cluster_offset(it.first), n)],
+        };
         records.push(FileRecord {
             path: it.entry.path.clone(),
             size: *size,
             sha256: r.finish(),
+            extents,
         });
     }
     Ok(records)
@@ -951,7 +1001,7 @@ mod tests {
         assert!(!m.fits(min - 64 * 1024) || Geometry::for_size(min - 64 * 1024).is_some());
         let mut sink = crate::sink::MemSink::new(min as usize);
         let recs = Fat32.write(&spec, min, &mut sink).unwrap();
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.files.len(), 3);
         let g = read::FatVolume::open(&sink.buf, 0, min).unwrap().geometry();
         let want = Geometry::for_size(min).unwrap();
         assert_eq!(g.bits, 32);

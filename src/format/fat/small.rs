@@ -10,7 +10,7 @@
 use super::read::BadFat;
 use super::{Fat32, Layout, Names, bad, label_bytes, put16, put32, write_volume};
 use crate::error::Result;
-use crate::format::{FatOptions, FileRecord, FsSpec, FsWriter, Measure};
+use crate::format::{FatOptions, FsSpec, FsWriter, Measure, Placed};
 use crate::sink::Sink;
 
 /// Where `mkfs.fat` switches to FAT32 when no type is asked for.
@@ -54,6 +54,7 @@ impl SmallGeometry {
             fat_bytes: self.fat_sectors * self.sector,
             fixed_root: Some((self.root_start(), self.data_start() - self.root_start())),
             data_start: self.data_start(),
+            sector: self.sector,
         }
     }
 
@@ -346,7 +347,7 @@ impl FsWriter for FatSmall {
         }))
     }
 
-    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Vec<FileRecord>> {
+    fn write(&self, spec: &FsSpec<'_>, size: u64, sink: &mut dyn Sink) -> Result<Placed> {
         let opts = self.options(spec);
         if opts.bits.is_none() && size >= FAT32_FROM {
             return Fat32.write(spec, size, sink);
@@ -567,7 +568,7 @@ mod tests {
         assert!(m.fits(size), "{size}");
         let mut sink = crate::sink::MemSink::new(size as usize);
         let recs = writer.write(&spec, size, &mut sink).unwrap();
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.files.len(), 4);
         let vol = crate::format::fat::read::FatVolume::open(&sink.buf, 0, size).unwrap();
         assert_eq!(vol.fat_type, want);
         assert_eq!(vol.label, "BOOT");
@@ -584,7 +585,26 @@ mod tests {
             vol.read_file(found, &mut |b| got.extend_from_slice(b))
                 .unwrap();
             assert_eq!(got, text.as_bytes(), "{}", e.path);
+            // The reported extents hold the file's bytes.
+            let rec = recs.files.iter().find(|r| r.path == e.path).unwrap();
+            let placed: Vec<u8> = rec
+                .extents
+                .iter()
+                .flat_map(|x| sink.buf[x.start as usize..x.end() as usize].to_vec())
+                .collect();
+            assert_eq!(placed, text.as_bytes(), "{}", e.path);
         }
+        // The fixed root directory is where the boot sector says.
+        let root = recs
+            .structures
+            .iter()
+            .find(|s| s.name == "FAT directory /")
+            .unwrap();
+        let b = &sink.buf;
+        let sector = u64::from(u16::from_le_bytes([b[11], b[12]]));
+        let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+        let fat = u64::from(u16::from_le_bytes([b[22], b[23]]));
+        assert_eq!(root.extents[0].start, (reserved + 2 * fat) * sector);
     }
 
     #[test]

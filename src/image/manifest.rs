@@ -8,8 +8,9 @@
 //! - `inputs`: every file read from the images directory with its size and SHA-256 (for raw
 //!   blobs, of the range used);
 //! - `table`: kind and identifiers; `partitions`: number, id, start, size, type, PARTUUID,
-//!   filesystem kind, label and UUID, `sha256` of the whole partition (not for a partition
-//!   that grows to the card: it holds user data), and every file with size and SHA-256;
+//!   GPT name, bootable flag, filesystem kind, label and UUID, `sha256` of the whole
+//!   partition (not for a partition that grows to the card: it holds user data), and
+//!   every file with size and SHA-256;
 //! - `raw`: bootloader blobs with offset, length and SHA-256.
 //!
 //! Not for checking: that is `verify`.
@@ -77,6 +78,12 @@ pub struct PartitionEntry {
     #[serde(rename = "type")]
     pub kind: String,
     pub partuuid: String,
+    /// The GPT partition name (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The bootable flag (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable: Option<bool>,
     pub grows: bool,
     pub fs: Option<String>,
     pub label: Option<String>,
@@ -120,6 +127,8 @@ fn partition_entry(
             .or(p.mbr_type.clone())
             .unwrap_or_default(),
         partuuid: p.partuuid.clone(),
+        name: p.name.clone(),
+        bootable: Some(p.bootable),
         grows: p.grows,
         fs: p
             .fs

@@ -7,4 +7,5 @@ pub mod file;
 pub mod manifest;
 pub mod output;
 pub mod read;
+pub mod release;
 pub mod sums;

@@ -2,6 +2,7 @@
 //! installed card in place, verifying a card against a build, inspecting any disk.
 
 pub mod build;
+pub mod expect;
 pub mod flash;
 pub mod inspect;
 pub mod upgrade;

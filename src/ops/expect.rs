@@ -326,8 +326,8 @@ fn release_table(r: &Release) -> Table {
     }
 }
 
-/// The non-zero ranges between the table and the first partition.
-fn release_raw(r: &Release) -> Vec<Raw> {
+/// The non-zero ranges between the table and the first partition (bootloaders).
+pub fn release_raw(r: &Release) -> Vec<Raw> {
     let after_table = match &r.table.scheme {
         Scheme::Gpt(h) => (h.array_lba * SECTOR + h.array_bytes() as u64).next_multiple_of(SECTOR),
         Scheme::Mbr { .. } => SECTOR,

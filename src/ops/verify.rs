@@ -341,31 +341,31 @@ pub fn meaning(dev: &dyn ReadAt, want: &Expected) -> Verdict {
         }
     }
     for r in &want.raw {
-        raw(dev, r, &mut v);
+        v.findings.extend(raw_findings(dev, r));
+        v.bytes_checked += r.length;
     }
     v
 }
 
-/// A bootloader blob (or other bytes outside the partitions) at its offset.
-fn raw(dev: &dyn ReadAt, r: &expect::Raw, v: &mut Verdict) {
+/// A bootloader blob (or other bytes outside the partitions) at its offset: what differs.
+pub(crate) fn raw_findings(dev: &dyn ReadAt, r: &expect::Raw) -> Vec<Finding> {
     let region = format!("raw {}", r.name);
     let got = match read(dev, r.offset, r.length as usize) {
         Ok(g) => g,
-        Err(e) => return v.findings.push(Finding::new(&region, e)),
+        Err(e) => return vec![Finding::new(&region, e)],
     };
-    v.bytes_checked += r.length;
     let want = match &r.want {
         RawWant::Sha256(h) => {
             let found = hex(&Sha256::digest(&got));
-            if found != *h {
-                v.findings.push(Finding {
-                    offset: Some(r.offset),
-                    expected: Some(h.clone()),
-                    found: Some(found),
-                    ..Finding::new(&region, "bootloader blob differs")
-                });
+            if found == *h {
+                return Vec::new();
             }
-            return;
+            return vec![Finding {
+                offset: Some(r.offset),
+                expected: Some(h.clone()),
+                found: Some(found),
+                ..Finding::new(&region, "bootloader blob differs")
+            }];
         }
         RawWant::File { path, skip } => std::fs::File::open(path)
             .and_then(|f| {
@@ -381,17 +381,16 @@ fn raw(dev: &dyn ReadAt, r: &expect::Raw, v: &mut Verdict) {
         }),
     };
     match want {
-        Err(e) => v.findings.push(Finding::new(&region, e)),
-        Ok(w) => {
-            if let Some(i) = got.iter().zip(&w).position(|(a, b)| a != b) {
-                v.findings.push(Finding {
-                    offset: Some(r.offset + i as u64),
-                    expected: Some(hex(&Sha256::digest(&w))),
-                    found: Some(hex(&Sha256::digest(&got))),
-                    ..Finding::new(&region, "bootloader blob differs")
-                });
-            }
-        }
+        Err(e) => vec![Finding::new(&region, e)],
+        Ok(w) => match got.iter().zip(&w).position(|(a, b)| a != b) {
+            Some(i) => vec![Finding {
+                offset: Some(r.offset + i as u64),
+                expected: Some(hex(&Sha256::digest(&w))),
+                found: Some(hex(&Sha256::digest(&got))),
+                ..Finding::new(&region, "bootloader blob differs")
+            }],
+            None => Vec::new(),
+        },
     }
 }
 

@@ -14,9 +14,6 @@ use common::*;
 
 const MIB: u64 = 1 << 20;
 const EPOCH_A: &str = "1700000000";
-const EPOCH_B: &str = "1700086400";
-/// Exit status of a run stopped by the fault hook.
-const FAULT_EXIT: i32 = 86;
 
 fn need_tools() -> bool {
     need_all(&[
@@ -94,40 +91,6 @@ fn names(v: &serde_json::Value, path: &str) -> bool {
     v["findings"]
         .as_array()
         .is_some_and(|f| f.iter().any(|f| f["path"] == path))
-}
-
-/// Partition `n` of a disk or image: (start, size) in bytes, from sfdisk.
-fn part_range(target: &str, n: usize) -> (u64, u64) {
-    let j: serde_json::Value =
-        serde_json::from_str(&tool_ok("sfdisk", &["--json", target])).unwrap();
-    let p = &j["partitiontable"]["partitions"][n - 1];
-    (
-        p["start"].as_u64().unwrap() * 512,
-        p["size"].as_u64().unwrap() * 512,
-    )
-}
-
-/// SHA-256 of a byte range, the device's cached pages dropped first (what a kernel mount
-/// wrote through the partition node may not be seen through the whole-disk node's cache).
-fn hash_range(path: &str, (start, len): (u64, u64)) -> String {
-    if path.starts_with("/dev/") {
-        tool_ok("blockdev", &["--flushbufs", path]);
-    }
-    let bytes = read_range(Path::new(path), start, len);
-    skiff_flash::io::sha256(&bytes)
-}
-
-/// The boot set as mtools reads it: every file's path and content hash.
-fn boot_set(target: &str, offset: u64) -> Vec<(String, String)> {
-    let dir = tempfile::tempdir().unwrap();
-    let img = format!("{target}@@{offset}");
-    tool_ok("mcopy", &["-s", "-n", "-i", &img, "::/*", s(dir.path())]);
-    let mut out: Vec<(String, String)> = snapshot(dir.path())
-        .into_iter()
-        .map(|(p, _, _, bytes)| (p, skiff_flash::io::sha256(&bytes)))
-        .collect();
-    out.sort();
-    out
 }
 
 /// fsck.fat on partition 1 and e2fsck on partitions 2 and 3 of a card.
@@ -251,34 +214,6 @@ fn without_a_manifest_verify_reads_the_image_itself() {
     assert!(names(&v, "/modules.squashfs"), "{v}");
 }
 
-/// The fault hook exists only in a binary built with the `fault-injection` feature: the
-/// test fails (never skips) without it.
-fn need_fault_injection() {
-    if !cfg!(feature = "fault-injection") {
-        panic!(
-            "this test simulates power loss: run it with `cargo test --features fault-injection`"
-        );
-    }
-}
-
-/// A copy that keeps the image's holes (the card is copied afresh for every fault point).
-fn sparse_copy(from: &Path, to: &Path) {
-    tool_ok("cp", &["--sparse=always", s(from), s(to)]);
-}
-
-fn fsck_image(img: &Path, parts: &[usize]) {
-    for &n in parts {
-        let (o, l) = part_range(s(img), n);
-        let p = extract(img, o, l);
-        let (code, out) = if n == 1 {
-            tool("fsck.fat", &["-n", s(p.path())])
-        } else {
-            tool("e2fsck", &["-fn", s(p.path())])
-        };
-        assert_eq!(code, 0, "fsck of partition {n}: {out}");
-    }
-}
-
 #[test]
 fn power_loss_during_an_upgrade_from_a_release_image_leaves_old_or_new() {
     need_fault_injection();
@@ -303,82 +238,21 @@ fn power_loss_during_an_upgrade_from_a_release_image_leaves_old_or_new() {
             .epoch(EPOCH_B)
             .output(),
     );
-    let old_set = boot_set(s(&a_img), o1);
-    let new_set = boot_set(s(&b_img), o1);
+    let old_set = boot_set(s(&a_img), Some(o1));
+    let new_set = boot_set(s(&b_img), Some(o1));
     assert_ne!(old_set, new_set);
 
     let card = r.dir.path().join("card.img");
-    sparse_copy(&a_img, &card);
-    let total = json(&upgrade(s(&card), &b, &["--json"], &[]))["writes"]
-        .as_u64()
-        .unwrap();
-    assert!(total > 5, "{total} writes");
-    let (mut old_seen, mut new_seen) = (0, 0);
-    for k in 0..total {
-        sparse_copy(&a_img, &card);
-        let c = s(&card);
-        let n = k.to_string();
-        let out = upgrade(c, &b, &[], &[("SKIFF_FLASH_FAULT_AFTER_WRITES", &n)]);
-        assert_eq!(
-            out.status.code(),
-            Some(FAULT_EXIT),
-            "stopped after {k} writes: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let set = boot_set(c, o1);
-        if set == old_set {
-            old_seen += 1;
-        } else if set == new_set {
-            new_seen += 1;
-        } else {
-            panic!("after {k} of {total} writes the boot set is neither old nor new");
-        }
-        assert_eq!(
-            hash_range(c, persist),
-            persist_hash,
-            "persist written (k={k})"
-        );
-        // Re-running completes the upgrade.
-        ok(&upgrade(c, &b, &[], &[]));
-        assert_eq!(boot_set(c, o1), new_set, "re-run after {k} writes");
-        fsck_image(&card, &[1, 2]);
-        assert_eq!(hash_range(c, persist), persist_hash);
-    }
-    assert!(
-        old_seen > 0 && new_seen > 0,
-        "old {old_seen}, new {new_seen}"
-    );
-
-    // A volatile write cache: power fails at a write or during a flush, and any subset of
-    // the writes since the last flush reaches the medium (three subsets per point).
-    for k in 0..=total {
-        for seed in 1..=3u32 {
-            sparse_copy(&a_img, &card);
-            let c = s(&card);
-            let (n, sd) = (k.to_string(), seed.to_string());
-            let env = [
-                ("SKIFF_FLASH_FAULT_AFTER_WRITES", n.as_str()),
-                ("SKIFF_FLASH_FAULT_CACHE", "lose"),
-                ("SKIFF_FLASH_FAULT_SEED", sd.as_str()),
-            ];
-            let out = upgrade(c, &b, &[], &env);
-            assert!(
-                out.status.code() == Some(FAULT_EXIT) || (k == total && out.status.success()),
-                "k={k}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let set = boot_set(c, o1);
-            assert!(
-                set == old_set || set == new_set,
-                "power lost after {k} of {total} writes (cache subset {seed}): the boot set is neither old nor new"
-            );
-            if seed == 1 {
-                ok(&upgrade(c, &b, &[], &[]));
-                assert_eq!(boot_set(c, o1), new_set, "re-run after {k} writes, lossy");
-                fsck_image(&card, &[1]);
-            }
-        }
-    }
+    let sweep = Sweep {
+        a_img: &a_img,
+        card: &card,
+        boot: o1,
+        persist,
+        persist_hash: &persist_hash,
+        old_set: &old_set,
+        new_set: &new_set,
+    };
+    sweep.run(|card, args, env| upgrade(card, &b, args, env));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::format::table::SECTOR;
 use crate::format::table::read::Scheme;
 use crate::image::manifest::Manifest;
 use crate::image::release::{Release, Wanted};
-use crate::plan::tree::{Node, Source};
+use crate::plan::tree::{Node, Source, Tree};
 use crate::plan::{DiskId, Plan, Table};
 
 /// The expected card.
@@ -104,6 +104,24 @@ fn type_text(gpt: Option<String>, mbr: Option<String>) -> Option<String> {
     gpt.or(mbr)
 }
 
+/// Every entry of a tree but its root, each holding what the tree says.
+fn files_of(tree: &Tree) -> Vec<File> {
+    tree.iter()
+        .skip(1)
+        .map(|e| File {
+            path: e.path.clone(),
+            want: match &e.node {
+                Node::Dir => Want::Dir,
+                Node::Symlink { target } => Want::Symlink(target.clone()),
+                Node::File { source, size } => Want::Source {
+                    source: source.clone(),
+                    size: *size,
+                },
+            },
+        })
+        .collect()
+}
+
 /// The name reports give a filesystem kind.
 pub fn kind_name(kind: FsKind) -> String {
     format!("{kind:?}").to_lowercase()
@@ -127,22 +145,7 @@ impl Expected {
                 fs: p.fs.as_ref().map(|fs| Fs {
                     kind: kind_name(fs.kind),
                     label: fs.label.clone(),
-                    files: fs
-                        .entries
-                        .iter()
-                        .skip(1)
-                        .map(|e| File {
-                            path: e.path.clone(),
-                            want: match &e.node {
-                                Node::Dir => Want::Dir,
-                                Node::Symlink { target } => Want::Symlink(target.clone()),
-                                Node::File { source, size } => Want::Source {
-                                    source: source.clone(),
-                                    size: *size,
-                                },
-                            },
-                        })
-                        .collect(),
+                    files: files_of(&fs.entries),
                 }),
                 image: p.image.as_ref().map(|i| Want::Source {
                     source: Source::Path(i.source.clone()),
@@ -236,21 +239,7 @@ impl Expected {
                 Some(Fs {
                     kind: found.kind.as_str().to_string(),
                     label: found.label.as_deref().map(|l| l.trim().to_string()),
-                    files: tree
-                        .iter()
-                        .skip(1)
-                        .map(|x| File {
-                            path: x.path.clone(),
-                            want: match &x.node {
-                                Node::Dir => Want::Dir,
-                                Node::Symlink { target } => Want::Symlink(target.clone()),
-                                Node::File { source, size } => Want::Source {
-                                    source: source.clone(),
-                                    size: *size,
-                                },
-                            },
-                        })
-                        .collect(),
+                    files: files_of(&tree),
                 })
             } else {
                 None

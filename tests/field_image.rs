@@ -277,16 +277,21 @@ fn bad_release_images_are_refused_before_any_write() {
     let missing = dir.join("nowhere.img.zst");
     refuse(&missing, &[], 2, &["nowhere.img.zst", "not found"]);
 
-    // Truncated: the stream ends early (its manifest beside it).
+    // Truncated: the stream ends early.
     let bytes = std::fs::read(&b).unwrap();
     let cut = dir.join("cut.img.zst");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    std::fs::copy(
-        dir.join("skiffos-pi4-b.img.zst.manifest.json"),
-        dir.join("cut.img.zst.manifest.json"),
-    )
-    .unwrap();
-    refuse(&cut, &[], 2, &["cut.img.zst", "corrupt or truncated"]);
+    refuse(
+        &cut,
+        &["--board", "pi/4"],
+        2,
+        &["cut.img.zst", "corrupt or truncated"],
+    );
+    // B's manifest beside it does not describe it.
+    let manifest = dir.join("cut.img.zst.manifest.json");
+    std::fs::copy(dir.join("skiffos-pi4-b.img.zst.manifest.json"), &manifest).unwrap();
+    refuse(&cut, &[], 2, &["cut.img.zst.manifest.json", "describes a"]);
+    std::fs::remove_file(&manifest).unwrap();
 
     // Corrupt: bytes in the middle of the stream damaged.
     let mut bad = bytes.clone();

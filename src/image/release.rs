@@ -54,14 +54,30 @@ pub struct Release {
 
 impl Release {
     /// The manifest beside `path` (`IMAGE.manifest.json`), if any, without decoding the image.
+    /// A manifest written for another file (its recorded size is not the image's) is
+    /// refused rather than trusted.
     pub fn manifest_of(path: &Path) -> Result<Option<Manifest>> {
         check_image_file(path)?;
-        let m = manifest::path_for(path);
-        if m.exists() {
-            manifest::load(&m).map(Some)
-        } else {
-            Ok(None)
+        let at = manifest::path_for(path);
+        if !at.exists() {
+            return Ok(None);
         }
+        let m = manifest::load(&at)?;
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if m.image.file_size != size {
+            return Err(Error::BadArtifact {
+                path: at,
+                message: format!(
+                    "describes a {}-byte image file, {} has {}",
+                    bytes(m.image.file_size),
+                    path.display(),
+                    bytes(size)
+                ),
+            });
+        }
+        Ok(Some(m))
     }
 
     /// Decodes `path` once into a spool holding what `wanted` asks for. A corrupt or
@@ -348,9 +364,4 @@ fn file_pieces(
         });
     }
     pieces
-}
-
-/// A one-line description of a release for messages: its name and size.
-pub fn describe(r: &Release) -> String {
-    format!("{} ({} bytes)", r.path.display(), bytes(r.size))
 }

@@ -33,7 +33,7 @@ pub struct UpgradeArgs {
     pub(super) dir: ImagesDir,
     /// Take the new build from this release image (.img, .img.zst, .gz, .xz) instead of an
     /// images directory; the board is the one its manifest names (or --board).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["images", "skiff_conf"])]
     image: Option<PathBuf>,
     /// Keep a file or directory that is not in the build: `PATH` in the boot partition or
     /// `PARTITION:PATH` (`rootfs:/extra`); `*` and `?` match within a name. Repeatable.

@@ -195,7 +195,11 @@ fn keep_ranges(entries: &[TableEntry], wanted: &Wanted) -> Vec<Extent> {
     }
     if matches!(wanted, Wanted::All) {
         // What lies after the partitions (a backup GPT) too.
-        let end = entries.iter().map(|e| e.start + e.size).max().unwrap_or(0);
+        let end = entries
+            .iter()
+            .map(|e| e.start.saturating_add(e.size))
+            .max()
+            .unwrap_or(0);
         keep.push(Extent::new(end, u64::MAX - end));
     }
     keep
@@ -259,7 +263,7 @@ fn fat_tree(
             let mut left = f.size;
             for c in chain {
                 let len = left.min(cb);
-                let at = part.start + vol.cluster_offset(c);
+                let at = part.start.saturating_add(vol.cluster_offset(c));
                 match pieces.last_mut() {
                     Some(Piece {
                         at: Some(a),
@@ -352,7 +356,7 @@ fn file_pieces(
         }
         let len = (u64::from(e.len) * block).min(size - start);
         pieces.push(Piece {
-            at: Some(base + e.physical * block),
+            at: Some(base.saturating_add(e.physical.saturating_mul(block))),
             len,
         });
         at = start + len;

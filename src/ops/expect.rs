@@ -248,11 +248,12 @@ impl Expected {
             // A partition without a filesystem (a squashfs, a prebuilt image) is compared
             // by its bytes up to the last non-zero block the image holds for it.
             let image = fs.is_none().then(|| {
+                let part_end = e.start.saturating_add(e.size);
                 let end = r
                     .mapped
                     .iter()
-                    .filter(|m| m.start < e.start + e.size && m.end() > e.start)
-                    .map(|m| m.end().min(e.start + e.size))
+                    .filter(|m| m.start < part_end && m.end() > e.start)
+                    .map(|m| m.end().min(part_end))
                     .max()
                     .unwrap_or(e.start);
                 Want::Source {
@@ -318,7 +319,12 @@ fn release_table(r: &Release) -> Table {
 /// The non-zero ranges between the table and the first partition (bootloaders).
 pub fn release_raw(r: &Release) -> Vec<Raw> {
     let after_table = match &r.table.scheme {
-        Scheme::Gpt(h) => (h.array_lba * SECTOR + h.array_bytes() as u64).next_multiple_of(SECTOR),
+        Scheme::Gpt(h) => h
+            .array_lba
+            .saturating_mul(SECTOR)
+            .saturating_add(h.array_bytes() as u64)
+            .checked_next_multiple_of(SECTOR)
+            .unwrap_or(u64::MAX),
         Scheme::Mbr { .. } => SECTOR,
     };
     let first = r.table.entries.iter().map(|e| e.start).min().unwrap_or(0);

@@ -43,8 +43,10 @@ pub struct Part {
     /// Grows to the card: holds the user's data.
     pub grows: bool,
     pub fs: Option<Fs>,
-    /// A prebuilt partition image: these bytes at the partition's start.
-    pub image: Option<Want>,
+    /// A prebuilt partition image: pieces of it, each at its offset from the partition's
+    /// start (the whole file; or, read out of a release image, only its non-zero runs: a
+    /// card flashed over a block map holds whatever it held in the others).
+    pub image: Vec<(u64, Want)>,
 }
 
 /// An expected filesystem.
@@ -147,10 +149,20 @@ impl Expected {
                     label: fs.label.clone(),
                     files: files_of(&fs.entries),
                 }),
-                image: p.image.as_ref().map(|i| Want::Source {
-                    source: Source::Path(i.source.clone()),
-                    size: i.size,
-                }),
+                image: p
+                    .image
+                    .iter()
+                    .map(|i| {
+                        let source = Source::Path(i.source.clone());
+                        (
+                            0,
+                            Want::Source {
+                                source,
+                                size: i.size,
+                            },
+                        )
+                    })
+                    .collect(),
             })
             .collect();
         let raw = plan
@@ -204,7 +216,7 @@ impl Expected {
                         })
                         .collect(),
                 }),
-                image: None,
+                image: Vec::new(),
             })
             .collect();
         let raw = m
@@ -246,21 +258,12 @@ impl Expected {
             };
             let gpt = matches!(r.table.scheme, Scheme::Gpt(_));
             // A partition without a filesystem (a squashfs, a prebuilt image) is compared
-            // by its bytes up to the last non-zero block the image holds for it.
-            let image = fs.is_none().then(|| {
-                let part_end = e.start.saturating_add(e.size);
-                let end = r
-                    .mapped
-                    .iter()
-                    .filter(|m| m.start < part_end && m.end() > e.start)
-                    .map(|m| m.end().min(part_end))
-                    .max()
-                    .unwrap_or(e.start);
-                Want::Source {
-                    source: r.bytes_at(e.start, end - e.start),
-                    size: end - e.start,
-                }
-            });
+            // by the non-zero runs the image holds for it.
+            let image = if fs.is_none() {
+                mapped_in(r, e.start, e.start.saturating_add(e.size))
+            } else {
+                Vec::new()
+            };
             partitions.push(Part {
                 id: if e.name.is_empty() {
                     e.number.to_string()
@@ -298,6 +301,24 @@ impl Expected {
     }
 }
 
+/// The non-zero runs of the decoded image within `[start, end)`, each as bytes at its
+/// offset from `start`.
+fn mapped_in(r: &Release, start: u64, end: u64) -> Vec<(u64, Want)> {
+    r.mapped
+        .iter()
+        .filter_map(|m| {
+            let (s, e) = (m.start.max(start), m.end().min(end));
+            (s < e).then(|| {
+                let want = Want::Source {
+                    source: r.bytes_at(s, e - s),
+                    size: e - s,
+                };
+                (s - start, want)
+            })
+        })
+        .collect()
+}
+
 /// The image's table kind and identifiers.
 fn release_table(r: &Release) -> Table {
     match &r.table.scheme {
@@ -328,16 +349,18 @@ pub fn release_raw(r: &Release) -> Vec<Raw> {
         Scheme::Mbr { .. } => SECTOR,
     };
     let first = r.table.entries.iter().map(|e| e.start).min().unwrap_or(0);
-    r.mapped
-        .iter()
-        .filter_map(|m| {
-            let s = m.start.max(after_table);
-            let e = m.end().min(first);
-            (s < e).then(|| Raw {
-                name: format!("bytes {s}..{e}"),
-                offset: s,
-                length: e - s,
-                want: RawWant::Source(r.bytes_at(s, e - s)),
+    mapped_in(r, after_table, first)
+        .into_iter()
+        .filter_map(|(at, want)| {
+            let Want::Source { source, size } = want else {
+                return None;
+            };
+            let offset = after_table + at;
+            Some(Raw {
+                name: format!("bytes {offset}..{}", offset + size),
+                offset,
+                length: size,
+                want: RawWant::Source(source),
             })
         })
         .collect()

@@ -298,8 +298,8 @@ pub fn meaning(dev: &dyn ReadAt, want: &Expected) -> Verdict {
     let entries = table(dev, want, &mut v.findings);
     for (i, expected) in want.partitions.iter().enumerate() {
         let p = &on_card(expected, entries.get(i), dev.size());
-        if let Some(image) = &p.image {
-            prebuilt(dev, p, image, &mut v);
+        for (at, piece) in &p.image {
+            prebuilt(dev, p, *at, piece, &mut v);
         }
         let Some(fs) = &p.fs else { continue };
         let region = format!("partition {}", p.id);
@@ -426,8 +426,9 @@ fn on_card(p: &Part, e: Option<&TableEntry>, disk: u64) -> Part {
     p
 }
 
-/// A partition filled from a file holds that file's bytes at its start.
-fn prebuilt(dev: &dyn ReadAt, p: &Part, image: &Want, v: &mut Verdict) {
+/// A partition filled from a file holds that file's bytes (this piece of them at `base`
+/// from its start).
+fn prebuilt(dev: &dyn ReadAt, p: &Part, base: u64, image: &Want, v: &mut Verdict) {
     let region = format!("partition {}", p.id);
     let size = match image {
         Want::Source { size, .. } | Want::Hash { size, .. } => *size,
@@ -440,7 +441,7 @@ fn prebuilt(dev: &dyn ReadAt, p: &Part, image: &Want, v: &mut Verdict) {
     let mut at = 0u64;
     while at < size {
         let n = (size - at).min(1 << 20);
-        match read(dev, p.start + at, n as usize) {
+        match read(dev, p.start + base + at, n as usize) {
             Ok(g) => cmp.feed(&g),
             Err(e) => return v.findings.push(Finding::new(&region, e)),
         }
@@ -449,7 +450,7 @@ fn prebuilt(dev: &dyn ReadAt, p: &Part, image: &Want, v: &mut Verdict) {
     v.bytes_checked += size;
     if let Some(d) = cmp.finish() {
         v.findings.push(Finding {
-            offset: d.at.map(|a| p.start + a),
+            offset: d.at.map(|a| p.start + base + a),
             expected: Some(d.expected),
             found: Some(d.found),
             ..Finding::new(&region, "partition content differs from the build's")

@@ -369,3 +369,46 @@ fn file_pieces(
     }
     pieces
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_clipped_to_what_is_kept() {
+        let keep = [Extent::new(0, 100), Extent::new(200, 50)];
+        assert_eq!(
+            clip(Extent::new(50, 200), Some(&keep)),
+            vec![Extent::new(50, 50), Extent::new(200, 50)]
+        );
+        assert_eq!(clip(Extent::new(100, 100), Some(&keep)), vec![]);
+        assert_eq!(clip(Extent::new(7, 3), None), vec![Extent::new(7, 3)]);
+    }
+
+    #[test]
+    fn file_pieces_follow_extents_and_read_holes_as_zeros() {
+        let ext = |logical, physical, len, unwritten| mkext4::reader::FileExtent {
+            logical,
+            physical,
+            len,
+            unwritten,
+        };
+        // Blocks 0-1 at 10, block 2 unwritten, block 4 at 50; the file ends inside block 4.
+        let extents = [
+            ext(4, 50, 1, false),
+            ext(0, 10, 2, false),
+            ext(2, 90, 1, true),
+        ];
+        let p = file_pieces(&extents, 4096, 1 << 20, 4 * 4096 + 100);
+        let piece = |at: Option<u64>, len| Piece { at, len };
+        assert_eq!(
+            p,
+            vec![
+                piece(Some((1 << 20) + 10 * 4096), 2 * 4096),
+                piece(None, 2 * 4096),
+                piece(Some((1 << 20) + 50 * 4096), 100),
+            ]
+        );
+        assert_eq!(file_pieces(&[], 4096, 0, 10), vec![piece(None, 10)]);
+    }
+}

@@ -207,3 +207,30 @@ fn rewritten(bytes: &[u8], swaps: &[(String, String)]) -> Option<Vec<u8>> {
     };
     (out != bytes).then_some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swaps() -> Vec<(String, String)> {
+        vec![("aaaa1111-01".into(), "bbbb2222-01".into())]
+    }
+
+    #[test]
+    fn identifiers_are_swapped_in_text_and_in_script_images() {
+        let text = b"root=PARTUUID=aaaa1111-01 rootwait\n";
+        assert_eq!(
+            rewritten(text, &swaps()).unwrap(),
+            b"root=PARTUUID=bbbb2222-01 rootwait\n"
+        );
+        assert_eq!(rewritten(b"root=/dev/mmcblk0p2\n", &swaps()), None);
+        let arm = uimage::Arch::Arm64;
+        let scr =
+            uimage::script(arm, "boot", b"setenv bootargs root=PARTUUID=aaaa1111-01", 7).unwrap();
+        let want =
+            uimage::script(arm, "boot", b"setenv bootargs root=PARTUUID=bbbb2222-01", 7).unwrap();
+        assert_eq!(rewritten(&scr, &swaps()).unwrap(), want);
+        // Binary content that is no script image is left alone.
+        assert_eq!(rewritten(&[0xff, 0xfe, 0x00, 0x12], &swaps()), None);
+    }
+}

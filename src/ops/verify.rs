@@ -707,13 +707,16 @@ impl<'a> Compare<'a> {
                 found,
             });
         }
-        let mut rest = Vec::new();
+        // What the expected holds beyond the found bytes, hashed in pieces: it may be large.
         if let Some(w) = &mut self.want {
-            let _ = w.read_to_end(&mut rest);
-        }
-        if !rest.is_empty() {
-            self.hw.update(&rest);
-            self.diff.get_or_insert(self.at);
+            self.buf.resize(1 << 20, 0);
+            while let Ok(n) = read_full(w, &mut self.buf) {
+                if n == 0 {
+                    break;
+                }
+                self.hw.update(&self.buf[..n]);
+                self.diff.get_or_insert(self.at);
+            }
         }
         let expected = hex(&self.hw.finalize());
         self.diff.map(|d| Diff {

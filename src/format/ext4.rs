@@ -3,6 +3,8 @@
 //! window, hashing each file as it passes.
 //!
 //! The smallest size is found by sealing candidate layouts (metadata only, no data read).
+//! `walk` lists a filesystem read back with mkext4's reader (an upgrade's card, a release
+//! image's partitions).
 
 use std::cell::Cell;
 use std::collections::HashMap;

@@ -243,6 +243,7 @@ impl Expected {
     pub fn from_release(r: &Release) -> Result<Expected> {
         let entries = &r.table.entries;
         let last = entries.iter().map(|e| e.start).max();
+        let gpt = matches!(r.table.scheme, Scheme::Gpt(_));
         let mut partitions = Vec::new();
         for e in entries {
             let found = probe(&*r.spool, e.start, e.size);
@@ -256,7 +257,6 @@ impl Expected {
             } else {
                 None
             };
-            let gpt = matches!(r.table.scheme, Scheme::Gpt(_));
             // A partition without a filesystem (a squashfs, a prebuilt image) is compared
             // by the non-zero runs the image holds for it.
             let image = if fs.is_none() {

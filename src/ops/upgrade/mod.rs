@@ -1,5 +1,6 @@
 //! Upgrading an installed card (or image) in place: new boot files and rootfs content from
-//! a new build, the user's data untouched.
+//! a new build (made from an images directory, or read out of a release image by
+//! `release`), the user's data untouched.
 //!
 //! [`plan`] opens the target (`target`), reads it and decides everything before the first
 //! write: the card's table must hold the board's layout (`card`), the new configs are made

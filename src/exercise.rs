@@ -1,8 +1,8 @@
 //! Runs every reader of outside data on arbitrary bytes: partition tables, whole disks
-//! (`inspect` and the FAT reader behind it), U-Boot legacy images, build manifests, bmap
-//! files, genimage configs, board files, SSH public keys and per-card CSV files. None of them may panic, whatever the bytes; the
-//! fuzz targets and the corpus regression test call these entry points so both exercise
-//! exactly the same calls.
+//! (`inspect` and the FAT reader behind it), U-Boot legacy images, release images, build
+//! manifests, bmap files, genimage configs, board files, SSH public keys and per-card CSV
+//! files. None of them may panic, whatever the bytes; the fuzz targets and the corpus
+//! regression test call these entry points so both exercise exactly the same calls.
 //!
 //! Not a checker of results: every outcome, `Ok` or `Err`, is dropped. The readers that
 //! take a path read a scratch file in the system temporary directory, one per thread
@@ -22,6 +22,7 @@ pub fn exercise(bytes: &[u8]) {
     inspect(bytes);
     uimage(bytes);
     used(bytes);
+    release(bytes);
     bmap(bytes);
     manifest(bytes);
     genimage(bytes);
@@ -130,9 +131,23 @@ fn used_at(disk: &Vec<u8>, base: u64, len: u64) {
     }
 }
 
-/// The bytes as a U-Boot legacy image (boot.scr): the header parser.
+/// The bytes as a U-Boot legacy image (boot.scr): the header parser, and the script edit
+/// an upgrade from a release image makes.
 pub fn uimage(bytes: &[u8]) {
     let _ = uimage_reader::parse(bytes);
+    let _ = uimage_reader::edit_script(bytes, |s| s.to_vec());
+}
+
+/// The bytes as a release image: decoded into a spool, its table and every filesystem's
+/// files read out as `verify --image` reads them when there is no manifest.
+pub fn release(bytes: &[u8]) {
+    with_scratch("release.img", bytes, |p| {
+        let Ok(r) = crate::image::release::Release::open(p, &crate::image::release::Wanted::All, &[])
+        else {
+            return;
+        };
+        let _ = crate::ops::expect::Expected::from_release(&r);
+    });
 }
 
 /// The bytes as a bmap file.

@@ -10,7 +10,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::plan::tree::Source;
+use crate::plan::tree::{Source, Spooled};
 
 /// Hashes (SHA-256) and counts everything read through it.
 pub struct HashReader<R> {
@@ -87,8 +87,53 @@ pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>
         Source::Text(t) => Box::new(t.as_bytes()),
         Source::Secret(t) => Box::new(t.expose().as_bytes()),
         Source::Bytes(b) => Box::new(&b[..]),
+        Source::Spooled(s) => Box::new(SpooledReader::new(s)),
     };
     Ok(HashReader::new(inner))
+}
+
+/// Reads a file of a decoded release image: its pieces in order, holes as zeros.
+pub struct SpooledReader<'a> {
+    s: &'a Spooled,
+    /// The piece being read and the bytes of it already read.
+    piece: usize,
+    done: u64,
+}
+
+impl<'a> SpooledReader<'a> {
+    pub fn new(s: &'a Spooled) -> Self {
+        SpooledReader {
+            s,
+            piece: 0,
+            done: 0,
+        }
+    }
+}
+
+impl Read for SpooledReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(p) = self.s.pieces.get(self.piece) {
+            if self.done == p.len {
+                self.piece += 1;
+                self.done = 0;
+                continue;
+            }
+            let n = ((p.len - self.done) as usize).min(buf.len());
+            match p.at {
+                Some(at) => {
+                    std::os::unix::fs::FileExt::read_exact_at(
+                        &*self.s.file,
+                        &mut buf[..n],
+                        at + self.done,
+                    )?;
+                }
+                None => buf[..n].fill(0),
+            }
+            self.done += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
 }
 
 /// The most a configuration-type input (board, layout, genimage config, manifest, bmap,

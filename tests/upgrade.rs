@@ -13,20 +13,6 @@ use std::process::Output;
 use common::*;
 use sha2::{Digest, Sha256};
 
-const EPOCH_B: &str = "1700086400";
-/// Exit status of a run stopped by the fault hook.
-const FAULT_EXIT: i32 = 86;
-
-/// The fault hook exists only in a binary built with the `fault-injection` feature: a test
-/// that needs it fails (never skips) without it.
-fn need_fault_injection() {
-    if !cfg!(feature = "fault-injection") {
-        panic!(
-            "this test simulates power loss: run it with `cargo test --features fault-injection`"
-        );
-    }
-}
-
 /// A pseudo-random arm64 kernel: `pseudo` bytes with the Image magic at 0x38.
 fn kernel(len: usize, seed: u8) -> Vec<u8> {
     let mut k = pseudo(len, u64::from(seed));
@@ -76,81 +62,6 @@ fn build_sized(images: &Path, out: &Path, epoch: &str, size: &str) {
         .output());
 }
 
-/// Partition `n` of a disk or image: (start, size) in bytes, from sfdisk.
-fn part_range(target: &str, n: usize) -> (u64, u64) {
-    let j: serde_json::Value =
-        serde_json::from_str(&tool_ok("sfdisk", &["--json", target])).unwrap();
-    let p = &j["partitiontable"]["partitions"][n - 1];
-    (
-        p["start"].as_u64().unwrap() * 512,
-        p["size"].as_u64().unwrap() * 512,
-    )
-}
-
-/// SHA-256 of a byte range of an image or device. A device's cached pages are dropped
-/// first: what was written through a partition node (a kernel mount) may not yet be seen
-/// through the whole-disk node's cache.
-fn hash_range(path: &str, (start, len): (u64, u64)) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    if path.starts_with("/dev/") {
-        tool_ok("blockdev", &["--flushbufs", path]);
-    }
-    let mut f = std::fs::File::open(path).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = f.read(&mut buf[..left.min(1 << 20) as usize]).unwrap();
-        assert!(n > 0);
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
-    skiff_flash::io::hex(&h.finalize())
-}
-
-/// The boot set as mtools reads it: every file's path and content hash.
-fn boot_set(target: &str, offset: Option<u64>) -> BTreeMap<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let img = match offset {
-        Some(o) => format!("{target}@@{o}"),
-        None => target.to_string(),
-    };
-    tool_ok(
-        "mcopy",
-        &["-s", "-n", "-i", &img, "::/*", dir.path().to_str().unwrap()],
-    );
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(
-                    rel,
-                    skiff_flash::io::hex(&Sha256::digest(std::fs::read(&p).unwrap())),
-                );
-            }
-        }
-    }
-    walk(dir.path(), dir.path(), &mut out);
-    out
-}
-
-/// A copy that keeps the image's holes (the card is copied afresh for every fault point).
-fn sparse_copy(from: &Path, to: &Path) {
-    tool_ok(
-        "cp",
-        &[
-            "--sparse=always",
-            from.to_str().unwrap(),
-            to.to_str().unwrap(),
-        ],
-    );
-}
-
 /// `skiff-flash verify TARGET --board BOARD --images IMAGES EXTRA…` passes.
 fn verify_ok(target: &str, board: &str, images: &str, extra: &[&str]) {
     let args = [
@@ -168,22 +79,6 @@ fn needs_oracles() -> bool {
         ("e2fsck", "e2fsprogs"),
         ("sfdisk", "fdisk"),
     ])
-}
-
-/// fsck.fat on partition 1, e2fsck on the others named.
-fn fsck_parts(img: &Path, parts: &[usize]) {
-    let s = img.to_str().unwrap();
-    for &n in parts {
-        let (o, l) = part_range(s, n);
-        let p = extract(img, o, l);
-        let path = p.path().to_str().unwrap();
-        let (code, out) = if n == 1 {
-            tool("fsck.fat", &["-n", path])
-        } else {
-            tool("e2fsck", &["-fn", path])
-        };
-        assert_eq!(code, 0, "fsck of partition {n}: {out}");
-    }
 }
 
 fn fsck_image(img: &Path) {
@@ -392,89 +287,17 @@ fn power_loss_after_any_write_leaves_old_or_new_and_a_rerun_completes() {
     let new_set = boot_set(b_img.to_str().unwrap(), Some(o1));
     assert_ne!(old_set, new_set);
 
-    // How many writes a whole upgrade makes.
-    let probe = pair.dir.path().join("probe.img");
-    sparse_copy(a_img, &probe);
-    let total = json(&upgrade(probe.to_str().unwrap(), &pair.b, &["--json"], &[]))["writes"]
-        .as_u64()
-        .unwrap();
-    assert!(total > 5, "{total} writes");
-
     let card = pair.dir.path().join("card.img");
-    let (mut old_seen, mut new_seen) = (0, 0);
-    for k in 0..total {
-        sparse_copy(a_img, &card);
-        let s = card.to_str().unwrap();
-        let out = upgrade(
-            s,
-            &pair.b,
-            &[],
-            &[("SKIFF_FLASH_FAULT_AFTER_WRITES", &k.to_string())],
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(FAULT_EXIT),
-            "stopped after {k} writes: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let set = boot_set(s, Some(o1));
-        if set == old_set {
-            old_seen += 1;
-        } else if set == new_set {
-            new_seen += 1;
-        } else {
-            panic!("after {k} of {total} writes the boot set is neither old nor new");
-        }
-        assert_eq!(
-            hash_range(s, persist),
-            pair.persist_hash,
-            "persist written (k={k})"
-        );
-        // Re-running completes the upgrade.
-        ok(&upgrade(s, &pair.b, &[], &[]));
-        assert_eq!(boot_set(s, Some(o1)), new_set, "re-run after {k} writes");
-        fsck_parts(&card, &[1, 2]);
-        assert_eq!(hash_range(s, persist), pair.persist_hash);
-    }
-    assert!(
-        old_seen > 0 && new_seen > 0,
-        "old {old_seen}, new {new_seen}"
-    );
-
-    // A volatile write cache: power fails at a write or during a flush, and any subset of
-    // the writes since the last flush reaches the medium (three subsets per point).
-    for k in 0..=total {
-        for seed in 1..=3u32 {
-            sparse_copy(a_img, &card);
-            let s = card.to_str().unwrap();
-            let env = [
-                ("SKIFF_FLASH_FAULT_AFTER_WRITES", k.to_string()),
-                ("SKIFF_FLASH_FAULT_CACHE", "lose".to_string()),
-                ("SKIFF_FLASH_FAULT_SEED", seed.to_string()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (*a, b.as_str())).collect();
-            let out = upgrade(s, &pair.b, &[], &env);
-            assert!(
-                out.status.code() == Some(FAULT_EXIT) || (k == total && out.status.success()),
-                "k={k}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let set = boot_set(s, Some(o1));
-            assert!(
-                set == old_set || set == new_set,
-                "power lost after {k} of {total} writes (cache subset {seed}): the boot set is neither old nor new"
-            );
-            if seed == 1 {
-                ok(&upgrade(s, &pair.b, &[], &[]));
-                assert_eq!(
-                    boot_set(s, Some(o1)),
-                    new_set,
-                    "re-run after {k} writes, lossy"
-                );
-                fsck_parts(&card, &[1]);
-            }
-        }
-    }
+    let sweep = Sweep {
+        a_img,
+        card: &card,
+        boot: o1,
+        persist,
+        persist_hash: &pair.persist_hash,
+        old_set: &old_set,
+        new_set: &new_set,
+    };
+    sweep.run(|card, args, env| upgrade(card, &pair.b, args, env));
 }
 
 #[test]

@@ -66,6 +66,10 @@ fn untouched_image_verifies_every_way() {
     let b = build(&[]);
     let mp = b.manifest.to_str().unwrap();
     assert_eq!(verify(&b.img, &["--manifest", mp]).0, 0);
+    assert_eq!(
+        verify(&b.img, &["--image", b.img.to_str().unwrap(), "--bytes"]).0,
+        0
+    );
     assert_eq!(verify(&b.img, &["--image", b.img.to_str().unwrap()]).0, 0);
     let (code, v) = verify(&b.img, &["--board", "pi/4"]);
     assert_eq!(code, 0, "{v}");
@@ -186,6 +190,7 @@ fn flipped_bytes_are_found_and_named() {
             &[
                 "--image",
                 orig.to_str().unwrap(),
+                "--bytes",
                 "--bmap",
                 bmap.to_str().unwrap(),
             ],

@@ -120,6 +120,7 @@ system and too-small disks and partition paths are refused before anything is wr
   skiff-flash upgrade /dev/sdb --board pi/4 --dry-run            # show what would change
   skiff-flash upgrade /dev/sdb --board pi/4 --keep /overlays/my.dtbo --keep rootfs:/extra
   skiff-flash upgrade skiffos-pi4.img --board pi/4 --json          # an image file works too
+  skiff-flash upgrade /dev/sdb --image skiffos-pi4-2026.12.img.zst # from a release image
 
 The card's table must hold the board's layout (--reformat starts over: a full flash). The
 new boot set is written beside the old one and switched to in one sector write: after a
@@ -156,14 +157,17 @@ device checks as flash apply: mounted, busy, system and fixed disks are refused.
   skiff-flash devices
   skiff-flash devices --all --json")]
     Devices(flash::DevicesArgs),
-    /// Check a card or image against a board build (meaning) or an image/manifest (bytes).
+    /// Check a card or image against a board build or a release image (meaning), or an
+    /// image/manifest (bytes).
     #[command(after_help = "Examples:
   skiff-flash verify /dev/sdb --board pi/4 --images output/images   # is this what the build writes?
-  skiff-flash verify /dev/sdb --image release.img.zst                # byte level, mapped ranges only
+  skiff-flash verify /dev/sdb --image skiffos-pi4.img.zst           # does it hold this release?
+  skiff-flash verify /dev/sdb --image release.img.zst --bytes        # byte level, mapped ranges only
   skiff-flash verify pi4.img --manifest pi4.img.manifest.json --json
 
 Exit codes: 0 everything matches, 1 a difference was found, 2 bad usage or input.
-Against a board, the partition that grows to the card (persist) is not compared by content.")]
+Against a board or a release image, only the build's files on the partition that grows to the
+card (persist) are compared; what the user added there is not.")]
     Verify(verify::VerifyArgs),
     /// Show what is on a disk or image: table, filesystems, labels, FAT file lists (read-only).
     #[command(after_help = "Examples:

@@ -46,6 +46,10 @@ pub struct TrustedKeys {
 }
 
 impl TrustedKeys {
+    pub fn is_empty(&self) -> bool {
+        self.keys.iter().all(|k| k.is_empty())
+    }
+
     pub fn load(&self) -> Result<Vec<PublicKey>> {
         self.keys
             .iter()

@@ -10,12 +10,13 @@ use clap::Args;
 use super::ImagesDir;
 use skiff_flash::ops::flash::{BoardSource, FlashRequest, FlashSource};
 
-use skiff_flash::Result;
 use skiff_flash::define::board::Board;
+use skiff_flash::image::release::Release;
 use skiff_flash::ops::upgrade::{
-    self, Action, Change, PartitionReport, UpgradeReport, UpgradeRequest,
+    self, Action, Change, NewBuild, PartitionReport, UpgradeReport, UpgradeRequest,
 };
 use skiff_flash::units::human;
+use skiff_flash::{Error, Result};
 
 use super::render;
 
@@ -30,6 +31,10 @@ pub struct UpgradeArgs {
     board: Option<String>,
     #[command(flatten)]
     pub(super) dir: ImagesDir,
+    /// Take the new build from this release image (.img, .img.zst, .gz, .xz) instead of an
+    /// images directory; the board is the one its manifest names (or --board).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["images", "skiff_conf"])]
+    image: Option<PathBuf>,
     /// Keep a file or directory that is not in the build: `PATH` in the boot partition or
     /// `PARTITION:PATH` (`rootfs:/extra`); `*` and `?` match within a name. Repeatable.
     #[arg(long, value_name = "PATH")]
@@ -55,6 +60,11 @@ pub struct UpgradeArgs {
     /// Skip reading back what was written (devices; images are not read back).
     #[arg(long)]
     no_verify: bool,
+    /// With --image: its manifest must be signed by this key (file or one-line key);
+    /// repeatable. Every mapped range of the image is checked against it as it is read,
+    /// before anything is written.
+    #[command(flatten)]
+    trusted: super::sign::TrustedKeys,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -71,8 +81,8 @@ pub fn upgrade(
         return reformat(a, quiet, load, epoch);
     }
     let started = Instant::now();
-    let board = load(a.board.as_deref().unwrap_or_default())?;
-    let mut plan = upgrade::plan(&request(a, board, epoch))?;
+    let board = load(&board_name(a)?)?;
+    let mut plan = upgrade::plan(&request(a, board, epoch)?)?;
     let out = Output {
         a,
         quiet,
@@ -99,12 +109,43 @@ pub fn upgrade(
     out.print(&report)
 }
 
-fn request(a: &UpgradeArgs, board: Board, epoch: i64) -> UpgradeRequest {
-    UpgradeRequest {
+/// The board asked for: `--board`; with `--image`, the one its manifest names (which
+/// `--board` must agree with); else empty (the SkiffOS config list's, when there is one).
+fn board_name(a: &UpgradeArgs) -> Result<String> {
+    let given = a.board.clone();
+    let Some(image) = &a.image else {
+        return Ok(given.unwrap_or_default());
+    };
+    let built = Release::manifest_of(image)?.map(|m| m.board);
+    match (given, built) {
+        (Some(g), Some(b)) if g != b => Err(Error::Usage(format!(
+            "--board {g}, but {} is a build of board {b} (its manifest says)",
+            image.display()
+        ))),
+        (Some(g), _) => Ok(g),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(Error::Usage(format!(
+            "give --board: {} has no manifest beside it to name its board",
+            image.display()
+        ))),
+    }
+}
+
+fn request(a: &UpgradeArgs, board: Board, epoch: i64) -> Result<UpgradeRequest> {
+    let build = match &a.image {
+        Some(image) => NewBuild::Release {
+            path: image.clone(),
+            trusted: a.trusted.load()?,
+        },
+        None => NewBuild::Images {
+            images: a.dir.images(),
+            configs: a.dir.skiff().dirs.clone(),
+        },
+    };
+    Ok(UpgradeRequest {
         target: a.target.clone(),
         board,
-        images: a.dir.images(),
-        configs: a.dir.skiff().dirs.clone(),
+        build,
         epoch,
         keep: a.keep.clone(),
         force_config: a.force_config,
@@ -112,7 +153,7 @@ fn request(a: &UpgradeArgs, board: Board, epoch: i64) -> UpgradeRequest {
         allow_fixed_disk: a.allow_fixed_disk,
         dry_run: a.dry_run,
         verify: !a.no_verify,
-    }
+    })
 }
 
 /// `--reformat`: a full flash of the board to the target, built from the upgrade's
@@ -123,18 +164,33 @@ fn reformat(
     load: impl Fn(&str) -> Result<Board>,
     epoch: i64,
 ) -> Result<()> {
-    let name = a.board.clone().unwrap_or_default();
-    let asked = name.clone();
     let load = &load;
+    let source = match &a.image {
+        // The image is written as it is: its own bmap, beside it, when there is one.
+        Some(path) => FlashSource::Image {
+            path: path.clone(),
+            bmap: None,
+            trusted: a.trusted.load()?,
+            fetch: skiff_flash::image::remote::Options {
+                timeout: skiff_flash::image::remote::DEFAULT_TIMEOUT,
+                cache: None,
+            },
+        },
+        None => {
+            let name = a.board.clone().unwrap_or_default();
+            let asked = name.clone();
+            FlashSource::Board(Box::new(BoardSource {
+                load: Box::new(move || load(&asked)),
+                name,
+                options: a.dir.plan_options(epoch, None),
+                custom: Default::default(),
+                per_card: None,
+            }))
+        }
+    };
     let request = FlashRequest {
         devices: vec![a.target.clone()],
-        source: FlashSource::Board(Box::new(BoardSource {
-            load: Box::new(move || load(&asked)),
-            name,
-            options: a.dir.plan_options(epoch, None),
-            custom: Default::default(),
-            per_card: None,
-        })),
+        source,
         verify: true,
         allow_fixed: a.allow_fixed_disk,
         check_capacity: false,

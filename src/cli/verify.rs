@@ -23,15 +23,24 @@ pub struct VerifyArgs {
     pub(super) dir: ImagesDir,
     #[arg(long)]
     seed: Option<String>,
-    /// Compare bytes with this image (.img, .img.zst, .gz, .xz) over its mapped ranges.
+    /// Check meaning against this release image (.img, .img.zst, .gz, .xz): its table,
+    /// filesystems and files, from the manifest beside it or read out of the image.
     #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
     image: Option<PathBuf>,
-    /// Block map for --image (default: IMAGE.bmap beside it, if present).
-    #[arg(long, value_name = "FILE", requires = "image")]
+    /// With --image: compare bytes instead, over the image's mapped ranges.
+    #[arg(long, requires = "image")]
+    bytes: bool,
+    /// Block map for --image --bytes (default: IMAGE.bmap beside it, if present).
+    #[arg(long, value_name = "FILE", requires = "bytes")]
     bmap: Option<PathBuf>,
     /// Compare bytes with the mapped ranges recorded in this manifest.
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
+    /// With --image: its manifest must be signed by this key (file or one-line key);
+    /// repeatable. Meaning mode then checks against the signed manifest, and --bytes
+    /// compares the card with the signed hashes rather than with the image file.
+    #[command(flatten)]
+    trusted: super::sign::TrustedKeys,
     #[arg(long)]
     json: bool,
 }
@@ -44,6 +53,15 @@ pub fn verify(a: &VerifyArgs, load: impl Fn(&str) -> Result<Board>, epoch: i64) 
         let board = load(a.board.as_deref().unwrap_or_default())?;
         let plan = plan::make(&board, &a.dir.plan_options(epoch, a.seed.clone()))?;
         Reference::Plan(Box::new(plan))
+    } else if let Some(image) = a.image.as_ref().filter(|_| !a.bytes) {
+        Reference::Release {
+            path: image.clone(),
+            trusted: a.trusted.load()?,
+        }
+    } else if let Some(image) = a.image.as_ref().filter(|_| !a.trusted.is_empty()) {
+        let trusted = a.trusted.load()?;
+        let (m, _) = skiff_flash::image::release::Release::trusted_manifest(image, &trusted)?;
+        Reference::Manifest(Box::new(m))
     } else if let Some(image) = &a.image {
         Reference::Image {
             path: image.clone(),

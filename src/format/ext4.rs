@@ -4,9 +4,11 @@
 //!
 //! The smallest size is found by sealing candidate layouts (metadata only, no data read).
 //! Each file's extents come from the sealed layout; the metadata is kept aside as it passes
-//! so `ext4_map` can say where the filesystem's structures lie.
+//! so `ext4_map` can say where the filesystem's structures lie. `walk` lists a filesystem
+//! read back with mkext4's reader (an upgrade's card, a release image's partitions).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use mkext4::{FsBuilder, InodeHandle, Meta, Options, ROOT, RegionSink};
@@ -19,6 +21,70 @@ use crate::plan::tree::{Node, name_of, parent_of};
 use crate::sink::{Sink, Window};
 
 pub struct Ext4;
+
+pub const S_IFMT: u16 = 0o170_000;
+pub const S_IFDIR: u16 = 0o040_000;
+pub const S_IFREG: u16 = 0o100_000;
+pub const S_IFLNK: u16 = 0o120_000;
+
+/// A file, directory or symlink found in an ext4 filesystem.
+pub struct Found {
+    pub kind: u16,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub target: Option<Vec<u8>>,
+    pub ino: u32,
+}
+
+/// Every entry under directory inode `ino` (`lost+found` at the top left out), by path;
+/// why not when the filesystem cannot be read.
+pub fn walk<R: mkext4::reader::ReadAt>(
+    ext: &mkext4::reader::Fs<R>,
+    ino: u32,
+    prefix: &str,
+    out: &mut HashMap<String, Found>,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    if depth > 64 || out.len() > 1_000_000 {
+        return Err("directories nested too deep or too many entries".into());
+    }
+    let entries = ext.read_dir(ino).map_err(|e| e.to_string())?;
+    for d in entries {
+        if d.name == b"." || d.name == b".." {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&d.name).into_owned();
+        if prefix.is_empty() && name == "lost+found" {
+            continue;
+        }
+        let path = format!("{prefix}/{name}");
+        let inode = ext.inode(d.inode).map_err(|e| format!("{path}: {e}"))?;
+        let kind = inode.mode & S_IFMT;
+        let mut f = Found {
+            kind,
+            mode: u32::from(inode.mode & 0o7777),
+            uid: inode.uid,
+            gid: inode.gid,
+            size: inode.size,
+            target: None,
+            ino: d.inode,
+        };
+        if kind == S_IFLNK {
+            f.target = Some(
+                ext.symlink_target(d.inode)
+                    .map_err(|e| format!("{path}: {e}"))?,
+            );
+        }
+        let is_dir = kind == S_IFDIR;
+        out.insert(path.clone(), f);
+        if is_dir {
+            walk(ext, d.inode, &path, out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
 
 const BLOCK: u64 = 4096;
 const MIB: u64 = 1 << 20;

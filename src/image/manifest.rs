@@ -12,7 +12,8 @@
 //!   blobs, of the range used);
 //! - `table`: kind and identifiers; `structures`: where the partition table's pieces lie
 //!   (`name`, `extents` as `[start, length]` disk byte ranges);
-//! - `partitions`: number, id, start, size, type, PARTUUID, filesystem kind, label and UUID,
+//! - `partitions`: number, id, start, size, type, PARTUUID, GPT name, bootable flag,
+//!   filesystem kind, label and UUID,
 //!   every file with size, SHA-256 and `extents` (its bytes on the disk, in file order), and
 //!   the filesystem's `structures` (boot sector, FATs, directories; superblocks, group
 //!   descriptors, bitmaps, inode tables, journal, directories);
@@ -104,6 +105,12 @@ pub struct PartitionEntry {
     #[serde(rename = "type")]
     pub kind: String,
     pub partuuid: String,
+    /// The GPT partition name (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The bootable flag (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable: Option<bool>,
     pub grows: bool,
     pub fs: Option<String>,
     pub label: Option<String>,
@@ -184,6 +191,8 @@ fn partition_entry(p: &crate::plan::Partition, rec: &compose::PartitionRecord) -
             .or(p.mbr_type.clone())
             .unwrap_or_default(),
         partuuid: p.partuuid.clone(),
+        name: p.name.clone(),
+        bootable: Some(p.bootable),
         grows: p.grows,
         fs: p
             .fs

@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod map;
 pub mod output;
 pub mod read;
+pub mod release;
 pub mod remote;
 pub mod sign;
 pub mod sums;

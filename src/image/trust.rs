@@ -97,6 +97,11 @@ fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
 }
 
 impl Checked {
+    /// The ranges whose hashes are known.
+    pub fn extents(&self) -> Vec<Extent> {
+        self.ranges.iter().map(|(e, _)| *e).collect()
+    }
+
     /// A checker for one pass over the image at `path`.
     pub fn checker(&self, path: &Path) -> RangeCheck<'_> {
         RangeCheck {

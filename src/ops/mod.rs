@@ -6,6 +6,7 @@ pub mod backup;
 pub mod build;
 pub mod capacity;
 pub mod cards;
+pub mod expect;
 pub mod flash;
 pub mod flashlog;
 pub mod inspect;

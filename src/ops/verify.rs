@@ -2,9 +2,10 @@
 //!
 //! - **bytes**: every mapped range of the reference (a manifest's or bmap's ranges, or an
 //!   image file itself) equals the target; reads only mapped ranges.
-//! - **meaning**, against a board and its images directory: the partition table holds the
-//!   plan's partitions (kinds, types, names, identifiers; where they start and how large
-//!   they are is the card's own, so a card flashed at any size, grown at first boot or
+//! - **meaning**, against what a correct card holds (`expect::Expected`, made from a board
+//!   and its images directory, or from a release image: its manifest, else the image's own
+//!   table and filesystems): the partition table holds the expected partitions (kinds,
+//!   types, names, identifiers; where they start and how large they are is the card's own, so a card flashed at any size, grown at first boot or
 //!   upgraded verifies), every file of the fixed filesystems matches its source where the
 //!   card's table puts the partition, raw blobs match at their offsets; the growing
 //!   partition (persist, the user's data) is checked to be the right filesystem with the
@@ -27,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::error::Result;
 use crate::format::Span;
 use crate::format::fat::read::FatVolume;
-use crate::format::probe::probe;
+use crate::format::probe::{Kind, probe};
 use crate::format::table::read::{DiskTable, GptHeader, Scheme, TableError, mbr};
 use crate::format::table::{SECTOR, TableEntry};
 use crate::image::bmap::{self, mapped_parts};
@@ -35,7 +36,8 @@ use crate::image::manifest::{Manifest, MappedRange};
 use crate::image::map::{Map, Place, What};
 use crate::image::read::{decode_each, image_size};
 use crate::io::{ReadAt, hex, read_full};
-use crate::plan::tree::{Node, Source};
+use crate::ops::expect::{self, Expected, Part, RawWant, Want};
+use crate::plan::tree::Source;
 use crate::plan::{Plan, Table};
 use crate::units::Extent;
 use crate::units::bytes;
@@ -112,6 +114,12 @@ impl Verdict {
 pub enum Reference {
     /// Meaning: what this plan (a board build) writes.
     Plan(Box<Plan>),
+    /// Meaning: what this release image holds (from the manifest beside it, else read out
+    /// of the image); with trusted keys, from its manifest signed by one of them.
+    Release {
+        path: std::path::PathBuf,
+        trusted: Vec<crate::image::sign::PublicKey>,
+    },
     /// Bytes: an image file (raw or compressed), over its bmap's ranges when it has one
     /// (`bmap`, else the one found beside it), else every byte.
     Image {
@@ -128,7 +136,8 @@ pub enum Reference {
 pub fn verify(target: &std::path::Path, reference: &Reference) -> Result<Verdict> {
     let dev = crate::io::open_target(target)?;
     Ok(match reference {
-        Reference::Plan(plan) => meaning(&dev, plan),
+        Reference::Plan(plan) => meaning(&dev, &Expected::from_plan(plan)),
+        Reference::Release { path, trusted } => meaning(&dev, &Expected::of_image(path, trusted)?),
         Reference::Image { path, bmap } => {
             crate::image::read::check_image_file(path)?;
             let bmap = bmap::find(path, bmap.as_deref());
@@ -506,28 +515,28 @@ fn each_difference(map: &Map, at: u64, got: &[u8], want: &[u8], findings: &mut V
     }
 }
 
-/// Meaning: the target against a plan (made with the board's minimum size).
-pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
+/// Meaning: the target against what a plan, a manifest or a release image says a correct
+/// card holds.
+pub fn meaning(dev: &dyn ReadAt, want: &Expected) -> Verdict {
     let mut v = Verdict {
         mode: "meaning",
         bytes_checked: 0,
         findings: Vec::new(),
         changed_by_system: Vec::new(),
     };
-    let entries = table(dev, plan, &mut v.findings);
-    for (i, planned) in plan.partitions.iter().enumerate() {
-        let p = &on_card(planned, entries.get(i), dev.size());
-        if let Some(image) = &p.image {
-            prebuilt(dev, p, image, &mut v);
+    let entries = table(dev, want, &mut v.findings);
+    for (i, expected) in want.partitions.iter().enumerate() {
+        let p = &on_card(expected, entries.get(i), dev.size());
+        for (at, piece) in &p.image {
+            prebuilt(dev, p, *at, piece, &mut v);
         }
         let Some(fs) = &p.fs else { continue };
         let region = format!("partition {}", p.id);
         // Kind and label only: the files are compared below, read once.
         let found = probe(dev, p.start, p.size);
-        let kind = format!("{:?}", fs.kind).to_lowercase();
-        if found.kind.as_str() != kind {
+        if found.kind.as_str() != fs.kind {
             v.findings.push(Finding {
-                expected: Some(kind.clone()),
+                expected: Some(fs.kind.clone()),
                 found: Some(found.kind.as_str().to_string()),
                 ..Finding::new(&region, "filesystem kind differs")
             });
@@ -543,9 +552,9 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
         // On the partition that holds the user's data only what the build placed there is
         // compared; what the user added is theirs.
         let before = v.findings.len();
-        match (fs.kind, found.fat) {
-            (crate::define::board::FsKind::Ext4, _) => ext4_files(dev, p, &region, &mut v),
-            (_, Some(vol)) => fat_files(&vol, p, &region, &mut v),
+        match (found.kind, found.fat) {
+            (Kind::Ext4, _) => ext4_files(dev, p, fs, &region, &mut v),
+            (_, Some(vol)) => fat_files(&vol, fs, &region, &mut v),
             (_, None) => v.findings.push(Finding::new(
                 &region,
                 found.problem.unwrap_or_else(|| "no FAT volume".into()),
@@ -560,33 +569,58 @@ pub fn meaning(dev: &dyn ReadAt, plan: &Plan) -> Verdict {
             v.changed_by_system.extend(system);
         }
     }
-    for r in &plan.raw {
-        let region = format!("raw {}", r.name);
-        let want = std::fs::File::open(&r.source).and_then(|f| {
-            let mut b = vec![0u8; r.length as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, r.skip)?;
-            Ok(b)
-        });
-        match (want, read(dev, r.offset, r.length as usize)) {
-            (Err(e), _) => v.findings.push(Finding::new(
-                &region,
-                format!("reading {}: {e}", r.source.display()),
-            )),
-            (_, Err(e)) => v.findings.push(Finding::new(&region, e)),
-            (Ok(w), Ok(g)) => {
-                v.bytes_checked += r.length;
-                if let Some(i) = g.iter().zip(&w).position(|(a, b)| a != b) {
-                    v.findings.push(Finding {
-                        offset: Some(r.offset + i as u64),
-                        expected: Some(hex(&Sha256::digest(&w))),
-                        found: Some(hex(&Sha256::digest(&g))),
-                        ..Finding::new(&region, "bootloader blob differs")
-                    });
-                }
-            }
-        }
+    for r in &want.raw {
+        v.findings.extend(raw_findings(dev, r));
+        v.bytes_checked += r.length;
     }
     v
+}
+
+/// A bootloader blob (or other bytes outside the partitions) at its offset: what differs.
+pub(crate) fn raw_findings(dev: &dyn ReadAt, r: &expect::Raw) -> Vec<Finding> {
+    let region = format!("raw {}", r.name);
+    let got = match read(dev, r.offset, r.length as usize) {
+        Ok(g) => g,
+        Err(e) => return vec![Finding::new(&region, e)],
+    };
+    let want = match &r.want {
+        RawWant::Sha256(h) => {
+            let found = hex(&Sha256::digest(&got));
+            if found == *h {
+                return Vec::new();
+            }
+            return vec![Finding {
+                offset: Some(r.offset),
+                expected: Some(h.clone()),
+                found: Some(found),
+                ..Finding::new(&region, "bootloader blob differs")
+            }];
+        }
+        RawWant::File { path, skip } => std::fs::File::open(path)
+            .and_then(|f| {
+                let mut b = vec![0u8; r.length as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, *skip)?;
+                Ok(b)
+            })
+            .map_err(|e| format!("reading {}: {e}", path.display())),
+        RawWant::Source(s) => expected(s).and_then(|mut rd| {
+            let mut b = vec![0u8; r.length as usize];
+            read_full(&mut rd, &mut b).map_err(|e| e.to_string())?;
+            Ok(b)
+        }),
+    };
+    match want {
+        Err(e) => vec![Finding::new(&region, e)],
+        Ok(w) => match got.iter().zip(&w).position(|(a, b)| a != b) {
+            Some(i) => vec![Finding {
+                offset: Some(r.offset + i as u64),
+                expected: Some(hex(&Sha256::digest(&w))),
+                found: Some(hex(&Sha256::digest(&got))),
+                ..Finding::new(&region, "bootloader blob differs")
+            }],
+            None => Vec::new(),
+        },
+    }
 }
 
 /// Files under the persist partition that SkiffOS's boot script
@@ -610,13 +644,9 @@ fn rewritten_by_system(path: &str) -> bool {
         .any(|r| path == *r || r.ends_with('/') && path.starts_with(r))
 }
 
-/// The planned partition where the card's table puts it (the plan's place when the card
-/// has no entry for it, or one that leaves the disk).
-fn on_card(
-    p: &crate::plan::Partition,
-    e: Option<&TableEntry>,
-    disk: u64,
-) -> crate::plan::Partition {
+/// The expected partition where the card's table puts it (the reference's place when the
+/// card has no entry for it, or one that leaves the disk).
+fn on_card(p: &Part, e: Option<&TableEntry>, disk: u64) -> Part {
     let mut p = p.clone();
     if let Some(e) = e.filter(|e| e.start.saturating_add(e.size) <= disk) {
         p.start = e.start;
@@ -625,63 +655,47 @@ fn on_card(
     p
 }
 
-/// A partition filled from a file holds that file's bytes at its start.
-fn prebuilt(
-    dev: &dyn ReadAt,
-    p: &crate::plan::Partition,
-    image: &crate::plan::Prebuilt,
-    v: &mut Verdict,
-) {
+/// A partition filled from a file holds that file's bytes (this piece of them at `base`
+/// from its start).
+fn prebuilt(dev: &dyn ReadAt, p: &Part, base: u64, image: &Want, v: &mut Verdict) {
     let region = format!("partition {}", p.id);
-    let file = match std::fs::File::open(&image.source) {
-        Ok(f) => f,
-        Err(e) => {
-            return v.findings.push(Finding::new(
-                &region,
-                format!("reading {}: {e}", image.source.display()),
-            ));
-        }
+    let size = match image {
+        Want::Source { size, .. } | Want::Hash { size, .. } => *size,
+        _ => 0,
+    };
+    let mut cmp = match Compare::new(image) {
+        Ok(c) => c,
+        Err(m) => return v.findings.push(Finding::new(&region, m)),
     };
     let mut at = 0u64;
-    while at < image.size {
-        let n = (image.size - at).min(1 << 20);
-        let mut want = vec![0u8; n as usize];
-        if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&file, &mut want, at) {
-            return v.findings.push(Finding::new(
-                &region,
-                format!("reading {}: {e}", image.source.display()),
-            ));
-        }
-        let got = match read(dev, p.start + at, n as usize) {
-            Ok(g) => g,
+    while at < size {
+        let n = (size - at).min(1 << 20);
+        match read(dev, p.start + base + at, n as usize) {
+            Ok(g) => cmp.feed(&g),
             Err(e) => return v.findings.push(Finding::new(&region, e)),
-        };
-        v.bytes_checked += n;
-        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-            return v.findings.push(Finding {
-                offset: Some(p.start + at + i as u64),
-                expected: Some(format!("the bytes of {}", image.source.display())),
-                found: Some(format!(
-                    "0x{:02x} at partition byte {}",
-                    got[i],
-                    bytes(at + i as u64)
-                )),
-                ..Finding::new(&region, "partition content differs from its file")
-            });
         }
         at += n;
     }
+    v.bytes_checked += size;
+    if let Some(d) = cmp.finish() {
+        v.findings.push(Finding {
+            offset: d.at.map(|a| p.start + base + a),
+            expected: Some(d.expected),
+            found: Some(d.found),
+            ..Finding::new(&region, "partition content differs from the build's")
+        });
+    }
 }
 
-/// The card's table against the plan's; returns the card's entries in table order (none when
-/// it has no usable table of the plan's kind).
-fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) -> Vec<TableEntry> {
+/// The card's table against the expected one; returns the card's entries in table order
+/// (none when it has no usable table of the expected kind).
+fn table(dev: &dyn ReadAt, want: &Expected, findings: &mut Vec<Finding>) -> Vec<TableEntry> {
     let found = match DiskTable::read(dev) {
         Ok(t) => Ok(t),
         Err(TableError::Io(e)) => return no_table(findings, Finding::new("table", e.to_string())),
         Err(TableError::Missing(e)) => Err(e),
     };
-    let entries = match (&plan.table, found) {
+    let entries = match (&want.table, found) {
         (
             Table::Gpt {
                 disk_guid,
@@ -730,17 +744,17 @@ fn table(dev: &dyn ReadAt, plan: &Plan, findings: &mut Vec<Finding>) -> Vec<Tabl
             }
         },
     };
-    if entries.len() != plan.partitions.len() {
+    if entries.len() != want.partitions.len() {
         findings.push(Finding::new(
             "table",
             format!(
                 "{} partitions, expected {}",
                 entries.len(),
-                plan.partitions.len()
+                want.partitions.len()
             ),
         ));
     }
-    for (p, e) in plan.partitions.iter().zip(&entries) {
+    for (p, e) in want.partitions.iter().zip(&entries) {
         entry(p, e, findings);
     }
     entries
@@ -751,11 +765,11 @@ fn no_table(findings: &mut Vec<Finding>, f: Finding) -> Vec<TableEntry> {
     Vec::new()
 }
 
-/// A table entry against the planned partition: type, bootable flag, GPT name and PARTUUID.
-/// Where it starts and how large it is are the card's own (flashed at another size, grown
-/// at first boot, or upgraded to a build whose partitions are larger): the content is
-/// checked where the card puts it.
-fn entry(p: &crate::plan::Partition, e: &TableEntry, findings: &mut Vec<Finding>) {
+/// A table entry against the expected partition: type, bootable flag, GPT name and
+/// PARTUUID. Where it starts and how large it is are the card's own (flashed at another
+/// size, grown at first boot, or upgraded to a build whose partitions are larger): the
+/// content is checked where the card puts it.
+fn entry(p: &Part, e: &TableEntry, findings: &mut Vec<Finding>) {
     let region = format!("partition {}", p.id);
     let mut differ = |what: &str, want: String, got: String| {
         if want != got {
@@ -769,10 +783,7 @@ fn entry(p: &crate::plan::Partition, e: &TableEntry, findings: &mut Vec<Finding>
     };
     differ(
         "type",
-        format!(
-            "{:?}",
-            p.gpt_type.map(|g| g.to_string()).or(p.mbr_type.clone())
-        ),
+        format!("{:?}", p.kind),
         format!(
             "{:?}",
             e.gpt_type
@@ -780,20 +791,14 @@ fn entry(p: &crate::plan::Partition, e: &TableEntry, findings: &mut Vec<Finding>
                 .or(e.mbr_type.map(|b| format!("0x{b:02x}")))
         ),
     );
-    differ(
-        "bootable flag",
-        p.bootable.to_string(),
-        e.bootable.to_string(),
-    );
+    if let Some(b) = p.bootable {
+        differ("bootable flag", b.to_string(), e.bootable.to_string());
+    }
     if let Some(n) = &p.name {
         differ("GPT name", n.clone(), e.name.clone());
     }
-    if p.gpt_type.is_some() {
-        differ(
-            "PARTUUID",
-            p.partuuid.clone(),
-            e.guid.to_string().to_lowercase(),
-        );
+    if let Some(u) = &p.partuuid {
+        differ("PARTUUID", u.clone(), e.guid.to_string().to_lowercase());
     }
 }
 
@@ -835,13 +840,34 @@ fn expected(source: &Source) -> std::result::Result<Box<dyn Read + '_>, String> 
         Source::Text(t) => Box::new(t.as_bytes()),
         Source::Secret(t) => Box::new(t.expose().as_bytes()),
         Source::Bytes(b) => Box::new(&b[..]),
+        Source::Spooled(s) => Box::new(crate::io::SpooledReader::new(s)),
     })
 }
 
-/// Compares a stream of found bytes with the expected source; returns the first
-/// difference offset and both hashes, or None when equal.
+/// How found content differs from the expected: where (when the expected bytes were read,
+/// not only their hash known) and both hashes.
+struct Diff {
+    at: Option<u64>,
+    expected: String,
+    found: String,
+}
+
+impl Diff {
+    fn message(&self) -> String {
+        match self.at {
+            Some(at) => format!("content differs from byte {}", bytes(at)),
+            None => "content differs".into(),
+        }
+    }
+}
+
+/// Compares a stream of found bytes with what is expected: the bytes of a source (the
+/// first difference is found), or a size and hash.
 struct Compare<'a> {
-    want: Box<dyn Read + 'a>,
+    /// The expected bytes; `None` when only their hash is known.
+    want: Option<Box<dyn Read + 'a>>,
+    /// The expected hash and size, when that is all that is known.
+    hash: Option<(&'a str, u64)>,
     at: u64,
     diff: Option<u64>,
     hw: Sha256,
@@ -853,11 +879,20 @@ struct Compare<'a> {
 }
 
 impl<'a> Compare<'a> {
-    fn new(source: &'a Source) -> std::result::Result<Self, String> {
+    fn new(want: &'a Want) -> std::result::Result<Self, String> {
         let magic = [0x27, 0x05, 0x19, 0x56];
-        let stamp_free = matches!(source, Source::Bytes(b) if b.starts_with(&magic));
+        let (reader, hash, stamp_free) = match want {
+            Want::Source { source, .. } => (
+                Some(expected(source)?),
+                None,
+                matches!(source, Source::Bytes(b) if b.starts_with(&magic)),
+            ),
+            Want::Hash { size, sha256 } => (None, Some((sha256.as_str(), *size)), false),
+            Want::Dir | Want::Symlink(_) => return Err("not a file".into()),
+        };
         Ok(Compare {
-            want: expected(source)?,
+            want: reader,
+            hash,
             at: 0,
             diff: None,
             hw: Sha256::new(),
@@ -869,8 +904,12 @@ impl<'a> Compare<'a> {
 
     fn feed(&mut self, got: &[u8]) {
         self.hg.update(got);
+        let Some(want) = &mut self.want else {
+            self.at += got.len() as u64;
+            return;
+        };
         self.buf.resize(got.len(), 0);
-        let n = read_full(&mut self.want, &mut self.buf).unwrap_or(0);
+        let n = read_full(want, &mut self.buf).unwrap_or(0);
         self.hw.update(&self.buf[..n]);
         if self.diff.is_none() {
             let (at, stamp_free) = (self.at, self.stamp_free);
@@ -889,71 +928,90 @@ impl<'a> Compare<'a> {
         self.at += got.len() as u64;
     }
 
-    fn finish(mut self) -> Option<(u64, String, String)> {
-        let mut rest = Vec::new();
-        let _ = self.want.read_to_end(&mut rest);
-        if !rest.is_empty() {
-            self.hw.update(&rest);
-            self.diff.get_or_insert(self.at);
+    fn finish(mut self) -> Option<Diff> {
+        let found = hex(&self.hg.finalize());
+        if let Some((sha256, size)) = self.hash {
+            return (found != sha256 || self.at != size).then(|| Diff {
+                at: None,
+                expected: sha256.to_string(),
+                found,
+            });
         }
-        let (w, g) = (hex(&self.hw.finalize()), hex(&self.hg.finalize()));
-        self.diff.map(|d| (d, w, g))
+        // What the expected holds beyond the found bytes, hashed in pieces: it may be large.
+        if let Some(w) = &mut self.want {
+            self.buf.resize(1 << 20, 0);
+            while let Ok(n) = read_full(w, &mut self.buf) {
+                if n == 0 {
+                    break;
+                }
+                self.hw.update(&self.buf[..n]);
+                self.diff.get_or_insert(self.at);
+            }
+        }
+        let expected = hex(&self.hw.finalize());
+        self.diff.map(|d| Diff {
+            at: Some(d),
+            expected,
+            found,
+        })
     }
 }
 
-fn fat_files(vol: &FatVolume<'_>, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
-    let Some(fs) = &p.fs else { return };
+fn file_finding(region: &str, path: &str, m: String) -> Finding {
+    Finding {
+        path: Some(path.to_string()),
+        ..Finding::new(region, m)
+    }
+}
+
+fn diff_finding(region: &str, path: &str, d: Diff) -> Finding {
+    Finding {
+        offset: d.at,
+        message: d.message(),
+        expected: Some(d.expected),
+        found: Some(d.found),
+        ..file_finding(region, path, String::new())
+    }
+}
+
+fn fat_files(vol: &FatVolume<'_>, fs: &expect::Fs, region: &str, v: &mut Verdict) {
     let list = match vol.list() {
         Ok(l) => l,
         Err(e) => return v.findings.push(Finding::new(region, e.to_string())),
     };
-    for e in fs.entries.iter() {
-        let Node::File { source, size } = &e.node else {
+    for e in &fs.files {
+        if matches!(e.want, Want::Dir | Want::Symlink(_)) {
             continue;
-        };
+        }
         let found = list
             .iter()
             .find(|f| f.path.eq_ignore_ascii_case(&e.path) || f.path == e.path);
         let Some(found) = found else {
-            v.findings.push(Finding {
-                path: Some(e.path.clone()),
-                ..Finding::new(region, "file is missing")
-            });
+            v.findings
+                .push(file_finding(region, &e.path, "file is missing".into()));
             continue;
         };
-        let mut cmp = match Compare::new(source) {
+        let mut cmp = match Compare::new(&e.want) {
             Ok(c) => c,
             Err(m) => {
-                v.findings.push(Finding {
-                    path: Some(e.path.clone()),
-                    ..Finding::new(region, m)
-                });
+                v.findings.push(file_finding(region, &e.path, m));
                 continue;
             }
         };
         if let Err(m) = vol.read_file(found, &mut |b| cmp.feed(b)) {
-            v.findings.push(Finding {
-                path: Some(e.path.clone()),
-                ..Finding::new(region, m.to_string())
-            });
+            v.findings
+                .push(file_finding(region, &e.path, m.to_string()));
             continue;
         }
-        v.bytes_checked += size;
-        if let Some((at, w, g)) = cmp.finish() {
-            v.findings.push(Finding {
-                path: Some(e.path.clone()),
-                offset: Some(at),
-                expected: Some(w),
-                found: Some(g),
-                ..Finding::new(region, format!("content differs from byte {}", bytes(at)))
-            });
+        v.bytes_checked += found.size;
+        if let Some(d) = cmp.finish() {
+            v.findings.push(diff_finding(region, &e.path, d));
         }
     }
 }
 
 /// mkext4's reader over one partition of the target.
-fn ext4_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mut Verdict) {
-    let Some(fs) = &p.fs else { return };
+fn ext4_files(dev: &dyn ReadAt, p: &Part, fs: &expect::Fs, region: &str, v: &mut Verdict) {
     let r = crate::io::PartReader {
         dev,
         base: p.start,
@@ -963,64 +1021,69 @@ fn ext4_files(dev: &dyn ReadAt, p: &crate::plan::Partition, region: &str, v: &mu
         Ok(x) => x,
         Err(e) => return v.findings.push(Finding::new(region, format!("ext4: {e}"))),
     };
-    for e in fs.entries.iter().skip(1) {
-        let finding = |m: String| Finding {
-            path: Some(e.path.clone()),
-            ..Finding::new(region, m)
-        };
+    for e in &fs.files {
         let ino = match ext.resolve(&e.path) {
             Ok(i) => i,
             Err(_) => {
-                v.findings.push(finding("missing".into()));
+                v.findings
+                    .push(file_finding(region, &e.path, "missing".into()));
                 continue;
             }
         };
-        match &e.node {
-            Node::Dir => {}
-            Node::Symlink { target } => match ext.symlink_target(ino) {
+        match &e.want {
+            Want::Dir => {}
+            Want::Symlink(target) => match ext.symlink_target(ino) {
                 Ok(t) if t == target.as_bytes() => {}
                 Ok(t) => v.findings.push(Finding {
                     expected: Some(target.clone()),
                     found: Some(String::from_utf8_lossy(&t).into_owned()),
-                    ..finding("symlink target differs".into())
+                    ..file_finding(region, &e.path, "symlink target differs".into())
                 }),
-                Err(err) => v.findings.push(finding(format!("symlink: {err}"))),
+                Err(err) => {
+                    v.findings
+                        .push(file_finding(region, &e.path, format!("symlink: {err}")))
+                }
             },
-            Node::File { source, size } => {
-                let mut cmp = match Compare::new(source) {
-                    Ok(c) => c,
-                    Err(m) => {
-                        v.findings.push(finding(m));
-                        continue;
-                    }
-                };
-                let read = ext.inode(ino).and_then(|inode| {
-                    let extents = ext.extents(ino, &inode)?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut off = 0;
-                    loop {
-                        let n = ext.read_file_at(&inode, &extents, off, &mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        cmp.feed(&buf[..n]);
-                        off += n as u64;
-                    }
-                    Ok(())
-                });
-                if let Err(err) = read {
-                    v.findings.push(finding(format!("ext4: {err}")));
-                    continue;
-                }
-                v.bytes_checked += size;
-                if let Some((at, w, g)) = cmp.finish() {
-                    v.findings.push(Finding {
-                        offset: Some(at),
-                        expected: Some(w),
-                        found: Some(g),
-                        ..finding(format!("content differs from byte {}", bytes(at)))
-                    });
-                }
+            Want::Source { .. } | Want::Hash { .. } => {
+                ext4_file(&ext, ino, e, region, v);
+            }
+        }
+    }
+}
+
+/// One ext4 file's content against the expected.
+fn ext4_file<R: mkext4::reader::ReadAt>(
+    ext: &mkext4::reader::Fs<R>,
+    ino: u32,
+    e: &expect::File,
+    region: &str,
+    v: &mut Verdict,
+) {
+    let mut cmp = match Compare::new(&e.want) {
+        Ok(c) => c,
+        Err(m) => return v.findings.push(file_finding(region, &e.path, m)),
+    };
+    let read = ext.inode(ino).and_then(|inode| {
+        let extents = ext.extents(ino, &inode)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        loop {
+            let n = ext.read_file_at(&inode, &extents, off, &mut buf)?;
+            if n == 0 {
+                return Ok(off);
+            }
+            cmp.feed(&buf[..n]);
+            off += n as u64;
+        }
+    });
+    match read {
+        Err(err) => v
+            .findings
+            .push(file_finding(region, &e.path, format!("ext4: {err}"))),
+        Ok(n) => {
+            v.bytes_checked += n;
+            if let Some(d) = cmp.finish() {
+                v.findings.push(diff_finding(region, &e.path, d));
             }
         }
     }

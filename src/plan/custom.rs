@@ -438,7 +438,7 @@ impl Custom {
                 Source::Text(t) => t.len() as u64,
                 Source::Secret(t) => t.expose().len() as u64,
                 Source::Bytes(b) => b.len() as u64,
-                Source::Path(_) => 0,
+                Source::Path(_) | Source::Spooled(_) => 0,
             };
             insert(tree, path, source, size, mode)
         };

@@ -369,7 +369,8 @@ fn resolved_kind(kind: FsKind, fat: &crate::format::FatOptions, size: u64) -> Fs
     }
 }
 
-fn fs_uuid_string(kind: FsKind, uuid: &[u8; 16]) -> String {
+/// A filesystem identifier as configs name it (`fsuuid:` placeholders).
+pub fn fs_uuid_string(kind: FsKind, uuid: &[u8; 16]) -> String {
     match kind {
         FsKind::Fat32 | FsKind::Fat16 | FsKind::Fat12 | FsKind::Fat => format!(
             "{:02X}{:02X}-{:02X}{:02X}",

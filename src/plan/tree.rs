@@ -22,11 +22,37 @@ pub enum Source {
     /// Generated text that holds a secret (a Wi-Fi passphrase): written like `Text`, never
     /// shown.
     Secret(#[serde(serialize_with = "hidden")] crate::plan::custom::Secret),
+    /// A file inside a release image, read from the image's decoded copy (see
+    /// `image::release`).
+    Spooled(Spooled),
 }
 
 fn hidden<S: serde::Serializer>(_: &crate::plan::custom::Secret, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("(not shown)")
 }
+
+/// Where a file's bytes lie in a decoded release image: its pieces in file order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spooled {
+    #[serde(skip)]
+    pub file: std::sync::Arc<std::fs::File>,
+    pub pieces: Vec<Piece>,
+}
+
+/// `len` bytes of a file: read at `at` in the decoded image, or zeros (a hole) when `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Piece {
+    pub at: Option<u64>,
+    pub len: u64,
+}
+
+impl PartialEq for Spooled {
+    fn eq(&self, o: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.file, &o.file) && self.pieces == o.pieces
+    }
+}
+
+impl Eq for Spooled {}
 
 fn as_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::io::hex(b))

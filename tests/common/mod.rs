@@ -2,9 +2,9 @@
 //! the skip guard for missing tools and privileges (`need`: a missing tool fails the test
 //! with the package to install, unless SKIFF_FLASH_TEST_ALLOW_MISSING=1 opts out), the
 //! refusal checker (`refuse`), loop devices and mounts (`loopdev`), fixtures and builds
-//! (`images`), file trees (`files`), the pseudo-random generator (`prng`), whole SkiffOS
-//! images directories (`synth`), and where files lie as the filesystems' own tools see it
-//! (`fsmap`).
+//! (`images`), file trees (`files`), checks on upgraded cards (`upgraded`), the
+//! pseudo-random generator (`prng`), whole SkiffOS images directories (`synth`), and where
+//! files lie as the filesystems' own tools see it (`fsmap`).
 #![allow(dead_code, unused_imports)]
 
 pub mod files;
@@ -16,6 +16,7 @@ pub mod prng;
 pub mod refuse;
 pub mod run;
 pub mod synth;
+pub mod upgraded;
 
 pub use files::*;
 pub use fsmap::*;
@@ -25,3 +26,4 @@ pub use need::*;
 pub use prng::*;
 pub use refuse::*;
 pub use run::*;
+pub use upgraded::*;

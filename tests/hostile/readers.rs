@@ -651,7 +651,7 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
             // Without a block map every byte of the image is compared.
             std::fs::rename(d.path().join("pi4.img.bmap"), d.path().join("saved.bmap")).unwrap();
         }
-        let out = run(&["verify", &card.dev, "--image", image, "--json"]);
+        let out = run(&["verify", &card.dev, "--image", image, "--bytes", "--json"]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -664,7 +664,7 @@ fn byte_verify_of_an_image_flashed_onto_a_larger_card_passes() {
     // A byte of the moved backup header is checked too.
     let last = std::fs::metadata(&card.backing).unwrap().len() - 512;
     xor_byte(&card.backing, last + 60, 0x40);
-    let out = run(&["verify", &card.dev, "--image", image, "--json"]);
+    let out = run(&["verify", &card.dev, "--image", image, "--bytes", "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("backup GPT"), "{text}");

@@ -788,12 +788,20 @@ fn rows() -> Vec<(String, Setup)> {
         });
         row!(format!("verify image: {name}"), move |r: &Row, c: &Ctx| {
             let f = r.file("i.img", &bytes);
-            case(
-                strs(&["verify", &p(&c.built.path().join("x.img")), "--image", &f]),
-                code,
-                names,
-            )
+            let x = p(&c.built.path().join("x.img"));
+            case(strs(&["verify", &x, "--image", &f, "--bytes"]), code, names)
         });
+    }
+    // As a release image (meaning), neither holds a partition table to compare with.
+    for (name, bytes) in [("empty", b"".to_vec()), ("noise", pseudo(1 << 16, 8))] {
+        row!(
+            format!("verify release image: {name}"),
+            move |r: &Row, c: &Ctx| {
+                let f = r.file("i.img", &bytes);
+                let x = p(&c.built.path().join("x.img"));
+                case(strs(&["verify", &x, "--image", &f]), 2, "i.img")
+            }
+        );
     }
     row!("verify image: /dev/zero", |_: &Row, c: &Ctx| {
         case(

@@ -229,6 +229,32 @@ pub fn parse(bytes: &[u8]) -> Result<Header, BadUImage> {
     })
 }
 
+/// A script image with its script edited by `edit`, written again as `script` writes it
+/// (same arch, name and time). Refuses what is not an uncompressed script image.
+pub fn edit_script(
+    bytes: &[u8],
+    edit: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<Vec<u8>, BadUImage> {
+    let h = parse(bytes)?;
+    if h.kind != TYPE_SCRIPT || h.comp != COMP_NONE {
+        return Err(BadUImage("not an uncompressed script image".into()));
+    }
+    let arch = Arch::ALL
+        .into_iter()
+        .find(|a| a.id() == h.arch)
+        .ok_or_else(|| BadUImage(format!("unknown arch number {}", h.arch)))?;
+    // The payload: [length, 0] (u32 big-endian), then the script.
+    let payload = payload_of(bytes, h.size)?;
+    let len = payload
+        .get(..4)
+        .map(|b| be32(b, 0) as usize)
+        .ok_or_else(|| BadUImage("script payload without its length table".into()))?;
+    let text = payload
+        .get(8..8 + len)
+        .ok_or_else(|| BadUImage("script shorter than its length table says".into()))?;
+    script(arch, &h.name, &edit(text), h.time)
+}
+
 /// SkiffOS's "silent console" edit of a boot.txt: lines starting with `setenv condev` are
 /// commented out (`# ` prefixed) so U-Boot hands the kernel no serial console, and lines
 /// starting with `# setenv silent` are uncommented. Every other byte — line endings

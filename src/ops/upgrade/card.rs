@@ -23,10 +23,33 @@ pub struct Card {
 /// Reads the card's table and checks it against `board`'s layout; the error lists every
 /// difference.
 pub fn read(dev: &dyn ReadAt, board: &Board, what: &str) -> Result<Card> {
+    read_with(dev, board, what, |m| {
+        Error::Usage(format!(
+            "{m}; `--reformat` starts over (a full flash: persist is erased)"
+        ))
+    })
+}
+
+/// As [`read`], for a release image the new build is read from: the error says the image
+/// is not a build of the board.
+pub fn read_release(dev: &dyn ReadAt, board: &Board, path: &std::path::Path) -> Result<Card> {
+    let what = format!("release image {}", path.display());
+    read_with(dev, board, &what, |m| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message: format!("not a build of board {}: {m}", board.name),
+    })
+}
+
+fn read_with(
+    dev: &dyn ReadAt,
+    board: &Board,
+    what: &str,
+    error: impl Fn(String) -> Error,
+) -> Result<Card> {
     let layout = &board.layout;
     let refuse = |diffs: Vec<String>| {
-        Error::Usage(format!(
-            "{what} does not hold board {}'s layout ({}): {}; `--reformat` starts over (a full flash: persist is erased)",
+        error(format!(
+            "{what} does not hold board {}'s layout ({}): {}",
             board.name,
             layout.name,
             diffs.join("; ")

@@ -1,5 +1,6 @@
 //! Upgrading an installed card (or image) in place: new boot files and rootfs content from
-//! a new build, the user's data untouched.
+//! a new build (made from an images directory, or read out of a release image by
+//! `release`), the user's data untouched.
 //!
 //! [`plan`] opens the target (`target`), reads it and decides everything before the first
 //! write: the card's table must hold the board's layout (`card`), the new configs are made
@@ -15,6 +16,7 @@ pub mod disk;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod keep;
+pub mod release;
 mod report;
 pub mod rootfs;
 pub mod target;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 use crate::define::board::{Board, FsKind};
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
+use crate::ops::expect::{self, Expected};
 use crate::plan::{self, Plan};
 
 use boot::BootEdit;
@@ -40,9 +43,8 @@ pub struct UpgradeRequest {
     /// A whole-disk device or a raw image file.
     pub target: PathBuf,
     pub board: Board,
-    pub images: PathBuf,
-    /// SkiffOS config directories (see [`crate::define::skiffos`]).
-    pub configs: Vec<PathBuf>,
+    /// Where the new build comes from.
+    pub build: NewBuild,
     pub epoch: i64,
     /// `--keep` patterns.
     pub keep: Vec<String>,
@@ -55,6 +57,23 @@ pub struct UpgradeRequest {
     pub dry_run: bool,
     /// Devices: read what was written back from the medium.
     pub verify: bool,
+}
+
+/// Where an upgrade's new build comes from.
+#[derive(Debug, Clone)]
+pub enum NewBuild {
+    /// Made from Buildroot's images directory, with SkiffOS config directories (see
+    /// [`crate::define::skiffos`]) supplying boot configs.
+    Images {
+        images: PathBuf,
+        configs: Vec<PathBuf>,
+    },
+    /// Read out of a release image (`.img`, `.img.zst`, `.gz`, `.xz`); with trusted keys
+    /// its manifest must be signed by one of them and every mapped range match it.
+    Release {
+        path: PathBuf,
+        trusted: Vec<crate::image::sign::PublicKey>,
+    },
 }
 
 /// Where one layout partition lies on the card.
@@ -147,23 +166,33 @@ pub fn plan(req: &UpgradeRequest) -> Result<UpgradePlan> {
     let card = card::read(disk, board, &what)?;
     let spans: Vec<PartSpan> = card.parts.clone();
     let keep = Keep::parse(&req.keep, board)?;
-    let build = plan::make(
-        board,
-        &plan::Options {
-            images: req.images.clone(),
-            size: Some(disk.size()),
-            epoch: req.epoch,
-            seed: None,
-            ids: Some(card.ids.clone()),
-            configs: req.configs.clone(),
-            custom: None,
-        },
-    )?;
+    let (build, raw) = match &req.build {
+        NewBuild::Images { images, configs } => {
+            let build = plan::make(
+                board,
+                &plan::Options {
+                    images: images.clone(),
+                    size: Some(disk.size()),
+                    epoch: req.epoch,
+                    seed: None,
+                    ids: Some(card.ids.clone()),
+                    configs: configs.clone(),
+                    custom: None,
+                },
+            )?;
+            let raw = Expected::from_plan(&build).raw;
+            (build, raw)
+        }
+        NewBuild::Release { path, trusted } => {
+            let r = release::read(board, path, &card, req.epoch, trusted)?;
+            (r.plan, r.raw)
+        }
+    };
     let mut decided = Decided::default();
     for (p, span) in build.partitions.iter().zip(&spans) {
         decide(disk, &build, p, *span, &keep, req, &mut decided)?;
     }
-    decided.notes.extend(bootloader_notes(&build, disk));
+    decided.notes.extend(bootloader_notes(&raw, disk));
     fence(disk, &build, &spans, &decided.edits);
     let mut edits = decided.edits;
     let changes = edits.iter_mut().flat_map(take_changes).collect();
@@ -305,26 +334,20 @@ fn user_data_note(p: &plan::Partition) -> Option<String> {
 }
 
 /// A note for each bootloader blob on the card that differs from the build's.
-fn bootloader_notes(build: &Plan, disk: &GuardedDisk) -> Vec<String> {
-    let mut notes = Vec::new();
-    for r in &build.raw {
-        let mut want = vec![0u8; r.length as usize];
-        let mut got = vec![0u8; r.length as usize];
-        let same = std::fs::File::open(&r.source)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut want, r.skip))
-            .is_ok()
-            && disk.read_exact_at(&mut got, r.offset).is_ok()
-            && want == got;
-        if !same {
-            notes.push(format!(
-                "bootloader `{}` at byte {} differs from the build's {}; an upgrade never rewrites bootloaders (flash does)",
-                r.name,
-                r.offset,
-                r.source.display()
-            ));
-        }
-    }
-    notes
+fn bootloader_notes(raw: &[expect::Raw], disk: &GuardedDisk) -> Vec<String> {
+    raw.iter()
+        .filter(|r| !crate::ops::verify::raw_findings(disk, r).is_empty())
+        .map(|r| {
+            let from = match &r.want {
+                expect::RawWant::File { path, .. } => format!(" {}", path.display()),
+                _ => String::new(),
+            };
+            format!(
+                "bootloader `{}` at byte {} differs from the build's{from}; an upgrade never rewrites bootloaders (flash does)",
+                r.name, r.offset
+            )
+        })
+        .collect()
 }
 
 /// Declares where writes may land: the edited partitions, never the user's data.

@@ -12,30 +12,16 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::format::{FsSpec, FsWriter, ext4::Ext4};
+use crate::format::ext4::{Ext4, Found, S_IFDIR, S_IFLNK, S_IFREG, walk};
+use crate::format::{FsSpec, FsWriter};
 use crate::io::{PartReader, read_full};
 use crate::plan::tree::{Entry, Node, Source, Tree};
 
 use super::disk::{DiffSink, GuardedDisk};
 use super::{Action, Change, Keep, PartSpan};
 
-const S_IFMT: u16 = 0o170_000;
-const S_IFDIR: u16 = 0o040_000;
-const S_IFREG: u16 = 0o100_000;
-const S_IFLNK: u16 = 0o120_000;
 const BLOCK: u64 = 4096;
 const JOURNAL_INO: u32 = 8;
-
-/// A file, directory or symlink found on the card.
-struct Found {
-    kind: u16,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    target: Option<Vec<u8>>,
-    ino: u32,
-}
 
 /// Why the filesystem on the card could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,56 +44,6 @@ pub struct RootfsEdit {
     pub unreadable: Option<Unreadable>,
     /// Blocks left as they were / bytes written, after `apply`.
     pub skipped: u64,
-}
-
-fn walk(
-    ext: &mkext4::reader::Fs<PartReader<'_>>,
-    ino: u32,
-    prefix: &str,
-    out: &mut HashMap<String, Found>,
-    depth: usize,
-) -> std::result::Result<(), Unreadable> {
-    if depth > 64 || out.len() > 1_000_000 {
-        return Err(Unreadable(
-            "directories nested too deep or too many entries".into(),
-        ));
-    }
-    let entries = ext.read_dir(ino).map_err(|e| Unreadable(e.to_string()))?;
-    for d in entries {
-        if d.name == b"." || d.name == b".." {
-            continue;
-        }
-        let name = String::from_utf8_lossy(&d.name).into_owned();
-        if prefix.is_empty() && name == "lost+found" {
-            continue;
-        }
-        let path = format!("{prefix}/{name}");
-        let inode = ext
-            .inode(d.inode)
-            .map_err(|e| Unreadable(format!("{path}: {e}")))?;
-        let kind = inode.mode & S_IFMT;
-        let mut f = Found {
-            kind,
-            mode: u32::from(inode.mode & 0o7777),
-            uid: inode.uid,
-            gid: inode.gid,
-            size: inode.size,
-            target: None,
-            ino: d.inode,
-        };
-        if kind == S_IFLNK {
-            f.target = Some(
-                ext.symlink_target(d.inode)
-                    .map_err(|e| Unreadable(format!("{path}: {e}")))?,
-            );
-        }
-        let is_dir = kind == S_IFDIR;
-        out.insert(path.clone(), f);
-        if is_dir {
-            walk(ext, d.inode, &path, out, depth + 1)?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether inode `ino` holds what `source` holds (streamed, stopping at a difference).
@@ -172,7 +108,7 @@ impl<'a> OnCard<'a> {
                     card.size = blocks * BLOCK;
                 }
                 if let Err(m) = walk(&ext, 2, "", &mut card.found, 0) {
-                    card.unreadable = Some(m);
+                    card.unreadable = Some(Unreadable(m));
                 }
                 card.ext = Some(ext);
             }

@@ -142,7 +142,8 @@ pub fn uimage(bytes: &[u8]) {
 /// files read out as `verify --image` reads them when there is no manifest.
 pub fn release(bytes: &[u8]) {
     with_scratch("release.img", bytes, |p| {
-        let Ok(r) = crate::image::release::Release::open(p, &crate::image::release::Wanted::All, &[])
+        let Ok(r) =
+            crate::image::release::Release::open(p, &crate::image::release::Wanted::All, &[])
         else {
             return;
         };

@@ -270,3 +270,98 @@ fn tampered_image_bytes_leave_no_table() {
     );
     no_table(&card);
 }
+
+#[test]
+fn upgrade_and_verify_from_a_release_check_its_signature_before_any_write() {
+    if !need_all(&[("e2fsck", "e2fsprogs"), ("fsck.fat", "dosfstools")]) {
+        return;
+    }
+    let Some(card) = Card::new(1 << 30) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "k");
+    let (_, other) = keygen(dir.path(), "other");
+    let a = dir.path().join("a.img.zst");
+    build_pi4(&fixtures(), &a, &["--sign", s(&key)]);
+    ok(&flash_trusted(&card.dev, &a, s(&public)));
+    // Release B: another kernel, signed by the same key, as a raw image.
+    let images = images_copy();
+    let kernel = images.path().join("Image");
+    let mut k = std::fs::read(&kernel).unwrap();
+    let n = k.len();
+    k[n - 1] ^= 0xff;
+    std::fs::write(&kernel, &k).unwrap();
+    let b = dir.path().join("b.img");
+    build_pi4(images.path(), &b, &["--sign", s(&key), "--bmap"]);
+    let upgrade = |img: &Path, key: &Path| {
+        sf(&[
+            "upgrade",
+            &card.dev,
+            "--image",
+            s(img),
+            "--yes",
+            "--trusted-key",
+            s(key),
+        ])
+        .output()
+    };
+    let verify = |img: &Path, key: &Path| {
+        sf(&[
+            "verify",
+            &card.dev,
+            "--image",
+            s(img),
+            "--trusted-key",
+            s(key),
+        ])
+        .output()
+    };
+    ok(&verify(&a, &public));
+    refused(
+        &verify(&a, &other),
+        2,
+        &["a.img.zst.manifest.json", "not among the trusted keys"],
+    );
+
+    let before = card.hash();
+    refused(
+        &upgrade(&b, &other),
+        2,
+        &["b.img.manifest.json", "not among the trusted keys"],
+    );
+    assert_eq!(card.hash(), before, "upgraded with the wrong key");
+    // One byte flipped inside the image's last mapped range: refused while it is read.
+    let good = std::fs::read(&b).unwrap();
+    let mut bad = good.clone();
+    bad[inside_last_range(&dir.path().join("b.img.bmap")) as usize] ^= 0x01;
+    std::fs::write(&b, &bad).unwrap();
+    refused(
+        &upgrade(&b, &public),
+        2,
+        &["b.img", "do not match the signed manifest"],
+    );
+    assert_eq!(card.hash(), before, "upgraded from a tampered image");
+    std::fs::write(&b, &good).unwrap();
+    let sig = sig_of(&b);
+    let signature = std::fs::read(&sig).unwrap();
+    std::fs::remove_file(&sig).unwrap();
+    refused(
+        &upgrade(&b, &public),
+        2,
+        &["b.img.manifest.json", "no signature"],
+    );
+    assert_eq!(card.hash(), before, "upgraded without a signature");
+    std::fs::write(&sig, &signature).unwrap();
+
+    ok(&upgrade(&b, &public));
+    ok(&verify(&b, &public));
+    let out = verify(&a, &public);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the old release no longer matches"
+    );
+    let (code, t) = tool("fsck.fat", &["-n", &card.part(1)]);
+    assert_eq!(code, 0, "{t}");
+}

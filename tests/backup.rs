@@ -8,7 +8,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{Card, Mount, json, need_all, need_loop_devices, ok, pseudo, sf, tool, tool_ok};
+use common::{
+    Card, Mount, fat_copy_out, json, need_all, need_loop_devices, ok, pseudo, sf, tool, tool_ok,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -49,18 +51,7 @@ fn same_tree(a: &str, b: &str) {
 /// The FAT partition's files, copied out with mtools.
 fn fat_files(part: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    tool_ok(
-        "mcopy",
-        &[
-            "-s",
-            "-n",
-            "-p",
-            "-i",
-            part,
-            "::/*",
-            d.path().to_str().unwrap(),
-        ],
-    );
+    fat_copy_out(part, d.path());
     d
 }
 

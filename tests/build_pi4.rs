@@ -105,18 +105,7 @@ fn boot_partition_is_clean_fat32_holding_every_file() {
 
     let out_dir = dir.path().join("boot");
     std::fs::create_dir(&out_dir).unwrap();
-    tool_ok(
-        "mcopy",
-        &[
-            "-s",
-            "-n",
-            "-p",
-            "-i",
-            fatp,
-            "::/*",
-            out_dir.to_str().unwrap(),
-        ],
-    );
+    fat_copy_out(fatp, &out_dir);
 
     let mut expected_files = 0;
     for e in boot["fs"]["entries"].as_array().unwrap() {

@@ -53,6 +53,17 @@ fn flash_trusted(dev: &str, img: &Path, key: &str) -> std::process::Output {
     .output()
 }
 
+/// A copy of the fixture images whose kernel differs in its last byte: a newer build.
+fn images_with_another_kernel() -> tempfile::TempDir {
+    let images = images_copy();
+    let kernel = images.path().join("Image");
+    let mut k = std::fs::read(&kernel).unwrap();
+    let n = k.len();
+    k[n - 1] ^= 0xff;
+    std::fs::write(&kernel, &k).unwrap();
+    images
+}
+
 /// The card holds no partition table a kernel or bootloader would use.
 fn no_table(card: &Card) {
     let (code, out) = tool("sfdisk", &["-d", &card.dev]);
@@ -249,12 +260,7 @@ fn tampered_image_bytes_leave_no_table() {
     no_table(&card);
 
     // A valid compressed stream of other content, under a genuine signed manifest.
-    let images = images_copy();
-    let kernel = images.path().join("Image");
-    let mut k = std::fs::read(&kernel).unwrap();
-    let n = k.len();
-    k[n - 1] ^= 0xff;
-    std::fs::write(&kernel, &k).unwrap();
+    let images = images_with_another_kernel();
     let a = dir.path().join("a.img.zst");
     build_pi4(&fixtures(), &a, &["--sign", s(&key)]);
     ok(&flash_trusted(&card.dev, &a, s(&public)));
@@ -286,12 +292,7 @@ fn upgrade_and_verify_from_a_release_check_its_signature_before_any_write() {
     build_pi4(&fixtures(), &a, &["--sign", s(&key)]);
     ok(&flash_trusted(&card.dev, &a, s(&public)));
     // Release B: another kernel, signed by the same key, as a raw image.
-    let images = images_copy();
-    let kernel = images.path().join("Image");
-    let mut k = std::fs::read(&kernel).unwrap();
-    let n = k.len();
-    k[n - 1] ^= 0xff;
-    std::fs::write(&kernel, &k).unwrap();
+    let images = images_with_another_kernel();
     let b = dir.path().join("b.img");
     build_pi4(images.path(), &b, &["--sign", s(&key), "--bmap"]);
     let upgrade = |img: &Path, key: &Path| {

@@ -60,13 +60,7 @@ fn flashed(
     let img = dir.path().join("disk.img");
     build(board, images, &img, &[&["--bmap"], extra].concat());
     let card = Card::new(std::fs::metadata(&img).unwrap().len())?;
-    ok(&run(&[
-        "flash",
-        &card.dev,
-        "--image",
-        img.to_str().unwrap(),
-        "--yes",
-    ]));
+    flash_image_ok(&card.dev, &img);
     Some(Flashed {
         manifest: dir.path().join("disk.img.manifest.json"),
         img,

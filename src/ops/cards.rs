@@ -151,18 +151,7 @@ fn split(line: &str) -> std::result::Result<Vec<String>, String> {
 
 /// The card-numbering and serial `{n}`/`{serial}` use: the serial made safe for names.
 fn card(n: usize, serial: Option<&str>, name: &str) -> Card {
-    let serial = serial
-        .unwrap_or(name)
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let serial = crate::plan::custom::safe_name(serial.unwrap_or(name).trim());
     Card { n, serial }
 }
 

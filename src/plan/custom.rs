@@ -509,11 +509,10 @@ fn insert(tree: &mut Tree, path: String, source: Source, size: u64, mode: u32) -
         .map_err(|c| Error::Usage(format!("persist partition: {}", c.0)))
 }
 
-/// `skiff/connections/NAME.nmconnection`, NAME the SSID with anything but letters, digits,
-/// `.`, `_` and `-` replaced.
-fn keyfile_path(ssid: &str) -> String {
-    let mut name: String = ssid
-        .chars()
+/// `s` with anything but letters, digits, `.`, `_` and `-` replaced by `_`: safe as a file
+/// name.
+pub(crate) fn safe_name(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
                 c
@@ -521,7 +520,13 @@ fn keyfile_path(ssid: &str) -> String {
                 '_'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `skiff/connections/NAME.nmconnection`, NAME the SSID with anything but letters, digits,
+/// `.`, `_` and `-` replaced.
+fn keyfile_path(ssid: &str) -> String {
+    let mut name = safe_name(ssid);
     if name.starts_with('.') {
         name.insert_str(0, "wifi");
     }

@@ -119,3 +119,12 @@ pub fn xor_byte(path: &Path, at: u64, mask: u8) -> u8 {
     f.write_all_at(&[b[0] ^ mask], at).unwrap();
     b[0]
 }
+
+/// Copies every file of the FAT filesystem in `part` (a partition device or image file)
+/// into `dest` with mtools, keeping names and times.
+pub fn fat_copy_out(part: &str, dest: &Path) {
+    super::run::tool_ok(
+        "mcopy",
+        &["-s", "-n", "-p", "-i", part, "::/*", dest.to_str().unwrap()],
+    );
+}

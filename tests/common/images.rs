@@ -165,3 +165,8 @@ pub fn plan_json(board: &str, images: &Path, extra: &[&str]) -> serde_json::Valu
 pub fn show(board: &str) -> serde_json::Value {
     json(&sf(&["boards", "show", board, "--json"]).output())
 }
+
+/// `flash DEV --image IMG --yes`; the flash must succeed.
+pub fn flash_image_ok(dev: &str, img: &Path) -> String {
+    ok(&sf(&["flash", dev, "--image", img.to_str().unwrap(), "--yes"]).output())
+}

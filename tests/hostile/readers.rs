@@ -624,13 +624,7 @@ fn flashed_card() -> Option<(Card, tempfile::TempDir, std::path::PathBuf)> {
     let card = Card::new(1 << 30)?;
     let d = tempfile::tempdir().unwrap();
     let img = built_pi4_bmap(d.path());
-    ok(&run(&[
-        "flash",
-        &card.dev,
-        "--image",
-        img.to_str().unwrap(),
-        "--yes",
-    ]));
+    flash_image_ok(&card.dev, &img);
     Some((card, d, img))
 }
 

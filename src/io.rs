@@ -215,7 +215,17 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// last piece may be shorter). What lies between them is all zero: writers leave it out or
 /// declare it zero, the way a sparse file has holes.
 pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<std::ops::Range<usize>> {
-    block_runs(buf.len(), block, |r| buf[r].iter().any(|b| *b != 0))
+    block_runs(buf.len(), block, |r| !is_zero(&buf[r]))
+}
+
+/// Whether every byte is zero: OR-folded in 64-byte pieces, which the compiler turns into
+/// wide vector instructions (a byte-by-byte search with early exit does not vectorise).
+pub fn is_zero(b: &[u8]) -> bool {
+    let mut pieces = b.chunks_exact(64);
+    let wide = pieces
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0);
+    wide && pieces.remainder().iter().all(|&x| x == 0)
 }
 
 /// Byte ranges of `new` whose `block`-sized pieces differ from `old`'s (same length): what
@@ -335,6 +345,19 @@ impl mkext4::reader::ReadAt for PartReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_set_byte_anywhere_is_not_zero() {
+        for len in [0usize, 1, 63, 64, 65, 4096, 4099] {
+            let mut b = vec![0u8; len];
+            assert!(is_zero(&b), "{len}");
+            for i in 0..len {
+                b[i] = 0x80;
+                assert!(!is_zero(&b), "{len} {i}");
+                b[i] = 0;
+            }
+        }
+    }
 
     #[test]
     fn hash_reader_hashes_what_passes() {

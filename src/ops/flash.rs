@@ -541,19 +541,31 @@ fn finish(
 struct Chunk {
     offset: u64,
     data: Arc<Vec<u8>>,
+    /// Without a block map: the chunk's non-zero block runs, found once for every device.
+    runs: Arc<Vec<std::ops::Range<usize>>>,
 }
 
 /// Every device's bounded queue; a device that stopped (its end dropped) gets nothing more.
-struct Fanout(Vec<Option<SyncSender<Chunk>>>);
+struct Fanout {
+    to: Vec<Option<SyncSender<Chunk>>>,
+    /// No block map: every device needs each chunk's non-zero runs.
+    runs: bool,
+}
 
 impl Fanout {
     fn send(&mut self, offset: u64, data: Arc<Vec<u8>>) {
-        for s in self.0.iter_mut() {
+        let runs = Arc::new(if self.runs && !data.is_empty() {
+            nonzero_runs(&data, ZERO_BLOCK)
+        } else {
+            Vec::new()
+        });
+        for s in self.to.iter_mut() {
             if let Some(tx) = s
                 && tx
                     .send(Chunk {
                         offset,
                         data: data.clone(),
+                        runs: runs.clone(),
                     })
                     .is_err()
             {
@@ -562,6 +574,9 @@ impl Fanout {
         }
     }
 }
+
+/// The granularity at which an image without a block map is split into data and zeros.
+const ZERO_BLOCK: usize = 4096;
 
 /// A device's end of the image stream.
 struct Stream<'a> {
@@ -586,12 +601,15 @@ fn write_image(
         .as_ref()
         .map_or(image.size, |b| b.ranges.iter().map(|x| x.len).sum());
     let (results, read) = std::thread::scope(|s| {
-        let mut fan = Fanout(Vec::new());
+        let mut fan = Fanout {
+            to: Vec::new(),
+            runs: image.bmap.is_none(),
+        };
         let handles: Vec<_> = infos
             .iter()
             .map(|info| {
                 let (tx, rx) = sync_channel::<Chunk>(8);
-                fan.0.push(Some(tx));
+                fan.to.push(Some(tx));
                 let stream = Stream {
                     rx,
                     mapped: image.bmap.as_ref().map(|b| b.ranges.as_slice()),
@@ -787,13 +805,20 @@ fn write_stream(
     );
     let mut tables = HeldTables::new();
     let mut complete = false;
-    for Chunk { offset, mut data } in stream.rx.iter() {
+    for Chunk {
+        offset,
+        mut data,
+        mut runs,
+    } in stream.rx.iter()
+    {
         if data.is_empty() {
             complete = offset == stream.size;
             continue;
         }
         if offset == 0 {
             tables.learn(&mut data, rec.size(), stream.size, stream.grow);
+            // The table edits for this device may have changed which blocks hold data.
+            runs = Arc::new(nonzero_runs(&data, ZERO_BLOCK));
         }
         let io = |e| Error::io(format!("writing {}", path.display()), e);
         match stream.mapped {
@@ -805,9 +830,14 @@ fn write_stream(
                         .map_err(io)?;
                 }
             }
-            None => tables.write_unmapped(&mut rec, offset, &data).map_err(io)?,
+            None => tables
+                .write_unmapped(&mut rec, offset, &data, &runs)
+                .map_err(io)?,
         }
     }
+    tables
+        .flush_zeros(&mut rec)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     if !complete {
         return Err(Error::Usage(format!(
             "image stream ended before its {} bytes",
@@ -832,6 +862,8 @@ struct HeldTables {
     tail: Pieces,
     /// The image's partitions, for the kernel.
     parts: Vec<PlannedPart>,
+    /// Zeros not yet written, merged across chunks so a long zero stretch is one request.
+    zeros: Option<Extent>,
 }
 
 impl HeldTables {
@@ -841,6 +873,7 @@ impl HeldTables {
             stash: Vec::new(),
             tail: Vec::new(),
             parts: Vec::new(),
+            zeros: None,
         }
     }
 
@@ -890,20 +923,39 @@ impl HeldTables {
         rec: &mut Recorder<'_, '_>,
         offset: u64,
         data: &[u8],
+        runs: &[std::ops::Range<usize>],
     ) -> std::io::Result<()> {
-        const BLOCK: usize = 4096;
         let mut at = 0;
-        for run in nonzero_runs(data, BLOCK) {
+        for run in runs {
             if run.start > at {
-                rec.zeros(offset + at as u64, (run.start - at) as u64)?;
+                self.zeros(rec, offset + at as u64, (run.start - at) as u64)?;
             }
             self.put(rec, offset + run.start as u64, &data[run.clone()])?;
             at = run.end;
         }
         if at < data.len() {
-            rec.zeros(offset + at as u64, (data.len() - at) as u64)?;
+            self.zeros(rec, offset + at as u64, (data.len() - at) as u64)?;
         }
         Ok(())
+    }
+
+    /// Zeros to write at `at`: joined to the pending stretch when they continue it.
+    fn zeros(&mut self, rec: &mut Recorder<'_, '_>, at: u64, len: u64) -> std::io::Result<()> {
+        match &mut self.zeros {
+            Some(z) if z.end() == at => z.len += len,
+            _ => {
+                self.flush_zeros(rec)?;
+                self.zeros = Some(Extent::new(at, len));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_zeros(&mut self, rec: &mut Recorder<'_, '_>) -> std::io::Result<()> {
+        match self.zeros.take() {
+            Some(z) => rec.zeros(z.start, z.len),
+            None => Ok(()),
+        }
     }
 
     /// Once everything else is on the medium: the backup table, then the held sectors from

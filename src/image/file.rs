@@ -187,6 +187,7 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
         hasher: Sha256::new(),
         count: 0,
     };
+    const ZSTD_JOB: u32 = 4 << 20;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let Format::Compressed { codec, level } = format else {
         return Err(io::Error::other("not a compressed format"));
@@ -197,6 +198,10 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
             // Worker count changes speed, not bytes (zstd's multithreaded format is fixed
             // by the level), so images are reproducible on any machine.
             e.multithread(threads.max(1))?;
+            // Jobs smaller than the level's default keep the buffers of the
+            // jobs in flight, and so the peak memory, small; the job size is fixed, so the
+            // bytes still do not depend on the machine.
+            e.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
             e.include_checksum(true)?;
             Box::new(e)
         }

@@ -77,7 +77,7 @@ pub fn open_url(
     let manifest_text = client.side_file(&manifest_url)?;
     let (manifest, map, checked) = if trusted.is_empty() {
         let manifest = manifest_text
-            .map(|t| parse_manifest(&manifest_url, &t))
+            .map(|t| super::manifest::parse(&t, Path::new(&manifest_url)))
             .transpose()?;
         let (map, checked) = served_bmap(&client, url, &name, bmap_file)?;
         (manifest, map, checked)
@@ -123,13 +123,6 @@ pub fn open_url(
             cache,
             expect_sha256: expect,
         })),
-    })
-}
-
-fn parse_manifest(url: &str, text: &[u8]) -> Result<Manifest> {
-    serde_json::from_slice(text).map_err(|e| Error::BadArtifact {
-        path: PathBuf::from(url),
-        message: format!("not a manifest: {e}"),
     })
 }
 

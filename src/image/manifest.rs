@@ -89,6 +89,21 @@ pub struct MappedRange {
     pub chunks: Vec<String>,
 }
 
+impl MappedRange {
+    /// The range's bytes in an image of `image_size` bytes with `block_size` blocks (the
+    /// last block may be cut short by the image's end); offsets from a damaged manifest
+    /// saturate instead of overflowing.
+    pub fn extent(&self, block_size: u64, image_size: u64) -> crate::units::Extent {
+        let start = self.first.saturating_mul(block_size);
+        let end = self
+            .last
+            .saturating_add(1)
+            .saturating_mul(block_size)
+            .min(image_size);
+        crate::units::Extent::new(start, end.saturating_sub(start))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Input {
     pub name: String,
@@ -315,8 +330,16 @@ pub fn path_for(image: &Path) -> std::path::PathBuf {
 
 /// Reads a manifest file.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let text = crate::io::read_small_text(path, "manifest")?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::BadArtifact {
+    parse(
+        crate::io::read_small_text(path, "manifest")?.as_bytes(),
+        path,
+    )
+}
+
+/// A manifest's text (read from a file, served beside an image, or just checked against
+/// its signature); `path` names it in errors.
+pub fn parse(text: &[u8], path: &Path) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(text).map_err(|e| Error::BadArtifact {
         path: path.to_path_buf(),
         message: format!("not a skiff-flash manifest: {e}"),
     })?;

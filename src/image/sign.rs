@@ -27,8 +27,13 @@ use crate::error::{Error, Result};
 
 /// The signature's file name beside what it signs.
 pub fn sig_path(signed: &Path) -> PathBuf {
-    let mut s = signed.as_os_str().to_owned();
-    s.push(".sig");
+    appended(signed, ".sig")
+}
+
+/// `path` with `suffix` added to its name (`k` → `k.pub`).
+fn appended(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
     PathBuf::from(s)
 }
 
@@ -100,10 +105,7 @@ impl PublicKey {
 
     /// Parses a key file's text or the one-line form.
     pub fn parse(text: &str) -> std::result::Result<PublicKey, String> {
-        let line = payload_lines(text).next().ok_or("no key line")?;
-        let b = B64
-            .decode(line)
-            .map_err(|e| format!("key is not base64: {e}"))?;
+        let b = key_bytes(text)?;
         if b.len() != 42 || &b[..2] != ALG {
             return Err("not an Ed25519 minisign public key".into());
         }
@@ -175,10 +177,7 @@ impl SecretKey {
     }
 
     pub fn parse(text: &str) -> std::result::Result<SecretKey, String> {
-        let line = payload_lines(text).next().ok_or("no key line")?;
-        let b = B64
-            .decode(line)
-            .map_err(|e| format!("key is not base64: {e}"))?;
+        let b = key_bytes(text)?;
         if b.len() != SECRET_LEN || &b[..2] != ALG || &b[4..6] != CHK_ALG {
             return Err("not an Ed25519 minisign secret key".into());
         }
@@ -215,11 +214,7 @@ impl SecretKey {
     /// Writes the secret key to `path` (mode 0600, never over an existing file) and the
     /// public key to `path.pub`.
     pub fn save(&self, path: &Path) -> Result<PathBuf> {
-        let pub_path = {
-            let mut s = path.as_os_str().to_owned();
-            s.push(".pub");
-            PathBuf::from(s)
-        };
+        let pub_path = appended(path, ".pub");
         for p in [path, pub_path.as_path()] {
             if p.exists() {
                 return Err(Error::Usage(format!(
@@ -257,6 +252,13 @@ impl SecretKey {
 
 fn blake2b512(message: &[u8]) -> Vec<u8> {
     blake2::Blake2b512::digest(message).to_vec()
+}
+
+/// A key file's (or the one-line form's) key line, decoded.
+fn key_bytes(text: &str) -> std::result::Result<Vec<u8>, String> {
+    let line = payload_lines(text).next().ok_or("no key line")?;
+    B64.decode(line)
+        .map_err(|e| format!("key is not base64: {e}"))
 }
 
 /// Lines that carry data: not comments, not blank.

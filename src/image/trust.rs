@@ -54,10 +54,7 @@ pub fn no_manifest(image: &Path, manifest: &Path) -> Error {
 
 /// A manifest whose signature by `key` was checked.
 pub fn from_signed(path: &Path, text: &[u8], key: PublicKey) -> Result<(Manifest, Bmap, Checked)> {
-    let m: Manifest = serde_json::from_slice(text).map_err(|e| Error::BadArtifact {
-        path: path.to_path_buf(),
-        message: format!("signed, but not a manifest: {e}"),
-    })?;
+    let m = manifest::parse(text, path)?;
     let ranges = mapped(&m);
     let bmap = Bmap {
         size: m.image.size,
@@ -84,14 +81,12 @@ pub fn from_bmap(bmap: &Bmap, sums: Option<Vec<String>>) -> Option<Checked> {
 
 /// The manifest's mapped ranges in bytes, each with its hash.
 fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
-    let bs = m.image.block_size;
     m.image
         .mapped
         .iter()
         .map(|r| {
-            let start = r.first * bs;
-            let end = ((r.last + 1) * bs).min(m.image.size);
-            (Extent::new(start, end - start), r.sha256.clone())
+            let e = r.extent(m.image.block_size, m.image.size);
+            (e, r.sha256.clone())
         })
         .collect()
 }

@@ -652,7 +652,7 @@ fn write_image(
 /// Reads the image and sends it in 1 MiB chunks to every live device, then the empty chunk
 /// at the image's size that marks a complete stream.
 fn feed(image: &ImageSource, fan: &mut Fanout, progress: Callback<'_>) -> Result<()> {
-    let mut check = Checked(image.checked.as_ref().map(|s| s.checker(&image.path)));
+    let mut check = Outgoing(image.checked.as_ref().map(|s| s.checker(&image.path)));
     match (&image.remote, &image.bmap) {
         (Some(remote), _) => {
             let r = remote_reader(remote)?;
@@ -697,10 +697,11 @@ fn remote_reader(remote: &crate::image::fetch::Fetched) -> Result<Box<dyn std::i
     })
 }
 
-/// The signature check of what is sent, when the image is trusted.
-struct Checked<'a>(Option<crate::image::trust::RangeCheck<'a>>);
+/// What is sent to the devices, each range checked first against the hashes a signed
+/// manifest or a served bmap gives, when there are any.
+struct Outgoing<'a>(Option<crate::image::trust::RangeCheck<'a>>);
 
-impl Checked<'_> {
+impl Outgoing<'_> {
     fn send(&mut self, fan: &mut Fanout, at: u64, buf: Vec<u8>) -> Result<()> {
         if let Some(c) = &mut self.0 {
             c.feed(at, &buf)?;
@@ -724,7 +725,7 @@ fn feed_mapped(
     image: &Path,
     mapped: &[Extent],
     fan: &mut Fanout,
-    check: &mut Checked<'_>,
+    check: &mut Outgoing<'_>,
 ) -> Result<()> {
     stop_requested(image)?;
     read_ranges(image, mapped, MIB, |at, buf| {
@@ -739,7 +740,7 @@ fn feed_decoded(
     image: &ImageSource,
     mut r: Box<dyn std::io::Read + Send>,
     fan: &mut Fanout,
-    check: &mut Checked<'_>,
+    check: &mut Outgoing<'_>,
     each: &dyn Fn(),
 ) -> Result<()> {
     let path = &image.path;

@@ -194,11 +194,8 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     let map = (m.image.chunk_size > 0).then(|| Map::of_manifest(m));
     let mut checked = 0;
     for r in &m.image.mapped {
-        let at = r.first * m.image.block_size;
-        let span = Span::new(
-            at,
-            ((r.last + 1) * m.image.block_size).min(m.image.size) - at,
-        );
+        let e = r.extent(m.image.block_size, m.image.size);
+        let span = Span::new(e.start, e.len);
         let chunk = m.image.chunk_size;
         checked += match &map {
             // Chunks that do not tile the range, or are larger than a read (a damaged

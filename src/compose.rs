@@ -166,7 +166,7 @@ fn write_image(p: &Partition, image: &Prebuilt, sink: &mut dyn Sink) -> Result<F
         )
     };
     let f = std::fs::File::open(&image.source).map_err(io)?;
-    let mut reader = HashReader::new(f.take(image.size));
+    let mut reader = HashReader::sized(f.take(image.size), image.size);
     let mut w = Window::new(sink, p.start, p.size).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
@@ -265,7 +265,7 @@ fn write_raw(r: &RawWrite, sink: &mut dyn Sink) -> Result<RawRecord> {
     };
     let mut f = std::fs::File::open(&r.source).map_err(io)?;
     f.seek(SeekFrom::Start(r.skip)).map_err(io)?;
-    let mut reader = HashReader::new(f.take(r.length));
+    let mut reader = HashReader::sized(f.take(r.length), r.length);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = r.offset;
     loop {

@@ -11,19 +11,58 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::plan::tree::{Source, Spooled};
+use crate::sink::offload::{Batch, Consume, Offload};
 
-/// Hashes (SHA-256) and counts everything read through it.
+/// Hashes (SHA-256) and counts everything read through it. A large source (`sized`) is
+/// hashed on a thread of its own while the reader goes on copying.
 pub struct HashReader<R> {
     inner: R,
-    hasher: Sha256,
+    sum: Summer,
     count: u64,
 }
+
+/// Where a `HashReader`'s hash is computed.
+enum Summer {
+    Here(Sha256),
+    Away(Offload<Sha>),
+}
+
+/// SHA-256 of every piece's bytes, on the hashing thread.
+struct Sha(Sha256);
+
+impl Consume for Sha {
+    type Out = String;
+    fn batch(&mut self, b: &Batch) {
+        b.each(|_, bytes| self.0.update(bytes));
+    }
+    fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
+/// Sources from this size on are hashed on their own thread.
+const AWAY_FROM: u64 = 4 << 20;
 
 impl<R: Read> HashReader<R> {
     pub fn new(inner: R) -> Self {
         HashReader {
             inner,
-            hasher: Sha256::new(),
+            sum: Summer::Here(Sha256::new()),
+            count: 0,
+        }
+    }
+
+    /// A reader of a source of `size` bytes: a large one is hashed beside the reading.
+    pub fn sized(inner: R, size: u64) -> Self {
+        let sum =
+            match (size >= AWAY_FROM).then(|| Offload::spawn("file hashing", Sha(Sha256::new()))) {
+                Some(Ok(o)) => Summer::Away(o),
+                // No thread to be had: hashed here instead.
+                _ => Summer::Here(Sha256::new()),
+            };
+        HashReader {
+            inner,
+            sum,
             count: 0,
         }
     }
@@ -34,14 +73,22 @@ impl<R: Read> HashReader<R> {
 
     /// The digest of everything read so far, as lowercase hex.
     pub fn finish(self) -> String {
-        hex(&self.hasher.finalize())
+        match self.sum {
+            Summer::Here(h) => hex(&h.finalize()),
+            // Reads fail once the thread is gone, so this one has ended normally unless it
+            // panicked, which is passed on.
+            Summer::Away(o) => o.finish().unwrap_or_else(|e| panic!("file hashing: {e}")),
+        }
     }
 }
 
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        match &mut self.sum {
+            Summer::Here(h) => h.update(&buf[..n]),
+            Summer::Away(o) => o.data(self.count, &buf[..n])?,
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -89,7 +136,7 @@ pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>
         Source::Bytes(b) => Box::new(&b[..]),
         Source::Spooled(s) => Box::new(SpooledReader::new(s)),
     };
-    Ok(HashReader::new(inner))
+    Ok(HashReader::sized(inner, size))
 }
 
 /// Reads a file of a decoded release image: its pieces in order, holes as zeros.

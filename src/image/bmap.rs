@@ -82,18 +82,16 @@ pub fn render(summary: &StreamSummary) -> String {
         "0".repeat(64),
     );
     for r in &summary.ranges {
+        // A range hashed as a whole carries its checksum (bmaptool checks it as it copies).
+        let sum = r
+            .sha256
+            .as_ref()
+            .map(|h| format!(" chksum=\"{h}\""))
+            .unwrap_or_default();
         if r.first == r.last {
-            let _ = writeln!(
-                x,
-                "        <Range chksum=\"{}\"> {} </Range>",
-                r.sha256, r.first
-            );
+            let _ = writeln!(x, "        <Range{sum}> {} </Range>", r.first);
         } else {
-            let _ = writeln!(
-                x,
-                "        <Range chksum=\"{}\"> {}-{} </Range>",
-                r.sha256, r.first, r.last
-            );
+            let _ = writeln!(x, "        <Range{sum}> {}-{} </Range>", r.first, r.last);
         }
     }
     x.push_str("    </BlockMap>\n</bmap>\n");

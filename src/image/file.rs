@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::io::hex;
-use crate::sink::stream::{Sequencer, SparseFile, Stream, StreamSummary};
+use crate::sink::stream::{Hashes, Sequencer, SparseFile, Stream, StreamSummary};
 
 /// How the image file is encoded, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn write_file<T>(
     dest: &Path,
     size: u64,
     format: Format,
-    hash_all: bool,
+    hashes: Hashes,
     fill: impl FnOnce(&mut dyn crate::sink::Sink) -> Result<T>,
 ) -> Result<(T, Written, Staged)> {
     let staged = Staged::create(dest)?;
@@ -244,7 +244,7 @@ pub fn write_file<T>(
     let (value, written) = if format.is_compressed() {
         let file = staged.file.try_clone().map_err(io_err)?;
         let enc = encoder(format, file).map_err(io_err)?;
-        let mut seq = Sequencer::new(Stream(enc), size, hash_all);
+        let mut seq = Sequencer::new(Stream(enc), size, hashes).map_err(io_err)?;
         let value = fill(&mut seq)?;
         let (Stream(enc), stream) = seq.finish().map_err(io_err)?;
         let mut hw = enc.finish_box().map_err(io_err)?;
@@ -257,7 +257,8 @@ pub fn write_file<T>(
         (value, written)
     } else {
         staged.file.set_len(size).map_err(io_err)?;
-        let mut seq = Sequencer::new(SparseFile::new(&staged.file), size, hash_all);
+        let mut seq =
+            Sequencer::new(SparseFile::new(&staged.file), size, hashes).map_err(io_err)?;
         let value = fill(&mut seq)?;
         let (_, stream) = seq.finish().map_err(io_err)?;
         let written = Written {

@@ -1,13 +1,14 @@
 //! The manifest written beside every image (`IMAGE.manifest.json`): what was built from what,
 //! what a correct copy holds, and a map of where everything lies. Format
-//! `skiff-flash-manifest/2`:
+//! `skiff-flash-manifest/3`:
 //!
 //! - `tool`, `board`, `layout`, `epoch`;
 //! - `image`: `size`, `file` (name), `file_size`, `file_sha256` (the file as written,
 //!   compressed or not), `image_sha256` (uncompressed, when `--checksums`), `block_size`,
-//!   `chunk_size` and `mapped` — the blocks a device must hold, each range with its SHA-256
-//!   (bmaptool's model) and the SHA-256 of each `chunk_size` piece of it from its start
-//!   (`chunks`), so a hash-only check places a difference within a chunk;
+//!   `chunk_size` and `mapped` — the blocks a device must hold (bmaptool's model), each range
+//!   with the SHA-256 of each `chunk_size` piece of it from its start (`chunks`), so a
+//!   hash-only check places a difference within a chunk, and, when the build wrote a bmap,
+//!   the SHA-256 of the whole range (`sha256`, the bmap's checksum);
 //! - `inputs`: every file read from the images directory with its size and SHA-256 (for raw
 //!   blobs, of the range used);
 //! - `table`: kind and identifiers; `structures`: where the partition table's pieces lie
@@ -21,7 +22,8 @@
 //! - `custom` (when the persist partition was customised): hostname, SSH key fingerprints,
 //!   Wi-Fi SSID and `psk_set` (never the passphrase), extra files.
 //!
-//! Format `/1` (no chunks, no map, a `sha256` per fixed partition) is still read.
+//! Formats `/2` (every range with its `sha256` too) and `/1` (no chunks, no map, a `sha256`
+//! per fixed partition) are still read.
 //!
 //! Not for checking: that is `verify`; not for looking places up: that is `image::map`.
 
@@ -39,7 +41,9 @@ use crate::image::file::Written;
 use crate::plan::tree::{Node, Source};
 use crate::plan::{Plan, Table};
 
-pub const FORMAT: &str = "skiff-flash-manifest/2";
+pub const FORMAT: &str = "skiff-flash-manifest/3";
+/// The format whose mapped ranges all carry a whole-range hash beside their chunk hashes.
+pub const FORMAT_2: &str = "skiff-flash-manifest/2";
 /// The format before the map and chunk hashes.
 pub const FORMAT_1: &str = "skiff-flash-manifest/1";
 
@@ -83,8 +87,11 @@ pub struct Image {
 pub struct MappedRange {
     pub first: u64,
     pub last: u64,
-    pub sha256: String,
-    /// SHA-256 of each `chunk_size` piece from the range's start (format 2).
+    /// SHA-256 of the whole range: always in formats 1 and 2; in format 3 only when the
+    /// build also wrote a bmap (whose checksums these are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// SHA-256 of each `chunk_size` piece from the range's start (formats 2 and 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<String>,
 }
@@ -343,14 +350,29 @@ pub fn parse(text: &[u8], path: &Path) -> Result<Manifest> {
         path: path.to_path_buf(),
         message: format!("not a skiff-flash manifest: {e}"),
     })?;
-    if m.format != FORMAT && m.format != FORMAT_1 {
-        return Err(Error::BadArtifact {
-            path: path.to_path_buf(),
-            message: format!(
-                "manifest format `{}`, expected `{FORMAT}` or `{FORMAT_1}`",
-                m.format
-            ),
-        });
+    let bad = |message: String| Error::BadArtifact {
+        path: path.to_path_buf(),
+        message,
+    };
+    if ![FORMAT, FORMAT_2, FORMAT_1].contains(&m.format.as_str()) {
+        return Err(bad(format!(
+            "manifest format `{}`, expected `{FORMAT}`, `{FORMAT_2}` or `{FORMAT_1}`",
+            m.format
+        )));
+    }
+    // Every mapped range must be checkable: by its whole hash, or by chunks that tile it.
+    for (i, r) in m.image.mapped.iter().enumerate() {
+        let len = r.extent(m.image.block_size, m.image.size).len;
+        let tiled =
+            m.image.chunk_size > 0 && r.chunks.len() as u64 == len.div_ceil(m.image.chunk_size);
+        if r.sha256.is_none() && !tiled {
+            return Err(bad(format!(
+                "mapped range {} (blocks {}..={}) has no hash that covers it",
+                i + 1,
+                r.first,
+                r.last
+            )));
+        }
     }
     Ok(m)
 }

@@ -26,6 +26,8 @@ use crate::units::{Extent, bytes};
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub key: Option<PublicKey>,
+    /// What the hashes come from, as an error names it.
+    from: &'static str,
     ranges: Vec<(Extent, String)>,
 }
 
@@ -56,15 +58,13 @@ pub fn no_manifest(image: &Path, manifest: &Path) -> Error {
 pub fn from_signed(path: &Path, text: &[u8], key: PublicKey) -> Result<(Manifest, Bmap, Checked)> {
     let m = manifest::parse(text, path)?;
     let ranges = mapped(&m);
-    let bmap = Bmap {
-        size: m.image.size,
-        ranges: ranges.iter().map(|(e, _)| *e).collect(),
-    };
+    let bmap = map_of(&m);
     Ok((
         m,
         bmap,
         Checked {
             key: Some(key),
+            from: "signed manifest",
             ranges,
         },
     ))
@@ -75,20 +75,67 @@ pub fn from_bmap(bmap: &Bmap, sums: Option<Vec<String>>) -> Option<Checked> {
     let sums = sums.filter(|s| s.len() == bmap.ranges.len())?;
     Some(Checked {
         key: None,
+        from: "bmap's checksum",
         ranges: bmap.ranges.iter().copied().zip(sums).collect(),
     })
 }
 
-/// The manifest's mapped ranges in bytes, each with its hash.
+/// The block map and hashes of the (unsigned) manifest beside `image`, when there is one
+/// and it describes this image file (its name and size); else `None`, and the image is
+/// written whole. Its hashes are checked as the image streams, so a manifest that only
+/// looks like this image's stops the write before the table.
+pub fn from_manifest(image: &Path) -> Option<(Bmap, Checked)> {
+    let path = manifest::path_for(image);
+    let text = crate::io::read_small(&path, "manifest").ok()?;
+    // Another build's or tool's manifest (or a damaged one) is not this image's map.
+    let m = manifest::parse(&text, &path).ok()?;
+    let name = image.file_name()?.to_string_lossy();
+    let len = std::fs::metadata(image).ok()?.len();
+    if m.image.file != name || m.image.file_size != len || m.image.mapped.is_empty() {
+        return None;
+    }
+    let bmap = map_of(&m);
+    Some((
+        bmap,
+        Checked {
+            key: None,
+            from: "manifest's checksum",
+            ranges: mapped(&m),
+        },
+    ))
+}
+
+/// A manifest's mapped ranges as a block map.
+fn map_of(m: &Manifest) -> Bmap {
+    Bmap {
+        size: m.image.size,
+        ranges: m
+            .image
+            .mapped
+            .iter()
+            .map(|r| r.extent(m.image.block_size, m.image.size))
+            .collect(),
+    }
+}
+
+/// The manifest's mapped ranges in bytes, each with its hash: chunk by chunk where the
+/// manifest has chunk hashes that tile the range (a difference is caught within a chunk of
+/// where it is), else the range as a whole. `manifest::parse` made sure one of them is there.
 fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
-    m.image
-        .mapped
-        .iter()
-        .map(|r| {
-            let e = r.extent(m.image.block_size, m.image.size);
-            (e, r.sha256.clone())
-        })
-        .collect()
+    let chunk = m.image.chunk_size;
+    let mut out = Vec::new();
+    for r in &m.image.mapped {
+        let e = r.extent(m.image.block_size, m.image.size);
+        if chunk > 0 && r.chunks.len() as u64 == e.len.div_ceil(chunk) {
+            for (i, h) in r.chunks.iter().enumerate() {
+                let at = e.start + i as u64 * chunk;
+                out.push((Extent::new(at, chunk.min(e.end() - at)), h.clone()));
+            }
+        } else {
+            out.push((e, r.sha256.clone().unwrap_or_default()));
+        }
+    }
+    out
 }
 
 impl Checked {
@@ -101,7 +148,7 @@ impl Checked {
     pub fn checker(&self, path: &Path) -> RangeCheck<'_> {
         RangeCheck {
             path: path.to_path_buf(),
-            signed: self.key.is_some(),
+            from: self.from,
             ranges: &self.ranges,
             next: 0,
             done: 0,
@@ -114,7 +161,7 @@ impl Checked {
 /// the signed hash when it is complete.
 pub struct RangeCheck<'a> {
     path: PathBuf,
-    signed: bool,
+    from: &'static str,
     ranges: &'a [(Extent, String)],
     next: usize,
     /// Bytes of `ranges[next]` hashed so far.
@@ -154,11 +201,7 @@ impl RangeCheck<'_> {
                              {want})",
                             bytes(r.start),
                             bytes(r.end()),
-                            if self.signed {
-                                "signed manifest"
-                            } else {
-                                "bmap's checksum"
-                            }
+                            self.from
                         ),
                     ));
                 }
@@ -195,6 +238,7 @@ mod tests {
     fn signed(ranges: Vec<(Extent, &[u8])>) -> Checked {
         Checked {
             key: Some(crate::image::sign::SecretKey::generate().unwrap().public()),
+            from: "signed manifest",
             ranges: ranges
                 .into_iter()
                 .map(|(e, b)| (e, hex(&Sha256::digest(b))))

@@ -103,8 +103,13 @@ pub fn backup(
     let size = ReadAt::size(&dev);
     let (table, extents, partitions) = layout(&dev, size)?;
     let total = extents.iter().map(|e| e.len).sum();
+    // The bmap written beside the backup lists each range's checksum.
+    let hashes = crate::sink::stream::Hashes {
+        ranges: true,
+        whole: false,
+    };
     let (copied, written, image) =
-        crate::image::file::write_file(output, size, format, false, |sink| {
+        crate::image::file::write_file(output, size, format, hashes, |sink| {
             copy(&dev, source, &extents, total, sink, progress)
         })?;
     let manifest = BackupManifest {

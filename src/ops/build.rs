@@ -73,13 +73,17 @@ pub fn build_image(
     } else {
         None
     };
-    let (manifest, written, image) = crate::image::file::write_file(
-        output,
-        plan.disk_size,
-        opts.format,
-        opts.checksums,
-        |sink| crate::compose::write(plan, sink, progress),
-    )?;
+    // Each mapped range is hashed whole only for a bmap: the one written now, or one beside
+    // the output that may still describe the new image (and is kept if it does).
+    let bmap_path = crate::image::bmap::bmap_path(output);
+    let hashes = crate::sink::stream::Hashes {
+        ranges: opts.bmap || bmap_path.exists(),
+        whole: opts.checksums,
+    };
+    let (manifest, written, image) =
+        crate::image::file::write_file(output, plan.disk_size, opts.format, hashes, |sink| {
+            crate::compose::write(plan, sink, progress)
+        })?;
     let mut set = crate::image::output::Set::new();
     let mut stale = Vec::new();
     let mut extra = Vec::new();
@@ -105,7 +109,6 @@ pub fn build_image(
         stale.push(crate::image::sign::sig_path(&mpath));
     }
     extra.push(mpath);
-    let bmap_path = crate::image::bmap::bmap_path(output);
     if opts.bmap {
         let text = crate::image::bmap::render(&written.stream);
         set.push(crate::image::file::stage(&bmap_path, text.as_bytes())?);

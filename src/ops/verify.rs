@@ -245,10 +245,10 @@ fn by_range(
             offset: Some(at + off),
             ..Finding::new(region_of(m, at), e)
         });
-    } else if found != r.sha256 {
+    } else if r.sha256.as_deref() != Some(found.as_str()) {
         findings.push(Finding {
             offset: Some(at),
-            expected: Some(r.sha256.clone()),
+            expected: r.sha256.clone(),
             found: Some(found),
             ..Finding::new(
                 region_of(m, at),

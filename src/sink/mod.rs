@@ -9,6 +9,7 @@
 use std::io;
 
 pub mod metered;
+pub mod offload;
 pub mod stream;
 pub mod tracking;
 

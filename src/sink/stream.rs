@@ -6,9 +6,10 @@
 //! and released in order as the stream reaches them. Gaps are zeros. It maps which 4 KiB
 //! blocks must be written to a device — data, and zeros a writer declared necessary (a
 //! FAT's free entries) — and hashes each mapped range (bmaptool's model); gaps are "don't
-//! care". Each mapped range is also hashed in chunks of at most `CHUNK` bytes from its start,
-//! in the same pass, so a hash-only check can place a difference within a chunk. It can also
-//! hash the whole stream for SHA256SUMS.
+//! care". Each mapped range is hashed in chunks of at most `CHUNK` bytes from its start, so a
+//! hash-only check can place a difference within a chunk; when asked, also as a whole (what a
+//! bmap lists) and the whole stream (SHA256SUMS). All hashing runs on a thread of its own
+//! (`offload`), beside the writes; each byte passes each asked-for hash once.
 //!
 //! Not for random-access targets (block devices): those take positioned writes directly.
 
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::io::hex;
 use crate::sink::Sink;
+use crate::sink::offload::{Batch, Consume, Offload, Piece};
 
 /// Block size of the map (bmaptool's default).
 pub const BLOCK: u64 = 4096;
@@ -35,20 +37,29 @@ pub trait Emit {
 /// Largest piece of a mapped range hashed on its own.
 pub const CHUNK: u64 = 1 << 20;
 
-/// A mapped range of blocks (inclusive), the SHA-256 of its bytes and of each `CHUNK` of
-/// them from its start (the last one shorter).
+/// A mapped range of blocks (inclusive), the SHA-256 of each `CHUNK` of its bytes from its
+/// start (the last one shorter) and, when asked for, of all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub first: u64,
     pub last: u64,
-    pub sha256: String,
+    pub sha256: Option<String>,
     pub chunks: Vec<String>,
+}
+
+/// What a stream hashes besides each mapped range's chunks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hashes {
+    /// Each mapped range as a whole (a bmap's checksums).
+    pub ranges: bool,
+    /// Every byte of the stream, zeros included (the image's SHA-256).
+    pub whole: bool,
 }
 
 /// The range being mapped: its first block and hashers.
 struct Open {
     first: u64,
-    range: Sha256,
+    range: Option<Sha256>,
     chunk: Sha256,
     /// Bytes in `chunk` so far.
     chunk_fill: u64,
@@ -56,10 +67,10 @@ struct Open {
 }
 
 impl Open {
-    fn new(first: u64) -> Self {
+    fn new(first: u64, whole: bool) -> Self {
         Open {
             first,
-            range: Sha256::new(),
+            range: whole.then(Sha256::new),
             chunk: Sha256::new(),
             chunk_fill: 0,
             chunks: Vec::new(),
@@ -74,11 +85,15 @@ impl Open {
             match bytes {
                 Some(b) => {
                     let piece = &b[off..off + n as usize];
-                    self.range.update(piece);
+                    if let Some(r) = self.range.as_mut() {
+                        r.update(piece);
+                    }
                     self.chunk.update(piece);
                 }
                 None => {
-                    zeros_into(&mut self.range, n);
+                    if let Some(r) = self.range.as_mut() {
+                        zeros_into(r, n);
+                    }
                     zeros_into(&mut self.chunk, n);
                 }
             }
@@ -109,6 +124,8 @@ fn zeros_into(h: &mut Sha256, mut len: u64) {
 /// Which blocks of the stream hold data, found as the stream passes.
 #[derive(Default)]
 struct Mapper {
+    /// Hash each range as a whole too.
+    whole_ranges: bool,
     ranges: Vec<Range>,
     open: Option<Open>,
     /// First block after the open range.
@@ -127,7 +144,7 @@ impl Mapper {
             self.ranges.push(Range {
                 first: o.first,
                 last: self.end_block - 1,
-                sha256: hex(&o.range.finalize()),
+                sha256: o.range.map(|h| hex(&h.finalize())),
                 chunks: o.chunks,
             });
         }
@@ -150,7 +167,7 @@ impl Mapper {
         let contiguous = self.open.is_some() && block <= self.end_block;
         if !contiguous {
             self.close();
-            self.open = Some(Open::new(block));
+            self.open = Some(Open::new(block, self.whole_ranges));
             self.hashed_to = block * BLOCK;
         }
         let gap = at - self.hashed_to;
@@ -186,42 +203,90 @@ pub struct StreamSummary {
     pub sha256: Option<String>,
 }
 
-/// Positioned writes in, one ascending stream out.
+/// The hashing thread's side: maps and hashes the stream's pieces in order.
+struct Hasher {
+    map: Mapper,
+    whole: Option<Sha256>,
+    size: u64,
+}
+
+impl Consume for Hasher {
+    type Out = (Vec<Range>, Option<String>);
+
+    fn batch(&mut self, b: &Batch) {
+        b.each(|p, bytes| match p {
+            Piece::Data { at, .. } => {
+                if let Some(h) = self.whole.as_mut() {
+                    h.update(bytes);
+                }
+                self.map.data(at, bytes);
+            }
+            Piece::Zeros { at, len } => {
+                if let Some(h) = self.whole.as_mut() {
+                    zeros_into(h, len);
+                }
+                self.map.zeros(at, len);
+            }
+            Piece::Gap(len) => {
+                if let Some(h) = self.whole.as_mut() {
+                    zeros_into(h, len);
+                }
+            }
+        });
+    }
+
+    fn finish(mut self) -> Self::Out {
+        let ranges = self.map.finish(self.size);
+        (ranges, self.whole.map(|h| hex(&h.finalize())))
+    }
+}
+
 /// A write kept while the writer holds.
 enum Held {
     Data(Vec<u8>),
     Zeros(u64),
 }
 
+/// Positioned writes in, one ascending stream out.
 pub struct Sequencer<E: Emit> {
     out: E,
     size: u64,
     cursor: u64,
     held: BTreeMap<u64, Held>,
     holding: bool,
-    map: Mapper,
-    hash: Option<Sha256>,
+    hashing: Offload<Hasher>,
+    /// Gaps are hashed too (the whole stream is).
+    hash_gaps: bool,
 }
 
 impl<E: Emit> Sequencer<E> {
-    /// A stream of `size` bytes; `hash_all` also hashes every byte (zeros included).
-    pub fn new(out: E, size: u64, hash_all: bool) -> Self {
-        Sequencer {
+    /// A stream of `size` bytes, hashed as `hashes` asks (chunks always) on a thread of its
+    /// own.
+    pub fn new(out: E, size: u64, hashes: Hashes) -> io::Result<Self> {
+        let hasher = Hasher {
+            map: Mapper {
+                whole_ranges: hashes.ranges,
+                ..Mapper::default()
+            },
+            whole: hashes.whole.then(Sha256::new),
+            size,
+        };
+        Ok(Sequencer {
             out,
             size,
             cursor: 0,
             held: BTreeMap::new(),
             holding: false,
-            map: Mapper::default(),
-            hash: hash_all.then(Sha256::new),
-        }
+            hashing: Offload::spawn("stream hashing", hasher)?,
+            hash_gaps: hashes.whole,
+        })
     }
 
     fn gap(&mut self, to: u64) -> io::Result<()> {
         let len = to - self.cursor;
         if len > 0 {
-            if let Some(h) = self.hash.as_mut() {
-                zeros_into(h, len);
+            if self.hash_gaps {
+                self.hashing.gap(len)?;
             }
             self.out.zeros(len)?;
             self.cursor = to;
@@ -249,10 +314,7 @@ impl<E: Emit> Sequencer<E> {
         }
         self.gap(start)?;
         let len = end - start;
-        if let Some(h) = self.hash.as_mut() {
-            zeros_into(h, len);
-        }
-        self.map.zeros(start, len);
+        self.hashing.zeros(start, len)?;
         self.out.zeros(len)?;
         self.cursor = end;
         Ok(())
@@ -261,10 +323,7 @@ impl<E: Emit> Sequencer<E> {
     fn emit(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
         self.behind(at)?;
         self.gap(at)?;
-        if let Some(h) = self.hash.as_mut() {
-            h.update(bytes);
-        }
-        self.map.data(at, bytes);
+        self.hashing.data(at, bytes)?;
         self.out.data(bytes)?;
         self.cursor += bytes.len() as u64;
         Ok(())
@@ -288,9 +347,8 @@ impl<E: Emit> Sequencer<E> {
     pub fn finish(mut self) -> io::Result<(E, StreamSummary)> {
         self.release_below(u64::MAX)?;
         self.gap(self.size)?;
-        let ranges = self.map.finish(self.size);
+        let (ranges, sha256) = self.hashing.finish()?;
         let mapped_blocks = ranges.iter().map(|r| r.last - r.first + 1).sum();
-        let sha256 = self.hash.take().map(|h| hex(&h.finalize()));
         Ok((
             self.out,
             StreamSummary {
@@ -404,13 +462,22 @@ mod tests {
         }
     }
 
-    fn sha(b: &[u8]) -> String {
+    const ALL: Hashes = Hashes {
+        ranges: true,
+        whole: true,
+    };
+
+    fn sha(b: &[u8]) -> Option<String> {
+        Some(hex(&Sha256::digest(b)))
+    }
+
+    fn sha_(b: &[u8]) -> String {
         hex(&Sha256::digest(b))
     }
 
     #[test]
     fn held_writes_are_released_in_order() {
-        let mut s = Sequencer::new(Mem::default(), 64 << 10, true);
+        let mut s = Sequencer::new(Mem::default(), 64 << 10, ALL).unwrap();
         s.data(0, b"head").unwrap();
         s.hold(true).unwrap();
         s.data(40_000, b"meta2").unwrap();
@@ -430,7 +497,7 @@ mod tests {
             want[o..o + b.len()].copy_from_slice(b);
         }
         assert!(out.0 == want);
-        assert_eq!(sum.sha256, Some(sha(&want)));
+        assert_eq!(sum.sha256, sha(&want));
         let blocks: Vec<(u64, u64)> = sum.ranges.iter().map(|r| (r.first, r.last)).collect();
         assert_eq!(blocks, [(0, 0), (2, 2), (4, 4), (9, 9), (12, 12)]);
         for r in &sum.ranges {
@@ -443,7 +510,7 @@ mod tests {
     #[test]
     fn mapped_ranges_are_hashed_in_chunks_from_their_start() {
         let size = 4 * CHUNK;
-        let mut s = Sequencer::new(Mem::default(), size, false);
+        let mut s = Sequencer::new(Mem::default(), size, ALL).unwrap();
         let data: Vec<u8> = (0..(2 * CHUNK + 5000)).map(|i| (i % 251) as u8).collect();
         // One range from block 1, written in pieces that straddle chunk edges, then a
         // declared-zero tail; a second range of one block.
@@ -458,7 +525,7 @@ mod tests {
             let b = (r.last + 1) * BLOCK;
             let want: Vec<String> = (a..b)
                 .step_by(CHUNK as usize)
-                .map(|c| sha(&out.0[c as usize..(c + CHUNK).min(b) as usize]))
+                .map(|c| sha_(&out.0[c as usize..(c + CHUNK).min(b) as usize]))
                 .collect();
             assert_eq!(r.chunks, want, "range {}..={}", r.first, r.last);
             assert_eq!(r.sha256, sha(&out.0[a as usize..b as usize]));
@@ -469,7 +536,7 @@ mod tests {
 
     #[test]
     fn adjacent_blocks_form_one_range() {
-        let mut s = Sequencer::new(Mem::default(), 5 * BLOCK, false);
+        let mut s = Sequencer::new(Mem::default(), 5 * BLOCK, ALL).unwrap();
         s.data(100, &[1; 10]).unwrap();
         s.data(BLOCK + 5, &[2; 10]).unwrap();
         s.data(3 * BLOCK, &[3; 10]).unwrap();
@@ -482,7 +549,7 @@ mod tests {
 
     #[test]
     fn declared_zeros_are_mapped_gaps_are_not() {
-        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, false);
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, ALL).unwrap();
         s.data(0, &[1; 10]).unwrap();
         s.zeros(2 * BLOCK, 2 * BLOCK).unwrap();
         let (_, sum) = s.finish().unwrap();
@@ -493,8 +560,18 @@ mod tests {
 
     #[test]
     fn out_of_order_writes_are_an_error_not_corruption() {
-        let mut s = Sequencer::new(Mem::default(), 8192, false);
+        let mut s = Sequencer::new(Mem::default(), 8192, ALL).unwrap();
         s.data(5000, b"x").unwrap();
         assert!(s.data(100, b"y").is_err());
+    }
+
+    #[test]
+    fn range_and_whole_hashes_only_when_asked() {
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, Hashes::default()).unwrap();
+        s.data(0, &[7; 5000]).unwrap();
+        let (out, sum) = s.finish().unwrap();
+        assert_eq!(sum.sha256, None);
+        assert_eq!(sum.ranges[0].sha256, None);
+        assert_eq!(sum.ranges[0].chunks, [sha_(&out.0[..2 * BLOCK as usize])]);
     }
 }

@@ -151,6 +151,73 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
 }
 
 #[test]
+fn an_image_without_bmap_is_mapped_and_checked_by_its_manifest() {
+    let Some(card) = checked_card(1 << 30) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pi4.img.zst");
+    build_pi4(&fixtures(), &img, &[]);
+    assert!(!dir.path().join("pi4.img.bmap").exists());
+    let manifest = dir.path().join("pi4.img.zst.manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let mapped: u64 = m["image"]["mapped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["last"].as_u64().unwrap() - r["first"].as_u64().unwrap() + 1)
+        .sum();
+    let out = flash_image(&card.dev, &img, &["--json"]);
+    let text = ok(&out);
+    let done: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a final report");
+    assert_eq!(done["report"]["verified"], true);
+    // Only the manifest's mapped blocks (and the backup GPT moved to the device's end),
+    // not the whole decoded image.
+    let written = done["report"]["bytes_written"].as_u64().unwrap();
+    assert!(
+        written >= mapped * 4096 && written <= mapped * 4096 + 20 * 1024,
+        "{written} vs {mapped} mapped blocks"
+    );
+    check_card(&card);
+
+    // A manifest whose hash of one mapped MiB is not what the image holds stops the write
+    // before the table.
+    let mut bad = m.clone();
+    let chunk = &mut bad["image"]["mapped"][1]["chunks"][0];
+    *chunk = "0".repeat(64).into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
+    let out = flash_image(&card.dev, &img, &[]);
+    common::refuse::refused(
+        &out,
+        2,
+        &["pi4.img.zst", "do not match the manifest's checksum"],
+    );
+    let (code, table) = tool("sfdisk", &["-d", &card.dev]);
+    assert_ne!(code, 0, "a table survived: {table}");
+
+    // A manifest of another image file (another name) is not used: the image is written
+    // whole, as without one.
+    bad["image"]["file"] = "other.img.zst".into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
+    let out = flash_image(&card.dev, &img, &["--json"]);
+    let text = ok(&out);
+    let done: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a final report");
+    assert!(
+        done["report"]["bytes_written"].as_u64().unwrap() > mapped * 4096 + (64 << 20),
+        "{done} vs {mapped} mapped blocks"
+    );
+    check_card(&card);
+}
+
+#[test]
 fn several_devices_at_once() {
     let (Some(a), Some(b)) = (Card::new(512 << 20), Card::new(1 << 30)) else {
         return;

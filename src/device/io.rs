@@ -33,7 +33,14 @@ pub struct Device {
     pub(super) name: String,
     pub(super) size: u64,
     logical_sector: u32,
+    /// Bytes written since writeback was last started.
+    unstarted: u64,
 }
+
+/// Writeback is started after this many bytes are written: the device writes while more
+/// comes, and the final flush has little left to wait for (with several cards at once, the
+/// medium, not the last flush, sets the pace).
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl Device {
     /// Opens `info.path` read-write with O_EXCL, which on a block device (without O_CREAT)
@@ -72,6 +79,7 @@ impl Device {
             name: info.name.clone(),
             size,
             logical_sector: info.logical_sector.max(SYSFS_SECTOR as u32),
+            unstarted: 0,
         })
     }
 
@@ -231,10 +239,32 @@ pub fn drop_partition_caches(info: &DeviceInfo) {
     }
 }
 
+impl Device {
+    /// Starts writeback of what is dirty (without waiting for it) once enough was written.
+    /// A write error it reports (a medium that is full or failing) is this write's error,
+    /// so it is not lost to the final flush.
+    fn written(&mut self, len: u64) -> io::Result<()> {
+        self.unstarted += len;
+        if self.unstarted >= WRITEBACK_EVERY {
+            self.unstarted = 0;
+            // SAFETY: a plain syscall on an open descriptor; offset 0 and length 0 mean
+            // the whole device.
+            let r = unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sink for Device {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         self.bounds(offset, bytes.len() as u64)?;
-        self.file.write_all_at(bytes, offset)
+        self.file.write_all_at(bytes, offset)?;
+        self.written(bytes.len() as u64)
     }
 
     /// A card holds whatever it held before, so zeros are really written: the

@@ -18,7 +18,8 @@ use crate::units::{Extent, bytes};
 const MIB: usize = 1 << 20;
 
 /// An image file ready to be written or compared: checked, its bmap (given or found beside
-/// it) read and checked against it, its uncompressed size known.
+/// it, else the block map of the manifest beside it) read and checked against it, its
+/// uncompressed size known.
 #[derive(Debug, Clone)]
 pub struct ImageSource {
     pub path: PathBuf,
@@ -41,12 +42,21 @@ impl ImageSource {
         if let (Some(b), Some(p)) = (&map, &bmap_path) {
             bmap::check(path, p, b)?;
         }
+        // Without a bmap, the manifest beside the image (when it is this image's) maps it,
+        // and its hashes are checked as the image streams.
+        let (map, checked) = match map {
+            Some(b) => (Some(b), None),
+            None => match super::trust::from_manifest(path) {
+                Some((b, c)) => (Some(b), Some(c)),
+                None => (None, None),
+            },
+        };
         let size = image_size(path, map.as_ref().map(|b| b.size))?;
         Ok(ImageSource {
             path: path.to_path_buf(),
             bmap: map,
             size,
-            checked: None,
+            checked,
             remote: None,
         })
     }

@@ -586,6 +586,8 @@ struct Stream<'a> {
     size: u64,
     /// Extend the last partition's table entry to the device's end.
     grow: bool,
+    /// What is written is read back afterwards (so it is hashed as it is written).
+    verify: bool,
 }
 
 /// Writes an image to every device at once: the file is read and decoded once, each device
@@ -615,6 +617,7 @@ fn write_image(
                     mapped: image.bmap.as_ref().map(|b| b.ranges.as_slice()),
                     size: image.size,
                     grow: care.grow,
+                    verify: care.verify,
                 };
                 s.spawn(move || device_worker(info, stream, total, care, progress))
             })
@@ -745,10 +748,13 @@ fn feed_decoded(
 ) -> Result<()> {
     let path = &image.path;
     let mut at = 0u64;
+    // A buffer is given away only with a chunk that is sent; one holding nothing mapped is
+    // read into again (no fresh pages to fault in for the image's long unmapped stretches).
+    let mut buf = Vec::new();
     loop {
         each();
         stop_requested(path)?;
-        let mut buf = vec![0u8; MIB as usize];
+        buf.resize(MIB as usize, 0);
         let n = read_full(&mut r, &mut buf).map_err(|e| corrupt(path, at, e))?;
         if n == 0 {
             break;
@@ -756,7 +762,7 @@ fn feed_decoded(
         buf.truncate(n);
         let mapped = image.bmap.as_ref().map(|b| b.ranges.as_slice());
         if mapped.is_none_or(|m| !mapped_parts(m, at, n as u64).is_empty()) {
-            check.send(fan, at, buf)?;
+            check.send(fan, at, std::mem::take(&mut buf))?;
         }
         at += n as u64;
     }
@@ -797,8 +803,16 @@ fn write_stream(
     wipe_tables(dev)?;
     let path = dev.path().to_path_buf();
     let on = Some(path.clone());
+    let record = if stream.verify {
+        tracking::Written::new()
+    } else {
+        tracking::Written::unhashed()
+    };
     let mut rec = metered(
-        tracking::tracking(Guarded(dev)),
+        crate::sink::Observed {
+            inner: Guarded(dev),
+            observer: record,
+        },
         progress,
         on,
         Count::All,

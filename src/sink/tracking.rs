@@ -45,16 +45,38 @@ impl Open {
 }
 
 /// Every write so far, in order; contiguous writes merge up to 1 MiB boundaries.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Written {
     segments: Vec<Segment>,
     open: Option<Open>,
     bytes: u64,
+    /// Hash what is written (for `read_back`); without, segments carry no hash.
+    hashed: bool,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Written {
+            segments: Vec::new(),
+            open: None,
+            bytes: 0,
+            hashed: true,
+        }
+    }
 }
 
 impl Written {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A record of where writes went, without their hashes: for a write that is not read
+    /// back, hashing every byte would only cost time.
+    pub fn unhashed() -> Self {
+        Written {
+            hashed: false,
+            ..Self::default()
+        }
     }
 
     /// Records `bytes` written at `offset`.
@@ -90,9 +112,11 @@ impl Written {
                 });
             }
             if let Some(o) = self.open.as_mut() {
-                match bytes {
-                    Some(b) => o.hasher.update(&b[consumed..consumed + n as usize]),
-                    None => o.hasher.update(vec![0u8; n as usize]),
+                if self.hashed {
+                    match bytes {
+                        Some(b) => o.hasher.update(&b[consumed..consumed + n as usize]),
+                        None => zeros_into(&mut o.hasher, n),
+                    }
                 }
                 o.len += n;
             }
@@ -101,7 +125,19 @@ impl Written {
             len -= n;
         }
     }
+}
 
+/// Hashes `len` zero bytes.
+fn zeros_into(h: &mut Sha256, mut len: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}
+
+impl Written {
     /// The segments whose bytes must still be on the medium, ascending: a segment that a
     /// later write overlaps is left out (it is not expected to read back as written).
     pub fn last_writes(&self) -> Vec<Segment> {

@@ -139,6 +139,135 @@ pub fn open(source: &Source, size: u64) -> Result<HashReader<Box<dyn Read + '_>>
     Ok(HashReader::sized(inner, size))
 }
 
+/// A source's content to copy. A large file is copied by the caller (in the kernel where
+/// the destination can: `Sink::copy_file`) and hashed beside it by a thread that reads the
+/// file itself, so its bytes cross into this process once, for the hash; anything else is
+/// read, and hashed as it is read.
+pub enum Content<'a> {
+    File(FileCopy),
+    Read(HashReader<Box<dyn Read + 'a>>),
+}
+
+/// Opens a source for copying (see `Content`), checked against its planned size.
+pub fn content(source: &Source, size: u64) -> Result<Content<'_>> {
+    match source {
+        Source::Path(p) if size >= AWAY_FROM => Ok(Content::File(FileCopy::open(p, size)?)),
+        _ => Ok(Content::Read(open(source, size)?)),
+    }
+}
+
+/// A source file being copied while a thread of its own hashes it.
+pub struct FileCopy {
+    pub file: File,
+    path: std::path::PathBuf,
+    size: u64,
+    /// Where `Read` goes on from.
+    pos: u64,
+    stamp: Stamp,
+    hash: std::thread::JoinHandle<io::Result<(u64, String)>>,
+}
+
+/// What changes when a file is written to or replaced.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: m.len(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl FileCopy {
+    fn open(p: &Path, size: u64) -> Result<FileCopy> {
+        let io = |e| Error::io(format!("opening {}", p.display()), e);
+        let file = File::open(p).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.len() != size {
+            return Err(Error::BadArtifact {
+                path: p.to_path_buf(),
+                message: format!(
+                    "changed while building: planned {} bytes, now {}",
+                    crate::units::bytes(size),
+                    crate::units::bytes(meta.len())
+                ),
+            });
+        }
+        let reader = file.try_clone().map_err(io)?;
+        let hash = std::thread::Builder::new()
+            .name("file hashing".into())
+            .spawn(move || hash_at(&reader, size))
+            .map_err(io)?;
+        Ok(FileCopy {
+            file,
+            path: p.to_path_buf(),
+            size,
+            pos: 0,
+            stamp: Stamp::of(&meta),
+            hash,
+        })
+    }
+
+    /// The content's SHA-256, once it is copied; refuses a file that changed meanwhile
+    /// (then the copy and the hash might not be of the same bytes).
+    pub fn finish(self) -> Result<String> {
+        let read = |e| Error::io(format!("reading {}", self.path.display()), e);
+        let (count, hash) = self
+            .hash
+            .join()
+            .map_err(|_| read(io::Error::other("the hashing thread stopped")))?
+            .map_err(read)?;
+        let now = self.file.metadata().map_err(read)?;
+        if count != self.size || Stamp::of(&now) != self.stamp {
+            return Err(Error::BadArtifact {
+                path: self.path.clone(),
+                message: "changed while building".into(),
+            });
+        }
+        Ok(hash)
+    }
+}
+
+/// For a destination that cannot copy: the planned bytes, in order.
+impl Read for FileCopy {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.size - self.pos).min(buf.len() as u64) as usize;
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// SHA-256 of the first `size` bytes of `f` (fewer if it is shorter), read with positioned
+/// reads; gives the bytes read too.
+fn hash_at(f: &File, size: u64) -> io::Result<(u64, String)> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let want = (size - at).min(buf.len() as u64) as usize;
+        let n = f.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((at, hex(&h.finalize())))
+}
+
 /// Reads a file of a decoded release image: its pieces in order, holes as zeros.
 pub struct SpooledReader<'a> {
     s: &'a Spooled,
@@ -392,6 +521,38 @@ impl mkext4::reader::ReadAt for PartReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_file_is_hashed_beside_its_copy_and_a_change_meanwhile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kernel");
+        let data: Vec<u8> = (0..(AWAY_FROM as usize + 12345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let size = data.len() as u64;
+        let source = Source::Path(path.clone());
+        let Content::File(mut c) = content(&source, size).unwrap() else {
+            panic!("a large file is copied, not read");
+        };
+        let mut read = Vec::new();
+        c.read_to_end(&mut read).unwrap();
+        assert!(read == data);
+        assert_eq!(c.finish().unwrap(), sha256(&data));
+        // Written to while it was being copied: refused.
+        let Content::File(c) = content(&source, size).unwrap() else {
+            panic!("a large file is copied, not read");
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"x", 1000).unwrap();
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains("changed while building"), "{e}");
+        // A small file is read and hashed as it is read.
+        assert!(matches!(content(&source, 10), Err(_)));
+        std::fs::write(&path, b"small").unwrap();
+        assert!(matches!(content(&source, 5).unwrap(), Content::Read(_)));
+    }
 
     #[test]
     fn one_set_byte_anywhere_is_not_zero() {

@@ -187,8 +187,8 @@ fn an_image_without_bmap_is_mapped_and_checked_by_its_manifest() {
     // A manifest whose hash of one mapped MiB is not what the image holds stops the write
     // before the table.
     let mut bad = m.clone();
-    let chunk = &mut bad["image"]["mapped"][1]["chunks"][0];
-    *chunk = "0".repeat(64).into();
+    let piece = &mut bad["image"]["mapped"][1]["pieces"][0]["sha256"];
+    *piece = "0".repeat(64).into();
     std::fs::write(&manifest, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
     let out = flash_image(&card.dev, &img, &[]);
     common::refuse::refused(

@@ -375,10 +375,12 @@ fn flips_in_metadata_name_the_structure() {
 
 #[test]
 fn a_format_1_manifest_and_a_bare_image_still_name_partitions() {
+    // Built with a bmap (as `flashed` builds), each mapped range carries its whole hash,
+    // as format 1 had it.
     let Some(f) = pi4(&[]) else {
         return;
     };
-    // The previous format: no chunk hashes, no map.
+    // The previous format: no piece hashes, no map.
     let mut m: Value =
         serde_json::from_str(&std::fs::read_to_string(&f.manifest).unwrap()).unwrap();
     m["format"] = "skiff-flash-manifest/1".into();
@@ -387,7 +389,7 @@ fn a_format_1_manifest_and_a_bare_image_still_name_partitions() {
     let image = o["image"].as_object_mut().unwrap();
     image.remove("chunk_size");
     for r in image["mapped"].as_array_mut().unwrap() {
-        r.as_object_mut().unwrap().remove("chunks");
+        r.as_object_mut().unwrap().remove("pieces");
     }
     for p in m["partitions"].as_array_mut().unwrap() {
         let p = p.as_object_mut().unwrap();

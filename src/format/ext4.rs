@@ -16,7 +16,6 @@ use mkext4::{FsBuilder, InodeHandle, Meta, Options, ROOT, RegionSink};
 use crate::error::{Error, Result};
 use crate::format::ext4_map::{self, Captured};
 use crate::format::{FileRecord, FsSpec, FsWriter, Measure, Placed, Span, push_span};
-use crate::io::open;
 use crate::plan::tree::{Node, name_of, parent_of};
 use crate::sink::{Sink, Window};
 
@@ -151,6 +150,9 @@ struct Phased<'a> {
     released: Rc<Cell<bool>>,
     holding: bool,
     meta: Rc<RefCell<Captured>>,
+    /// Files stored in one run, by where their content starts: their size. The first
+    /// write there announces the content (`Sink::file_content`).
+    files: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Phased<'_> {
@@ -168,6 +170,8 @@ impl RegionSink for Phased<'_> {
         self.release()?;
         if self.holding {
             self.meta.borrow_mut().keep(offset, bytes);
+        } else if let Some(len) = self.files.remove(&offset) {
+            Sink::file_content(&mut self.inner, offset, len)?;
         }
         Sink::data(&mut self.inner, offset, bytes)
     }
@@ -261,11 +265,19 @@ impl FsWriter for Ext4 {
         let io = |e| Error::io(format!("writing {}", spec.part), e);
         let released = Rc::new(Cell::new(false));
         let meta = Rc::new(RefCell::new(Captured::default()));
+        let files = fills
+            .iter()
+            .filter_map(|(h, _)| match layout.extents(*h)[..] {
+                [(at, len)] if len > 0 => Some((at, len)),
+                _ => None,
+            })
+            .collect();
         let mut phased = Phased {
             inner: window,
             released: released.clone(),
             holding: true,
             meta: meta.clone(),
+            files,
         };
         phased.inner.hold(true).map_err(io)?;
         let mut w = layout.writer(&mut phased).map_err(|e| ext4_err(spec, e))?;
@@ -279,8 +291,17 @@ impl FsWriter for Ext4 {
             let Node::File { source, size } = &e.node else {
                 continue;
             };
-            let mut r = open(source, *size)?;
-            w.fill(h, &mut r).map_err(|err| ext4_err(spec, err))?;
+            // A large file is hashed by a thread of its own, reading it beside the fill.
+            let sha256 = match crate::io::content(source, *size)? {
+                crate::io::Content::File(mut c) => {
+                    w.fill(h, &mut c).map_err(|err| ext4_err(spec, err))?;
+                    c.finish()?
+                }
+                crate::io::Content::Read(mut r) => {
+                    w.fill(h, &mut r).map_err(|err| ext4_err(spec, err))?;
+                    r.finish()
+                }
+            };
             let mut extents = Vec::new();
             for (at, len) in layout.extents(h) {
                 push_span(&mut extents, Span::new(at, len));
@@ -288,7 +309,7 @@ impl FsWriter for Ext4 {
             records.push(FileRecord {
                 path: e.path.clone(),
                 size: *size,
-                sha256: r.finish(),
+                sha256,
                 extents,
             });
         }

@@ -6,9 +6,11 @@
 //! - `image`: `size`, `file` (name), `file_size`, `file_sha256` (the file as written,
 //!   compressed or not), `image_sha256` (uncompressed, when `--checksums`), `block_size`,
 //!   `chunk_size` and `mapped` — the blocks a device must hold (bmaptool's model), each range
-//!   with the SHA-256 of each `chunk_size` piece of it from its start (`chunks`), so a
-//!   hash-only check places a difference within a chunk, and, when the build wrote a bmap,
-//!   the SHA-256 of the whole range (`sha256`, the bmap's checksum);
+//!   with its bytes in order as hashed `pieces` (`len`, `sha256`): a file stored in one
+//!   extent is one piece whose hash is the file's own (so its bytes are hashed once, as the
+//!   file is read), anything else comes in pieces of at most `chunk_size` bytes; a hash-only
+//!   check places a difference within a piece. When the build wrote a bmap, the range's
+//!   whole SHA-256 too (`sha256`, the bmap's checksum);
 //! - `inputs`: every file read from the images directory with its size and SHA-256 (for raw
 //!   blobs, of the range used);
 //! - `table`: kind and identifiers; `structures`: where the partition table's pieces lie
@@ -22,7 +24,8 @@
 //! - `custom` (when the persist partition was customised): hostname, SSH key fingerprints,
 //!   Wi-Fi SSID and `psk_set` (never the passphrase), extra files.
 //!
-//! Formats `/2` (every range with its `sha256` too) and `/1` (no chunks, no map, a `sha256`
+//! Formats `/2` (`chunks` of `chunk_size` from each range's start, and its `sha256`) and
+//! `/1` (no chunks, no map, a `sha256`
 //! per fixed partition) are still read.
 //!
 //! Not for checking: that is `verify`; not for looking places up: that is `image::map`.
@@ -76,7 +79,8 @@ pub struct Image {
     pub file_sha256: Option<String>,
     pub image_sha256: Option<String>,
     pub block_size: u64,
-    /// Bytes each of a mapped range's `chunks` hashes (format 2; 0 before).
+    /// The most bytes a piece that is not a file holds (format 3); the bytes each of a
+    /// mapped range's `chunks` hashes (format 2); 0 before.
     #[serde(default)]
     pub chunk_size: u64,
     pub mapped: Vec<MappedRange>,
@@ -91,9 +95,20 @@ pub struct MappedRange {
     /// build also wrote a bmap (whose checksums these are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// SHA-256 of each `chunk_size` piece from the range's start (formats 2 and 3).
+    /// SHA-256 of each `chunk_size` piece from the range's start (format 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<String>,
+    /// The range's bytes in order as hashed pieces (format 3): at most `chunk_size` bytes
+    /// each, except a file's whole content, whose hash is the file's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Piece>,
+}
+
+/// `len` bytes of a mapped range and their SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Piece {
+    pub len: u64,
+    pub sha256: String,
 }
 
 impl MappedRange {
@@ -108,6 +123,41 @@ impl MappedRange {
             .saturating_mul(block_size)
             .min(image_size);
         crate::units::Extent::new(start, end.saturating_sub(start))
+    }
+
+    /// The range's bytes as hashed extents in order: format 3's pieces, or format 2's
+    /// chunks of `chunk_size` from its start; `None` when there are none or they do not
+    /// tile the range exactly (then only `sha256`, if any, covers it).
+    pub fn hashed(
+        &self,
+        block_size: u64,
+        image_size: u64,
+        chunk_size: u64,
+    ) -> Option<Vec<(crate::units::Extent, &str)>> {
+        let e = self.extent(block_size, image_size);
+        let mut out = Vec::new();
+        if !self.pieces.is_empty() {
+            let mut at = e.start;
+            for p in &self.pieces {
+                if p.len == 0 || at.checked_add(p.len)? > e.end() {
+                    return None;
+                }
+                out.push((crate::units::Extent::new(at, p.len), p.sha256.as_str()));
+                at += p.len;
+            }
+            return (at == e.end()).then_some(out);
+        }
+        if chunk_size == 0 || self.chunks.len() as u64 != e.len.div_ceil(chunk_size) || e.len == 0 {
+            return None;
+        }
+        for (i, h) in self.chunks.iter().enumerate() {
+            let at = e.start + i as u64 * chunk_size;
+            out.push((
+                crate::units::Extent::new(at, chunk_size.min(e.end() - at)),
+                h.as_str(),
+            ));
+        }
+        Some(out)
     }
 }
 
@@ -228,9 +278,41 @@ fn partition_entry(p: &crate::plan::Partition, rec: &compose::PartitionRecord) -
     }
 }
 
-/// The image file as written: sizes, hashes and the mapped ranges.
-pub(crate) fn image_record(size: u64, out: &Path, written: &Written) -> Image {
-    Image {
+/// The image file as written: sizes, hashes and the mapped ranges. A piece that is a
+/// file's content takes the file's hash from `file_hash` (by its disk offset and length);
+/// one without is a writer's fault.
+pub(crate) fn image_record(
+    size: u64,
+    out: &Path,
+    written: &Written,
+    file_hash: &dyn Fn(u64, u64) -> Option<String>,
+) -> Result<Image> {
+    let mut mapped = Vec::with_capacity(written.stream.ranges.len());
+    for r in &written.stream.ranges {
+        let mut at = r.first * crate::sink::stream::BLOCK;
+        let mut pieces = Vec::with_capacity(r.pieces.len());
+        for p in &r.pieces {
+            let sha256 = match &p.sha256 {
+                Some(h) => h.clone(),
+                None => file_hash(at, p.len).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the file content announced at byte {at} ({} bytes) has no file record",
+                        p.len
+                    ))
+                })?,
+            };
+            pieces.push(Piece { len: p.len, sha256 });
+            at += p.len;
+        }
+        mapped.push(MappedRange {
+            first: r.first,
+            last: r.last,
+            sha256: r.sha256.clone(),
+            chunks: Vec::new(),
+            pieces,
+        });
+    }
+    Ok(Image {
         size,
         file: out
             .file_name()
@@ -241,18 +323,8 @@ pub(crate) fn image_record(size: u64, out: &Path, written: &Written) -> Image {
         image_sha256: written.stream.sha256.clone(),
         block_size: crate::sink::stream::BLOCK,
         chunk_size: crate::sink::stream::CHUNK,
-        mapped: written
-            .stream
-            .ranges
-            .iter()
-            .map(|r| MappedRange {
-                first: r.first,
-                last: r.last,
-                sha256: r.sha256.clone(),
-                chunks: r.chunks.clone(),
-            })
-            .collect(),
-    }
+        mapped,
+    })
 }
 
 /// The manifest of a finished build.
@@ -262,7 +334,23 @@ pub fn make(
     out: &Path,
     written: &Written,
     m: &compose::Composed,
-) -> Manifest {
+) -> Result<Manifest> {
+    // Files stored in one extent, by where they start on the disk: their pieces' hash.
+    let one_extent: BTreeMap<u64, (u64, &str)> = m
+        .partitions
+        .iter()
+        .flat_map(|p| &p.files)
+        .filter_map(|f| match f.extents[..] {
+            [e] if e.len == f.size => Some((e.start, (e.len, f.sha256.as_str()))),
+            _ => None,
+        })
+        .collect();
+    let file_hash = |at: u64, len: u64| {
+        one_extent
+            .get(&at)
+            .filter(|(l, _)| *l == len)
+            .map(|(_, h)| h.to_string())
+    };
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
     let mut add_input = |src: &Path, size: u64, sha256: &str| {
         let name = src
@@ -301,13 +389,13 @@ pub fn make(
         add_input(&r.source, r.length, &rec.sha256);
     }
     let table = plan.table.clone();
-    Manifest {
+    Ok(Manifest {
         format: FORMAT.into(),
         tool: format!("skiff-flash {}", env!("CARGO_PKG_VERSION")),
         board: plan.board.clone(),
         layout: plan.layout.clone(),
         epoch: plan.epoch,
-        image: image_record(plan.disk_size, out, written),
+        image: image_record(plan.disk_size, out, written, &file_hash)?,
         inputs: inputs.into_values().collect(),
         table,
         structures: table_structures(plan),
@@ -323,7 +411,7 @@ pub fn make(
             })
             .collect(),
         custom: plan.custom.clone(),
-    }
+    })
 }
 
 /// `IMAGE.manifest.json` for an output path.
@@ -360,11 +448,11 @@ pub fn parse(text: &[u8], path: &Path) -> Result<Manifest> {
             m.format
         )));
     }
-    // Every mapped range must be checkable: by its whole hash, or by chunks that tile it.
+    // Every mapped range must be checkable: by its whole hash, or by pieces that tile it.
     for (i, r) in m.image.mapped.iter().enumerate() {
-        let len = r.extent(m.image.block_size, m.image.size).len;
-        let tiled =
-            m.image.chunk_size > 0 && r.chunks.len() as u64 == len.div_ceil(m.image.chunk_size);
+        let tiled = r
+            .hashed(m.image.block_size, m.image.size, m.image.chunk_size)
+            .is_some();
         if r.sha256.is_none() && !tiled {
             return Err(bad(format!(
                 "mapped range {} (blocks {}..={}) has no hash that covers it",
@@ -375,4 +463,61 @@ pub fn parse(text: &[u8], path: &Path) -> Result<Manifest> {
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(first: u64, last: u64) -> MappedRange {
+        MappedRange {
+            first,
+            last,
+            sha256: None,
+            chunks: Vec::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    fn piece(len: u64, h: &str) -> Piece {
+        Piece {
+            len,
+            sha256: h.into(),
+        }
+    }
+
+    #[test]
+    fn pieces_must_tile_their_range() {
+        let mut r = range(2, 4);
+        r.pieces = vec![piece(5000, "a"), piece(12288 - 5000, "b")];
+        let got = r.hashed(4096, 1 << 20, 1 << 20).unwrap();
+        assert_eq!(
+            got,
+            [
+                (crate::units::Extent::new(8192, 5000), "a"),
+                (crate::units::Extent::new(13192, 7288), "b")
+            ]
+        );
+        // Short, long, or with an empty piece: not a tiling.
+        r.pieces = vec![piece(5000, "a")];
+        assert!(r.hashed(4096, 1 << 20, 1 << 20).is_none());
+        r.pieces = vec![piece(5000, "a"), piece(9000, "b")];
+        assert!(r.hashed(4096, 1 << 20, 1 << 20).is_none());
+        r.pieces = vec![piece(0, "a"), piece(12288, "b")];
+        assert!(r.hashed(4096, 1 << 20, 1 << 20).is_none());
+        // An image ending inside the last block cuts the range short.
+        r.pieces = vec![piece(10000, "a")];
+        assert!(r.hashed(4096, 18192, 1 << 20).is_some());
+    }
+
+    #[test]
+    fn format_2_chunks_are_pieces_of_chunk_size() {
+        let mut r = range(0, 599);
+        r.chunks = vec!["a".into(), "b".into(), "c".into()];
+        let got = r.hashed(4096, 1 << 30, 1 << 20).unwrap();
+        let lens: Vec<u64> = got.iter().map(|(e, _)| e.len).collect();
+        assert_eq!(lens, [1 << 20, 1 << 20, 600 * 4096 - (2 << 20)]);
+        r.chunks.pop();
+        assert!(r.hashed(4096, 1 << 30, 1 << 20).is_none());
+    }
 }

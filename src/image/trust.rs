@@ -118,21 +118,18 @@ fn map_of(m: &Manifest) -> Bmap {
     }
 }
 
-/// The manifest's mapped ranges in bytes, each with its hash: chunk by chunk where the
-/// manifest has chunk hashes that tile the range (a difference is caught within a chunk of
+/// The manifest's mapped ranges in bytes, each with its hash: piece by piece where the
+/// manifest has hashed pieces that tile the range (a difference is caught within a piece of
 /// where it is), else the range as a whole. `manifest::parse` made sure one of them is there.
 fn mapped(m: &Manifest) -> Vec<(Extent, String)> {
-    let chunk = m.image.chunk_size;
     let mut out = Vec::new();
     for r in &m.image.mapped {
-        let e = r.extent(m.image.block_size, m.image.size);
-        if chunk > 0 && r.chunks.len() as u64 == e.len.div_ceil(chunk) {
-            for (i, h) in r.chunks.iter().enumerate() {
-                let at = e.start + i as u64 * chunk;
-                out.push((Extent::new(at, chunk.min(e.end() - at)), h.clone()));
-            }
-        } else {
-            out.push((e, r.sha256.clone().unwrap_or_default()));
+        match r.hashed(m.image.block_size, m.image.size, m.image.chunk_size) {
+            Some(pieces) => out.extend(pieces.into_iter().map(|(e, h)| (e, h.to_string()))),
+            None => out.push((
+                r.extent(m.image.block_size, m.image.size),
+                r.sha256.clone().unwrap_or_default(),
+            )),
         }
     }
     out

@@ -117,7 +117,7 @@ pub fn backup(
         tool: format!("skiff-flash {}", env!("CARGO_PKG_VERSION")),
         source: source.to_path_buf(),
         table,
-        image: crate::image::manifest::image_record(size, output, &written),
+        image: crate::image::manifest::image_record(size, output, &written, &|_, _| None)?,
         partitions,
     };
     let mut set = crate::image::output::Set::new();

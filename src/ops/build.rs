@@ -93,7 +93,7 @@ pub fn build_image(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let record = crate::image::manifest::make(plan, &plan.images, output, &written, &manifest);
+    let record = crate::image::manifest::make(plan, &plan.images, output, &written, &manifest)?;
     let mpath = crate::image::manifest::path_for(output);
     let text = serde_json::to_string_pretty(&record).unwrap_or_default() + "\n";
     set.push(crate::image::file::stage(&mpath, text.as_bytes())?);

@@ -16,7 +16,7 @@
 //! Findings name the region, the file, the byte offset of the first difference and both
 //! hashes. Byte findings are placed through the image's map (`image::map`, from the
 //! manifest): the file and the byte of it, or the structure (a GPT header, a FAT copy, an
-//! inode table), with the disk offset — exactly against an image, within one hashed chunk
+//! inode table), with the disk offset — exactly against an image, within one hashed piece
 //! against a manifest. Never writes.
 
 use std::io::Read;
@@ -176,8 +176,9 @@ fn region_of(m: &Manifest, at: u64) -> String {
         .unwrap_or_else(|| "table".into())
 }
 
-/// Bytes: the manifest's mapped ranges against the target, by hash: chunk by chunk when
-/// the manifest has chunk hashes (each difference placed within its chunk), else range by
+/// Bytes: the manifest's mapped ranges against the target, by hash: piece by piece when
+/// the manifest has hashed pieces (each difference placed within its piece: a file's
+/// content, or at most 1 MiB of anything else), else range by
 /// range (a format 1 manifest, named by partition as before).
 pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     let mut findings = Vec::new();
@@ -196,15 +197,10 @@ pub fn bytes_manifest(dev: &dyn ReadAt, m: &Manifest) -> Verdict {
     for r in &m.image.mapped {
         let e = r.extent(m.image.block_size, m.image.size);
         let span = Span::new(e.start, e.len);
-        let chunk = m.image.chunk_size;
-        checked += match &map {
-            // Chunks that do not tile the range, or are larger than a read (a damaged
-            // manifest), leave the range's hash.
-            Some(map)
-                if chunk <= CHUNK as u64 && r.chunks.len() as u64 == span.len.div_ceil(chunk) =>
-            {
-                by_chunks(dev, r, span, chunk, map, &mut findings)
-            }
+        let pieces = r.hashed(m.image.block_size, m.image.size, m.image.chunk_size);
+        checked += match (&map, pieces) {
+            (Some(map), Some(pieces)) => by_pieces(dev, &pieces, map, &mut findings),
+            // Pieces that do not tile the range (a damaged manifest) leave the range's hash.
             _ => by_range(dev, m, r, span, &mut findings),
         };
     }
@@ -259,38 +255,37 @@ fn by_range(
     off
 }
 
-/// One mapped range against its chunk hashes; each differing chunk's places are findings.
-/// Returns the bytes read.
-fn by_chunks(
+/// One mapped range against its hashed pieces; each differing piece's places are findings.
+/// A piece is read in reads of at most `CHUNK` bytes. Returns the bytes read.
+fn by_pieces(
     dev: &dyn ReadAt,
-    r: &MappedRange,
-    span: Span,
-    chunk: u64,
+    pieces: &[(crate::units::Extent, &str)],
     map: &Map,
     findings: &mut Vec<Finding>,
 ) -> u64 {
     let mut checked = 0;
-    for (want, at) in r
-        .chunks
-        .iter()
-        .zip((span.start..span.end()).step_by(chunk as usize))
-    {
-        let n = chunk.min(span.end() - at);
-        let got = match read(dev, at, n as usize) {
-            Ok(b) => b,
-            Err(e) => {
-                let region = map.place_from(at).region;
-                findings.push(Finding {
-                    offset: Some(at),
-                    ..Finding::new(region, e)
-                });
-                break;
+    for (e, want) in pieces {
+        let mut h = Sha256::new();
+        let mut off = 0;
+        while off < e.len {
+            let n = (e.len - off).min(CHUNK as u64);
+            match read(dev, e.start + off, n as usize) {
+                Ok(b) => h.update(&b),
+                Err(err) => {
+                    let region = map.place_from(e.start + off).region;
+                    findings.push(Finding {
+                        offset: Some(e.start + off),
+                        ..Finding::new(region, err)
+                    });
+                    return checked + off;
+                }
             }
-        };
-        checked += n;
-        let found = hex(&Sha256::digest(&got));
+            off += n;
+        }
+        checked += e.len;
+        let found = hex(&h.finalize());
         if found != *want {
-            chunk_findings(map, Span::new(at, n), want, &found, findings);
+            chunk_findings(map, Span::new(e.start, e.len), want, &found, findings);
         }
     }
     checked
@@ -331,7 +326,7 @@ fn chunk_findings(map: &Map, chunk: Span, want: &str, found: &str, findings: &mu
     let n = named.len();
     for mut f in named {
         if n > 1 {
-            f.message += &format!(" (one of {n} places in a differing chunk)");
+            f.message += &format!(" (one of {n} places in a differing piece)");
         }
         findings.push(Finding {
             expected: Some(want.to_string()),

@@ -66,4 +66,18 @@ impl Observer for Meter<'_> {
             self.done += len;
         }
     }
+
+    fn takes_copies(&self) -> bool {
+        true
+    }
+
+    fn copied(&mut self, _offset: u64, len: u64) {
+        self.done += len;
+        (self.on)(&Event {
+            phase: Phase::Write,
+            device: self.device.clone(),
+            done: self.done.min(self.total),
+            total: self.total,
+        });
+    }
 }

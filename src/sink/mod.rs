@@ -30,6 +30,26 @@ pub trait Sink {
     fn hold(&mut self, _on: bool) -> io::Result<()> {
         Ok(())
     }
+    /// Announces that the next writes from `offset` are one file's whole content: `len`
+    /// bytes, written in order without gaps, whose SHA-256 the writer records itself. A
+    /// stream that hashes what passes leaves them to that hash (each byte hashed once).
+    /// Only a hint: a sink may ignore it.
+    fn file_content(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Copies `len` bytes of `src` from `src_at` to `offset` without them passing through
+    /// this process (in the kernel: `copy_file_range`, a reflink where the filesystem
+    /// shares blocks), for announced file content only. `Ok(false)`: this sink cannot, and
+    /// nothing was written; the caller writes the bytes itself.
+    fn copy_file(
+        &mut self,
+        _offset: u64,
+        _src: &std::fs::File,
+        _src_at: u64,
+        _len: u64,
+    ) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl<T: Sink + ?Sized> Sink for &mut T {
@@ -52,12 +72,33 @@ impl<T: Sink + ?Sized> Sink for &mut T {
     fn hold(&mut self, on: bool) -> io::Result<()> {
         (**self).hold(on)
     }
+
+    fn file_content(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).file_content(offset, len)
+    }
+
+    fn copy_file(
+        &mut self,
+        offset: u64,
+        src: &std::fs::File,
+        src_at: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        (**self).copy_file(offset, src, src_at, len)
+    }
 }
 
 /// Told of every write that reached a sink (after it succeeded): recorders, meters.
 pub trait Observer {
     fn data(&mut self, offset: u64, bytes: &[u8]);
     fn zeros(&mut self, offset: u64, len: u64);
+    /// Whether `copied` is enough (the observer needs no bytes); if not, copies through
+    /// this sink are refused and the bytes are written.
+    fn takes_copies(&self) -> bool {
+        false
+    }
+    /// `len` bytes were copied to `offset` without passing through this process.
+    fn copied(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// A sink that passes every write to `inner` and then tells `observer`.
@@ -89,6 +130,24 @@ impl<S: Sink, O: Observer> Sink for Observed<S, O> {
 
     fn hold(&mut self, on: bool) -> io::Result<()> {
         self.inner.hold(on)
+    }
+
+    fn file_content(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.file_content(offset, len)
+    }
+
+    fn copy_file(
+        &mut self,
+        offset: u64,
+        src: &std::fs::File,
+        src_at: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        if !self.observer.takes_copies() || !self.inner.copy_file(offset, src, src_at, len)? {
+            return Ok(false);
+        }
+        self.observer.copied(offset, len);
+        Ok(true)
     }
 }
 
@@ -134,6 +193,22 @@ impl Sink for Window<'_> {
 
     fn hold(&mut self, on: bool) -> io::Result<()> {
         self.inner.hold(on)
+    }
+
+    fn file_content(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len)?;
+        self.inner.file_content(self.base + offset, len)
+    }
+
+    fn copy_file(
+        &mut self,
+        offset: u64,
+        src: &std::fs::File,
+        src_at: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        self.check(offset, len)?;
+        self.inner.copy_file(self.base + offset, src, src_at, len)
     }
 
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {

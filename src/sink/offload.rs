@@ -29,6 +29,8 @@ pub enum Piece {
     Zeros { at: u64, len: u64 },
     /// `len` zero bytes that are only filler between content.
     Gap(u64),
+    /// The `len` bytes from `at` are one file's content (`Data` for them may follow).
+    File { at: u64, len: u64 },
 }
 
 /// Pieces of the stream with the bytes of their `Data` ones.
@@ -163,6 +165,11 @@ impl<C: Consume> Offload<C> {
             self.piece(Piece::Zeros { at, len })?;
         }
         Ok(())
+    }
+
+    /// Announces a file's content at `at`.
+    pub fn file(&mut self, at: u64, len: u64) -> io::Result<()> {
+        self.piece(Piece::File { at, len })
     }
 
     /// Zeros that are filler.

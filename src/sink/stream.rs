@@ -6,8 +6,9 @@
 //! and released in order as the stream reaches them. Gaps are zeros. It maps which 4 KiB
 //! blocks must be written to a device — data, and zeros a writer declared necessary (a
 //! FAT's free entries) — and hashes each mapped range (bmaptool's model); gaps are "don't
-//! care". Each mapped range is hashed in chunks of at most `CHUNK` bytes from its start, so a
-//! hash-only check can place a difference within a chunk; when asked, also as a whole (what a
+//! care". Each mapped range is hashed in pieces, so a hash-only check can place a difference
+//! within a piece: a file's whole content when its writer announces it (the writer hashes
+//! it as it reads the file, so it is not hashed again here), else at most `CHUNK` bytes; when asked, also as a whole (what a
 //! bmap lists) and the whole stream (SHA256SUMS). All hashing runs on a thread of its own
 //! (`offload`), beside the writes; each byte passes each asked-for hash once.
 //!
@@ -32,22 +33,36 @@ pub trait Emit {
     fn data(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// `len` zero bytes; a sparse file skips them, a compressor compresses them.
     fn zeros(&mut self, len: u64) -> io::Result<()>;
+    /// `len` bytes of `src` from `src_at`, copied without passing through this process;
+    /// `Ok(false)` when this emitter cannot (nothing was written).
+    fn copy(&mut self, _src: &std::fs::File, _src_at: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
-/// Largest piece of a mapped range hashed on its own.
+/// Largest piece of a mapped range hashed on its own (a file's content excepted).
 pub const CHUNK: u64 = 1 << 20;
 
-/// A mapped range of blocks (inclusive), the SHA-256 of each `CHUNK` of its bytes from its
-/// start (the last one shorter) and, when asked for, of all of them.
+/// A mapped range of blocks (inclusive), its bytes in hashed pieces from its start, and,
+/// when asked for, the SHA-256 of all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub first: u64,
     pub last: u64,
     pub sha256: Option<String>,
-    pub chunks: Vec<String>,
+    pub pieces: Vec<Hashed>,
 }
 
-/// What a stream hashes besides each mapped range's chunks.
+/// `len` bytes of a mapped range: at most `CHUNK` bytes with their SHA-256, or one file's
+/// whole content (`sha256` None: the file's own hash, which its writer computed as it read
+/// the file, is these bytes' hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    pub len: u64,
+    pub sha256: Option<String>,
+}
+
+/// What a stream hashes besides each mapped range's pieces.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hashes {
     /// Each mapped range as a whole (a bmap's checksums).
@@ -63,7 +78,7 @@ struct Open {
     chunk: Sha256,
     /// Bytes in `chunk` so far.
     chunk_fill: u64,
-    chunks: Vec<String>,
+    pieces: Vec<Hashed>,
 }
 
 impl Open {
@@ -73,7 +88,7 @@ impl Open {
             range: whole.then(Sha256::new),
             chunk: Sha256::new(),
             chunk_fill: 0,
-            chunks: Vec::new(),
+            pieces: Vec::new(),
         }
     }
 
@@ -107,9 +122,14 @@ impl Open {
     }
 
     fn end_chunk(&mut self) {
-        let h = std::mem::take(&mut self.chunk);
-        self.chunks.push(hex(&h.finalize()));
-        self.chunk_fill = 0;
+        if self.chunk_fill > 0 {
+            let h = std::mem::take(&mut self.chunk);
+            self.pieces.push(Hashed {
+                len: self.chunk_fill,
+                sha256: Some(hex(&h.finalize())),
+            });
+            self.chunk_fill = 0;
+        }
     }
 }
 
@@ -130,39 +150,46 @@ struct Mapper {
     open: Option<Open>,
     /// First block after the open range.
     end_block: u64,
-    /// Bytes up to here are in the open range's hash.
+    /// Bytes up to here are in the open range's pieces.
     hashed_to: u64,
+    /// Bytes below this, from `hashed_to` at the file's declaration, are a file's content:
+    /// already a piece, only the whole-range hash (if any) still takes them.
+    file_end: u64,
 }
 
 impl Mapper {
     fn close(&mut self) {
         if let Some(mut o) = self.open.take() {
             o.absorb(None, self.end_block * BLOCK - self.hashed_to);
-            if o.chunk_fill > 0 {
-                o.end_chunk();
-            }
+            o.end_chunk();
             self.ranges.push(Range {
                 first: o.first,
                 last: self.end_block - 1,
                 sha256: o.range.map(|h| hex(&h.finalize())),
-                chunks: o.chunks,
+                pieces: o.pieces,
             });
         }
     }
 
     fn data(&mut self, at: u64, bytes: &[u8]) {
-        self.mapped(at, Some(bytes), bytes.len() as u64);
+        // The part inside a declared file went into its piece already.
+        let inside = self.file_end.saturating_sub(at).min(bytes.len() as u64) as usize;
+        if inside > 0
+            && let Some(r) = self.open.as_mut().and_then(|o| o.range.as_mut())
+        {
+            r.update(&bytes[..inside]);
+        }
+        let rest = &bytes[inside..];
+        self.mapped(at + inside as u64, Some(rest), rest.len() as u64);
     }
 
     fn zeros(&mut self, at: u64, len: u64) {
         self.mapped(at, None, len);
     }
 
-    /// Maps `[at, at+len)`, hashing `bytes` (or zeros).
-    fn mapped(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
-        if len == 0 {
-            return;
-        }
+    /// Opens a new range at `at`'s block unless the open one reaches it; returns the gap
+    /// from what is hashed to `at` (zeros within the range).
+    fn reach(&mut self, at: u64) -> u64 {
         let block = at / BLOCK;
         let contiguous = self.open.is_some() && block <= self.end_block;
         if !contiguous {
@@ -170,13 +197,38 @@ impl Mapper {
             self.open = Some(Open::new(block, self.whole_ranges));
             self.hashed_to = block * BLOCK;
         }
-        let gap = at - self.hashed_to;
+        at - self.hashed_to
+    }
+
+    /// Maps `[at, at+len)`, hashing `bytes` (or zeros).
+    fn mapped(&mut self, at: u64, bytes: Option<&[u8]>, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let gap = self.reach(at);
         if let Some(o) = self.open.as_mut() {
             o.absorb(None, gap);
             o.absorb(bytes, len);
         }
         let end = at + len;
         self.hashed_to = end;
+        self.end_block = self.end_block.max(end.div_ceil(BLOCK));
+    }
+
+    /// Maps `[at, at+len)` as one file's content: a piece of its own, hashed by its writer.
+    fn file(&mut self, at: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let gap = self.reach(at);
+        if let Some(o) = self.open.as_mut() {
+            o.absorb(None, gap);
+            o.end_chunk();
+            o.pieces.push(Hashed { len, sha256: None });
+        }
+        let end = at + len;
+        self.hashed_to = end;
+        self.file_end = end;
         self.end_block = self.end_block.max(end.div_ceil(BLOCK));
     }
 
@@ -232,6 +284,7 @@ impl Consume for Hasher {
                     zeros_into(h, len);
                 }
             }
+            Piece::File { at, len } => self.map.file(at, len),
         });
     }
 
@@ -257,10 +310,15 @@ pub struct Sequencer<E: Emit> {
     hashing: Offload<Hasher>,
     /// Gaps are hashed too (the whole stream is).
     hash_gaps: bool,
+    /// A file's content being streamed: the next byte expected and the end.
+    file: Option<(u64, u64)>,
+    /// A file's bytes still go to the hashing thread (for the whole-range or whole-image
+    /// hash); else only the announcement does.
+    file_bytes: bool,
 }
 
 impl<E: Emit> Sequencer<E> {
-    /// A stream of `size` bytes, hashed as `hashes` asks (chunks always) on a thread of its
+    /// A stream of `size` bytes, hashed as `hashes` asks (pieces always) on a thread of its
     /// own.
     pub fn new(out: E, size: u64, hashes: Hashes) -> io::Result<Self> {
         let hasher = Hasher {
@@ -279,6 +337,8 @@ impl<E: Emit> Sequencer<E> {
             holding: false,
             hashing: Offload::spawn("stream hashing", hasher)?,
             hash_gaps: hashes.whole,
+            file: None,
+            file_bytes: hashes.ranges || hashes.whole,
         })
     }
 
@@ -306,6 +366,9 @@ impl<E: Emit> Sequencer<E> {
 
     /// Zeros that must be written (mapped), unlike gaps.
     fn emit_zeros(&mut self, at: u64, len: u64) -> io::Result<()> {
+        if let Some((next, _)) = self.file {
+            return Err(file_broken(next, at));
+        }
         // Zeros declared over bytes already streamed add nothing.
         let start = at.max(self.cursor);
         let end = at + len;
@@ -323,7 +386,18 @@ impl<E: Emit> Sequencer<E> {
     fn emit(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
         self.behind(at)?;
         self.gap(at)?;
-        self.hashing.data(at, bytes)?;
+        let mut skip = 0;
+        if let Some((next, end)) = self.file {
+            if at != next {
+                return Err(file_broken(next, at));
+            }
+            skip = (end - at).min(bytes.len() as u64) as usize;
+            self.file = (at + (skip as u64) < end).then_some((at + skip as u64, end));
+            if self.file_bytes {
+                self.hashing.data(at, &bytes[..skip])?;
+            }
+        }
+        self.hashing.data(at + skip as u64, &bytes[skip..])?;
         self.out.data(bytes)?;
         self.cursor += bytes.len() as u64;
         Ok(())
@@ -346,6 +420,11 @@ impl<E: Emit> Sequencer<E> {
     /// Emits what is left and the zeros to the end; returns the emitter and the summary.
     pub fn finish(mut self) -> io::Result<(E, StreamSummary)> {
         self.release_below(u64::MAX)?;
+        if let Some((next, end)) = self.file {
+            return Err(io::Error::other(format!(
+                "a file's content ended at {next}, before its announced end at {end}"
+            )));
+        }
         self.gap(self.size)?;
         let (ranges, sha256) = self.hashing.finish()?;
         let mapped_blocks = ranges.iter().map(|r| r.last - r.first + 1).sum();
@@ -361,7 +440,53 @@ impl<E: Emit> Sequencer<E> {
     }
 }
 
+/// A write that breaks a file's announced content (a writer's fault, not the input's).
+fn file_broken(next: u64, at: u64) -> io::Error {
+    io::Error::other(format!(
+        "a file's content continues at {next}, but the next write is at {at}"
+    ))
+}
+
 impl<E: Emit> Sink for Sequencer<E> {
+    /// Only the announced file's next bytes, and only when nothing hashes them here.
+    fn copy_file(
+        &mut self,
+        offset: u64,
+        src: &std::fs::File,
+        src_at: u64,
+        len: u64,
+    ) -> io::Result<bool> {
+        let Some((next, end)) = self.file else {
+            return Ok(false);
+        };
+        if self.holding || self.file_bytes || offset != next || offset + len > end {
+            return Ok(false);
+        }
+        if !self.out.copy(src, src_at, len)? {
+            return Ok(false);
+        }
+        self.cursor = offset + len;
+        self.file = (offset + len < end).then_some((offset + len, end));
+        Ok(true)
+    }
+
+    /// While writes are held, the announcement is ignored (the bytes are hashed as they
+    /// pass, which is always right).
+    fn file_content(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if self.holding || len == 0 || self.file.is_some() {
+            return Ok(());
+        }
+        if offset + len > self.size {
+            return Err(io::Error::other("file content past the end of the image"));
+        }
+        self.release_below(offset)?;
+        self.behind(offset)?;
+        self.gap(offset)?;
+        self.hashing.file(offset, len)?;
+        self.file = Some((offset, offset + len));
+        Ok(())
+    }
+
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         if offset + bytes.len() as u64 > self.size {
             return Err(io::Error::other("write past the end of the image"));
@@ -424,6 +549,35 @@ impl Emit for SparseFile<'_> {
         self.at += len;
         Ok(())
     }
+
+    /// `copy_file_range`: the kernel copies (or shares the blocks, on a filesystem that
+    /// can). A filesystem or kernel that cannot, before anything was copied, is `Ok(false)`.
+    fn copy(&mut self, src: &std::fs::File, src_at: u64, len: u64) -> io::Result<bool> {
+        let (mut from, mut to) = (src_at, self.at);
+        let end = self.at + len;
+        while to < end {
+            let want = (end - to).min(1 << 30) as usize;
+            match rustix::fs::copy_file_range(src, Some(&mut from), self.file, Some(&mut to), want)
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source file ended before its planned size",
+                    ));
+                }
+                Ok(_) => {}
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::INVAL,
+                ) if to == self.at => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.at = end;
+        Ok(true)
+    }
 }
 
 /// Any `Write` (a compressor): zeros are written as zeros.
@@ -469,6 +623,10 @@ mod tests {
 
     fn sha(b: &[u8]) -> Option<String> {
         Some(hex(&Sha256::digest(b)))
+    }
+
+    fn hashes(r: &Range) -> Vec<String> {
+        r.pieces.iter().map(|p| p.sha256.clone().unwrap()).collect()
     }
 
     fn sha_(b: &[u8]) -> String {
@@ -527,11 +685,11 @@ mod tests {
                 .step_by(CHUNK as usize)
                 .map(|c| sha_(&out.0[c as usize..(c + CHUNK).min(b) as usize]))
                 .collect();
-            assert_eq!(r.chunks, want, "range {}..={}", r.first, r.last);
+            assert_eq!(hashes(r), want, "range {}..={}", r.first, r.last);
             assert_eq!(r.sha256, sha(&out.0[a as usize..b as usize]));
         }
-        assert_eq!(sum.ranges[0].chunks.len(), 3);
-        assert_eq!(sum.ranges[1].chunks.len(), 1);
+        assert_eq!(sum.ranges[0].pieces.len(), 3);
+        assert_eq!(sum.ranges[1].pieces.len(), 1);
     }
 
     #[test]
@@ -572,6 +730,57 @@ mod tests {
         let (out, sum) = s.finish().unwrap();
         assert_eq!(sum.sha256, None);
         assert_eq!(sum.ranges[0].sha256, None);
-        assert_eq!(sum.ranges[0].chunks, [sha_(&out.0[..2 * BLOCK as usize])]);
+        assert_eq!(hashes(&sum.ranges[0]), [sha_(&out.0[..2 * BLOCK as usize])]);
+    }
+
+    #[test]
+    fn an_announced_file_is_one_piece_left_unhashed() {
+        for ranges in [false, true] {
+            let hashes = Hashes {
+                ranges,
+                whole: ranges,
+            };
+            let mut s = Sequencer::new(Mem::default(), 4 * CHUNK, hashes).unwrap();
+            let file: Vec<u8> = (0..(CHUNK + 777)).map(|i| (i % 241) as u8).collect();
+            s.data(100, b"meta").unwrap();
+            s.file_content(BLOCK + 10, file.len() as u64).unwrap();
+            s.data(BLOCK + 10, &file[..5000]).unwrap();
+            s.data(BLOCK + 5010, &file[5000..]).unwrap();
+            // Slack after the content, then more metadata in the same range.
+            let end = BLOCK + 10 + file.len() as u64;
+            s.zeros(end, 300).unwrap();
+            s.data(end + 300, b"tail").unwrap();
+            let (out, sum) = s.finish().unwrap();
+            assert_eq!(sum.ranges.len(), 1);
+            let r = &sum.ranges[0];
+            let lens: Vec<u64> = r.pieces.iter().map(|p| p.len).collect();
+            let range_end = (end + 304).div_ceil(BLOCK) * BLOCK;
+            assert_eq!(lens, [BLOCK + 10, file.len() as u64, range_end - end]);
+            assert_eq!(r.pieces[0].sha256, sha(&out.0[..(BLOCK + 10) as usize]));
+            assert_eq!(
+                r.pieces[1].sha256, None,
+                "the file's own hash stands for it"
+            );
+            assert_eq!(
+                r.pieces[2].sha256,
+                sha(&out.0[end as usize..range_end as usize])
+            );
+            if ranges {
+                assert_eq!(r.sha256, sha(&out.0[..range_end as usize]));
+                assert_eq!(sum.sha256, sha(&out.0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_that_breaks_an_announced_file_is_an_error() {
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, Hashes::default()).unwrap();
+        s.file_content(BLOCK, 3000).unwrap();
+        s.data(BLOCK, &[1; 1000]).unwrap();
+        assert!(s.data(BLOCK + 2000, &[2; 10]).is_err());
+        let mut s = Sequencer::new(Mem::default(), 8 * BLOCK, Hashes::default()).unwrap();
+        s.file_content(BLOCK, 3000).unwrap();
+        s.data(BLOCK, &[1; 1000]).unwrap();
+        assert!(s.finish().is_err());
     }
 }

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::format::{FileRecord, FsSpec, FsWriter, Measure, Placed, Span, Structure};
-use crate::io::{open, read_full};
+use crate::io::read_full;
 use crate::plan::tree::{Entry, Node, name_of, parent_of};
 use crate::sink::Sink;
 
@@ -447,23 +447,34 @@ fn write_files(
         let Node::File { source, size } = &it.entry.node else {
             continue;
         };
-        let mut r = open(source, *size)?;
-        let mut pos = if *size > 0 {
+        let start = if *size > 0 {
             l.cluster_offset(it.first)
         } else {
             0
         };
-        loop {
-            let n = read_full(&mut r, &mut buf).map_err(io)?;
-            if n == 0 {
-                break;
+        // One run of clusters: the content is announced, and hashed once, as it is read
+        // (or, for a large file, by a thread of its own while the kernel copies it).
+        sink.file_content(start, *size).map_err(io)?;
+        let (sha256, pos) = match crate::io::content(source, *size)? {
+            crate::io::Content::File(mut c) => {
+                let pos = if sink.copy_file(start, &c.file, 0, *size).map_err(io)? {
+                    start + size
+                } else {
+                    copy_through(&mut c, &mut buf, sink, start).map_err(io)?
+                };
+                if pos != start + size {
+                    return Err(bad(spec, &it.entry.path, "source shrank while building"));
+                }
+                (c.finish()?, pos)
             }
-            sink.data(pos, &buf[..n]).map_err(io)?;
-            pos += n as u64;
-        }
-        if r.count() != *size {
-            return Err(bad(spec, &it.entry.path, "source shrank while building"));
-        }
+            crate::io::Content::Read(mut r) => {
+                let pos = copy_through(&mut r, &mut buf, sink, start).map_err(io)?;
+                if r.count() != *size {
+                    return Err(bad(spec, &it.entry.path, "source shrank while building"));
+                }
+                (r.finish(), pos)
+            }
+        };
         let slack = u64::from(it.clusters) * l.cluster_bytes - size;
         if slack > 0 {
             sink.zeros(pos, slack).map_err(io)?;
@@ -476,11 +487,28 @@ fn write_files(
         records.push(FileRecord {
             path: it.entry.path.clone(),
             size: *size,
-            sha256: r.finish(),
+            sha256,
             extents,
         });
     }
     Ok(records)
+}
+
+/// Reads `r` to its end into `sink` from `at`, through `buf`; gives where it ended.
+fn copy_through(
+    mut r: &mut dyn std::io::Read,
+    buf: &mut [u8],
+    sink: &mut dyn Sink,
+    mut at: u64,
+) -> std::io::Result<u64> {
+    loop {
+        let n = read_full(&mut r, buf)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        sink.data(at, &buf[..n])?;
+        at += n as u64;
+    }
 }
 
 fn bad(spec: &FsSpec<'_>, path: &str, msg: &str) -> Error {

@@ -8,7 +8,8 @@
 #           images dir as a real build leaves it: Debian's arm64 kernel and Raspberry Pi DTBs
 #           (`apt-get download` of the package linux-image-arm64 points at, cached in
 #           target/boot-cache/debs), an lz4 initramfs holding busybox (busybox-static:arm64)
-#           and a 20 MiB incompressible blob in an xz squashfs. Each run, in turn: build .img;
+#           and a 20 MiB incompressible blob in an xz squashfs. Each run, in turn (each of the
+#           first three with the payload read once just before, so all find it cached): build .img;
 #           genimage of the same layout; `cat` of every payload file into one file (the
 #           copy-once limit); build .img.zst (and its peak RSS); build .img then
 #           `zstd -T0 -3`; as root, on 1 GiB loop devices with cold caches: `bmaptool copy`,
@@ -539,6 +540,8 @@ clock() {
     t1=$(now)
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f\n", b - a}' >>"$out.times"
 }
+# warm FILE...: reads the files once, so that the next timed run finds them cached.
+warm() { cat "$@" >/dev/null; }
 # med OUT: the median of OUT.times.
 med() { median "$1.times"; }
 
@@ -573,12 +576,18 @@ section_ratios() {
 
     for ((r = 1; r <= RATIO_REPS; r++)); do
         log "ratios: run $r/$RATIO_REPS"
+        # The previous run's flashes dropped the page cache: every composing run below
+        # starts with the payload cached (as right after a Buildroot build), not only the
+        # ones that happen to follow another.
+        warm "${files[@]}"
         rm -f "$out/b.img" "$out/b.img.manifest.json"
         clock "$out/build" "$SF" build --quiet --board "$BOARD" --images "$images" --size "$size" -o "$out/b.img"
         rm -rf "$out/gi"; mkdir -p "$out/gi/out"
+        warm "${files[@]}"
         clock "$out/genimage" genimage --config "$cfg" --rootpath "$WORK/empty-root" \
             --tmppath "$out/gi/tmp" --inputpath "$WORK/input" --outputpath "$out/gi/out"
         rm -f "$out/copy.bin"
+        warm "${files[@]}"
         clock "$out/copy" sh -c 'cat "$@" >"$0"' "$out/copy.bin" "${files[@]}"
         rm -f "$out/z.img.zst" "$out/z.img.zst.manifest.json"
         /usr/bin/time -f '%M' -o "$out/zst.rss.$r" \

@@ -133,7 +133,8 @@ impl Open {
     }
 }
 
-fn zeros_into(h: &mut Sha256, mut len: u64) {
+/// Hashes `len` zero bytes.
+pub(crate) fn zeros_into(h: &mut Sha256, mut len: u64) {
     while len > 0 {
         let n = len.min(ZEROS.len() as u64) as usize;
         h.update(&ZEROS[..n]);

@@ -115,7 +115,7 @@ impl Written {
                 if self.hashed {
                     match bytes {
                         Some(b) => o.hasher.update(&b[consumed..consumed + n as usize]),
-                        None => zeros_into(&mut o.hasher, n),
+                        None => super::stream::zeros_into(&mut o.hasher, n),
                     }
                 }
                 o.len += n;
@@ -125,19 +125,7 @@ impl Written {
             len -= n;
         }
     }
-}
 
-/// Hashes `len` zero bytes.
-fn zeros_into(h: &mut Sha256, mut len: u64) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..n]);
-        len -= n as u64;
-    }
-}
-
-impl Written {
     /// The segments whose bytes must still be on the medium, ascending: a segment that a
     /// later write overlaps is left out (it is not expected to read back as written).
     pub fn last_writes(&self) -> Vec<Segment> {

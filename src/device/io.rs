@@ -35,7 +35,23 @@ pub struct Device {
     logical_sector: u32,
     /// Bytes written since writeback was last started.
     unstarted: u64,
+    /// The O_DIRECT descriptor and aligned buffer large aligned writes go through; `None`
+    /// until the first one, and for good once the device refuses direct writes.
+    direct_out: Direct,
 }
+
+/// Writes past the page cache, once tried.
+enum Direct {
+    Untried,
+    Open(File, Aligned),
+    Refused,
+}
+
+/// Writes of at least this many bytes, 4 KiB-aligned, go past the page cache: no copy into
+/// cached pages and no writeback to wait for, which leaves the CPU to decoding when
+/// several cards are written at once.
+const DIRECT_FROM: usize = 64 << 10;
+const DIRECT_ALIGN: u64 = 4096;
 
 /// Writeback is started after this many bytes are written: the device writes while more
 /// comes, and the final flush has little left to wait for (with several cards at once, the
@@ -80,6 +96,7 @@ impl Device {
             size,
             logical_sector: info.logical_sector.max(SYSFS_SECTOR as u32),
             unstarted: 0,
+            direct_out: Direct::Untried,
         })
     }
 
@@ -240,6 +257,42 @@ pub fn drop_partition_caches(info: &DeviceInfo) {
 }
 
 impl Device {
+    /// Writes a large aligned piece with O_DIRECT; `Ok(false)` when it is not one or this
+    /// device does not take direct writes (then it is written through the cache).
+    fn write_past_cache(&mut self, offset: u64, bytes: &[u8]) -> io::Result<bool> {
+        if bytes.len() < DIRECT_FROM
+            || !offset.is_multiple_of(DIRECT_ALIGN)
+            || !(bytes.len() as u64).is_multiple_of(DIRECT_ALIGN)
+            || !offset.is_multiple_of(u64::from(self.logical_sector))
+        {
+            return Ok(false);
+        }
+        if matches!(self.direct_out, Direct::Untried) {
+            self.direct_out = match self.direct(OFlags::WRONLY) {
+                Ok(f) => Direct::Open(f, Aligned::new(1 << 20, DIRECT_ALIGN)),
+                Err(_) => Direct::Refused,
+            };
+        }
+        let Direct::Open(f, buf) = &mut self.direct_out else {
+            return Ok(false);
+        };
+        for (i, piece) in bytes.chunks(1 << 20).enumerate() {
+            let at = offset + (i as u64) * (1 << 20);
+            let b = &mut buf.buf()[..piece.len()];
+            b.copy_from_slice(piece);
+            match f.write_all_at(b, at) {
+                Ok(()) => {}
+                // Nothing of this piece was written yet: the cache takes it, and the rest.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && i == 0 => {
+                    self.direct_out = Direct::Refused;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
     /// Starts writeback of what is dirty (without waiting for it) once enough was written.
     /// A write error it reports (a medium that is full or failing) is this write's error,
     /// so it is not lost to the final flush.
@@ -263,6 +316,9 @@ impl Device {
 impl Sink for Device {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         self.bounds(offset, bytes.len() as u64)?;
+        if self.write_past_cache(offset, bytes)? {
+            return Ok(());
+        }
         self.file.write_all_at(bytes, offset)?;
         self.written(bytes.len() as u64)
     }

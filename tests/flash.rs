@@ -23,6 +23,15 @@ fn flash_image(dev: &str, img: &Path, extra: &[&str]) -> std::process::Output {
     run(&[&args[..], extra].concat())
 }
 
+/// The final `done` event of a successful `--json` flash.
+fn done_event(out: &std::process::Output) -> serde_json::Value {
+    ok(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a final report")
+}
+
 /// A loop-device card of `size` bytes, where `check_card`'s tools are here; None (the test
 /// is over) otherwise.
 fn checked_card(size: u64) -> Option<Card> {
@@ -133,12 +142,7 @@ fn compressed_image_writes_only_mapped_bytes_and_verifies() {
         .parse()
         .unwrap();
     let out = flash_image(&card.dev, &img, &["--json"]);
-    let text = ok(&out);
-    let done: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a final report");
+    let done = done_event(&out);
     assert_eq!(done["ok"], true);
     assert_eq!(done["report"]["verified"], true);
     let written = done["report"]["bytes_written"].as_u64().unwrap();
@@ -168,12 +172,7 @@ fn an_image_without_bmap_is_mapped_and_checked_by_its_manifest() {
         .map(|r| r["last"].as_u64().unwrap() - r["first"].as_u64().unwrap() + 1)
         .sum();
     let out = flash_image(&card.dev, &img, &["--json"]);
-    let text = ok(&out);
-    let done: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a final report");
+    let done = done_event(&out);
     assert_eq!(done["report"]["verified"], true);
     // Only the manifest's mapped blocks (and the backup GPT moved to the device's end),
     // not the whole decoded image.
@@ -204,12 +203,7 @@ fn an_image_without_bmap_is_mapped_and_checked_by_its_manifest() {
     bad["image"]["file"] = "other.img.zst".into();
     std::fs::write(&manifest, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
     let out = flash_image(&card.dev, &img, &["--json"]);
-    let text = ok(&out);
-    let done: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a final report");
+    let done = done_event(&out);
     assert!(
         done["report"]["bytes_written"].as_u64().unwrap() > mapped * 4096 + (64 << 20),
         "{done} vs {mapped} mapped blocks"

@@ -552,8 +552,14 @@ impl Emit for SparseFile<'_> {
     }
 
     /// `copy_file_range`: the kernel copies (or shares the blocks, on a filesystem that
-    /// can). A filesystem or kernel that cannot, before anything was copied, is `Ok(false)`.
+    /// can). A filesystem or kernel that cannot, before anything was copied, is `Ok(false)`;
+    /// so is a copy whose source and destination lie differently within a page (a file in
+    /// 512-byte FAT clusters): the kernel would then write every page in two parts, which
+    /// is slower than reading and writing through a buffer.
     fn copy(&mut self, src: &std::fs::File, src_at: u64, len: u64) -> io::Result<bool> {
+        if !(src_at ^ self.at).is_multiple_of(PAGE) {
+            return Ok(false);
+        }
         let (mut from, mut to) = (src_at, self.at);
         let end = self.at + len;
         while to < end {
@@ -580,6 +586,9 @@ impl Emit for SparseFile<'_> {
         Ok(true)
     }
 }
+
+/// The page size that in-kernel copies are aligned to (the smallest in common use).
+const PAGE: u64 = 4096;
 
 /// Any `Write` (a compressor): zeros are written as zeros.
 pub struct Stream<W: Write>(pub W);
@@ -621,6 +630,26 @@ mod tests {
         ranges: true,
         whole: true,
     };
+
+    #[test]
+    fn an_in_kernel_copy_is_declined_where_source_and_destination_differ_within_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let src: Vec<u8> = (0..3 * PAGE as usize).map(|i| (i % 249) as u8).collect();
+        std::fs::write(dir.path().join("src"), &src).unwrap();
+        let from = std::fs::File::open(dir.path().join("src")).unwrap();
+        let out = std::fs::File::create(dir.path().join("out")).unwrap();
+        let mut f = SparseFile::new(&out);
+        // 512 bytes into a page, from a page start: declined, nothing written or moved.
+        f.at = PAGE + 512;
+        assert!(!f.copy(&from, 0, 2 * PAGE).unwrap());
+        assert_eq!(f.at, PAGE + 512);
+        assert_eq!(out.metadata().unwrap().len(), 0);
+        // The same place within a page on both sides: copied.
+        assert!(f.copy(&from, 512, 2 * PAGE).unwrap());
+        assert_eq!(f.at, 3 * PAGE + 512);
+        let written = std::fs::read(dir.path().join("out")).unwrap();
+        assert!(written[PAGE as usize + 512..] == src[512..2 * PAGE as usize + 512]);
+    }
 
     fn sha(b: &[u8]) -> Option<String> {
         Some(hex(&Sha256::digest(b)))

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::table::{gpt, mbr};
 use crate::format::{self, FileRecord, Placed, Span, Structure};
 use crate::io::{HashReader, nonzero_runs, read_full};
+use crate::plan::tree::{Node, Source};
 use crate::plan::{Partition, Plan, Prebuilt, RawWrite, Table};
 use crate::progress::Callback;
 use crate::sink::metered::{Count, metered};
@@ -75,15 +76,28 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
     if sink.sequential() {
         jobs.sort_by_key(Job::offset);
     }
+    // Every large input file starts hashing now, in the order it will be copied.
+    let ahead = crate::io::Ahead::start(jobs.iter().flat_map(|job| match job {
+        Job::Part(p) => large_files(plan, p),
+        _ => Vec::new(),
+    }));
     let mut records = Vec::new();
     let mut raw = Vec::new();
     for job in jobs {
         match job {
-            Job::Part(p) => records.push(write_partition(plan, p, &mut sink)?),
+            Job::Part(p) => records.push(write_partition(plan, p, &ahead, &mut sink)?),
             Job::Raw(r) => raw.push(write_raw(r, &mut sink)?),
             Job::Table(o, b) => sink
                 .data(o, b)
                 .map_err(|e| Error::io("writing the partition table", e))?,
+        }
+    }
+    // The files hashed ahead get their hashes now.
+    let settled = ahead.settle()?;
+
+    for f in records.iter_mut().flat_map(|r| r.files.iter_mut()) {
+        if let Some(h) = settled.get(&f.sha256) {
+            f.sha256.clone_from(h);
         }
     }
     Ok(Composed {
@@ -114,9 +128,32 @@ impl Job<'_> {
 /// Bytes 0..440 of sector 0: free for bootloaders on MBR and GPT alike.
 const BOOT_CODE: u64 = 440;
 
-fn write_partition(plan: &Plan, p: &Partition, sink: &mut dyn Sink) -> Result<PartitionRecord> {
+/// The files of partition `p` read from the images directory, with their planned sizes.
+fn large_files(plan: &Plan, p: &Partition) -> Vec<(std::path::PathBuf, u64)> {
+    let Some((_, spec)) = plan.fs_spec(p) else {
+        return Vec::new();
+    };
+    spec.tree
+        .iter()
+        .filter_map(|e| match &e.node {
+            Node::File {
+                source: Source::Path(path),
+                size,
+            } => Some((path.clone(), *size)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn write_partition(
+    plan: &Plan,
+    p: &Partition,
+    ahead: &crate::io::Ahead,
+    sink: &mut dyn Sink,
+) -> Result<PartitionRecord> {
     let placed = match (plan.fs_spec(p), &p.image) {
-        (Some((kind, spec)), _) => {
+        (Some((kind, mut spec)), _) => {
+            spec.ahead = Some(ahead);
             let size = p.fs.as_ref().map_or(p.size, |f| f.size);
             let mut w = Window::new(sink, p.start, size)
                 .map_err(|e| Error::io(format!("partition {}", p.id), e))?;

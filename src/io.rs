@@ -5,7 +5,9 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -148,15 +150,189 @@ pub enum Content<'a> {
     Read(HashReader<Box<dyn Read + 'a>>),
 }
 
-/// Opens a source for copying (see `Content`), checked against its planned size.
-pub fn content(source: &Source, size: u64) -> Result<Content<'_>> {
+/// Opens a source for copying (see `Content`), checked against its planned size. A file
+/// that `ahead` is hashing already takes that hash; another large one gets a thread of
+/// its own.
+pub fn content<'a>(source: &'a Source, size: u64, ahead: Option<&Ahead>) -> Result<Content<'a>> {
     match source {
-        Source::Path(p) if size >= AWAY_FROM => Ok(Content::File(FileCopy::open(p, size)?)),
+        Source::Path(p) if size >= AWAY_FROM => Ok(Content::File(FileCopy::open(p, size, ahead)?)),
         _ => Ok(Content::Read(open(source, size)?)),
     }
 }
 
-/// A source file being copied while a thread of its own hashes it.
+/// The large input files of a composition, hashed by a few threads from its start. Each
+/// file's hash then runs beside the copying of the files before it too, not only of
+/// itself, so a long hash (a kernel's) and the copies that follow it share the cores.
+///
+/// A file copied meanwhile does not wait for its hash: its record holds a placeholder
+/// until `settle`, at the end of the composition, gives every hash (and checks that no
+/// file changed while it was copied and hashed).
+pub struct Ahead {
+    jobs: std::collections::HashMap<PathBuf, Arc<Hashing>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Copies done whose hashes are not settled yet, by placeholder number.
+    unsettled: Mutex<Vec<FileCopy>>,
+}
+
+/// One file being hashed ahead: opened (and stamped) when hashing was set up, so the copy
+/// reads the very file that is hashed.
+struct Hashing {
+    file: File,
+    size: u64,
+    stamp: Stamp,
+    done: Mutex<Option<Hashed>>,
+    ready: Condvar,
+}
+
+/// A finished hash: the bytes read and the digest, or why the file could not be read (kept
+/// as its kind and message, to be given to every waiter).
+type Hashed = std::result::Result<(u64, String), (io::ErrorKind, String)>;
+
+impl Hashing {
+    /// Waits for the hash: the bytes read and the digest.
+    fn wait(&self) -> io::Result<(u64, String)> {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = done.as_ref() {
+                return r.clone().map_err(|(kind, m)| io::Error::new(kind, m));
+            }
+            done = self.ready.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl std::fmt::Debug for Ahead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead")
+            .field("files", &self.jobs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Threads that hash ahead, at most.
+const AHEAD_THREADS: usize = 4;
+
+impl Ahead {
+    /// Starts hashing `files` (path and planned size, in the order they will be copied)
+    /// on up to one thread per core, at a lower priority than the copying. A file that
+    /// cannot be opened, or no longer has its planned size, is left to its copy, which
+    /// reports it.
+    pub fn start(files: impl IntoIterator<Item = (PathBuf, u64)>) -> Ahead {
+        let mut jobs = std::collections::HashMap::new();
+        let mut queue = std::collections::VecDeque::new();
+        for (path, size) in files {
+            if jobs.contains_key(&path) || size < AWAY_FROM {
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else {
+                continue;
+            };
+            if meta.len() != size {
+                continue;
+            }
+            let h = Arc::new(Hashing {
+                file,
+                size,
+                stamp: Stamp::of(&meta),
+                done: Mutex::new(None),
+                ready: Condvar::new(),
+            });
+            queue.push_back(h.clone());
+            jobs.insert(path, h);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(AHEAD_THREADS)
+            .min(queue.len());
+        let queue = Arc::new(Mutex::new(queue));
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (queue, stop) = (queue.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("file hashing".into())
+                .spawn(move || {
+                    yield_to_copying();
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        let Some(h) = next else { break };
+                        let r =
+                            hash_at(&h.file, h.size, &stop).map_err(|e| (e.kind(), e.to_string()));
+                        *h.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        h.ready.notify_all();
+                    }
+                });
+            if let Ok(w) = spawned {
+                workers.push(w);
+            }
+        }
+        if workers.is_empty() {
+            // No thread to be had: every file is hashed beside its own copy instead.
+            jobs.clear();
+        }
+        Ahead {
+            jobs,
+            stop,
+            workers,
+            unsettled: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes a finished copy whose hash is still being computed; gives its placeholder.
+    fn defer(&self, copy: FileCopy) -> String {
+        let mut u = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        u.push(copy);
+        format!("{UNSETTLED}{}", u.len() - 1)
+    }
+
+    /// Waits for every deferred hash: gives each placeholder's hash, or the error of the
+    /// first file that could not be read or changed meanwhile.
+    pub fn settle(&self) -> Result<std::collections::HashMap<String, String>> {
+        let copies = std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
+        copies
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Ok((format!("{UNSETTLED}{i}"), c.settle()?)))
+            .collect()
+    }
+
+    /// The hashing of `path`, if it was started and the file still has `size` bytes.
+    fn of(&self, path: &Path, size: u64) -> Option<Arc<Hashing>> {
+        self.jobs.get(path).filter(|h| h.size == size).cloned()
+    }
+}
+
+/// Lowers the calling thread's scheduling priority, so that the copying, which the
+/// composition waits on, keeps its core while the hashing takes the rest. Best effort.
+fn yield_to_copying() {
+    // SAFETY: plain system calls on this thread's own id; nothing is borrowed.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE_AHEAD);
+    }
+}
+
+/// The niceness of hashing-ahead threads.
+const NICE_AHEAD: libc::c_int = 10;
+
+/// How a placeholder for a hash not settled yet begins (never a hex digest).
+const UNSETTLED: &str = "unsettled:";
+
+impl Drop for Ahead {
+    /// Stops hashing what was not asked for (a composition that failed part way).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A source file being copied while another thread hashes it.
 pub struct FileCopy {
     pub file: File,
     path: std::path::PathBuf,
@@ -164,11 +340,17 @@ pub struct FileCopy {
     /// Where `Read` goes on from.
     pos: u64,
     stamp: Stamp,
-    hash: std::thread::JoinHandle<io::Result<(u64, String)>>,
+    hash: Hash,
+}
+
+/// Where a `FileCopy`'s hash is computed.
+enum Hash {
+    Own(std::thread::JoinHandle<io::Result<(u64, String)>>),
+    Ahead(Arc<Hashing>),
 }
 
 /// What changes when a file is written to or replaced.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     ino: u64,
@@ -189,8 +371,18 @@ impl Stamp {
 }
 
 impl FileCopy {
-    fn open(p: &Path, size: u64) -> Result<FileCopy> {
+    fn open(p: &Path, size: u64, ahead: Option<&Ahead>) -> Result<FileCopy> {
         let io = |e| Error::io(format!("opening {}", p.display()), e);
+        if let Some(h) = ahead.and_then(|a| a.of(p, size)) {
+            return Ok(FileCopy {
+                file: h.file.try_clone().map_err(io)?,
+                path: p.to_path_buf(),
+                size,
+                pos: 0,
+                stamp: h.stamp,
+                hash: Hash::Ahead(h),
+            });
+        }
         let file = File::open(p).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.len() != size {
@@ -206,7 +398,7 @@ impl FileCopy {
         let reader = file.try_clone().map_err(io)?;
         let hash = std::thread::Builder::new()
             .name("file hashing".into())
-            .spawn(move || hash_at(&reader, size))
+            .spawn(move || hash_at(&reader, size, &AtomicBool::new(false)))
             .map_err(io)?;
         Ok(FileCopy {
             file,
@@ -214,19 +406,29 @@ impl FileCopy {
             size,
             pos: 0,
             stamp: Stamp::of(&meta),
-            hash,
+            hash: Hash::Own(hash),
         })
     }
 
     /// The content's SHA-256, once it is copied; refuses a file that changed meanwhile
-    /// (then the copy and the hash might not be of the same bytes).
-    pub fn finish(self) -> Result<String> {
+    /// (then the copy and the hash might not be of the same bytes). A file hashed ahead
+    /// gives a placeholder instead, settled by `Ahead::settle`.
+    pub fn finish(self, ahead: Option<&Ahead>) -> Result<String> {
+        match (&self.hash, ahead) {
+            (Hash::Ahead(_), Some(a)) => Ok(a.defer(self)),
+            _ => self.settle(),
+        }
+    }
+
+    fn settle(self) -> Result<String> {
         let read = |e| Error::io(format!("reading {}", self.path.display()), e);
-        let (count, hash) = self
-            .hash
-            .join()
-            .map_err(|_| read(io::Error::other("the hashing thread stopped")))?
-            .map_err(read)?;
+        let (count, hash) = match self.hash {
+            Hash::Own(h) => h
+                .join()
+                .map_err(|_| read(io::Error::other("the hashing thread stopped")))?,
+            Hash::Ahead(ref h) => h.wait(),
+        }
+        .map_err(read)?;
         let now = self.file.metadata().map_err(read)?;
         if count != self.size || Stamp::of(&now) != self.stamp {
             return Err(Error::BadArtifact {
@@ -250,13 +452,19 @@ impl Read for FileCopy {
 }
 
 /// SHA-256 of the first `size` bytes of `f` (fewer if it is shorter), read with positioned
-/// reads; gives the bytes read too.
-fn hash_at(f: &File, size: u64) -> io::Result<(u64, String)> {
+/// reads; gives the bytes read too. Ends early, with an error, once `stop` is set.
+fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> {
     use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0;
     while at < size {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "hashing stopped",
+            ));
+        }
         let want = (size - at).min(buf.len() as u64) as usize;
         let n = f.read_at(&mut buf[..want], at)?;
         if n == 0 {
@@ -532,26 +740,122 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let size = data.len() as u64;
         let source = Source::Path(path.clone());
-        let Content::File(mut c) = content(&source, size).unwrap() else {
+        let Content::File(mut c) = content(&source, size, None).unwrap() else {
             panic!("a large file is copied, not read");
         };
         let mut read = Vec::new();
         c.read_to_end(&mut read).unwrap();
         assert!(read == data);
-        assert_eq!(c.finish().unwrap(), sha256(&data));
+        assert_eq!(c.finish(None).unwrap(), sha256(&data));
         // Written to while it was being copied: refused.
-        let Content::File(c) = content(&source, size).unwrap() else {
+        let Content::File(c) = content(&source, size, None).unwrap() else {
             panic!("a large file is copied, not read");
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"x", 1000).unwrap();
-        let e = c.finish().unwrap_err().to_string();
+        let e = c.finish(None).unwrap_err().to_string();
         assert!(e.contains("changed while building"), "{e}");
         // A small file is read and hashed as it is read.
-        assert!(content(&source, 10).is_err());
+        assert!(content(&source, 10, None).is_err());
         std::fs::write(&path, b"small").unwrap();
-        assert!(matches!(content(&source, 5).unwrap(), Content::Read(_)));
+        assert!(matches!(
+            content(&source, 5, None).unwrap(),
+            Content::Read(_)
+        ));
+    }
+
+    /// Two large files, their content as written.
+    fn two_large(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        [("kernel", 3usize), ("rootfs", 7)]
+            .iter()
+            .map(|(name, k)| {
+                let data: Vec<u8> = (0..(AWAY_FROM as usize + 999 * k))
+                    .map(|i| (i * k % 251) as u8)
+                    .collect();
+                let path = dir.join(name);
+                std::fs::write(&path, &data).unwrap();
+                (path, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_hashed_ahead_settle_to_their_hashes_after_the_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = two_large(dir.path());
+        let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
+        let mut placeholders = Vec::new();
+        for (path, data) in &files {
+            let source = Source::Path(path.clone());
+            let Content::File(mut c) = content(&source, data.len() as u64, Some(&ahead)).unwrap()
+            else {
+                panic!("a large file is copied, not read");
+            };
+            let mut read = Vec::new();
+            c.read_to_end(&mut read).unwrap();
+            assert!(&read == data);
+            let p = c.finish(Some(&ahead)).unwrap();
+            assert!(p.starts_with(UNSETTLED), "{p}");
+            placeholders.push(p);
+        }
+        let settled = ahead.settle().unwrap();
+        assert_eq!(settled.len(), 2);
+        for (p, (_, data)) in placeholders.iter().zip(&files) {
+            assert_eq!(settled[p], sha256(data));
+        }
+        // A file the composition did not announce is hashed beside its own copy.
+        let other = dir.path().join("other");
+        std::fs::write(&other, &files[0].1).unwrap();
+        let source = Source::Path(other);
+        let Content::File(c) = content(&source, files[0].1.len() as u64, Some(&ahead)).unwrap()
+        else {
+            panic!("a large file is copied, not read");
+        };
+        assert_eq!(c.finish(Some(&ahead)).unwrap(), sha256(&files[0].1));
+    }
+
+    #[test]
+    fn a_file_changed_after_hashing_ahead_began_is_refused_when_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = two_large(dir.path());
+        let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
+        let (path, data) = &files[1];
+        let source = Source::Path(path.clone());
+        let Content::File(c) = content(&source, data.len() as u64, Some(&ahead)).unwrap() else {
+            panic!("a large file is copied, not read");
+        };
+        let p = c.finish(Some(&ahead)).unwrap();
+        assert!(p.starts_with(UNSETTLED), "{p}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"x", 10).unwrap();
+        let e = ahead.settle().unwrap_err().to_string();
+        assert!(e.contains("changed while building"), "{e}");
+        assert!(e.contains("rootfs"), "{e}");
+    }
+
+    #[test]
+    fn hashing_ahead_stops_when_the_composition_ends_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = two_large(dir.path());
+        // Nothing is copied or settled: dropping it stops and joins its threads.
+        let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
+        drop(ahead);
+        // A file whose size is no longer the planned one is left to its copy, which
+        // refuses it.
+        let (path, data) = &files[0];
+        let ahead = Ahead::start([(path.clone(), data.len() as u64 + 1)]);
+        assert!(ahead.jobs.is_empty());
+        let e = content(
+            &Source::Path(path.clone()),
+            data.len() as u64 + 1,
+            Some(&ahead),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("changed while building"), "{e}");
     }
 
     #[test]

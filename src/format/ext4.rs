@@ -291,11 +291,11 @@ impl FsWriter for Ext4 {
             let Node::File { source, size } = &e.node else {
                 continue;
             };
-            // A large file is hashed by a thread of its own, reading it beside the fill.
-            let sha256 = match crate::io::content(source, *size)? {
+            // A large file is hashed by another thread, reading it beside the fill.
+            let sha256 = match crate::io::content(source, *size, spec.ahead)? {
                 crate::io::Content::File(mut c) => {
                     w.fill(h, &mut c).map_err(|err| ext4_err(spec, err))?;
-                    c.finish()?
+                    c.finish(spec.ahead)?
                 }
                 crate::io::Content::Read(mut r) => {
                     w.fill(h, &mut r).map_err(|err| ext4_err(spec, err))?;

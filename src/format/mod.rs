@@ -35,6 +35,8 @@ pub struct FsSpec<'a> {
     pub part: &'a str,
     /// FAT type, cluster and sector size, volume id when asked for (FAT12/16).
     pub fat: FatOptions,
+    /// The large input files already being hashed (see `io::Ahead`), if any.
+    pub ahead: Option<&'a crate::io::Ahead>,
 }
 
 /// What a FAT volume was asked to be, as `mkfs.fat`'s `-F`, `-s`, `-S` and `-i` say; unset

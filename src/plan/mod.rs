@@ -203,6 +203,7 @@ impl Plan {
                 offset: p.start,
                 part: &p.id,
                 fat: fs.fat,
+                ahead: None,
             },
         ))
     }
@@ -814,6 +815,7 @@ fn content(
         offset: 0,
         part: &p.id,
         fat: p.fat.unwrap_or_default(),
+        ahead: None,
     };
     let measure = format::writer(kind).measure(&spec)?;
     Ok(Content::Fs(

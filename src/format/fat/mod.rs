@@ -453,9 +453,9 @@ fn write_files(
             0
         };
         // One run of clusters: the content is announced, and hashed once, as it is read
-        // (or, for a large file, by a thread of its own while the kernel copies it).
+        // (or, for a large file, by another thread while it is copied, see `io::Ahead`).
         sink.file_content(start, *size).map_err(io)?;
-        let (sha256, pos) = match crate::io::content(source, *size)? {
+        let (sha256, pos) = match crate::io::content(source, *size, spec.ahead)? {
             crate::io::Content::File(mut c) => {
                 let pos = if sink.copy_file(start, &c.file, 0, *size).map_err(io)? {
                     start + size
@@ -465,7 +465,7 @@ fn write_files(
                 if pos != start + size {
                     return Err(bad(spec, &it.entry.path, "source shrank while building"));
                 }
-                (c.finish()?, pos)
+                (c.finish(spec.ahead)?, pos)
             }
             crate::io::Content::Read(mut r) => {
                 let pos = copy_through(&mut r, &mut buf, sink, start).map_err(io)?;

@@ -34,5 +34,6 @@ pub fn spec<'a>(tree: &'a Tree, label: Option<&'a str>, uuid: u8, fat: FatOption
         offset: 0,
         part: "boot",
         fat,
+        ahead: None,
     }
 }

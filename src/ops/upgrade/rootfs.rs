@@ -326,6 +326,7 @@ impl RootfsEdit {
             offset: self.span.start,
             part: &self.part,
             fat: Default::default(),
+            ahead: None,
         }
     }
 

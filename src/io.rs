@@ -212,6 +212,9 @@ impl std::fmt::Debug for Ahead {
 
 /// Threads that hash ahead, at most.
 const AHEAD_THREADS: usize = 4;
+/// Files hashed ahead, at most (a few large ones are what matters: kernels, root
+/// filesystems).
+const AHEAD_FILES: usize = 32;
 
 impl Ahead {
     /// Starts hashing `files` (path and planned size, in the order they will be copied)
@@ -219,9 +222,19 @@ impl Ahead {
     /// cannot be opened, or no longer has its planned size, is left to its copy, which
     /// reports it.
     pub fn start(files: impl IntoIterator<Item = (PathBuf, u64)>) -> Ahead {
+        Self::start_some(files, AHEAD_FILES)
+    }
+
+    /// `start` for the first `most` large files only: each holds its file open until the
+    /// composition ends, and a tree of thousands must not run out of descriptors. The
+    /// others are hashed beside their own copies.
+    fn start_some(files: impl IntoIterator<Item = (PathBuf, u64)>, most: usize) -> Ahead {
         let mut jobs = std::collections::HashMap::new();
         let mut queue = std::collections::VecDeque::new();
         for (path, size) in files {
+            if jobs.len() == most {
+                break;
+            }
             if jobs.contains_key(&path) || size < AWAY_FROM {
                 continue;
             }
@@ -847,6 +860,21 @@ mod tests {
         let (path, data) = &files[0];
         let ahead = Ahead::start([(path.clone(), data.len() as u64 + 1)]);
         assert!(ahead.jobs.is_empty());
+        // Only the first files are hashed ahead; the next one gets its own thread, and its
+        // hash at once.
+        let capped = Ahead::start_some(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)), 1);
+        assert_eq!(capped.jobs.len(), 1);
+        let (second, data2) = &files[1];
+        let Content::File(c) = content(
+            &Source::Path(second.clone()),
+            data2.len() as u64,
+            Some(&capped),
+        )
+        .unwrap() else {
+            panic!("a large file is copied, not read");
+        };
+        assert_eq!(c.finish(Some(&capped)).unwrap(), sha256(data2));
+        drop(capped);
         let e = content(
             &Source::Path(path.clone()),
             data.len() as u64 + 1,

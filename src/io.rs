@@ -273,8 +273,12 @@ impl Ahead {
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                         let Some(h) = next else { break };
-                        let r =
-                            hash_at(&h.file, h.size, &stop).map_err(|e| (e.kind(), e.to_string()));
+                        // A panic is an error for the file's waiter, not a wait forever.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            hash_at(&h.file, h.size, &stop)
+                        }))
+                        .unwrap_or_else(|_| Err(io::Error::other("the hashing thread stopped")))
+                        .map_err(|e| (e.kind(), e.to_string()));
                         *h.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                         h.ready.notify_all();
                     }
@@ -319,17 +323,17 @@ impl Ahead {
     }
 }
 
-/// Lowers the calling thread's scheduling priority, so that the copying, which the
-/// composition waits on, keeps its core while the hashing takes the rest. Best effort.
+/// Lowers the calling thread's scheduling priority (on Linux niceness is per thread), so
+/// that the copying, which the composition waits on, keeps its core while the hashing
+/// takes the rest. Best effort: a failure leaves the thread as it is.
 fn yield_to_copying() {
-    // SAFETY: plain system calls on this thread's own id; nothing is borrowed.
+    // SAFETY: a plain system call about the calling thread; nothing is borrowed.
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE_AHEAD);
+        libc::nice(NICE_AHEAD);
     }
 }
 
-/// The niceness of hashing-ahead threads.
+/// How much nicer than the copying the hashing-ahead threads are.
 const NICE_AHEAD: libc::c_int = 10;
 
 /// How a placeholder for a hash not settled yet begins (never a hex digest).

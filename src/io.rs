@@ -747,6 +747,14 @@ impl mkext4::reader::ReadAt for PartReader<'_> {
 mod tests {
     use super::*;
 
+    /// The content of a large source, which is copied, not read.
+    fn copy_of(source: &Source, size: u64, ahead: Option<&Ahead>) -> FileCopy {
+        match content(source, size, ahead).unwrap() {
+            Content::File(c) => c,
+            Content::Read(_) => panic!("a large file is copied, not read"),
+        }
+    }
+
     #[test]
     fn a_large_file_is_hashed_beside_its_copy_and_a_change_meanwhile_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -757,17 +765,13 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let size = data.len() as u64;
         let source = Source::Path(path.clone());
-        let Content::File(mut c) = content(&source, size, None).unwrap() else {
-            panic!("a large file is copied, not read");
-        };
+        let mut c = copy_of(&source, size, None);
         let mut read = Vec::new();
         c.read_to_end(&mut read).unwrap();
         assert!(read == data);
         assert_eq!(c.finish(None).unwrap(), sha256(&data));
         // Written to while it was being copied: refused.
-        let Content::File(c) = content(&source, size, None).unwrap() else {
-            panic!("a large file is copied, not read");
-        };
+        let c = copy_of(&source, size, None);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"x", 1000).unwrap();
@@ -805,10 +809,7 @@ mod tests {
         let mut placeholders = Vec::new();
         for (path, data) in &files {
             let source = Source::Path(path.clone());
-            let Content::File(mut c) = content(&source, data.len() as u64, Some(&ahead)).unwrap()
-            else {
-                panic!("a large file is copied, not read");
-            };
+            let mut c = copy_of(&source, data.len() as u64, Some(&ahead));
             let mut read = Vec::new();
             c.read_to_end(&mut read).unwrap();
             assert!(&read == data);
@@ -825,10 +826,7 @@ mod tests {
         let other = dir.path().join("other");
         std::fs::write(&other, &files[0].1).unwrap();
         let source = Source::Path(other);
-        let Content::File(c) = content(&source, files[0].1.len() as u64, Some(&ahead)).unwrap()
-        else {
-            panic!("a large file is copied, not read");
-        };
+        let c = copy_of(&source, files[0].1.len() as u64, Some(&ahead));
         assert_eq!(c.finish(Some(&ahead)).unwrap(), sha256(&files[0].1));
     }
 
@@ -839,9 +837,7 @@ mod tests {
         let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
         let (path, data) = &files[1];
         let source = Source::Path(path.clone());
-        let Content::File(c) = content(&source, data.len() as u64, Some(&ahead)).unwrap() else {
-            panic!("a large file is copied, not read");
-        };
+        let c = copy_of(&source, data.len() as u64, Some(&ahead));
         let p = c.finish(Some(&ahead)).unwrap();
         assert!(p.starts_with(UNSETTLED), "{p}");
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -869,14 +865,11 @@ mod tests {
         let capped = Ahead::start_some(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)), 1);
         assert_eq!(capped.jobs.len(), 1);
         let (second, data2) = &files[1];
-        let Content::File(c) = content(
+        let c = copy_of(
             &Source::Path(second.clone()),
             data2.len() as u64,
             Some(&capped),
-        )
-        .unwrap() else {
-            panic!("a large file is copied, not read");
-        };
+        );
         assert_eq!(c.finish(Some(&capped)).unwrap(), sha256(data2));
         drop(capped);
         let e = content(

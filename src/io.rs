@@ -172,7 +172,18 @@ pub struct Ahead {
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Copies done whose hashes are not settled yet, by placeholder number.
-    unsettled: Mutex<Vec<FileCopy>>,
+    unsettled: Mutex<Vec<Deferred>>,
+    /// Placeholders given so far.
+    given: std::sync::atomic::AtomicUsize,
+}
+
+/// A copy done whose hash is still being computed: what `settle` checks it against.
+struct Deferred {
+    placeholder: String,
+    path: PathBuf,
+    size: u64,
+    stamp: Stamp,
+    hashing: Arc<Hashing>,
 }
 
 /// One file being hashed ahead: opened (and stamped) when hashing was set up, so the copy
@@ -212,9 +223,10 @@ impl std::fmt::Debug for Ahead {
 
 /// Threads that hash ahead, at most.
 const AHEAD_THREADS: usize = 4;
-/// Files hashed ahead, at most (a few large ones are what matters: kernels, root
-/// filesystems).
-const AHEAD_FILES: usize = 32;
+/// Files hashed ahead, at most: a few large ones are what matters (kernels, root
+/// filesystems), and each is held open until the composition ends (many cards may be
+/// written at once, each by a composition of its own).
+const AHEAD_FILES: usize = 8;
 
 impl Ahead {
     /// Starts hashing `files` (path and planned size, in the order they will be copied)
@@ -296,24 +308,40 @@ impl Ahead {
             stop,
             workers,
             unsettled: Mutex::new(Vec::new()),
+            given: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Takes a finished copy whose hash is still being computed; gives its placeholder.
-    fn defer(&self, copy: FileCopy) -> String {
-        let mut u = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
-        u.push(copy);
-        format!("{UNSETTLED}{}", u.len() - 1)
+    /// Takes a finished copy whose hash is still being computed (its own handle is closed:
+    /// the hashing job keeps the file open); gives its placeholder.
+    fn defer(&self, path: PathBuf, size: u64, stamp: Stamp, hashing: Arc<Hashing>) -> String {
+        let n = self.given.fetch_add(1, Ordering::Relaxed);
+        let placeholder = format!("{UNSETTLED}{n}");
+        self.unsettled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Deferred {
+                placeholder: placeholder.clone(),
+                path,
+                size,
+                stamp,
+                hashing,
+            });
+        placeholder
     }
 
-    /// Waits for every deferred hash: gives each placeholder's hash, or the error of the
-    /// first file that could not be read or changed meanwhile.
+    /// Waits for every hash deferred since the last call: gives each placeholder's hash,
+    /// or the error of the first file that could not be read or changed meanwhile.
     pub fn settle(&self) -> Result<std::collections::HashMap<String, String>> {
-        let copies = std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
-        copies
+        let deferred =
+            std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
+        deferred
             .into_iter()
-            .enumerate()
-            .map(|(i, c)| Ok((format!("{UNSETTLED}{i}"), c.settle()?)))
+            .map(|d| {
+                let (count, hash) = d.hashing.wait().map_err(|e| read_error(&d.path, e))?;
+                checked(&d.path, d.size, count, d.stamp, &d.hashing.file)?;
+                Ok((d.placeholder, hash))
+            })
             .collect()
     }
 
@@ -338,6 +366,11 @@ const NICE_AHEAD: libc::c_int = 10;
 
 /// How a placeholder for a hash not settled yet begins (never a hex digest).
 const UNSETTLED: &str = "unsettled:";
+
+/// Whether `hash` is a placeholder that `Ahead::settle` has not replaced.
+pub fn is_unsettled(hash: &str) -> bool {
+    hash.starts_with(UNSETTLED)
+}
 
 impl Drop for Ahead {
     /// Stops hashing what was not asked for (a composition that failed part way).
@@ -391,6 +424,8 @@ impl FileCopy {
     fn open(p: &Path, size: u64, ahead: Option<&Ahead>) -> Result<FileCopy> {
         let io = |e| Error::io(format!("opening {}", p.display()), e);
         if let Some(h) = ahead.and_then(|a| a.of(p, size)) {
+            // Written to (or cut short) since hashing began: refused before any copy.
+            checked(p, size, size, h.stamp, &h.file)?;
             return Ok(FileCopy {
                 file: h.file.try_clone().map_err(io)?,
                 path: p.to_path_buf(),
@@ -431,30 +466,44 @@ impl FileCopy {
     /// (then the copy and the hash might not be of the same bytes). A file hashed ahead
     /// gives a placeholder instead, settled by `Ahead::settle`.
     pub fn finish(self, ahead: Option<&Ahead>) -> Result<String> {
-        match (&self.hash, ahead) {
-            (Hash::Ahead(_), Some(a)) => Ok(a.defer(self)),
-            _ => self.settle(),
-        }
-    }
-
-    fn settle(self) -> Result<String> {
-        let read = |e| Error::io(format!("reading {}", self.path.display()), e);
-        let (count, hash) = match self.hash {
-            Hash::Own(h) => h
+        let FileCopy {
+            file,
+            path,
+            size,
+            stamp,
+            hash,
+            ..
+        } = self;
+        let (count, hash) = match (hash, ahead) {
+            (Hash::Ahead(h), Some(a)) => return Ok(a.defer(path, size, stamp, h)),
+            (Hash::Ahead(h), None) => h.wait(),
+            (Hash::Own(h), _) => h
                 .join()
-                .map_err(|_| read(io::Error::other("the hashing thread stopped")))?,
-            Hash::Ahead(ref h) => h.wait(),
+                .map_err(|_| io::Error::other("the hashing thread stopped"))
+                .and_then(|r| r),
         }
-        .map_err(read)?;
-        let now = self.file.metadata().map_err(read)?;
-        if count != self.size || Stamp::of(&now) != self.stamp {
-            return Err(Error::BadArtifact {
-                path: self.path.clone(),
-                message: "changed while building".into(),
-            });
-        }
+        .map_err(|e| read_error(&path, e))?;
+        checked(&path, size, count, stamp, &file)?;
         Ok(hash)
     }
+}
+
+fn read_error(path: &Path, e: io::Error) -> Error {
+    Error::io(format!("reading {}", path.display()), e)
+}
+
+/// Refuses a file that changed since `stamp` was taken, or of which `count` bytes were
+/// hashed instead of its planned `size` (then a copy and a hash might not be of the same
+/// bytes).
+fn checked(path: &Path, size: u64, count: u64, stamp: Stamp, file: &File) -> Result<()> {
+    let now = file.metadata().map_err(|e| read_error(path, e))?;
+    if count != size || Stamp::of(&now) != stamp {
+        return Err(Error::BadArtifact {
+            path: path.to_path_buf(),
+            message: "changed while building".into(),
+        });
+    }
+    Ok(())
 }
 
 /// For a destination that cannot copy: the planned bytes, in order.
@@ -481,6 +530,9 @@ fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> 
                 io::ErrorKind::Interrupted,
                 "hashing stopped",
             ));
+        }
+        if crate::signals::interrupted() {
+            return Err(crate::signals::interrupted_error());
         }
         let want = (size - at).min(buf.len() as u64) as usize;
         let n = f.read_at(&mut buf[..want], at)?;
@@ -846,6 +898,16 @@ mod tests {
         let e = ahead.settle().unwrap_err().to_string();
         assert!(e.contains("changed while building"), "{e}");
         assert!(e.contains("rootfs"), "{e}");
+        // Changed before its copy began: refused when opened for the copy.
+        let (path, data) = &files[0];
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"y", 10).unwrap();
+        let e = content(&Source::Path(path.clone()), data.len() as u64, Some(&ahead))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("changed while building"), "{e}");
+        assert!(e.contains("kernel"), "{e}");
     }
 
     #[test]
@@ -855,6 +917,12 @@ mod tests {
         // Nothing is copied or settled: dropping it stops and joins its threads.
         let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
         drop(ahead);
+        // Once told to stop, a hash ends with an error, not a digest of part of the file.
+        let (path, data) = &files[1];
+        let f = File::open(path).unwrap();
+        let e = hash_at(&f, data.len() as u64, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(hash_at(&f, data.len() as u64, &AtomicBool::new(false)).is_ok());
         // A file whose size is no longer the planned one is left to its copy, which
         // refuses it.
         let (path, data) = &files[0];

@@ -83,21 +83,31 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
     }));
     let mut records = Vec::new();
     let mut raw = Vec::new();
+    let mut settled = std::collections::HashMap::new();
     for job in jobs {
         match job {
             Job::Part(p) => records.push(write_partition(plan, p, &ahead, &mut sink)?),
             Job::Raw(r) => raw.push(write_raw(r, &mut sink)?),
-            Job::Table(o, b) => sink
-                .data(o, b)
-                .map_err(|e| Error::io("writing the partition table", e))?,
+            Job::Table(o, b) => {
+                // A file that changed while it was copied is refused before the table
+                // describes its partition.
+                settled.extend(ahead.settle()?);
+                sink.data(o, b)
+                    .map_err(|e| Error::io("writing the partition table", e))?;
+            }
         }
     }
     // The files hashed ahead get their hashes now.
-    let settled = ahead.settle()?;
-
+    settled.extend(ahead.settle()?);
     for f in records.iter_mut().flat_map(|r| r.files.iter_mut()) {
-        if let Some(h) = settled.get(&f.sha256) {
-            f.sha256.clone_from(h);
+        if let Some(h) = settled.remove(&f.sha256) {
+            f.sha256 = h;
+        }
+        if crate::io::is_unsettled(&f.sha256) {
+            return Err(Error::Internal(format!(
+                "{}: its hash was never settled",
+                f.path
+            )));
         }
     }
     Ok(Composed {

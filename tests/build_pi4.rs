@@ -383,3 +383,69 @@ fn chown_tree(p: &Path, id: u32) {
         }
     }
 }
+
+/// Hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Inputs of 4 MiB or more are hashed ahead on threads of their own, and their hashes are
+/// settled at the end: the manifest must hold each one's real SHA-256 (never a placeholder),
+/// and the filesystems the bytes themselves, in FAT (kernel) and in ext4 (persist).
+#[test]
+fn large_inputs_land_whole_and_are_recorded_with_their_sha256() {
+    if !need("mcopy", "mtools") || !need("debugfs", "e2fsprogs") {
+        return;
+    }
+    let images = images_copy();
+    let kernel = arm64_image(6 << 20);
+    std::fs::write(images.path().join("Image"), &kernel).unwrap();
+    let blob = prng::noise("big persist file", (5 << 20) + 123);
+    std::fs::write(images.path().join("persist_part/big.bin"), &blob).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pi4.img");
+    build_pi4(images.path(), &img, &[]);
+
+    let text = std::fs::read_to_string(dir.path().join("pi4.img.manifest.json")).unwrap();
+    assert!(!text.contains("unsettled"), "a placeholder in the manifest");
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    let record = |part_id: &str, path: &str| -> Value {
+        part(&manifest, part_id)["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {part_id}:{path} in the manifest"))
+    };
+    assert_eq!(record("boot", "/Image")["sha256"], sha256_hex(&kernel));
+    assert_eq!(record("persist", "/big.bin")["sha256"], sha256_hex(&blob));
+
+    let plan = plan_json("pi/4", images.path(), &[]);
+    let span = |id: &str| {
+        let p = part(&plan, id);
+        (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+    };
+    let (start, size) = span("boot");
+    let fat = extract(&img, start, size);
+    let out = tempfile::tempdir().unwrap();
+    fat_copy_out(fat.path().to_str().unwrap(), out.path());
+    assert!(std::fs::read(out.path().join("Image")).unwrap() == kernel);
+    let (start, size) = span("persist");
+    let ext = extract(&img, start, size);
+    let dumped = out.path().join("big.bin");
+    let (code, msg) = tool(
+        "debugfs",
+        &[
+            "-R",
+            &format!("dump /big.bin {}", dumped.display()),
+            ext.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "debugfs: {msg}");
+    assert!(std::fs::read(&dumped).unwrap() == blob);
+}

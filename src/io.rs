@@ -177,17 +177,15 @@ pub struct Ahead {
     given: std::sync::atomic::AtomicUsize,
 }
 
-/// A copy done whose hash is still being computed: what `settle` checks it against.
+/// A copy done whose hash is still being computed.
 struct Deferred {
     placeholder: String,
     path: PathBuf,
-    size: u64,
-    stamp: Stamp,
     hashing: Arc<Hashing>,
 }
 
-/// One file being hashed ahead: opened (and stamped) when hashing was set up, so the copy
-/// reads the very file that is hashed.
+/// One file being hashed on a thread of its own: opened (and stamped) when hashing was set
+/// up, so the copy reads the very file that is hashed.
 struct Hashing {
     file: File,
     size: u64,
@@ -201,6 +199,28 @@ struct Hashing {
 type Hashed = std::result::Result<(u64, String), (io::ErrorKind, String)>;
 
 impl Hashing {
+    fn new(file: File, meta: &std::fs::Metadata) -> Arc<Hashing> {
+        Arc::new(Hashing {
+            file,
+            size: meta.len(),
+            stamp: Stamp::of(meta),
+            done: Mutex::new(None),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// Hashes the file and hands the result to its waiters; a panic is an error for them,
+    /// not a wait forever.
+    fn run(&self, stop: &AtomicBool) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hash_at(&self.file, self.size, stop)
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("the hashing thread stopped")))
+        .map_err(|e| (e.kind(), e.to_string()));
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.ready.notify_all();
+    }
+
     /// Waits for the hash: the bytes read and the digest.
     fn wait(&self) -> io::Result<(u64, String)> {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,13 +279,7 @@ impl Ahead {
             if meta.len() != size {
                 continue;
             }
-            let h = Arc::new(Hashing {
-                file,
-                size,
-                stamp: Stamp::of(&meta),
-                done: Mutex::new(None),
-                ready: Condvar::new(),
-            });
+            let h = Hashing::new(file, &meta);
             queue.push_back(h.clone());
             jobs.insert(path, h);
         }
@@ -285,14 +299,7 @@ impl Ahead {
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                         let Some(h) = next else { break };
-                        // A panic is an error for the file's waiter, not a wait forever.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            hash_at(&h.file, h.size, &stop)
-                        }))
-                        .unwrap_or_else(|_| Err(io::Error::other("the hashing thread stopped")))
-                        .map_err(|e| (e.kind(), e.to_string()));
-                        *h.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                        h.ready.notify_all();
+                        h.run(&stop);
                     }
                 });
             if let Ok(w) = spawned {
@@ -314,7 +321,7 @@ impl Ahead {
 
     /// Takes a finished copy whose hash is still being computed (its own handle is closed:
     /// the hashing job keeps the file open); gives its placeholder.
-    fn defer(&self, path: PathBuf, size: u64, stamp: Stamp, hashing: Arc<Hashing>) -> String {
+    fn defer(&self, path: PathBuf, hashing: Arc<Hashing>) -> String {
         let n = self.given.fetch_add(1, Ordering::Relaxed);
         let placeholder = format!("{UNSETTLED}{n}");
         self.unsettled
@@ -323,8 +330,6 @@ impl Ahead {
             .push(Deferred {
                 placeholder: placeholder.clone(),
                 path,
-                size,
-                stamp,
                 hashing,
             });
         placeholder
@@ -337,11 +342,7 @@ impl Ahead {
             std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
         deferred
             .into_iter()
-            .map(|d| {
-                let (count, hash) = d.hashing.wait().map_err(|e| read_error(&d.path, e))?;
-                checked(&d.path, d.size, count, d.stamp, &d.hashing.file)?;
-                Ok((d.placeholder, hash))
-            })
+            .map(|d| Ok((d.placeholder, d.hashing.settle(&d.path)?)))
             .collect()
     }
 
@@ -386,17 +387,11 @@ impl Drop for Ahead {
 pub struct FileCopy {
     pub file: File,
     path: std::path::PathBuf,
-    size: u64,
     /// Where `Read` goes on from.
     pos: u64,
-    stamp: Stamp,
-    hash: Hash,
-}
-
-/// Where a `FileCopy`'s hash is computed.
-enum Hash {
-    Own(std::thread::JoinHandle<io::Result<(u64, String)>>),
-    Ahead(Arc<Hashing>),
+    hashing: Arc<Hashing>,
+    /// Whether the hashing is one of a composition's `Ahead`, and so may be settled later.
+    ahead: bool,
 }
 
 /// What changes when a file is written to or replaced.
@@ -425,14 +420,13 @@ impl FileCopy {
         let io = |e| Error::io(format!("opening {}", p.display()), e);
         if let Some(h) = ahead.and_then(|a| a.of(p, size)) {
             // Written to (or cut short) since hashing began: refused before any copy.
-            checked(p, size, size, h.stamp, &h.file)?;
+            h.check(p, size)?;
             return Ok(FileCopy {
                 file: h.file.try_clone().map_err(io)?,
                 path: p.to_path_buf(),
-                size,
                 pos: 0,
-                stamp: h.stamp,
-                hash: Hash::Ahead(h),
+                hashing: h,
+                ahead: true,
             });
         }
         let file = File::open(p).map_err(io)?;
@@ -447,18 +441,18 @@ impl FileCopy {
                 ),
             });
         }
-        let reader = file.try_clone().map_err(io)?;
-        let hash = std::thread::Builder::new()
+        let hashing = Hashing::new(file.try_clone().map_err(io)?, &meta);
+        let h = hashing.clone();
+        std::thread::Builder::new()
             .name("file hashing".into())
-            .spawn(move || hash_at(&reader, size, &AtomicBool::new(false)))
+            .spawn(move || h.run(&AtomicBool::new(false)))
             .map_err(io)?;
         Ok(FileCopy {
             file,
             path: p.to_path_buf(),
-            size,
             pos: 0,
-            stamp: Stamp::of(&meta),
-            hash: Hash::Own(hash),
+            hashing,
+            ahead: false,
         })
     }
 
@@ -466,25 +460,33 @@ impl FileCopy {
     /// (then the copy and the hash might not be of the same bytes). A file hashed ahead
     /// gives a placeholder instead, settled by `Ahead::settle`.
     pub fn finish(self, ahead: Option<&Ahead>) -> Result<String> {
-        let FileCopy {
-            file,
-            path,
-            size,
-            stamp,
-            hash,
-            ..
-        } = self;
-        let (count, hash) = match (hash, ahead) {
-            (Hash::Ahead(h), Some(a)) => return Ok(a.defer(path, size, stamp, h)),
-            (Hash::Ahead(h), None) => h.wait(),
-            (Hash::Own(h), _) => h
-                .join()
-                .map_err(|_| io::Error::other("the hashing thread stopped"))
-                .and_then(|r| r),
+        match ahead.filter(|_| self.ahead) {
+            Some(a) => Ok(a.defer(self.path, self.hashing)),
+            None => self.hashing.settle(&self.path),
         }
-        .map_err(|e| read_error(&path, e))?;
-        checked(&path, size, count, stamp, &file)?;
+    }
+}
+
+impl Hashing {
+    /// The hash, once done, of a file that did not change meanwhile (`path` names it).
+    fn settle(&self, path: &Path) -> Result<String> {
+        let (count, hash) = self.wait().map_err(|e| read_error(path, e))?;
+        self.check(path, count)?;
         Ok(hash)
+    }
+
+    /// Refuses a file that changed since hashing began, or of which `count` bytes were
+    /// hashed instead of all of it (then a copy and the hash might not be of the same
+    /// bytes).
+    fn check(&self, path: &Path, count: u64) -> Result<()> {
+        let now = self.file.metadata().map_err(|e| read_error(path, e))?;
+        if count != self.size || Stamp::of(&now) != self.stamp {
+            return Err(Error::BadArtifact {
+                path: path.to_path_buf(),
+                message: "changed while building".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -492,25 +494,11 @@ fn read_error(path: &Path, e: io::Error) -> Error {
     Error::io(format!("reading {}", path.display()), e)
 }
 
-/// Refuses a file that changed since `stamp` was taken, or of which `count` bytes were
-/// hashed instead of its planned `size` (then a copy and a hash might not be of the same
-/// bytes).
-fn checked(path: &Path, size: u64, count: u64, stamp: Stamp, file: &File) -> Result<()> {
-    let now = file.metadata().map_err(|e| read_error(path, e))?;
-    if count != size || Stamp::of(&now) != stamp {
-        return Err(Error::BadArtifact {
-            path: path.to_path_buf(),
-            message: "changed while building".into(),
-        });
-    }
-    Ok(())
-}
-
 /// For a destination that cannot copy: the planned bytes, in order.
 impl Read for FileCopy {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        let want = (self.size - self.pos).min(buf.len() as u64) as usize;
+        let want = (self.hashing.size - self.pos).min(buf.len() as u64) as usize;
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         self.pos += n as u64;
         Ok(n)

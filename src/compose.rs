@@ -76,9 +76,9 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
     if sink.sequential() {
         jobs.sort_by_key(Job::offset);
     }
-    // Every large input file starts hashing now, in the order it will be copied.
+    // The large input files start hashing now, in the order they will be copied.
     let ahead = crate::io::Ahead::start(jobs.iter().flat_map(|job| match job {
-        Job::Part(p) => large_files(plan, p),
+        Job::Part(p) => input_files(plan, p),
         _ => Vec::new(),
     }));
     let mut records = Vec::new();
@@ -138,8 +138,9 @@ impl Job<'_> {
 /// Bytes 0..440 of sector 0: free for bootloaders on MBR and GPT alike.
 const BOOT_CODE: u64 = 440;
 
-/// The files of partition `p` read from the images directory, with their planned sizes.
-fn large_files(plan: &Plan, p: &Partition) -> Vec<(std::path::PathBuf, u64)> {
+/// The files of partition `p` read from the images directory, with their planned sizes
+/// (`Ahead` picks the large ones).
+fn input_files(plan: &Plan, p: &Partition) -> Vec<(std::path::PathBuf, u64)> {
     let Some((_, spec)) = plan.fs_spec(p) else {
         return Vec::new();
     };

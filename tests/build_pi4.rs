@@ -384,15 +384,6 @@ fn chown_tree(p: &Path, id: u32) {
     }
 }
 
-/// Hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Inputs of 4 MiB or more are hashed ahead on threads of their own, and their hashes are
 /// settled at the end: the manifest must hold each one's real SHA-256 (never a placeholder),
 /// and the filesystems the bytes themselves, in FAT (kernel) and in ext4 (persist).
@@ -422,8 +413,14 @@ fn large_inputs_land_whole_and_are_recorded_with_their_sha256() {
             .cloned()
             .unwrap_or_else(|| panic!("no {part_id}:{path} in the manifest"))
     };
-    assert_eq!(record("boot", "/Image")["sha256"], sha256_hex(&kernel));
-    assert_eq!(record("persist", "/big.bin")["sha256"], sha256_hex(&blob));
+    assert_eq!(
+        record("boot", "/Image")["sha256"],
+        skiff_flash::io::sha256(&kernel)
+    );
+    assert_eq!(
+        record("persist", "/big.bin")["sha256"],
+        skiff_flash::io::sha256(&blob)
+    );
 
     let plan = plan_json("pi/4", images.path(), &[]);
     let span = |id: &str| {

@@ -50,15 +50,22 @@ pub fn metered<'a, S: Sink>(
     }
 }
 
-impl Observer for Meter<'_> {
-    fn data(&mut self, _offset: u64, bytes: &[u8]) {
-        self.done += bytes.len() as u64;
+impl Meter<'_> {
+    /// Counts `len` bytes written and reports the progress.
+    fn wrote(&mut self, len: u64) {
+        self.done += len;
         (self.on)(&Event {
             phase: Phase::Write,
             device: self.device.clone(),
             done: self.done.min(self.total),
             total: self.total,
         });
+    }
+}
+
+impl Observer for Meter<'_> {
+    fn data(&mut self, _offset: u64, bytes: &[u8]) {
+        self.wrote(bytes.len() as u64);
     }
 
     fn zeros(&mut self, _offset: u64, len: u64) {
@@ -72,12 +79,6 @@ impl Observer for Meter<'_> {
     }
 
     fn copied(&mut self, _offset: u64, len: u64) {
-        self.done += len;
-        (self.on)(&Event {
-            phase: Phase::Write,
-            device: self.device.clone(),
-            done: self.done.min(self.total),
-            total: self.total,
-        });
+        self.wrote(len);
     }
 }

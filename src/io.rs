@@ -505,23 +505,33 @@ impl Read for FileCopy {
     }
 }
 
-/// SHA-256 of the first `size` bytes of `f` (fewer if it is shorter), read with positioned
-/// reads; gives the bytes read too. Ends early, with an error, once `stop` is set.
+/// SHA-256 of the first `size` bytes of `f` (fewer if it is shorter); gives the bytes read
+/// too. Ends early, with an error, once `stop` is set.
+///
+/// Read through mappings of the page cache (no copy into a buffer). A file that cannot be
+/// mapped, or that faults while mapped (cut short, or a failing disk), is hashed again with
+/// positioned reads, which tell how many bytes there were or what the error is.
 fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let mapped = crate::mapped::windows(f, size, |bytes| {
+        stopped(stop)?;
+        h.update(bytes);
+        Ok(())
+    });
+    match mapped {
+        Some(r) => r.map(|()| (size, hex(&h.finalize()))),
+        None => hash_read(f, size, stop),
+    }
+}
+
+/// `hash_at` with positioned reads into a buffer.
+fn hash_read(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> {
     use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0;
     while at < size {
-        if stop.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "hashing stopped",
-            ));
-        }
-        if crate::signals::interrupted() {
-            return Err(crate::signals::interrupted_error());
-        }
+        stopped(stop)?;
         let want = (size - at).min(buf.len() as u64) as usize;
         let n = f.read_at(&mut buf[..want], at)?;
         if n == 0 {
@@ -531,6 +541,20 @@ fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> 
         at += n as u64;
     }
     Ok((at, hex(&h.finalize())))
+}
+
+/// An error once hashing is to stop: `stop` set (the composition ended) or a signal came.
+fn stopped(stop: &AtomicBool) -> io::Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "hashing stopped",
+        ));
+    }
+    if crate::signals::interrupted() {
+        return Err(crate::signals::interrupted_error());
+    }
+    Ok(())
 }
 
 /// Reads a file of a decoded release image: its pieces in order, holes as zeros.
@@ -896,6 +920,26 @@ mod tests {
             .to_string();
         assert!(e.contains("changed while building"), "{e}");
         assert!(e.contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_mapping_is_hashed_again_by_reads_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = two_large(dir.path()).swap_remove(0);
+        let f = File::open(&path).unwrap();
+        // Whole: read through the mapping, the same digest as a plain hash.
+        let len = data.len() as u64;
+        assert_eq!(
+            hash_at(&f, len, &AtomicBool::new(false)).unwrap(),
+            (len, sha256(&data))
+        );
+        // Planned pages beyond its end fault while mapped; the reads that follow give the
+        // bytes there really were, so the file is refused as changed, not hashed as zeros.
+        let planned = len + 3 * crate::mapped::WINDOW as u64;
+        assert_eq!(
+            hash_at(&f, planned, &AtomicBool::new(false)).unwrap(),
+            (len, sha256(&data))
+        );
     }
 
     #[test]

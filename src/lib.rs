@@ -14,6 +14,7 @@ pub mod exercise;
 pub mod format;
 pub mod image;
 pub mod io;
+pub mod mapped;
 pub mod ops;
 pub mod plan;
 pub mod progress;

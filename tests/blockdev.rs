@@ -316,6 +316,80 @@ fn writes_land_at_their_offsets() {
 }
 
 #[test]
+fn read_back_passes_what_was_written_and_names_the_segment_that_differs() {
+    use skiff_flash::progress::{Event, Phase};
+    use skiff_flash::sink::tracking::{read_back, tracking};
+    let Some(disk) = Disk::new(64 * MIB, &[]) else {
+        return;
+    };
+    let mut dev = open(&disk.lo);
+    // Runs long enough to be read in several parts by several readers, neighbours close
+    // enough to be read together, and lone writes far apart.
+    let pattern = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    };
+    let mut rec = tracking(&mut dev);
+    rec.data(MIB, &pattern(13 * MIB as usize, 1)).unwrap();
+    rec.data(14 * MIB + 8192, &pattern(5000, 2)).unwrap();
+    rec.zeros(20 * MIB, 3 * MIB).unwrap();
+    rec.data(40 * MIB + 512, &pattern(700, 3)).unwrap();
+    rec.data(64 * MIB - 4096, &pattern(4096, 4)).unwrap();
+    let written = rec.observer;
+    dev.sync().unwrap();
+
+    let events = std::sync::Mutex::new(Vec::<Event>::new());
+    let record = |e: &Event| events.lock().unwrap().push(e.clone());
+    read_back(&dev, &written, &record).unwrap();
+    let events = events.into_inner().unwrap();
+    assert!(events.iter().all(|e| e.phase == Phase::Verify));
+    assert!(events.len() > 3, "progress in parts: {}", events.len());
+    assert!(events.windows(2).all(|w| w[0].done <= w[1].done));
+    assert_eq!(events.last().unwrap().done, written.bytes());
+
+    // One byte changed behind the writer's back, in the middle of the long run: the
+    // 1 MiB segment holding it is named, not the first or the whole run.
+    let other = fs::OpenOptions::new()
+        .write(true)
+        .open(disk.lo.path())
+        .unwrap();
+    other.write_all_at(&[0xEE], 9 * MIB + 12345).unwrap();
+    other.sync_all().unwrap();
+    match read_back(&dev, &written, &|_| {}).unwrap_err() {
+        skiff_flash::Error::Mismatch { at, what, .. } => {
+            assert_eq!(at, Some(9 * MIB), "{what}");
+            assert!(
+                what.contains("different data in bytes 9,437,184..10,485,760"),
+                "{what}"
+            );
+        }
+        e => panic!("expected a mismatch, got {e}"),
+    }
+    // Put back, the run reads back whole again; a changed byte where zeros were written
+    // is caught too.
+    let original = pattern(13 * MIB as usize, 1)[(8 * MIB + 12345) as usize];
+    other.write_all_at(&[original], 9 * MIB + 12345).unwrap();
+    other.write_all_at(&[1], 21 * MIB + 77).unwrap();
+    other.sync_all().unwrap();
+    let at = |e: skiff_flash::Error| match e {
+        skiff_flash::Error::Mismatch { at, .. } => at,
+        e => panic!("expected a mismatch, got {e}"),
+    };
+    assert_eq!(
+        at(read_back(&dev, &written, &|_| {}).unwrap_err()),
+        Some(21 * MIB)
+    );
+    // Of two places that differ, the first on the device is the one reported.
+    other.write_all_at(&[0xEE], 2 * MIB + 5).unwrap();
+    other.sync_all().unwrap();
+    assert_eq!(
+        at(read_back(&dev, &written, &|_| {}).unwrap_err()),
+        Some(2 * MIB)
+    );
+}
+
+#[test]
 fn zeros_really_zero_the_range() {
     let Some(disk) = Disk::new(16 * MIB, &[]) else {
         return;

@@ -143,21 +143,22 @@ impl Device {
     /// range is held in memory, so verify large images in chunks.
     pub fn read_direct(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let context = || format!("reading {} at {offset}", self.path.display());
-        let end = self
-            .bounds(offset, len as u64)
+        let mut reader = self.direct_reader().map_err(|e| Error::io(context(), e))?;
+        let bytes = reader
+            .read(offset, len)
             .map_err(|e| Error::io(context(), e))?;
-        let sector = u64::from(self.logical_sector);
-        let start = offset - offset % sector;
-        let span = (end.next_multiple_of(sector).min(self.size) - start) as usize;
-        let reader = self
-            .direct(OFlags::RDONLY)
-            .map_err(|e| Error::io(context(), e))?;
-        let mut raw = Aligned::new(span, sector);
-        reader
-            .read_exact_at(raw.buf(), start)
-            .map_err(|e| Error::io(context(), e))?;
-        let from = (offset - start) as usize;
-        Ok(raw.buf()[from..from + len].to_vec())
+        Ok(bytes.to_vec())
+    }
+
+    /// A reader past the page cache (O_DIRECT) with a buffer of its own, for many reads:
+    /// one descriptor, and no fresh buffer per read. Each thread reading at once wants its
+    /// own.
+    pub fn direct_reader(&self) -> io::Result<DirectReader<'_>> {
+        Ok(DirectReader {
+            dev: self,
+            file: self.direct(OFlags::RDONLY)?,
+            buf: Aligned::new(0, u64::from(self.logical_sector)),
+        })
     }
 
     /// Writes `bytes` at `offset` past the page cache (O_DIRECT), so that the medium, not a
@@ -339,6 +340,31 @@ impl Sink for Device {
 
     fn size(&self) -> u64 {
         self.size
+    }
+}
+
+/// Reads of a device past the page cache into one reused aligned buffer (`direct_reader`).
+pub struct DirectReader<'d> {
+    dev: &'d Device,
+    file: File,
+    buf: Aligned,
+}
+
+impl DirectReader<'_> {
+    /// The `len` bytes at `offset`, read from the medium: the whole logical sectors around
+    /// them are read (O_DIRECT wants nothing less).
+    pub fn read(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
+        let end = self.dev.bounds(offset, len as u64)?;
+        let sector = u64::from(self.dev.logical_sector);
+        let start = offset - offset % sector;
+        let span = (end.next_multiple_of(sector).min(self.dev.size) - start) as usize;
+        if self.buf.len < span {
+            self.buf = Aligned::new(span, sector);
+        }
+        let buf = &mut self.buf.buf()[..span];
+        self.file.read_exact_at(buf, start)?;
+        let from = (offset - start) as usize;
+        Ok(&buf[from..from + len])
     }
 }
 

@@ -16,6 +16,6 @@ mod policy;
 mod reread;
 
 pub use discover::{DeviceInfo, PartInfo, SWAP, Transport, inspect, list};
-pub use io::{Device, drop_partition_caches};
+pub use io::{Device, DirectReader, drop_partition_caches};
 pub use policy::{Refusal, SafetyPolicy, check, check_unmounted};
 pub use reread::{PlannedPart, RereadMethod, RereadOutcome, partition_name, reread_partitions};

@@ -7,6 +7,7 @@
 //! Not for deciding what to write or where: the wrapped writer does.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -179,29 +180,168 @@ pub fn tracking<S: Sink>(inner: S) -> Tracking<S> {
 /// Reads the last write to each place back from the medium (O_DIRECT, past the page cache;
 /// call `sync` first) and compares, telling apart a read error, different data, and a card
 /// smaller than it claims (writes wrap around). Reports `Phase::Verify` events.
+///
+/// Neighbouring segments are read together, up to `BATCH` bytes at a time, by `READERS`
+/// threads: while one hashes what it read, another's read is in flight.
 pub fn read_back(dev: &Device, written: &Written, progress: Callback<'_>) -> Result<()> {
     let total = written.bytes();
-    let mut done = 0;
-    for s in written.last_writes() {
-        let got = dev.read_direct(s.offset, s.len as usize).map_err(|e| {
-            Error::io(
+    let segments = written.last_writes();
+    let batches = batches(&segments);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, std::result::Result<(), Fault>)>();
+    std::thread::scope(|s| {
+        for _ in 0..READERS.min(batches.len()) {
+            let tx = tx.clone();
+            let (segments, batches, next, stop) = (&segments, &batches, &next, &stop);
+            s.spawn(move || {
+                let mut reader = match dev.direct_reader() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let at = segments.first().map_or(0, |s| s.offset);
+                        let _ = tx.send((0, Err(Fault::Read { at, error: e })));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(b) = batches.get(i) else { break };
+                    let r = check_batch(&mut reader, segments, b.clone());
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Results arrive in any order; progress is told, and a fault taken, in the order of
+        // the device (the first faulty place is the one reported).
+        let mut results: Vec<Option<std::result::Result<(), Fault>>> =
+            (0..batches.len()).map(|_| None).collect();
+        let (mut told, mut done) = (0, 0);
+        for (i, r) in rx {
+            results[i] = Some(r);
+            while let Some(Some(r)) = results.get_mut(told).map(Option::take) {
+                if let Err(f) = r {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(f.into_error(dev, &segments));
+                }
+                done += segments[batches[told].clone()]
+                    .iter()
+                    .map(|s| s.len)
+                    .sum::<u64>();
+                told += 1;
+                progress(&Event {
+                    phase: Phase::Verify,
+                    device: Some(dev.path().to_path_buf()),
+                    done: done.min(total),
+                    total,
+                });
+            }
+        }
+        if told < batches.len() {
+            return Err(Error::Internal(format!(
+                "{}: the read-back stopped after {told} of {} parts",
+                dev.path().display(),
+                batches.len()
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Threads reading back at once: two keep the device busy while one of them hashes.
+const READERS: usize = 2;
+/// The most read at once by one reader (a run of neighbouring segments).
+const BATCH: u64 = 4 * MIB;
+/// Segments this close are read together (the bytes between are read and ignored).
+const NEAR: u64 = 64 << 10;
+
+/// Runs of segments (indices) read together: neighbours within `NEAR` of each other, at
+/// most `BATCH` bytes from the first's start to the last's end.
+fn batches(segments: &[Segment]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, s) in segments.iter().enumerate() {
+        match out.last_mut() {
+            Some(b)
+                if {
+                    let (first, last) = (&segments[b.start], &segments[b.end - 1]);
+                    s.offset <= last.offset + last.len + NEAR
+                        && s.offset + s.len - first.offset <= BATCH
+                } =>
+            {
+                b.end = i + 1
+            }
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// What a reader found wrong at the first faulty segment of its run.
+enum Fault {
+    /// The device did not read at byte `at`.
+    Read { at: u64, error: std::io::Error },
+    /// Segment `index` (of `last_writes`) read back as `got`.
+    Differs { index: usize, got: Vec<u8> },
+}
+
+impl Fault {
+    fn into_error(self, dev: &Device, segments: &[Segment]) -> Error {
+        match self {
+            Fault::Read { at, error } => Error::io(
                 format!(
                     "{}: read error at sector {}",
                     dev.path().display(),
-                    s.offset / 512
+                    at / 512
                 ),
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        if Sha256::digest(&got)[..] != s.sha256[..] {
-            return Err(mismatch(dev, &s, &got));
+                std::io::Error::other(error.to_string()),
+            ),
+            Fault::Differs { index, got } => mismatch(dev, &segments[index], &got),
         }
-        done += s.len;
-        progress(&Event {
-            phase: Phase::Verify,
-            device: Some(dev.path().to_path_buf()),
-            done: done.min(total),
-            total,
+    }
+}
+
+/// Reads a run of segments (`run`, indices into `segments`) in one read and compares each;
+/// a run that does not read is read again segment by segment, to name the first one that
+/// fails.
+fn check_batch(
+    reader: &mut crate::device::DirectReader<'_>,
+    segments: &[Segment],
+    run: std::ops::Range<usize>,
+) -> std::result::Result<(), Fault> {
+    let (first, last) = (&segments[run.start], &segments[run.end - 1]);
+    let span = (last.offset + last.len - first.offset) as usize;
+    if let Ok(bytes) = reader.read(first.offset, span) {
+        for i in run {
+            let s = &segments[i];
+            let from = (s.offset - first.offset) as usize;
+            compare(i, s, &bytes[from..from + s.len as usize])?;
+        }
+        return Ok(());
+    }
+    for i in run {
+        let s = &segments[i];
+        let got = reader
+            .read(s.offset, s.len as usize)
+            .map_err(|error| Fault::Read {
+                at: s.offset,
+                error,
+            })?;
+        compare(i, s, got)?;
+    }
+    Ok(())
+}
+
+/// Compares segment `index` with what was read back for it.
+fn compare(index: usize, s: &Segment, got: &[u8]) -> std::result::Result<(), Fault> {
+    if Sha256::digest(got)[..] != s.sha256[..] {
+        return Err(Fault::Differs {
+            index,
+            got: got.to_vec(),
         });
     }
     Ok(())
@@ -246,6 +386,30 @@ fn mismatch(dev: &Device, s: &Segment, got: &[u8]) -> Error {
 mod tests {
     use super::*;
     use crate::sink::MemSink;
+
+    #[test]
+    fn neighbouring_segments_are_read_together_up_to_a_batch() {
+        let seg = |offset: u64, len: u64| Segment {
+            offset,
+            len,
+            sha256: [0; 32],
+        };
+        let segments = [
+            seg(0, MIB),
+            seg(MIB, MIB),
+            seg(2 * MIB + NEAR, 4096),
+            // Too far from the one before.
+            seg(2 * MIB + 2 * NEAR + 4097, 512),
+            seg(8 * MIB, MIB),
+            seg(9 * MIB, MIB),
+            seg(10 * MIB, MIB),
+            seg(11 * MIB, MIB),
+            // Would make the run longer than a batch.
+            seg(12 * MIB, 1),
+        ];
+        assert_eq!(batches(&segments), [0..3, 3..4, 4..8, 8..9]);
+        assert!(batches(&[]).is_empty());
+    }
 
     #[test]
     fn contiguous_writes_merge_within_a_mib_and_overwritten_ones_are_not_checked() {

@@ -213,20 +213,15 @@ fn encoder(format: Format, file: File) -> io::Result<Box<dyn Finish>> {
     })
 }
 
-/// Writes `bytes` under `path`'s temporary name; it appears at `path` when committed.
+/// Writes `bytes` under `path`'s temporary name; it appears at `path` when committed. Not
+/// forced to disk, like the image it goes with (see `write_file`).
 pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged> {
     use std::io::Write;
     let mut f = Staged::create(path)?;
     f.file
         .write_all(bytes)
-        .and_then(|()| f.file.sync_data())
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     Ok(f)
-}
-
-/// Writes `text` to `path` atomically.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    stage(path, text.as_bytes())?.commit()
 }
 
 /// Streams an image of `size` bytes into `dest` through `fill`, which writes it into the

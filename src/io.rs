@@ -509,8 +509,9 @@ impl Read for FileCopy {
 /// too. Ends early, with an error, once `stop` is set.
 ///
 /// Read through mappings of the page cache (no copy into a buffer). A file that cannot be
-/// mapped, or that faults while mapped (cut short, or a failing disk), is hashed again with
-/// positioned reads, which tell how many bytes there were or what the error is.
+/// mapped, that faults while mapped (cut short, or a failing disk), or that is shorter than
+/// `size` afterwards (the end of its last page reads as zeros, without a fault) is hashed
+/// again with positioned reads, which tell how many bytes there were or what the error is.
 fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let mapped = crate::mapped::windows(f, size, |bytes| {
@@ -519,8 +520,9 @@ fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> 
         Ok(())
     });
     match mapped {
-        Some(r) => r.map(|()| (size, hex(&h.finalize()))),
-        None => hash_read(f, size, stop),
+        Some(Ok(())) if f.metadata()?.len() >= size => Ok((size, hex(&h.finalize()))),
+        Some(Err(e)) => Err(e),
+        _ => hash_read(f, size, stop),
     }
 }
 
@@ -939,6 +941,16 @@ mod tests {
         assert_eq!(
             hash_at(&f, planned, &AtomicBool::new(false)).unwrap(),
             (len, sha256(&data))
+        );
+        // Short by less than the rest of its last page: no fault (that part of the page
+        // reads as zeros), and still counted as it is.
+        let short = File::create(dir.path().join("short")).unwrap();
+        let data = &data[..(1 << 20) + 1000];
+        std::io::Write::write_all(&mut &short, data).unwrap();
+        let f = File::open(dir.path().join("short")).unwrap();
+        assert_eq!(
+            hash_at(&f, data.len() as u64 + 100, &AtomicBool::new(false)).unwrap(),
+            (data.len() as u64, sha256(data))
         );
     }
 

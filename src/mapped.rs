@@ -6,11 +6,15 @@
 //!
 //! Not for writing, and not for sharing the mapped bytes with another thread: the guard
 //! only knows the pages its own thread mapped.
+//!
+//! The bytes handed on are a shared mapping: another process writing the file, or the
+//! guard's zero pages, can change them while they are read. Readers here only hash them,
+//! and a file that changes meanwhile is refused by its stamp, or by the failed read.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering, compiler_fence};
 
 /// Bytes mapped at a time: one window is mapped, handed on and unmapped before the next,
 /// so the process's resident memory grows by at most this much per reader.
@@ -33,9 +37,11 @@ pub fn windows<E>(
     while at < size {
         let len = (size - at).min(WINDOW as u64) as usize;
         let map = Map::new(f, at, len)?;
-        slot.watch(map.addr, map.addr + len.next_multiple_of(page));
+        // Dropped before `map`, also when `each` panics: the range is forgotten before it
+        // is unmapped.
+        let watched = slot.watch(map.addr, map.addr + len.next_multiple_of(page));
         let r = each(map.bytes());
-        slot.watch(0, 0);
+        drop(watched);
         drop(map);
         if slot.faulted() {
             return None;
@@ -99,6 +105,8 @@ const SLOTS: usize = 32;
 /// faulted. Written by its thread and read by that thread's signal handler.
 struct Slot {
     taken: AtomicBool,
+    /// The thread reading (its kernel thread id): a fault is only ever its own thread's.
+    owner: AtomicI32,
     start: AtomicUsize,
     end: AtomicUsize,
     faulted: AtomicBool,
@@ -107,6 +115,7 @@ struct Slot {
 static WATCHED: [Slot; SLOTS] = [const {
     Slot {
         taken: AtomicBool::new(false),
+        owner: AtomicI32::new(0),
         start: AtomicUsize::new(0),
         end: AtomicUsize::new(0),
         faulted: AtomicBool::new(false),
@@ -124,14 +133,24 @@ impl Slot {
                 .is_ok()
         })?;
         s.faulted.store(false, Ordering::SeqCst);
+        s.owner.store(gettid(), Ordering::SeqCst);
         Some(Claim(s))
+    }
+
+    fn set(&self, start: usize, end: usize) {
+        self.start.store(start, Ordering::SeqCst);
+        self.end.store(end, Ordering::SeqCst);
+        // The handler must see the range before any access to it (and the range cleared
+        // only after the last): no read of the mapping may move across this.
+        compiler_fence(Ordering::SeqCst);
     }
 }
 
 impl Claim {
-    fn watch(&self, start: usize, end: usize) {
-        self.0.start.store(start, Ordering::SeqCst);
-        self.0.end.store(end, Ordering::SeqCst);
+    /// Watches `[start, end)` until the returned guard is dropped.
+    fn watch(&self, start: usize, end: usize) -> Watched<'_> {
+        self.0.set(start, end);
+        Watched(self.0)
     }
 
     fn faulted(&self) -> bool {
@@ -141,9 +160,25 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.watch(0, 0);
+        self.0.set(0, 0);
+        self.0.owner.store(0, Ordering::SeqCst);
         self.0.taken.store(false, Ordering::Release);
     }
+}
+
+/// A range being watched; forgotten when dropped.
+struct Watched<'a>(&'a Slot);
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.0.set(0, 0);
+    }
+}
+
+/// The calling thread's kernel id (async-signal safe: a plain system call).
+fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 /// The SIGBUS disposition before the guard, for faults that are not in a watched range.
@@ -180,20 +215,28 @@ fn guard() -> Option<usize> {
     })
 }
 
-/// A page that cannot be read in a watched range becomes a page of zeros and the range is
-/// marked faulted; the access then goes on. Any other SIGBUS goes where it went before.
+/// A page that cannot be read in the range the faulting thread watches becomes zeros, to
+/// the end of that range at once (on a failing disk, each further page would wait for its
+/// own I/O error), and the range is marked faulted; the access then goes on. Any other
+/// SIGBUS (another mapping, or one sent with kill) goes where it went before.
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     let page = GUARD.get().copied().flatten().unwrap_or(4096);
-    for s in &WATCHED {
+    // A memory fault has a positive code; a signal sent by a process has none.
+    let me = if code > 0 { gettid() } else { 0 };
+    for s in WATCHED
+        .iter()
+        .filter(|s| me != 0 && s.owner.load(Ordering::SeqCst) == me)
+    {
         let (start, end) = (s.start.load(Ordering::SeqCst), s.end.load(Ordering::SeqCst));
         if start != 0 && (start..end).contains(&addr) {
-            // SAFETY: replaces one page inside this thread's own read-only mapping.
+            let from = addr & !(page - 1);
+            // SAFETY: replaces pages inside this thread's own read-only mapping.
             let p = unsafe {
                 libc::mmap(
-                    (addr & !(page - 1)) as *mut libc::c_void,
-                    page,
+                    from as *mut libc::c_void,
+                    end - from,
                     libc::PROT_READ,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                     -1,

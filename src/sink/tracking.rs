@@ -187,22 +187,20 @@ pub fn read_back(dev: &Device, written: &Written, progress: Callback<'_>) -> Res
     let total = written.bytes();
     let segments = written.last_writes();
     let batches = batches(&segments);
+    let readers = (0..READERS.min(batches.len()))
+        .map(|_| {
+            dev.direct_reader()
+                .map_err(|e| Error::io(format!("reading {}", dev.path().display()), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, std::result::Result<(), Fault>)>();
     std::thread::scope(|s| {
-        for _ in 0..READERS.min(batches.len()) {
+        for mut reader in readers {
             let tx = tx.clone();
             let (segments, batches, next, stop) = (&segments, &batches, &next, &stop);
             s.spawn(move || {
-                let mut reader = match dev.direct_reader() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let at = segments.first().map_or(0, |s| s.offset);
-                        let _ = tx.send((0, Err(Fault::Read { at, error: e })));
-                        return;
-                    }
-                };
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(b) = batches.get(i) else { break };
@@ -217,40 +215,53 @@ pub fn read_back(dev: &Device, written: &Written, progress: Callback<'_>) -> Res
             });
         }
         drop(tx);
-        // Results arrive in any order; progress is told, and a fault taken, in the order of
-        // the device (the first faulty place is the one reported).
-        let mut results: Vec<Option<std::result::Result<(), Fault>>> =
-            (0..batches.len()).map(|_| None).collect();
-        let (mut told, mut done) = (0, 0);
-        for (i, r) in rx {
-            results[i] = Some(r);
-            while let Some(Some(r)) = results.get_mut(told).map(Option::take) {
-                if let Err(f) = r {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(f.into_error(dev, &segments));
-                }
-                done += segments[batches[told].clone()]
-                    .iter()
-                    .map(|s| s.len)
-                    .sum::<u64>();
-                told += 1;
-                progress(&Event {
-                    phase: Phase::Verify,
-                    device: Some(dev.path().to_path_buf()),
-                    done: done.min(total),
-                    total,
-                });
-            }
-        }
-        if told < batches.len() {
-            return Err(Error::Internal(format!(
-                "{}: the read-back stopped after {told} of {} parts",
+        let mut done = 0;
+        let passed = in_order(batches.len(), rx, |i| {
+            done += segments[batches[i].clone()]
+                .iter()
+                .map(|s| s.len)
+                .sum::<u64>();
+            progress(&Event {
+                phase: Phase::Verify,
+                device: Some(dev.path().to_path_buf()),
+                done: done.min(total),
+                total,
+            });
+        });
+        // The readers stop at their next batch (after a fault, the rest is not read).
+        stop.store(true, Ordering::Relaxed);
+        match passed {
+            Err(f) => Err(f.into_error(dev, &segments)),
+            Ok(n) if n < batches.len() => Err(Error::Internal(format!(
+                "{}: the read-back stopped after {n} of {} parts",
                 dev.path().display(),
                 batches.len()
-            )));
+            ))),
+            Ok(_) => Ok(()),
         }
-        Ok(())
     })
+}
+
+/// Goes through results that arrive in any order (a batch's index and outcome) in the
+/// order of the batches: `passed` is told of each that passed, up to the first fault,
+/// which is given (the first place on the device, whichever reader found its own first);
+/// else how many passed.
+fn in_order<F>(
+    count: usize,
+    arrivals: impl IntoIterator<Item = (usize, std::result::Result<(), F>)>,
+    mut passed: impl FnMut(usize),
+) -> std::result::Result<usize, F> {
+    let mut results: Vec<Option<std::result::Result<(), F>>> = (0..count).map(|_| None).collect();
+    let mut told = 0;
+    for (i, r) in arrivals {
+        results[i] = Some(r);
+        while let Some(Some(r)) = results.get_mut(told).map(Option::take) {
+            r?;
+            passed(told);
+            told += 1;
+        }
+    }
+    Ok(told)
 }
 
 /// Threads reading back at once: two keep the device busy while one of them hashes.
@@ -309,7 +320,7 @@ impl Fault {
 /// a run that does not read is read again segment by segment, to name the first one that
 /// fails.
 fn check_batch(
-    reader: &mut crate::device::DirectReader<'_>,
+    reader: &mut dyn ReadBack,
     segments: &[Segment],
     run: std::ops::Range<usize>,
 ) -> std::result::Result<(), Fault> {
@@ -334,6 +345,17 @@ fn check_batch(
         compare(i, s, got)?;
     }
     Ok(())
+}
+
+/// Reads of the medium for the read-back: a `DirectReader` (a stand-in in tests).
+trait ReadBack {
+    fn read(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]>;
+}
+
+impl ReadBack for crate::device::DirectReader<'_> {
+    fn read(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
+        crate::device::DirectReader::read(self, offset, len)
+    }
 }
 
 /// Compares segment `index` with what was read back for it.
@@ -386,6 +408,73 @@ fn mismatch(dev: &Device, s: &Segment, got: &[u8]) -> Error {
 mod tests {
     use super::*;
     use crate::sink::MemSink;
+
+    #[test]
+    fn results_are_taken_in_device_order_whatever_order_they_arrive_in() {
+        let mut told = Vec::new();
+        let r = in_order(3, [(2, Err("c")), (1, Ok(())), (0, Ok(()))], |i| {
+            told.push(i)
+        });
+        assert_eq!((r, &told[..]), (Err("c"), &[0, 1][..]));
+        // Two faults: the first on the device, though it arrives last.
+        assert_eq!(
+            in_order(2, [(1, Err("b")), (0, Err("a"))], |_| {}),
+            Err("a")
+        );
+        told.clear();
+        let r = in_order::<()>(3, [(1, Ok(())), (2, Ok(())), (0, Ok(()))], |i| told.push(i));
+        assert_eq!((r, &told[..]), (Ok(3), &[0, 1, 2][..]));
+        // A result still missing (a reader that stopped): fewer passed than there are.
+        assert_eq!(in_order::<()>(2, [(1, Ok(()))], |_| {}), Ok(0));
+    }
+
+    /// A medium of `bytes` where any read that touches `bad` fails.
+    struct Medium {
+        bytes: Vec<u8>,
+        bad: std::ops::Range<u64>,
+    }
+
+    impl ReadBack for Medium {
+        fn read(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
+            let end = offset + len as u64;
+            if offset < self.bad.end && self.bad.start < end {
+                return Err(std::io::Error::other("I/O error"));
+            }
+            Ok(&self.bytes[offset as usize..end as usize])
+        }
+    }
+
+    #[test]
+    fn a_run_that_does_not_read_is_read_again_by_segment_to_name_the_failing_one() {
+        let bytes: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let seg = |offset: u64, len: u64| Segment {
+            offset,
+            len,
+            sha256: Sha256::digest(&bytes[offset as usize..(offset + len) as usize]).into(),
+        };
+        let segments = [
+            seg(0, 1024),
+            seg(1024, 1024),
+            seg(2048, 1024),
+            seg(3072, 1024),
+        ];
+        let mut m = Medium {
+            bytes: bytes.clone(),
+            bad: 2100..2101,
+        };
+        match check_batch(&mut m, &segments, 0..4) {
+            Err(Fault::Read { at, .. }) => assert_eq!(at, 2048),
+            _ => panic!("the third segment does not read"),
+        }
+        // A segment that reads but differs is named by its index.
+        m.bad = 0..0;
+        m.bytes[3100] ^= 1;
+        match check_batch(&mut m, &segments, 1..4) {
+            Err(Fault::Differs { index, .. }) => assert_eq!(index, 3),
+            _ => panic!("the fourth segment differs"),
+        }
+        assert!(check_batch(&mut m, &segments, 0..3).is_ok());
+    }
 
     #[test]
     fn neighbouring_segments_are_read_together_up_to_a_batch() {

@@ -50,6 +50,25 @@ pub struct PartitionRecord {
 
 /// Writes every filesystem and the table of `plan` into `sink`.
 pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result<Composed> {
+    write_hashed(plan, sink, progress, hash_ahead(plan))
+}
+
+/// Starts hashing the large input files of `plan` in the order of the disk, which is the
+/// order `write` copies them in: a caller with work to do before composing (checking its
+/// outputs, claiming a device) starts this first and hands it to `write_hashed`.
+pub fn hash_ahead(plan: &Plan) -> crate::io::Ahead {
+    let mut parts: Vec<&Partition> = plan.partitions.iter().collect();
+    parts.sort_by_key(|p| p.start);
+    crate::io::Ahead::start(parts.into_iter().flat_map(|p| input_files(plan, p)))
+}
+
+/// `write`, with the hashing of the large input files already started (`hash_ahead`).
+pub fn write_hashed(
+    plan: &Plan,
+    sink: &mut dyn Sink,
+    progress: Callback<'_>,
+    ahead: crate::io::Ahead,
+) -> Result<Composed> {
     if sink.size() < plan.disk_size {
         return Err(Error::TooSmall {
             what: format!("board {}", plan.board),
@@ -76,11 +95,6 @@ pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result
     if sink.sequential() {
         jobs.sort_by_key(Job::offset);
     }
-    // The large input files start hashing now, in the order they will be copied.
-    let ahead = crate::io::Ahead::start(jobs.iter().flat_map(|job| match job {
-        Job::Part(p) => input_files(plan, p),
-        _ => Vec::new(),
-    }));
     let mut records = Vec::new();
     let mut raw = Vec::new();
     let mut settled = std::collections::HashMap::new();

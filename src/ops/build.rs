@@ -63,6 +63,8 @@ pub fn build_image(
     opts: BuildOptions,
     progress: crate::progress::Callback<'_>,
 ) -> Result<BuildReport> {
+    // The large input files start hashing now, beside the checks and the staging below.
+    let ahead = crate::compose::hash_ahead(plan);
     let inputs = crate::image::output::Inputs::of_plan(plan);
     // The image first: its refusal is the one to report.
     for (path, what) in build_outputs(output, opts).iter().rev() {
@@ -82,7 +84,7 @@ pub fn build_image(
     };
     let (manifest, written, image) =
         crate::image::file::write_file(output, plan.disk_size, opts.format, hashes, |sink| {
-            crate::compose::write(plan, sink, progress)
+            crate::compose::write_hashed(plan, sink, progress, ahead)
         })?;
     let mut set = crate::image::output::Set::new();
     let mut stale = Vec::new();

@@ -433,8 +433,10 @@ fn flash_plan(
     progress: Callback<'_>,
 ) -> Result<FlashReport> {
     let started = Instant::now();
+    // The large input files start hashing beside the claim of the device and its wipes.
+    let ahead = crate::compose::hash_ahead(plan);
     let mut dev = open_checked(info, care)?;
-    let written = compose_onto(&mut dev, plan, progress).map_err(|e| fail(&mut dev, e))?;
+    let written = compose_onto(&mut dev, plan, ahead, progress).map_err(|e| fail(&mut dev, e))?;
     let done = Done {
         parts: parts_of(plan),
         written,
@@ -454,7 +456,12 @@ fn open_checked(info: &DeviceInfo, care: Care) -> Result<Device> {
     Ok(dev)
 }
 
-fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result<Written> {
+fn compose_onto(
+    dev: &mut Device,
+    plan: &Plan,
+    ahead: crate::io::Ahead,
+    progress: Callback<'_>,
+) -> Result<Written> {
     wipe(dev, plan)?;
     let device = dev.path().to_path_buf();
     let mut rec = tracking::tracking(Guarded(dev));
@@ -465,7 +472,7 @@ fn compose_onto(dev: &mut Device, plan: &Plan, progress: Callback<'_>) -> Result
             ..e.clone()
         })
     };
-    crate::compose::write(plan, &mut rec, &on_device)?;
+    crate::compose::write_hashed(plan, &mut rec, &on_device, ahead)?;
     Ok(rec.observer)
 }
 

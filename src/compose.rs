@@ -48,22 +48,18 @@ pub struct PartitionRecord {
     pub structures: Vec<Structure>,
 }
 
-/// Writes every filesystem and the table of `plan` into `sink`.
-pub fn write(plan: &Plan, sink: &mut dyn Sink, progress: Callback<'_>) -> Result<Composed> {
-    write_hashed(plan, sink, progress, hash_ahead(plan))
-}
-
 /// Starts hashing the large input files of `plan` in the order of the disk, which is the
 /// order `write` copies them in: a caller with work to do before composing (checking its
-/// outputs, claiming a device) starts this first and hands it to `write_hashed`.
+/// outputs, claiming a device) starts this first, then hands it to `write`.
 pub fn hash_ahead(plan: &Plan) -> crate::io::Ahead {
     let mut parts: Vec<&Partition> = plan.partitions.iter().collect();
     parts.sort_by_key(|p| p.start);
     crate::io::Ahead::start(parts.into_iter().flat_map(|p| input_files(plan, p)))
 }
 
-/// `write`, with the hashing of the large input files already started (`hash_ahead`).
-pub fn write_hashed(
+/// Writes every filesystem and the table of `plan` into `sink`; `ahead` is the hashing of
+/// its large input files (`hash_ahead`).
+pub fn write(
     plan: &Plan,
     sink: &mut dyn Sink,
     progress: Callback<'_>,

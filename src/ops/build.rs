@@ -84,7 +84,7 @@ pub fn build_image(
     };
     let (manifest, written, image) =
         crate::image::file::write_file(output, plan.disk_size, opts.format, hashes, |sink| {
-            crate::compose::write_hashed(plan, sink, progress, ahead)
+            crate::compose::write(plan, sink, progress, ahead)
         })?;
     let mut set = crate::image::output::Set::new();
     let mut stale = Vec::new();

@@ -472,7 +472,7 @@ fn compose_onto(
             ..e.clone()
         })
     };
-    crate::compose::write_hashed(plan, &mut rec, &on_device, ahead)?;
+    crate::compose::write(plan, &mut rec, &on_device, ahead)?;
     Ok(rec.observer)
 }
 

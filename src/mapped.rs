@@ -285,17 +285,26 @@ mod tests {
         (t, bytes)
     }
 
+    /// Reads `len` bytes of `t` through `windows`: its answer and the bytes it gave.
+    fn read_all(t: &tempfile::NamedTempFile, len: usize) -> (Option<Result<(), ()>>, Vec<u8>) {
+        let mut seen = Vec::new();
+        let r = windows(t.as_file(), len as u64, |b| {
+            seen.extend_from_slice(b);
+            Ok(())
+        });
+        (r, seen)
+    }
+
+    /// Reads every byte of `b` (so that each page is touched).
+    fn touch(b: &[u8]) {
+        std::hint::black_box(b.iter().map(|&x| x as u64).sum::<u64>());
+    }
+
     #[test]
     fn windows_give_the_file_in_order() {
         let len = 2 * WINDOW + 12345;
         let (t, bytes) = file_of(len);
-        let mut seen = Vec::new();
-        let r = windows(t.as_file(), len as u64, |b| {
-            seen.extend_from_slice(b);
-            Ok::<(), ()>(())
-        });
-        assert_eq!(r, Some(Ok(())));
-        assert_eq!(seen, bytes);
+        assert_eq!(read_all(&t, len), (Some(Ok(())), bytes));
     }
 
     #[test]
@@ -319,28 +328,21 @@ mod tests {
             windows_seen += 1;
             // Cut the file to a page inside the first window, then read all of it.
             t.as_file().set_len(4096).unwrap();
-            let sum: u64 = b.iter().map(|&x| x as u64).sum();
-            std::hint::black_box(sum);
+            touch(b);
             Ok::<(), ()>(())
         });
         assert_eq!(r, None, "a read past the cut must be reported");
         assert_eq!(windows_seen, 1, "the reading stops at the faulted window");
         // The guard is given back: the next reading of a whole file succeeds.
         let (t2, bytes) = file_of(WINDOW + 1);
-        let mut seen = Vec::new();
-        let r = windows(t2.as_file(), bytes.len() as u64, |b| {
-            seen.extend_from_slice(b);
-            Ok::<(), ()>(())
-        });
-        assert_eq!(r, Some(Ok(())));
-        assert_eq!(seen, bytes);
+        assert_eq!(read_all(&t2, WINDOW + 1), (Some(Ok(())), bytes));
     }
 
     #[test]
     fn a_file_shorter_than_asked_is_a_failed_read() {
         let (t, _) = file_of(10_000);
         let r = windows(t.as_file(), 3 * 4096 + 50_000, |b| {
-            std::hint::black_box(b.iter().map(|&x| x as u64).sum::<u64>());
+            touch(b);
             Ok::<(), ()>(())
         });
         assert_eq!(r, None);

@@ -10,14 +10,18 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn part(plan: &Value, id: &str) -> Value {
-    plan["partitions"]
-        .as_array()
+/// The entry of JSON array `list` whose `key` is `value`.
+fn entry(list: &Value, key: &str, value: &str) -> Value {
+    list.as_array()
         .unwrap()
         .iter()
-        .find(|p| p["id"] == id)
+        .find(|e| e[key] == value)
         .cloned()
-        .unwrap_or_else(|| panic!("no partition {id}"))
+        .unwrap_or_else(|| panic!("no entry with {key} {value}"))
+}
+
+fn part(plan: &Value, id: &str) -> Value {
+    entry(&plan["partitions"], "id", id)
 }
 
 #[test]
@@ -404,15 +408,8 @@ fn large_inputs_land_whole_and_are_recorded_with_their_sha256() {
     let text = std::fs::read_to_string(dir.path().join("pi4.img.manifest.json")).unwrap();
     assert!(!text.contains("unsettled"), "a placeholder in the manifest");
     let manifest: Value = serde_json::from_str(&text).unwrap();
-    let record = |part_id: &str, path: &str| -> Value {
-        part(&manifest, part_id)["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["path"] == path)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {part_id}:{path} in the manifest"))
-    };
+    let record =
+        |part_id: &str, path: &str| entry(&part(&manifest, part_id)["files"], "path", path);
     assert_eq!(
         record("boot", "/Image")["sha256"],
         skiff_flash::io::sha256(&kernel)

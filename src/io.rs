@@ -215,9 +215,17 @@ impl Hashing {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             hash_at(&self.file, self.size, stop)
         }))
-        .unwrap_or_else(|_| Err(io::Error::other("the hashing thread stopped")))
-        .map_err(|e| (e.kind(), e.to_string()));
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        .unwrap_or_else(|_| Err(io::Error::other("the hashing thread stopped")));
+        self.report(r);
+    }
+
+    /// Hands the result to the waiters, unless one was handed already.
+    fn report(&self, r: io::Result<(u64, String)>) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if done.is_none() {
+            *done = Some(r.map_err(|e| (e.kind(), e.to_string())));
+        }
+        drop(done);
         self.ready.notify_all();
     }
 
@@ -230,6 +238,12 @@ impl Hashing {
             }
             done = self.ready.wait(done).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+impl std::os::fd::AsFd for Hashing {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -284,11 +298,13 @@ impl Ahead {
             jobs.insert(path, h);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        // Where two files hash together as fast as one alone, each thread takes two.
+        let lanes = if crate::digest::paired() { 2 } else { 1 };
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(AHEAD_THREADS)
-            .min(queue.len());
-        let queue = Arc::new(Mutex::new(queue));
+            .min(queue.len().div_ceil(lanes));
+        let queue: Arc<Queue> = Arc::new(Mutex::new(queue));
         let mut workers = Vec::new();
         for _ in 0..threads {
             let (queue, stop) = (queue.clone(), stop.clone());
@@ -296,11 +312,13 @@ impl Ahead {
                 .name("file hashing".into())
                 .spawn(move || {
                     yield_to_copying();
-                    loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        let Some(h) = next else { break };
-                        h.run(&stop);
-                    }
+                    // A panic has ended the hashing of the files in hand (see `Lane`); the
+                    // others are still to be hashed.
+                    while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        hash_queue(&queue, &stop, lanes)
+                    }))
+                    .is_err()
+                    {}
                 });
             if let Ok(w) = spawned {
                 workers.push(w);
@@ -349,6 +367,101 @@ impl Ahead {
     /// The hashing of `path`, if it was started and the file still has `size` bytes.
     fn of(&self, path: &Path, size: u64) -> Option<Arc<Hashing>> {
         self.jobs.get(path).filter(|h| h.size == size).cloned()
+    }
+}
+
+/// Files waiting for a hashing thread.
+type Queue = Mutex<std::collections::VecDeque<Arc<Hashing>>>;
+
+/// One file in a hashing thread's hands: read through its mappings and hashed as it goes.
+struct Lane {
+    cursor: crate::mapped::Cursor<Arc<Hashing>>,
+    sum: crate::digest::Stream,
+}
+
+impl Drop for Lane {
+    /// A file dropped before its hash was handed on (the thread panicked) gets an error,
+    /// so its copy does not wait forever.
+    fn drop(&mut self) {
+        let stopped = io::Error::other("the hashing thread stopped");
+        self.cursor.file().report(Err(stopped));
+    }
+}
+
+/// Hashes the files of `queue` until none is left, `lanes` of them side by side: two go
+/// through the CPU's SHA unit together where that is as fast as one alone
+/// (`digest::update_pair`). A file that cannot be read through mappings is read instead
+/// (`hash_at`).
+fn hash_queue(queue: &Queue, stop: &AtomicBool, lanes: usize) {
+    use crate::digest::{Stream, update_pair};
+    let mut hand: Vec<Lane> = Vec::with_capacity(lanes);
+    loop {
+        while hand.len() < lanes {
+            let Some(h) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                break;
+            };
+            let size = h.size;
+            match crate::mapped::Cursor::new(h, size) {
+                Ok(cursor) => hand.push(Lane {
+                    cursor,
+                    sum: Stream::new(),
+                }),
+                Err(h) => h.run(stop),
+            }
+        }
+        if hand.is_empty() {
+            return;
+        }
+        if let Err(e) = stopped(stop) {
+            for l in hand.drain(..) {
+                l.cursor
+                    .file()
+                    .report(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            continue;
+        }
+        // A file read to its end, or that could not be read through its mapping, is done.
+        hand.retain_mut(|l| match l.cursor.bytes().map(<[u8]>::is_empty) {
+            Some(false) => true,
+            read => {
+                l.finish(read.is_some(), stop);
+                false
+            }
+        });
+        match hand.as_mut_slice() {
+            [] => {}
+            [l] => {
+                if let Some(b) = l.cursor.bytes() {
+                    let n = b.len();
+                    l.sum.update(b);
+                    l.cursor.used(n);
+                }
+            }
+            [a, b, ..] => {
+                if let (Some(x), Some(y)) = (a.cursor.bytes(), b.cursor.bytes()) {
+                    let n = x.len().min(y.len());
+                    update_pair(&mut a.sum, &x[..n], &mut b.sum, &y[..n]);
+                    a.cursor.used(n);
+                    b.cursor.used(n);
+                }
+            }
+        }
+    }
+}
+
+impl Lane {
+    /// Hands on the file's hash: the one computed when it was `read` to its end through
+    /// the mappings and still has its planned size; else (a page could not be read, or
+    /// the end of a file cut short read as zeros) the hash of positioned reads, which
+    /// tell how many bytes there were or what the error is.
+    fn finish(&mut self, read: bool, stop: &AtomicBool) {
+        let h = self.cursor.file().clone();
+        let sum = std::mem::take(&mut self.sum);
+        let r = match read && h.file.metadata().is_ok_and(|m| m.len() >= h.size) {
+            true => Ok((h.size, hex(&sum.finish()))),
+            false => hash_read(&h.file, h.size, stop),
+        };
+        h.report(r);
     }
 }
 
@@ -952,6 +1065,50 @@ mod tests {
             hash_at(&f, data.len() as u64 + 100, &AtomicBool::new(false)).unwrap(),
             (data.len() as u64, sha256(data))
         );
+    }
+
+    #[test]
+    fn files_hashed_side_by_side_get_their_own_hashes_also_when_one_is_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = crate::mapped::WINDOW;
+        // Planned size, and the size the file is cut to once its hashing is set up.
+        let files = [
+            (3 * w + 100, Some(5000)),
+            (2 * w + 77, None),
+            (1000, None),
+            (64 * 1000, None),
+            (w + 1000, Some(w + 900)),
+            (w + 1, Some(w)),
+            (0, None),
+            (w / 2 + 3, None),
+        ];
+        for lanes in [1, 2] {
+            let mut jobs = Vec::new();
+            for (i, (len, cut)) in files.into_iter().enumerate() {
+                let data: Vec<u8> = (0..len).map(|j| (j * (i + 3) % 253) as u8).collect();
+                let path = dir.path().join(format!("f{lanes}-{i}"));
+                std::fs::write(&path, &data).unwrap();
+                let f = File::open(&path).unwrap();
+                let h = Hashing::new(f.try_clone().unwrap(), &f.metadata().unwrap());
+                if let Some(c) = cut {
+                    File::options()
+                        .write(true)
+                        .open(&path)
+                        .unwrap()
+                        .set_len(c as u64)
+                        .unwrap();
+                }
+                jobs.push((h, data[..cut.unwrap_or(len)].to_vec()));
+            }
+            let queue: Queue = Mutex::new(jobs.iter().map(|(h, _)| h.clone()).collect());
+            hash_queue(&queue, &AtomicBool::new(false), lanes);
+            for (i, (h, data)) in jobs.iter().enumerate() {
+                // A cut file is counted as it is now (so it is refused), never hashed
+                // with zeros for its missing end.
+                let want = (data.len() as u64, sha256(data));
+                assert_eq!(h.wait().unwrap(), want, "file {i}, {lanes} lanes");
+            }
+        }
     }
 
     #[test]

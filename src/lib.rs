@@ -9,6 +9,7 @@
 pub mod compose;
 pub mod define;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod exercise;
 pub mod format;

@@ -12,7 +12,7 @@
 //! and a file that changes meanwhile is refused by its stamp, or by the failed read.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering, compiler_fence};
 
@@ -31,27 +31,111 @@ pub fn windows<E>(
     size: u64,
     mut each: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Option<Result<(), E>> {
-    let page = guard()?;
-    let slot = Slot::claim()?;
-    let mut at = 0u64;
-    while at < size {
-        let len = (size - at).min(WINDOW as u64) as usize;
-        let map = Map::new(f, at, len)?;
-        // Dropped before `map`, also when `each` panics: the range is forgotten before it
-        // is unmapped.
-        let watched = slot.watch(map.addr, map.addr + len.next_multiple_of(page));
-        let r = each(map.bytes());
-        drop(watched);
-        drop(map);
-        if slot.faulted() {
+    let mut c = Cursor::new(f, size).ok()?;
+    loop {
+        let bytes = c.bytes()?;
+        if bytes.is_empty() {
+            return Some(Ok(()));
+        }
+        let n = bytes.len();
+        let r = each(bytes);
+        c.used(n);
+        if let Err(e) = r {
+            return (!c.faulted()).then_some(Err(e));
+        }
+    }
+}
+
+/// A file read through one window at a time, by whoever holds it: several may be read
+/// side by side by one thread. The window is unmapped when it is used up, or when the
+/// cursor is dropped.
+pub struct Cursor<F: AsFd> {
+    f: F,
+    size: u64,
+    /// Where the window starts in the file.
+    at: u64,
+    map: Option<Map>,
+    /// Bytes of the window used already.
+    used: usize,
+    slot: Claim,
+    page: usize,
+}
+
+impl<F: AsFd> Cursor<F> {
+    /// A cursor over the first `size` bytes of `f`; `f` back when files cannot be read
+    /// through mappings here (no guard, or too many readers at once).
+    pub fn new(f: F, size: u64) -> Result<Cursor<F>, F> {
+        let Some(page) = guard() else { return Err(f) };
+        let Some(slot) = Slot::claim() else {
+            return Err(f);
+        };
+        Ok(Cursor {
+            f,
+            size,
+            at: 0,
+            map: None,
+            used: 0,
+            slot,
+            page,
+        })
+    }
+
+    /// The bytes of the window not used yet, the next window mapped once this one is used
+    /// up; empty at the end. `None` once a page could not be read (what was given before
+    /// was not the file's content) or a window could not be mapped.
+    pub fn bytes(&mut self) -> Option<&[u8]> {
+        if self.faulted() {
             return None;
         }
-        if let Err(e) = r {
-            return Some(Err(e));
+        if self.map.as_ref().is_none_or(|m| self.used == m.len) {
+            if let Some(m) = self.map.take() {
+                self.at += m.len as u64;
+                self.unmap(m);
+            }
+            self.used = 0;
+            if self.at == self.size {
+                return Some(&[]);
+            }
+            let len = (self.size - self.at).min(WINDOW as u64) as usize;
+            let m = Map::new(self.f.as_fd(), self.at, len)?;
+            // Watched before any byte of it is read.
+            self.slot
+                .0
+                .set(m.addr, m.addr + len.next_multiple_of(self.page));
+            self.map = Some(m);
         }
-        at += len as u64;
+        self.map.as_ref().map(|m| &m.bytes()[self.used..])
     }
-    Some(Ok(()))
+
+    /// Marks `n` more bytes of the window as used.
+    pub fn used(&mut self, n: usize) {
+        self.used += n;
+        debug_assert!(self.map.as_ref().is_some_and(|m| self.used <= m.len));
+    }
+
+    /// Whether a page could not be read: then nothing given so far can be trusted.
+    pub fn faulted(&self) -> bool {
+        self.slot.faulted()
+    }
+
+    /// The file read.
+    pub fn file(&self) -> &F {
+        &self.f
+    }
+
+    /// The range forgotten before it is unmapped.
+    fn unmap(&self, m: Map) {
+        self.slot.0.set(0, 0);
+        drop(m);
+    }
+}
+
+impl<F: AsFd> Drop for Cursor<F> {
+    fn drop(&mut self) {
+        if let Some(m) = self.map.take() {
+            self.unmap(m);
+        }
+    }
 }
 
 /// One read-only shared mapping, unmapped when dropped.
@@ -61,7 +145,7 @@ struct Map {
 }
 
 impl Map {
-    fn new(f: &File, at: u64, len: usize) -> Option<Map> {
+    fn new(f: BorrowedFd<'_>, at: u64, len: usize) -> Option<Map> {
         let offset = libc::off_t::try_from(at).ok()?;
         // SAFETY: a new mapping chosen by the kernel; no existing memory is touched. It is
         // read only through `bytes` while the guard watches it, and unmapped on drop.
@@ -147,12 +231,6 @@ impl Slot {
 }
 
 impl Claim {
-    /// Watches `[start, end)` until the returned guard is dropped.
-    fn watch(&self, start: usize, end: usize) -> Watched<'_> {
-        self.0.set(start, end);
-        Watched(self.0)
-    }
-
     fn faulted(&self) -> bool {
         self.0.faulted.load(Ordering::SeqCst)
     }
@@ -163,15 +241,6 @@ impl Drop for Claim {
         self.0.set(0, 0);
         self.0.owner.store(0, Ordering::SeqCst);
         self.0.taken.store(false, Ordering::Release);
-    }
-}
-
-/// A range being watched; forgotten when dropped.
-struct Watched<'a>(&'a Slot);
-
-impl Drop for Watched<'_> {
-    fn drop(&mut self) {
-        self.0.set(0, 0);
     }
 }
 

@@ -155,7 +155,9 @@ pub enum Content<'a> {
 /// its own.
 pub fn content<'a>(source: &'a Source, size: u64, ahead: Option<&Ahead>) -> Result<Content<'a>> {
     match source {
-        Source::Path(p) if size >= AWAY_FROM => Ok(Content::File(FileCopy::open(p, size, ahead)?)),
+        Source::Path(p) if size >= AWAY_FROM || ahead.is_some_and(|a| a.of(p, size).is_some()) => {
+            Ok(Content::File(FileCopy::open(p, size, ahead)?))
+        }
         _ => Ok(Content::Read(open(source, size)?)),
     }
 }
@@ -255,6 +257,9 @@ impl std::fmt::Debug for Ahead {
     }
 }
 
+/// Files from this size on are hashed ahead; smaller ones (a device tree, a script) are
+/// hashed as they are copied.
+const AHEAD_FROM: u64 = 64 << 10;
 /// Threads that hash ahead, at most.
 const AHEAD_THREADS: usize = 4;
 /// Files hashed ahead, at most: a few large ones are what matters (kernels, root
@@ -271,17 +276,23 @@ impl Ahead {
         Self::start_some(files, AHEAD_FILES)
     }
 
-    /// `start` for the first `most` large files only: each holds its file open until the
+    /// `start` for the `most` largest files only: each holds its file open until the
     /// composition ends, and a tree of thousands must not run out of descriptors. The
     /// others are hashed beside their own copies.
     fn start_some(files: impl IntoIterator<Item = (PathBuf, u64)>, most: usize) -> Ahead {
+        let mut files: Vec<_> = files
+            .into_iter()
+            .filter(|(_, size)| *size >= AHEAD_FROM)
+            .collect();
+        // The largest first: they take longest, and two of like size pair best.
+        files.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
         let mut jobs = std::collections::HashMap::new();
         let mut queue = std::collections::VecDeque::new();
         for (path, size) in files {
             if jobs.len() == most {
                 break;
             }
-            if jobs.contains_key(&path) || size < AWAY_FROM {
+            if jobs.contains_key(&path) {
                 continue;
             }
             let Ok(file) = File::open(&path) else {
@@ -1010,6 +1021,40 @@ mod tests {
     }
 
     #[test]
+    fn files_from_64_kib_are_hashed_ahead_and_smaller_ones_as_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [AHEAD_FROM as usize, AHEAD_FROM as usize - 1, 300_000];
+        let files: Vec<(PathBuf, Vec<u8>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let data: Vec<u8> = (0..n).map(|j| (j * (i + 2) % 249) as u8).collect();
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, &data).unwrap();
+                (path, data)
+            })
+            .collect();
+        let ahead = Ahead::start(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)));
+        assert_eq!(ahead.jobs.len(), 2);
+        for (path, data) in &files {
+            let source = Source::Path(path.clone());
+            let hash = match content(&source, data.len() as u64, Some(&ahead)).unwrap() {
+                Content::File(c) => {
+                    assert!(data.len() >= AHEAD_FROM as usize);
+                    let p = c.finish(Some(&ahead)).unwrap();
+                    ahead.settle().unwrap()[&p].clone()
+                }
+                Content::Read(mut r) => {
+                    assert!(data.len() < AHEAD_FROM as usize);
+                    std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+                    r.finish()
+                }
+            };
+            assert_eq!(hash, sha256(data));
+        }
+    }
+
+    #[test]
     fn a_file_changed_after_hashing_ahead_began_is_refused_when_settled() {
         let dir = tempfile::tempdir().unwrap();
         let files = two_large(dir.path());
@@ -1129,11 +1174,11 @@ mod tests {
         let (path, data) = &files[0];
         let ahead = Ahead::start([(path.clone(), data.len() as u64 + 1)]);
         assert!(ahead.jobs.is_empty());
-        // Only the first files are hashed ahead; the next one gets its own thread, and its
+        // Only the largest files are hashed ahead; another one gets its own thread, and its
         // hash at once.
         let capped = Ahead::start_some(files.iter().map(|(p, d)| (p.clone(), d.len() as u64)), 1);
-        assert_eq!(capped.jobs.len(), 1);
-        let (second, data2) = &files[1];
+        assert_eq!(capped.jobs.keys().collect::<Vec<_>>(), [&files[1].0]);
+        let (second, data2) = &files[0];
         let c = copy_of(
             &Source::Path(second.clone()),
             data2.len() as u64,

@@ -530,51 +530,17 @@ impl<E: Emit> Sink for Sequencer<E> {
 pub struct SparseFile<'a> {
     pub file: &'a std::fs::File,
     at: u64,
-    /// Whether large writes get their blocks allocated first (`allocate`).
-    allocate: bool,
 }
 
 impl<'a> SparseFile<'a> {
     pub fn new(file: &'a std::fs::File) -> Self {
-        // In memory (tmpfs) there are no blocks to allocate: there it would only add work.
-        const TMPFS_MAGIC: rustix::fs::FsWord = 0x0102_1994;
-        let allocate = rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type != TMPFS_MAGIC);
-        SparseFile {
-            file,
-            at: 0,
-            allocate,
-        }
-    }
-
-    /// Allocates the whole blocks of `len` bytes from the position before they are
-    /// written: on a filesystem that allocates when it writes back (ext4, XFS), a buffered
-    /// write into allocated blocks costs about a fifth less than one into a hole, which
-    /// must reserve each block as it goes, and the allocation itself is one call. Only for
-    /// large writes, and only ranges written in full: the image stays sparse elsewhere.
-    /// Best effort: a filesystem that cannot is not asked again.
-    fn allocate(&mut self, len: u64) {
-        const BLOCK: u64 = 4096;
-        let (from, to) = (
-            self.at.next_multiple_of(BLOCK),
-            (self.at + len) / BLOCK * BLOCK,
-        );
-        if !self.allocate || len < ALLOCATE_FROM || to <= from {
-            return;
-        }
-        let keep = rustix::fs::FallocateFlags::KEEP_SIZE;
-        if rustix::fs::fallocate(self.file, keep, from, to - from).is_err() {
-            self.allocate = false;
-        }
+        SparseFile { file, at: 0 }
     }
 }
-
-/// Writes from this size on have their blocks allocated first (`SparseFile::allocate`).
-const ALLOCATE_FROM: u64 = 64 << 10;
 
 impl Emit for SparseFile<'_> {
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.allocate(bytes.len() as u64);
         self.file.write_all_at(bytes, self.at)?;
         self.at += bytes.len() as u64;
         Ok(())
@@ -594,7 +560,6 @@ impl Emit for SparseFile<'_> {
         if !(src_at ^ self.at).is_multiple_of(PAGE) {
             return Ok(false);
         }
-        self.allocate(len);
         let (mut from, mut to) = (src_at, self.at);
         let end = self.at + len;
         while to < end {
@@ -684,47 +649,6 @@ mod tests {
         assert_eq!(f.at, 3 * PAGE + 512);
         let written = std::fs::read(dir.path().join("out")).unwrap();
         assert!(written[PAGE as usize + 512..] == src[512..2 * PAGE as usize + 512]);
-    }
-
-    #[test]
-    fn large_writes_into_a_file_on_disk_get_their_whole_blocks_allocated_first() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::fs::File::create(dir.path().join("out")).unwrap();
-        let mut f = SparseFile::new(&out);
-        if rustix::fs::fstatfs(&out).unwrap().f_type == 0x0102_1994 {
-            assert!(!f.allocate, "tmpfs has no blocks to allocate");
-            return;
-        }
-        assert!(f.allocate);
-        let allocated = || out.metadata().unwrap().blocks() * 512;
-        // Small: nothing allocated ahead.
-        f.at = 100;
-        f.allocate(ALLOCATE_FROM - 1);
-        assert_eq!(allocated(), 0);
-        // Large: only the blocks it covers whole, from 4096 to 1 MiB.
-        f.allocate((1 << 20) - 50);
-        assert_eq!(allocated(), (1 << 20) - 4096);
-        // Far on, beyond the end: the size stays, and the hole before stays a hole.
-        f.at = 64 << 20;
-        f.allocate(1 << 20);
-        assert_eq!(allocated(), (2 << 20) - 4096);
-        assert_eq!(out.metadata().unwrap().len(), 0);
-        // What is then written reads back, and nothing else but zeros.
-        f.at = 100;
-        let bytes: Vec<u8> = (0..(1 << 20) - 50).map(|i| (i % 251) as u8 + 1).collect();
-        f.data(&bytes).unwrap();
-        f.zeros(10 << 20).unwrap();
-        f.data(b"end").unwrap();
-        let back = std::fs::read(dir.path().join("out")).unwrap();
-        assert!(back[..100].iter().all(|&b| b == 0));
-        assert!(back[100..100 + bytes.len()] == bytes[..]);
-        assert!(
-            back[100 + bytes.len()..back.len() - 3]
-                .iter()
-                .all(|&b| b == 0)
-        );
-        assert_eq!(&back[back.len() - 3..], b"end");
     }
 
     fn sha(b: &[u8]) -> Option<String> {

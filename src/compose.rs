@@ -48,9 +48,9 @@ pub struct PartitionRecord {
     pub structures: Vec<Structure>,
 }
 
-/// Starts hashing the large input files of `plan` in the order of the disk, which is the
-/// order `write` copies them in: a caller with work to do before composing (checking its
-/// outputs, claiming a device) starts this first, then hands it to `write`.
+/// Starts hashing the input files of `plan` (the largest ones, see `io::Ahead`): a caller
+/// with work to do before composing (checking its outputs, claiming a device) starts this
+/// first, then hands it to `write`.
 pub fn hash_ahead(plan: &Plan) -> crate::io::Ahead {
     let mut parts: Vec<&Partition> = plan.partitions.iter().collect();
     parts.sort_by_key(|p| p.start);

@@ -263,15 +263,16 @@ const AHEAD_FROM: u64 = 64 << 10;
 /// Threads that hash ahead, at most.
 const AHEAD_THREADS: usize = 4;
 /// Files hashed ahead, at most: a few large ones are what matters (kernels, root
-/// filesystems), and each is held open until the composition ends (many cards may be
-/// written at once, each by a composition of its own).
+/// filesystems, firmware), and each is held open until the composition ends (many cards
+/// may be written at once, each by a composition of its own).
 const AHEAD_FILES: usize = 8;
 
 impl Ahead {
-    /// Starts hashing `files` (path and planned size, in the order they will be copied)
-    /// on up to one thread per core, at a lower priority than the copying. A file that
-    /// cannot be opened, or no longer has its planned size, is left to its copy, which
-    /// reports it.
+    /// Starts hashing `files` (path and planned size; the largest of them, see
+    /// `start_some`) on up to one thread per core, each with two files in hand where the
+    /// CPU hashes two at once (`hash_queue`), at a lower priority than the copying. A file
+    /// that cannot be opened, or no longer has its planned size, is left to its copy,
+    /// which reports it.
     pub fn start(files: impl IntoIterator<Item = (PathBuf, u64)>) -> Ahead {
         Self::start_some(files, AHEAD_FILES)
     }

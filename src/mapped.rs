@@ -46,8 +46,8 @@ pub fn windows<E>(
     }
 }
 
-/// A file read through one window at a time, by whoever holds it: several may be read
-/// side by side by one thread. The window is unmapped when it is used up, or when the
+/// A file read through one window at a time, by the thread that made the cursor (it
+/// cannot be sent to another): several may be read side by side by one thread. The window is unmapped when it is used up, or when the
 /// cursor is dropped.
 pub struct Cursor<F: AsFd> {
     f: F,
@@ -59,6 +59,8 @@ pub struct Cursor<F: AsFd> {
     used: usize,
     slot: Claim,
     page: usize,
+    /// The guard knows the thread that claimed the slot: the cursor stays on it.
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 impl<F: AsFd> Cursor<F> {
@@ -77,6 +79,7 @@ impl<F: AsFd> Cursor<F> {
             used: 0,
             slot,
             page,
+            _here: std::marker::PhantomData,
         })
     }
 
@@ -405,6 +408,29 @@ mod tests {
         // The guard is given back: the next reading of a whole file succeeds.
         let (t2, bytes) = file_of(WINDOW + 1);
         assert_eq!(read_all(&t2, WINDOW + 1), (Some(Ok(())), bytes));
+    }
+
+    #[test]
+    fn a_fault_is_remembered_even_when_the_file_is_whole_again() {
+        let len = 2 * WINDOW;
+        let (t, _) = file_of(len);
+        let mut c = Cursor::new(t.as_file(), len as u64).ok().unwrap();
+        let mut other = Cursor::new(t.as_file(), len as u64).ok().unwrap();
+        let n = c.bytes().unwrap().len();
+        assert_eq!(other.bytes().unwrap().len(), n);
+        // Cut while the window is mapped: its pages past the cut fault, and read as zeros.
+        t.as_file().set_len(4096).unwrap();
+        touch(c.bytes().unwrap());
+        // The same length again: only the fault tells that the bytes read were not the
+        // file's. The next window, and the end, are refused.
+        t.as_file().set_len(len as u64).unwrap();
+        c.used(n);
+        assert!(c.faulted());
+        assert!(c.bytes().is_none());
+        // The other cursor in this thread never read past the cut: it is not faulted.
+        assert!(!other.faulted());
+        other.used(n);
+        assert!(other.bytes().is_some());
     }
 
     #[test]

@@ -408,10 +408,13 @@ fn hash_queue(queue: &Queue, stop: &AtomicBool, lanes: usize) {
     use crate::digest::{Stream, update_pair};
     let mut hand: Vec<Lane> = Vec::with_capacity(lanes);
     loop {
-        while hand.len() < lanes {
-            let Some(h) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
-                break;
-            };
+        // Taken together: two threads starting at once must not split the two largest
+        // files between them, each left to hash one alone.
+        let taken: Vec<Arc<Hashing>> = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            (hand.len()..lanes).map_while(|_| q.pop_front()).collect()
+        };
+        for h in taken {
             let size = h.size;
             match crate::mapped::Cursor::new(h, size) {
                 Ok(cursor) => hand.push(Lane {

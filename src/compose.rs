@@ -52,9 +52,7 @@ pub struct PartitionRecord {
 /// with work to do before composing (checking its outputs, claiming a device) starts this
 /// first, then hands it to `write`.
 pub fn hash_ahead(plan: &Plan) -> crate::io::Ahead {
-    let mut parts: Vec<&Partition> = plan.partitions.iter().collect();
-    parts.sort_by_key(|p| p.start);
-    crate::io::Ahead::start(parts.into_iter().flat_map(|p| input_files(plan, p)))
+    crate::io::Ahead::start(plan.partitions.iter().flat_map(|p| input_files(plan, p)))
 }
 
 /// Writes every filesystem and the table of `plan` into `sink`; `ahead` is the hashing of

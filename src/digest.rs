@@ -12,7 +12,6 @@
 use sha2::block_api::compress256;
 
 /// One SHA-256 computation, fed in pieces of any length.
-#[derive(Clone)]
 pub struct Stream {
     state: [u32; 8],
     /// Bytes taken so far.
@@ -44,10 +43,7 @@ impl Stream {
 
     pub fn update(&mut self, data: &[u8]) {
         let rest = self.top_up(data);
-        let (blocks, tail) = rest.as_chunks::<64>();
-        compress256(&mut self.state, blocks);
-        self.len += (blocks.len() * 64) as u64;
-        self.keep(tail);
+        self.take_aligned(rest);
     }
 
     /// The digest of everything taken.
@@ -86,9 +82,13 @@ impl Stream {
         &data[take..]
     }
 
-    /// Keeps fewer than 64 bytes, at a block boundary, for the next piece.
-    fn keep(&mut self, tail: &[u8]) {
-        debug_assert!(self.filled == 0 || tail.is_empty());
+    /// Takes `data`, which starts on a block boundary (what `top_up` left): its whole
+    /// blocks are hashed, the rest kept for the next piece.
+    fn take_aligned(&mut self, data: &[u8]) {
+        debug_assert!(self.filled == 0 || data.is_empty());
+        let (blocks, tail) = data.as_chunks::<64>();
+        compress256(&mut self.state, blocks);
+        self.len += (blocks.len() * 64) as u64;
         self.pending[self.filled..self.filled + tail.len()].copy_from_slice(tail);
         self.filled += tail.len();
         self.len += tail.len() as u64;
@@ -100,28 +100,29 @@ impl Stream {
 pub fn update_pair(a: &mut Stream, da: &[u8], b: &mut Stream, db: &[u8]) {
     let (ra, rb) = (a.top_up(da), b.top_up(db));
     // A stream still short of a whole block has taken all of its data.
-    let (ba, ta) = ra.as_chunks::<64>();
-    let (bb, tb) = rb.as_chunks::<64>();
-    let n = ba.len().min(bb.len());
-    compress_pair(&mut a.state, &ba[..n], &mut b.state, &bb[..n]);
-    compress256(&mut a.state, &ba[n..]);
-    compress256(&mut b.state, &bb[n..]);
-    a.len += (ba.len() * 64) as u64;
-    b.len += (bb.len() * 64) as u64;
-    a.keep(ta);
-    b.keep(tb);
+    let n = ra.len().min(rb.len()) / 64;
+    let (both_a, rest_a) = ra.split_at(64 * n);
+    let (both_b, rest_b) = rb.split_at(64 * n);
+    compress_pair(
+        &mut a.state,
+        both_a.as_chunks::<64>().0,
+        &mut b.state,
+        both_b.as_chunks::<64>().0,
+    );
+    a.len += both_a.len() as u64;
+    b.len += both_b.len() as u64;
+    a.take_aligned(rest_a);
+    b.take_aligned(rest_b);
 }
 
 /// Whether two streams are faster together than one after the other on this CPU.
 pub fn paired() -> bool {
+    // The detection is cached by the standard library.
     #[cfg(target_arch = "x86_64")]
     {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("sha")
-                && std::arch::is_x86_feature_detected!("sse4.1")
-                && std::arch::is_x86_feature_detected!("ssse3")
-        })
+        std::arch::is_x86_feature_detected!("sha")
+            && std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("ssse3")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

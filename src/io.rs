@@ -472,11 +472,12 @@ impl Lane {
     fn finish(&mut self, read: bool, stop: &AtomicBool) {
         let h = self.cursor.file().clone();
         let sum = std::mem::take(&mut self.sum);
-        let r = match read && h.file.metadata().is_ok_and(|m| m.len() >= h.size) {
-            true => Ok((h.size, hex(&sum.finish()))),
-            false => hash_read(&h.file, h.size, stop),
-        };
-        h.report(r);
+        h.report(mapped_or_read(
+            &h.file,
+            h.size,
+            read.then(|| sum.finish()),
+            stop,
+        ));
     }
 }
 
@@ -648,8 +649,23 @@ fn hash_at(f: &File, size: u64, stop: &AtomicBool) -> io::Result<(u64, String)> 
         Ok(())
     });
     match mapped {
-        Some(Ok(())) if f.metadata()?.len() >= size => Ok((size, hex(&h.finalize()))),
         Some(Err(e)) => Err(e),
+        Some(Ok(())) => mapped_or_read(f, size, Some(h.finalize().into()), stop),
+        None => mapped_or_read(f, size, None, stop),
+    }
+}
+
+/// The hash of the first `size` bytes of `f`: `mapped`, the digest of them read through
+/// its mappings, if there is one and the file still has them all (the end of a file cut
+/// short reads as zeros there, without a fault); else the hash of positioned reads.
+fn mapped_or_read(
+    f: &File,
+    size: u64,
+    mapped: Option<[u8; 32]>,
+    stop: &AtomicBool,
+) -> io::Result<(u64, String)> {
+    match mapped {
+        Some(d) if f.metadata()?.len() >= size => Ok((size, hex(&d))),
         _ => hash_read(f, size, stop),
     }
 }

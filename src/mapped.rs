@@ -47,8 +47,8 @@ pub fn windows<E>(
 }
 
 /// A file read through one window at a time, by the thread that made the cursor (it
-/// cannot be sent to another): several may be read side by side by one thread. The window is unmapped when it is used up, or when the
-/// cursor is dropped.
+/// cannot be sent to another): several may be read side by side by one thread. The window
+/// is unmapped when it is used up, or when the cursor is dropped.
 pub struct Cursor<F: AsFd> {
     f: F,
     size: u64,
